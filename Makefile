@@ -1,0 +1,54 @@
+# Two commands on a fresh Debian 12 machine: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP := $(VENV)/.installed
+QB := $(BIN)/queue-balancer
+
+.PHONY: demo test check lint typecheck bench system-deps venv clean-local help
+
+help:
+	@echo "make demo   - install, start a local 3-node RabbitMQ cluster, seed it unbalanced, balance it"
+	@echo "make test   - install and run every test (unit, integration on real nodes, state machine, infra)"
+	@echo "make check  - lint (ruff), type-check (mypy --strict) and test"
+	@echo "make bench  - queue-balancer vs rabbitmq-queues rebalance on identical workloads"
+
+system-deps:
+	@if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || ! command -v shellcheck >/dev/null; then \
+		echo "installing rabbitmq-server and shellcheck from Debian's packages"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+			rabbitmq-server shellcheck >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[aws,local,cdk,dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: system-deps venv
+	$(QB) local up
+	$(QB) local seed --queues 21 --messages 100 --type classic
+	$(QB) report
+	$(QB) balance
+	@echo
+	@echo "The local cluster keeps running: '$(QB) report' shows it, '$(QB) local down' stops it."
+
+test: system-deps venv
+	$(PY) -m pytest -p no:cacheprovider tests; code=$$?; [ $$code -eq 5 ] && { echo "no tests collected"; exit 1; }; exit $$code
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check queue_balancer lambdas stacks tests bench app.py
+
+typecheck: venv
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+bench: system-deps venv
+	$(PY) -m bench.compare

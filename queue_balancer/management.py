@@ -1,0 +1,189 @@
+"""A small, strict client of the RabbitMQ management HTTP API.
+
+Why not a generic client: every call here URL-encodes vhost and queue names (``/``, spaces, unicode),
+retries only what is safe to retry, and turns every failure into a ManagementError that names the
+method, the URL and the HTTP status, so a user can act on it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from queue_balancer.errors import ManagementError, NotFound
+
+# Columns of GET /api/queues the planner needs; asking for them keeps 10,000-queue answers small.
+QUEUE_COLUMNS = (
+    "vhost,name,type,node,leader,members,online,slave_nodes,synchronised_slave_nodes,messages,"
+    "exclusive,state,policy,effective_policy_definition,consumers,arguments,durable,auto_delete"
+)
+RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+
+
+def encode(segment: str) -> str:
+    """URL-encode one path segment: vhost "/" becomes %2F, spaces and unicode are escaped."""
+    return quote(segment, safe="")
+
+
+class ManagementClient:
+    """Talks to one management endpoint (a node or a load balancer in front of all nodes)."""
+
+    def __init__(
+        self,
+        url: str,
+        user: str,
+        password: str,
+        *,
+        timeout: float = 15.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.base_url = url.rstrip("/")
+        self.user = user
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self._session = session or requests.Session()
+        self._session.auth = (user, password)
+        self._session.headers["content-type"] = "application/json"
+
+    def __repr__(self) -> str:  # never show the password
+        return f"ManagementClient({self.base_url!r}, user={self.user!r})"
+
+    # ---- transport -------------------------------------------------------------------------------
+
+    def request(
+        self, method: str, path: str, *, params: Mapping[str, str] | None = None, body: Any = None
+    ) -> Any:
+        """One API call; retries connection errors and 5xx answers (all our writes are idempotent)."""
+        url = f"{self.base_url}/api/{path}"
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self._session.request(method, url, params=params, json=body, timeout=self.timeout)
+            except requests.RequestException as exc:
+                if attempt <= self.retries:
+                    time.sleep(self.backoff * attempt)
+                    continue
+                raise ManagementError(
+                    f"cannot reach the management API at {self.base_url}: {_short(exc)}",
+                    method=method,
+                    url=url,
+                ) from exc
+            if response.status_code in RETRYABLE_STATUS and attempt <= self.retries:
+                time.sleep(self.backoff * attempt)
+                continue
+            return self._decode(method, url, response)
+
+    def _decode(self, method: str, url: str, response: requests.Response) -> Any:
+        status = response.status_code
+        if status < 300:
+            return response.json() if response.content else None
+        reason = _reason(response)
+        if status == 401:
+            raise ManagementError(
+                f"authentication failed for user '{self.user}'", method=method, url=url, status=status
+            )
+        if status == 404:
+            raise NotFound(f"not found: {reason}", method=method, url=url, status=status)
+        raise ManagementError(
+            f"management API refused the request: {reason}", method=method, url=url, status=status
+        )
+
+    def get(self, path: str, **params: str) -> Any:
+        return self.request("GET", path, params=params or None)
+
+    # ---- cluster ---------------------------------------------------------------------------------
+
+    def overview(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.get("overview")
+        return result
+
+    def nodes(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.get("nodes")
+        return result
+
+    def vhosts(self) -> list[str]:
+        return [str(v["name"]) for v in self.get("vhosts", columns="name")]
+
+    # ---- queues ----------------------------------------------------------------------------------
+
+    def queues(self, vhost: str | None = None) -> list[dict[str, Any]]:
+        """All queues from the statistics view (messages, policy; lags the truth by a few seconds)."""
+        path = "queues" if vhost is None else f"queues/{encode(vhost)}"
+        result: list[dict[str, Any]] = self.get(path, columns=QUEUE_COLUMNS)
+        return result
+
+    def queue(self, vhost: str, name: str) -> dict[str, Any]:
+        """One queue from the statistics view: message count and policy, a few seconds late."""
+        result: dict[str, Any] = self.get(f"queues/{encode(vhost)}/{encode(name)}")
+        return result
+
+    def queue_now(self, vhost: str, name: str) -> dict[str, Any]:
+        """One queue as its process sees it right now (leader, mirrors, sync state; no counts)."""
+        result: dict[str, Any] = self.get(f"queues/{encode(vhost)}/{encode(name)}", disable_stats="true")
+        return result
+
+    def queue_action(self, vhost: str, name: str, action: str) -> None:
+        self.request("POST", f"queues/{encode(vhost)}/{encode(name)}/actions", body={"action": action})
+
+    # ---- policies --------------------------------------------------------------------------------
+
+    def policies(self, vhost: str | None = None) -> list[dict[str, Any]]:
+        path = "policies" if vhost is None else f"policies/{encode(vhost)}"
+        result: list[dict[str, Any]] = self.get(path)
+        return result
+
+    def policy(self, vhost: str, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.get(f"policies/{encode(vhost)}/{encode(name)}")
+        return result
+
+    def put_policy(
+        self,
+        vhost: str,
+        name: str,
+        *,
+        pattern: str,
+        definition: Mapping[str, Any],
+        priority: int,
+        apply_to: str = "queues",
+    ) -> None:
+        body = {
+            "pattern": pattern,
+            "definition": dict(definition),
+            "priority": priority,
+            "apply-to": apply_to,
+        }
+        self.request("PUT", f"policies/{encode(vhost)}/{encode(name)}", body=body)
+
+    def delete_policy(self, vhost: str, name: str) -> bool:
+        """Delete a policy; False when it was already gone (deleting is idempotent for us)."""
+        try:
+            self.request("DELETE", f"policies/{encode(vhost)}/{encode(name)}")
+        except NotFound:
+            return False
+        return True
+
+
+def _reason(response: requests.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:200] or response.reason
+    if isinstance(data, dict):
+        return str(data.get("reason") or data.get("error") or data)
+    return str(data)[:200]
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "Name or service not known", "timed out", "No route to host"):
+        if marker in text:
+            return marker.lower()
+    return text[:200]

@@ -1,0 +1,234 @@
+"""The balancer's vocabulary: nodes, queues, moves, plans, as the management API describes them.
+
+Everything here is an immutable dataclass that converts to and from plain JSON, so the same objects
+cross the CLI, the Lambda handlers and the Step Functions payloads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+JsonDict = dict[str, Any]
+
+
+class QueueType(StrEnum):
+    CLASSIC = "classic"
+    QUORUM = "quorum"
+    STREAM = "stream"
+
+
+@dataclass(frozen=True, order=True)
+class QueueRef:
+    """A queue's identity: names are unique per vhost only."""
+
+    vhost: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"'{self.name}' in vhost '{self.vhost}'"
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    running: bool
+    partitions: tuple[str, ...] = ()
+    memory_alarm: bool = False
+    disk_alarm: bool = False
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> Node:
+        return cls(
+            name=str(data["name"]),
+            running=bool(data.get("running", False)),
+            partitions=tuple(str(p) for p in data.get("partitions") or ()),
+            memory_alarm=bool(data.get("mem_alarm", False)),
+            disk_alarm=bool(data.get("disk_free_alarm", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Queue:
+    """One queue as seen by the management API (statistics view, or real-time view where noted).
+
+    ``replicas`` are the nodes holding a copy besides the leader (classic mirrors; quorum members other
+    than the leader); ``in_sync`` the subset that could take over without losing messages (classic
+    synchronised mirrors; quorum members that are online).
+    """
+
+    vhost: str
+    name: str
+    type: QueueType
+    leader: str
+    replicas: tuple[str, ...] = ()
+    in_sync: tuple[str, ...] = ()
+    messages: int = 0
+    exclusive: bool = False
+    state: str = "running"
+    policy: str | None = None
+    policy_definition: Mapping[str, Any] = field(default_factory=dict)
+    consumers: int = 0
+
+    @property
+    def ref(self) -> QueueRef:
+        return QueueRef(self.vhost, self.name)
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Every node holding the queue, leader first."""
+        return (self.leader, *self.replicas)
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> Queue:
+        """Build from an element of ``GET /api/queues`` or ``GET /api/queues/{vhost}/{name}``."""
+        queue_type = QueueType(data.get("type") or "classic")
+        if queue_type is QueueType.CLASSIC:
+            leader = str(data.get("node") or "")
+            replicas = tuple(str(n) for n in data.get("slave_nodes") or ())
+            in_sync = tuple(str(n) for n in data.get("synchronised_slave_nodes") or ())
+        else:
+            leader = str(data.get("leader") or data.get("node") or "")
+            replicas = tuple(str(n) for n in data.get("members") or () if n != leader)
+            online = {str(n) for n in data.get("online") or ()}
+            in_sync = tuple(n for n in replicas if n in online)
+        return cls(
+            vhost=str(data["vhost"]),
+            name=str(data["name"]),
+            type=queue_type,
+            leader=leader,
+            replicas=replicas,
+            in_sync=in_sync,
+            messages=int(data.get("messages") or 0),
+            exclusive=bool(data.get("exclusive") or False),
+            state=str(data.get("state") or "running"),
+            policy=data.get("policy") or None,
+            policy_definition=dict(data.get("effective_policy_definition") or {}),
+            consumers=int(data.get("consumers") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the planner needs to know about a cluster at one instant."""
+
+    nodes: tuple[Node, ...]
+    queues: tuple[Queue, ...]
+
+    @property
+    def running_nodes(self) -> tuple[str, ...]:
+        return tuple(sorted(n.name for n in self.nodes if n.running))
+
+    @classmethod
+    def from_api(cls, nodes: Iterable[Mapping[str, Any]], queues: Iterable[Mapping[str, Any]]) -> Snapshot:
+        return cls(
+            nodes=tuple(sorted((Node.from_api(n) for n in nodes), key=lambda n: n.name)),
+            queues=tuple(sorted((Queue.from_api(q) for q in queues), key=lambda q: (q.vhost, q.name))),
+        )
+
+
+@dataclass(frozen=True)
+class Move:
+    """Move the leader of one queue from ``source`` to ``target``."""
+
+    vhost: str
+    queue: str
+    type: QueueType
+    source: str
+    target: str
+    messages: int = 0
+
+    @property
+    def ref(self) -> QueueRef:
+        return QueueRef(self.vhost, self.queue)
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "vhost": self.vhost,
+            "queue": self.queue,
+            "type": self.type.value,
+            "from": self.source,
+            "to": self.target,
+            "messages": self.messages,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Move:
+        return cls(
+            vhost=str(data["vhost"]),
+            queue=str(data["queue"]),
+            type=QueueType(data["type"]),
+            source=str(data["from"]),
+            target=str(data["to"]),
+            messages=int(data.get("messages", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A queue the planner will not move, and why (shown to the operator)."""
+
+    vhost: str
+    queue: str
+    node: str
+    reason: str
+
+    def to_dict(self) -> JsonDict:
+        return {"vhost": self.vhost, "queue": self.queue, "node": self.node, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Skipped:
+        return cls(str(data["vhost"]), str(data["queue"]), str(data.get("node", "")), str(data["reason"]))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The moves that take the distribution ``before`` to ``after`` (leaders per node)."""
+
+    nodes: tuple[str, ...]
+    before: Mapping[str, int]
+    after: Mapping[str, int]
+    moves: tuple[Move, ...]
+    skipped: tuple[Skipped, ...]
+    per_vhost: bool = False
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "nodes": list(self.nodes),
+            "before": dict(self.before),
+            "after": dict(self.after),
+            "moves": [m.to_dict() for m in self.moves],
+            "skipped": [s.to_dict() for s in self.skipped],
+            "per_vhost": self.per_vhost,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        return cls(
+            nodes=tuple(data["nodes"]),
+            before=dict(data["before"]),
+            after=dict(data["after"]),
+            moves=tuple(Move.from_dict(m) for m in data["moves"]),
+            skipped=tuple(Skipped.from_dict(s) for s in data["skipped"]),
+            per_vhost=bool(data.get("per_vhost", False)),
+        )
+
+
+def spread(distribution: Mapping[str, int]) -> int:
+    """max - min leaders per node: 0 or 1 is as even as it gets."""
+    return max(distribution.values()) - min(distribution.values()) if distribution else 0
+
+
+def equilibrium(distribution: Mapping[str, int]) -> float:
+    """The seed plugin's figure: least-loaded node / (total / nodes); 1.0 is perfectly even."""
+    total = sum(distribution.values())
+    if not distribution or total == 0:
+        return 1.0
+    return min(distribution.values()) / (total / len(distribution))
+
+
+def as_json(obj: Any) -> JsonDict:
+    """Plain-JSON view of any of the dataclasses above (for logs and debugging)."""
+    return asdict(obj)

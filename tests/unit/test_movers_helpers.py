@@ -1,0 +1,79 @@
+"""The pure parts of a move: policy names and patterns, expected mirrors, JSON round trips."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from queue_balancer.leader_transfer import RESULT_MARKER, RaLeaderTransfer, expression
+from queue_balancer.errors import LeaderTransferError
+from queue_balancer.model import Move, QueueRef, QueueType
+from queue_balancer.movers import (
+    POLICY_PREFIX,
+    MoveProgress,
+    Phase,
+    exact_pattern,
+    expected_mirrors,
+    temporary_policy_name,
+)
+
+
+@pytest.mark.parametrize("name", ["orders.v2", "a+b", "x(y)", "[q]", "a|b", "dollar$", "^hat", "é.ü", "sp ace"])
+def test_exact_pattern_matches_only_its_own_name(name: str) -> None:
+    pattern = re.compile(exact_pattern(name))
+    assert pattern.search(name)
+    assert not pattern.search(name + "x")
+    assert not pattern.search("x" + name)
+
+
+def test_exact_pattern_does_not_match_a_wildcard_neighbour() -> None:
+    assert not re.search(exact_pattern("orders.v2"), "ordersXv2")
+
+
+@given(st.text(min_size=1, max_size=30))
+def test_exact_pattern_property(name: str) -> None:
+    assert re.fullmatch(exact_pattern(name)[1:-1], name)
+
+
+def test_temporary_policy_name_is_stable_and_distinct_per_queue() -> None:
+    a = temporary_policy_name(QueueRef("/", "q"))
+    assert a == temporary_policy_name(QueueRef("/", "q"))
+    assert a != temporary_policy_name(QueueRef("other", "q"))
+    assert a.startswith(POLICY_PREFIX)
+
+
+@pytest.mark.parametrize(
+    ("definition", "expected"),
+    [
+        ({"ha-mode": "all"}, 2),
+        ({"ha-mode": "exactly", "ha-params": 2}, 1),
+        ({"ha-mode": "exactly", "ha-params": 5}, 2),
+        ({"ha-mode": "nodes", "ha-params": ["a", "b"]}, 1),
+        ({}, 0),
+    ],
+)
+def test_expected_mirrors(definition: dict[str, object], expected: int) -> None:
+    assert expected_mirrors(definition, 3, "a") == expected
+
+
+def test_progress_round_trips_through_json() -> None:
+    move = Move("v/1", "q 1", QueueType.CLASSIC, "a", "b", 12)
+    progress = MoveProgress(move, Phase.SYNCING, 1.0, 2.0, 12, "p", "ha-all", {"ha-mode": "all"}, 3)
+    assert MoveProgress.from_dict(progress.to_dict()) == progress
+
+
+def test_leader_transfer_expression_carries_names_base64_encoded() -> None:
+    text = expression([Move("/", "q'\"}]).", QueueType.QUORUM, "a", "rabbit@b")])
+    assert "q'" not in text and "rabbit@b" not in text
+    assert text.count("\n") == 0
+
+
+def test_leader_transfer_parses_the_result_line_and_reports_garbage() -> None:
+    line = RESULT_MARKER + '[{"vhost":"/","queue":"q","result":"ok"}]'
+    transfer = RaLeaderTransfer(lambda _expr: "noise\n" + line + "\nok\n")
+    assert transfer.transfer([Move("/", "q", QueueType.QUORUM, "a", "b")]) == {QueueRef("/", "q"): "ok"}
+    with pytest.raises(LeaderTransferError, match="no result"):
+        RaLeaderTransfer(lambda _expr: "badrpc").transfer([Move("/", "q", QueueType.QUORUM, "a", "b")])

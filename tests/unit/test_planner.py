@@ -1,0 +1,201 @@
+"""The planner against brute force: optimal spread, then the fewest moves, with constraints honoured."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from queue_balancer.errors import ConfigurationError
+from queue_balancer.model import Node, Queue, QueueType, Snapshot, spread
+from queue_balancer.planner import PlanOptions, classify, plan
+
+NODES = ("rabbit@a", "rabbit@b", "rabbit@c", "rabbit@d")
+
+
+def snapshot(queues: list[Queue], nodes: tuple[str, ...] = NODES[:3], down: tuple[str, ...] = ()) -> Snapshot:
+    return Snapshot(tuple(Node(n, n not in down) for n in nodes), tuple(queues))
+
+
+def mirrored(name: str, leader: str, nodes: tuple[str, ...] = NODES[:3], messages: int = 0, vhost: str = "/") -> Queue:
+    mirrors = tuple(n for n in nodes if n != leader)
+    return Queue(vhost, name, QueueType.CLASSIC, leader, mirrors, mirrors, messages, policy="ha-all",
+                 policy_definition={"ha-mode": "all"})
+
+
+def quorum(name: str, leader: str, members: tuple[str, ...], online: tuple[str, ...] | None = None) -> Queue:
+    others = tuple(m for m in members if m != leader)
+    alive = others if online is None else tuple(m for m in others if m in online)
+    return Queue("/", name, QueueType.QUORUM, leader, others, alive)
+
+
+def unmirrored(name: str, leader: str, messages: int) -> Queue:
+    return Queue("/", name, QueueType.CLASSIC, leader, (), (), messages)
+
+
+def test_seed_example_21_mirrored_queues_on_one_node_become_7_7_7_in_14_moves() -> None:
+    result = plan(snapshot([mirrored(f"q{i:02}", "rabbit@a", messages=100) for i in range(21)]))
+    assert result.after == {"rabbit@a": 7, "rabbit@b": 7, "rabbit@c": 7}
+    assert len(result.moves) == 14
+    assert all(m.source == "rabbit@a" for m in result.moves)
+
+
+def test_unmovable_queues_count_as_fixed_load() -> None:
+    queues = [mirrored(f"m{i}", "rabbit@a") for i in range(10)]
+    queues += [unmirrored(f"u{i}", "rabbit@b", messages=5) for i in range(6)]
+    result = plan(snapshot(queues))
+    assert result.after == {"rabbit@a": 5, "rabbit@b": 6, "rabbit@c": 5}
+    assert {s.queue for s in result.skipped} == {f"u{i}" for i in range(6)}
+    assert all(m.target != "rabbit@b" for m in result.moves)
+
+
+def test_quorum_leaders_only_move_to_their_members() -> None:
+    queues = [quorum(f"q{i}", "rabbit@a", ("rabbit@a", "rabbit@b")) for i in range(9)]
+    result = plan(snapshot(queues))
+    assert all(m.target == "rabbit@b" for m in result.moves)
+    assert result.after == {"rabbit@a": 5, "rabbit@b": 4, "rabbit@c": 0}
+
+
+def test_skip_reasons() -> None:
+    running = frozenset(NODES[:3])
+    cases = {
+        "unmirrored with 120 messages: add an HA policy first": unmirrored("u", "rabbit@a", 120),
+        "mirrors out of sync (1 of 2 synchronised)": Queue(
+            "/", "x", QueueType.CLASSIC, "rabbit@a", ("rabbit@b", "rabbit@c"), ("rabbit@b",), 10),
+        "exclusive: owned by one connection, it lives and dies with it": Queue(
+            "/", "e", QueueType.CLASSIC, "rabbit@a", exclusive=True),
+        "quorum queue without a quorum online (1 of 3 members)": quorum(
+            "q", "rabbit@a", ("rabbit@a", "rabbit@b", "rabbit@c"), online=()),
+        "stream: streams are left alone": Queue("/", "s", QueueType.STREAM, "rabbit@a"),
+        "leader node rabbit@z is not running": mirrored("z", "rabbit@z"),
+    }
+    for reason, queue in cases.items():
+        verdict = classify(queue, running)
+        assert getattr(verdict, "reason", None) == reason
+
+
+def test_empty_unmirrored_queues_are_movable_and_nothing_moves_to_a_stopped_node() -> None:
+    queues = [unmirrored(f"e{i}", "rabbit@a", 0) for i in range(4)]
+    result = plan(snapshot(queues, down=("rabbit@c",)))
+    assert result.after == {"rabbit@a": 2, "rabbit@b": 2}
+    assert all(m.target == "rabbit@b" for m in result.moves)
+
+
+def test_ha_mode_nodes_queues_stay_within_their_listed_nodes() -> None:
+    queues = [
+        Queue("/", f"n{i}", QueueType.CLASSIC, "rabbit@a", ("rabbit@b",), ("rabbit@b",), policy="pinned",
+              policy_definition={"ha-mode": "nodes", "ha-params": ["rabbit@a", "rabbit@b"]})
+        for i in range(6)
+    ]
+    result = plan(snapshot(queues))
+    assert {m.target for m in result.moves} == {"rabbit@b"}
+
+
+def test_filters_and_per_vhost() -> None:
+    queues = [mirrored(f"orders.{i}", "rabbit@a", vhost="shop") for i in range(3)]
+    queues += [mirrored(f"logs.{i}", "rabbit@a", vhost="ops") for i in range(3)]
+    only_orders = plan(snapshot(queues), PlanOptions(pattern=r"^orders\."))
+    assert {m.queue for m in only_orders.moves} <= {f"orders.{i}" for i in range(3)}
+    assert len(only_orders.moves) == 2
+    per_vhost = plan(snapshot(queues), PlanOptions(per_vhost=True))
+    for vhost in ("shop", "ops"):
+        assert sum(1 for m in per_vhost.moves if m.vhost == vhost) == 2
+    with pytest.raises(ConfigurationError, match="invalid queue name pattern"):
+        PlanOptions(pattern="orders[")
+    with pytest.raises(ConfigurationError, match="no queues in vhost 'nope'"):
+        plan(snapshot(queues), PlanOptions(vhosts=("nope",)))
+
+
+def test_cheapest_queues_move_and_large_ones_come_last() -> None:
+    queues = [mirrored(f"q{i}", "rabbit@a", messages=m) for i, m in enumerate([5000, 10, 0, 700, 3, 90])]
+    result = plan(snapshot(queues))
+    assert [m.messages for m in result.moves] == sorted(m.messages for m in result.moves)
+    assert 5000 not in [m.messages for m in result.moves]
+
+
+def test_max_moves_truncates_the_plan_and_its_after_figures() -> None:
+    result = plan(snapshot([mirrored(f"q{i}", "rabbit@a") for i in range(9)]), PlanOptions(max_moves=2))
+    assert len(result.moves) == 2
+    assert sum(result.after.values()) == 9 and result.after["rabbit@a"] == 7
+
+
+def test_ten_thousand_queues_on_five_nodes_plan_in_under_a_second() -> None:
+    nodes = tuple(f"rabbit@n{i}" for i in range(5))
+    queues = [mirrored(f"q{i:05}", nodes[i % 2], nodes) for i in range(7000)]
+    queues += [quorum(f"r{i:05}", nodes[0], nodes[:3]) for i in range(3000)]
+    began = time.process_time()
+    result = plan(snapshot(queues, nodes))
+    assert time.process_time() - began < 1.0
+    assert spread(result.after) <= 1
+
+
+# ---- properties against brute force --------------------------------------------------------------
+
+def _brute_force(snap: Snapshot) -> tuple[int, int]:
+    """(best spread, fewest moves reaching it) by trying every placement of every movable queue."""
+    running = frozenset(snap.running_nodes)
+    fixed = {n: 0 for n in sorted(running)}
+    options: list[tuple[str, list[str]]] = []
+    for q in snap.queues:
+        verdict = classify(q, running)
+        if hasattr(verdict, "targets"):
+            options.append((q.leader, sorted(verdict.targets)))  # type: ignore[union-attr]
+        elif q.leader in running:
+            fixed[q.leader] += 1
+    best = (10**9, 10**9)
+    for choice in itertools.product(*(targets for _, targets in options)):
+        load = dict(fixed)
+        for node in choice:
+            load[node] += 1
+        moves = sum(1 for (leader, _), node in zip(options, choice) if node != leader)
+        best = min(best, (spread(load), moves))
+    return best
+
+
+@st.composite
+def small_clusters(draw: st.DrawFn) -> Snapshot:
+    nodes = NODES[: draw(st.integers(2, 4))]
+    queues = []
+    for i in range(draw(st.integers(0, 7))):
+        leader = draw(st.sampled_from(nodes))
+        kind = draw(st.sampled_from(["mirrored", "quorum", "unmirrored_full", "unmirrored_empty"]))
+        if kind == "mirrored":
+            queues.append(mirrored(f"q{i}", leader, nodes))
+        elif kind == "quorum":
+            others = draw(st.lists(st.sampled_from(nodes), unique=True, max_size=len(nodes)))
+            queues.append(quorum(f"q{i}", leader, (leader, *[n for n in others if n != leader])))
+        else:
+            queues.append(unmirrored(f"q{i}", leader, 7 if kind == "unmirrored_full" else 0))
+    return snapshot(queues, nodes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(small_clusters())
+def test_spread_is_optimal_and_moves_are_minimal(snap: Snapshot) -> None:
+    result = plan(snap)
+    assert (spread(result.after), len(result.moves)) == _brute_force(snap)
+
+
+@settings(max_examples=200, deadline=None)
+@given(small_clusters())
+def test_no_queue_moves_twice_skipped_never_move_and_targets_are_allowed(snap: Snapshot) -> None:
+    result = plan(snap)
+    refs = [m.ref for m in result.moves]
+    assert len(refs) == len(set(refs))
+    skipped = {(s.vhost, s.queue) for s in result.skipped}
+    running = frozenset(snap.running_nodes)
+    by_ref = {q.ref: q for q in snap.queues}
+    for move in result.moves:
+        assert (move.vhost, move.queue) not in skipped
+        verdict = classify(by_ref[move.ref], running)
+        assert move.target in verdict.targets  # type: ignore[union-attr]
+        assert move.source == by_ref[move.ref].leader
+    assert sum(result.after.values()) == sum(result.before.values())
+
+
+def test_planning_is_deterministic() -> None:
+    queues = [mirrored(f"q{i}", "rabbit@a") for i in range(12)]
+    assert plan(snapshot(queues)) == plan(snapshot(list(reversed(queues))))
