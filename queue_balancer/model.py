@@ -111,6 +111,14 @@ class Queue:
 
 
 @dataclass(frozen=True)
+class QueueCount:
+    """Messages and consumers of one queue, as its leader process reports them right now."""
+
+    messages: int
+    consumers: int
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """What the planner needs to know about a cluster at one instant."""
 

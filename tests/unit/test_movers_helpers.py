@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from queue_balancer.leader_transfer import RESULT_MARKER, RaLeaderTransfer, expression
 from queue_balancer.errors import LeaderTransferError
+from queue_balancer.leader_transfer import RESULT_MARKER, TRANSFER_FUN, RaLeaderTransfer, expression
 from queue_balancer.model import Move, QueueRef, QueueType
 from queue_balancer.movers import (
     POLICY_PREFIX,
@@ -21,7 +21,9 @@ from queue_balancer.movers import (
 )
 
 
-@pytest.mark.parametrize("name", ["orders.v2", "a+b", "x(y)", "[q]", "a|b", "dollar$", "^hat", "é.ü", "sp ace"])
+@pytest.mark.parametrize(
+    "name", ["orders.v2", "a+b", "x(y)", "[q]", "a|b", "dollar$", "^hat", "é.ü", "sp ace"]
+)
 def test_exact_pattern_matches_only_its_own_name(name: str) -> None:
     pattern = re.compile(exact_pattern(name))
     assert pattern.search(name)
@@ -66,7 +68,7 @@ def test_progress_round_trips_through_json() -> None:
 
 
 def test_leader_transfer_expression_carries_names_base64_encoded() -> None:
-    text = expression([Move("/", "q'\"}]).", QueueType.QUORUM, "a", "rabbit@b")])
+    text = expression(TRANSFER_FUN, [("/", "q'\"}]).", "rabbit@b")])
     assert "q'" not in text and "rabbit@b" not in text
     assert text.count("\n") == 0
 

@@ -20,10 +20,21 @@ def snapshot(queues: list[Queue], nodes: tuple[str, ...] = NODES[:3], down: tupl
     return Snapshot(tuple(Node(n, n not in down) for n in nodes), tuple(queues))
 
 
-def mirrored(name: str, leader: str, nodes: tuple[str, ...] = NODES[:3], messages: int = 0, vhost: str = "/") -> Queue:
+def mirrored(
+    name: str, leader: str, nodes: tuple[str, ...] = NODES[:3], messages: int = 0, vhost: str = "/"
+) -> Queue:
     mirrors = tuple(n for n in nodes if n != leader)
-    return Queue(vhost, name, QueueType.CLASSIC, leader, mirrors, mirrors, messages, policy="ha-all",
-                 policy_definition={"ha-mode": "all"})
+    return Queue(
+        vhost,
+        name,
+        QueueType.CLASSIC,
+        leader,
+        mirrors,
+        mirrors,
+        messages,
+        policy="ha-all",
+        policy_definition={"ha-mode": "all"},
+    )
 
 
 def quorum(name: str, leader: str, members: tuple[str, ...], online: tuple[str, ...] | None = None) -> Queue:
@@ -64,11 +75,14 @@ def test_skip_reasons() -> None:
     cases = {
         "unmirrored with 120 messages: add an HA policy first": unmirrored("u", "rabbit@a", 120),
         "mirrors out of sync (1 of 2 synchronised)": Queue(
-            "/", "x", QueueType.CLASSIC, "rabbit@a", ("rabbit@b", "rabbit@c"), ("rabbit@b",), 10),
+            "/", "x", QueueType.CLASSIC, "rabbit@a", ("rabbit@b", "rabbit@c"), ("rabbit@b",), 10
+        ),
         "exclusive: owned by one connection, it lives and dies with it": Queue(
-            "/", "e", QueueType.CLASSIC, "rabbit@a", exclusive=True),
+            "/", "e", QueueType.CLASSIC, "rabbit@a", exclusive=True
+        ),
         "quorum queue without a quorum online (1 of 3 members)": quorum(
-            "q", "rabbit@a", ("rabbit@a", "rabbit@b", "rabbit@c"), online=()),
+            "q", "rabbit@a", ("rabbit@a", "rabbit@b", "rabbit@c"), online=()
+        ),
         "stream: streams are left alone": Queue("/", "s", QueueType.STREAM, "rabbit@a"),
         "leader node rabbit@z is not running": mirrored("z", "rabbit@z"),
     }
@@ -86,8 +100,16 @@ def test_empty_unmirrored_queues_are_movable_and_nothing_moves_to_a_stopped_node
 
 def test_ha_mode_nodes_queues_stay_within_their_listed_nodes() -> None:
     queues = [
-        Queue("/", f"n{i}", QueueType.CLASSIC, "rabbit@a", ("rabbit@b",), ("rabbit@b",), policy="pinned",
-              policy_definition={"ha-mode": "nodes", "ha-params": ["rabbit@a", "rabbit@b"]})
+        Queue(
+            "/",
+            f"n{i}",
+            QueueType.CLASSIC,
+            "rabbit@a",
+            ("rabbit@b",),
+            ("rabbit@b",),
+            policy="pinned",
+            policy_definition={"ha-mode": "nodes", "ha-params": ["rabbit@a", "rabbit@b"]},
+        )
         for i in range(6)
     ]
     result = plan(snapshot(queues))
@@ -134,6 +156,7 @@ def test_ten_thousand_queues_on_five_nodes_plan_in_under_a_second() -> None:
 
 # ---- properties against brute force --------------------------------------------------------------
 
+
 def _brute_force(snap: Snapshot) -> tuple[int, int]:
     """(best spread, fewest moves reaching it) by trying every placement of every movable queue."""
     running = frozenset(snap.running_nodes)
@@ -150,7 +173,7 @@ def _brute_force(snap: Snapshot) -> tuple[int, int]:
         load = dict(fixed)
         for node in choice:
             load[node] += 1
-        moves = sum(1 for (leader, _), node in zip(options, choice) if node != leader)
+        moves = sum(1 for (leader, _), node in zip(options, choice, strict=True) if node != leader)
         best = min(best, (spread(load), moves))
     return best
 

@@ -1,0 +1,112 @@
+"""Exact quorum leader transfer through Ra, for RabbitMQ versions whose HTTP API cannot do it.
+
+RabbitMQ 3.10's management API has no "make node X the leader of quorum queue Q" call (the
+``/api/queues/quorum/.../replicas`` endpoints answer 405) and ``rabbitmq-queues rebalance`` only picks
+"the member with the fewest leaders". Ra's ``transfer_leadership/2``, which rebalance itself calls, moves a
+leader exactly; we reach it with ``rabbitmqctl eval``, transferring a whole batch of queues in one call
+because starting the CLI costs most of the 0.3-0.8 s a call takes.
+
+How ``rabbitmqctl eval`` is reached is a deployment concern, hence the ``run_eval`` port: a local
+subprocess here, SSM Run Command on AWS.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from queue_balancer.errors import LeaderTransferError
+from queue_balancer.model import Move, QueueRef
+
+RESULT_MARKER = "QUEUE-BALANCER-RESULT "
+
+# Each operation is an Erlang fun applied to {Vhost, Name, Target} triples; names travel base64-encoded,
+# so no vhost or queue name can break out of the Erlang string syntax.
+TRANSFER_FUN = """
+fun({V, N, T}) ->
+    Name = base64:decode(N),
+    Result = case rabbit_amqqueue:lookup(rabbit_misc:r(base64:decode(V), queue, Name)) of
+        {ok, Q} ->
+            case amqqueue:get_pid(Q) of
+                {RaName, Leader} ->
+                    Target = binary_to_atom(base64:decode(T), utf8),
+                    catch ra:transfer_leadership({RaName, Leader}, {RaName, Target});
+                _ -> not_a_quorum_queue
+            end;
+        Error -> Error
+    end,
+    #{vhost => base64:decode(V), queue => Name, result => iolist_to_binary(io_lib:format("~p", [Result]))}
+end
+"""
+
+_CALL = 'F = %(fun)s, io:format("~s~s~n", ["%(marker)s", rabbit_json:encode([F(R) || R <- [%(items)s]])]).'
+
+# What Ra answers when the leader is where we want it (or gets there).
+SUCCESS = frozenset({"ok", "already_leader"})
+
+
+@dataclass(frozen=True)
+class RaLeaderTransfer:
+    """Transfers quorum queue leaders with ``ra:transfer_leadership``, one ``rabbitmqctl eval`` per batch."""
+
+    run_eval: Callable[[str], str]
+
+    def transfer(self, moves: Sequence[Move]) -> dict[QueueRef, str]:
+        """Ask Ra to move each leader; Ra's answer per queue: ``ok``, ``already_leader`` or an error."""
+        answers = self._call(TRANSFER_FUN, [(m.vhost, m.queue, m.target) for m in moves])
+        return {QueueRef(a["vhost"], a["queue"]): str(a["result"]) for a in answers}
+
+    def _call(self, fun: str, items: Sequence[tuple[str, str, str]]) -> list[dict[str, Any]]:
+        if not items:
+            return []
+        output = self.run_eval(expression(fun, items))
+        for line in output.splitlines():
+            if line.startswith(RESULT_MARKER):
+                answers: list[dict[str, Any]] = json.loads(line[len(RESULT_MARKER) :])
+                return answers
+        raise LeaderTransferError(f"rabbitmqctl eval gave no result; the node said: {output.strip()[:300]}")
+
+
+def expression(fun: str, items: Sequence[tuple[str, str, str]]) -> str:
+    """One line of Erlang applying ``fun`` to every item and printing the results as one JSON line."""
+
+    def b64(text: str) -> str:
+        return '<<"' + base64.b64encode(text.encode()).decode() + '">>'
+
+    listed = ", ".join(f"{{{b64(a)}, {b64(b)}, {b64(c)}}}" for a, b, c in items)
+    one_line = " ".join(line.strip() for line in fun.strip().splitlines())
+    return _CALL % {"fun": one_line, "marker": RESULT_MARKER, "items": listed}
+
+
+@dataclass(frozen=True)
+class CommandEval:
+    """Runs ``<command> '<expression>'``, e.g. ``rabbitmqctl -n rabbit@node1 eval``."""
+
+    command: Sequence[str]
+    timeout: float = 120.0
+
+    @classmethod
+    def parse(cls, command_line: str) -> CommandEval:
+        return cls(tuple(shlex.split(command_line)))
+
+    def __call__(self, expression_: str) -> str:
+        try:
+            done = subprocess.run(
+                [*self.command, expression_],
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise LeaderTransferError(f"cannot run {shlex.join(self.command)}: {exc}") from exc
+        if done.returncode != 0:
+            raise LeaderTransferError(
+                f"{shlex.join(self.command)} exited with {done.returncode}: {done.stderr.strip()[:300]}"
+            )
+        return done.stdout

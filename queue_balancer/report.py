@@ -1,0 +1,217 @@
+"""Leader distribution tables: text for terminals, JSON for machines, markdown for SNS and tickets."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from queue_balancer.model import JsonDict, Skipped, Snapshot, equilibrium, spread
+from queue_balancer.movers import MoveProgress, Phase
+from queue_balancer.planner import PlanOptions, survey
+
+SEED_EQUILIBRIUM_BAR = 0.7  # the seed plugin called a cluster balanced at 70 %
+
+
+@dataclass(frozen=True)
+class Report:
+    """Leaders per node, split by queue type and by vhost, with the queues that cannot move."""
+
+    nodes: tuple[str, ...]
+    by_type: Mapping[str, Mapping[str, int]]
+    by_vhost: Mapping[str, Mapping[str, int]]
+    skipped: tuple[Skipped, ...]
+
+    @property
+    def leaders(self) -> dict[str, int]:
+        total: Counter[str] = Counter({n: 0 for n in self.nodes})
+        for counts in self.by_type.values():
+            total.update(counts)
+        return dict(total)
+
+    @property
+    def spread(self) -> int:
+        return spread(self.leaders)
+
+    @property
+    def equilibrium(self) -> float:
+        return equilibrium(self.leaders)
+
+    @classmethod
+    def of(cls, snapshot: Snapshot, options: PlanOptions | None = None) -> Report:
+        found = survey(snapshot, options or PlanOptions())
+        by_type: dict[str, Counter[str]] = defaultdict(Counter)
+        by_vhost: dict[str, Counter[str]] = defaultdict(Counter)
+        for q in found.counted:
+            by_type[q.type.value][q.leader] += 1
+            by_vhost[q.vhost][q.leader] += 1
+        return cls(
+            nodes=found.nodes,
+            by_type={t: _complete(c, found.nodes) for t, c in sorted(by_type.items())},
+            by_vhost={v: _complete(c, found.nodes) for v, c in sorted(by_vhost.items())},
+            skipped=found.skipped,
+        )
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "nodes": list(self.nodes),
+            "leaders": self.leaders,
+            "by_type": {t: dict(c) for t, c in self.by_type.items()},
+            "by_vhost": {v: {**c, "spread": spread(c)} for v, c in self.by_vhost.items()},
+            "spread": self.spread,
+            "equilibrium": round(self.equilibrium, 3),
+            "skipped": [s.to_dict() for s in self.skipped],
+        }
+
+
+def _complete(counts: Mapping[str, int], nodes: Sequence[str]) -> dict[str, int]:
+    return {n: counts.get(n, 0) for n in nodes}
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(header)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(
+            v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        )
+
+    return [line(header), *(line(r) for r in cells)]
+
+
+def _figures(report: Report) -> str:
+    bar = "meets" if report.equilibrium >= SEED_EQUILIBRIUM_BAR else "below"
+    return (
+        f"spread (max - min): {report.spread}   equilibrium: {report.equilibrium:.0%} "
+        f"({bar} the seed's 70 % bar)"
+    )
+
+
+def text(report: Report, *, skipped_limit: int = 20) -> str:
+    """The report for a terminal."""
+    types = list(report.by_type)
+    leaders = report.leaders
+    lines = [f"Leaders per node ({len(report.nodes)} running nodes, {sum(leaders.values())} queues)"]
+    lines += _table(
+        ["node", "total", *types],
+        ([n, leaders[n], *(report.by_type[t][n] for t in types)] for n in report.nodes),
+    )
+    lines.append(_figures(report))
+    if len(report.by_vhost) > 1:
+        lines += ["", "Per vhost"]
+        lines += _table(
+            ["vhost", *report.nodes, "spread"],
+            ([v, *(c[n] for n in report.nodes), spread(c)] for v, c in report.by_vhost.items()),
+        )
+    lines += skipped_lines(report.skipped, skipped_limit)
+    return "\n".join(lines)
+
+
+def skipped_lines(skipped: Sequence[Skipped], limit: int) -> list[str]:
+    if not skipped:
+        return []
+    lines = ["", f"Skipped ({len(skipped)}): these queues stay where they are"]
+    lines += [f"  {s.vhost} / {s.queue} on {s.node}: {s.reason}" for s in skipped[:limit]]
+    if len(skipped) > limit:
+        lines.append(f"  ... and {len(skipped) - limit} more (--format json lists them all)")
+    return lines
+
+
+def as_json(report: Report) -> str:
+    return json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
+
+
+def markdown(report: Report) -> str:
+    """The report for SNS messages and tickets."""
+    types = list(report.by_type)
+    leaders = report.leaders
+    lines = ["| node | total | " + " | ".join(types) + " |", "|---|---:|" + "---:|" * len(types)]
+    lines += [
+        f"| {n} | {leaders[n]} | " + " | ".join(str(report.by_type[t][n]) for t in types) + " |"
+        for n in report.nodes
+    ]
+    lines += ["", _figures(report)]
+    if report.skipped:
+        lines += ["", f"Skipped: {len(report.skipped)} queues"]
+        lines += [f"- `{s.vhost}` / `{s.queue}` on {s.node}: {s.reason}" for s in report.skipped[:50]]
+    return "\n".join(lines)
+
+
+def render(report: Report, fmt: str) -> str:
+    return {"text": text, "json": as_json, "markdown": markdown}[fmt](report)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Before and after of one balancing run, with what happened to every move."""
+
+    before: Report
+    after: Report
+    moves: tuple[MoveProgress, ...]
+    seconds: float
+
+    @property
+    def failed(self) -> tuple[MoveProgress, ...]:
+        return tuple(p for p in self.moves if p.phase is Phase.FAILED)
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "moves_done": sum(1 for p in self.moves if p.phase is Phase.DONE),
+            "moves_failed": len(self.failed),
+            "seconds": round(self.seconds, 2),
+            "moves": [
+                {
+                    **p.move.to_dict(),
+                    "result": p.phase.value,
+                    "outcome": p.outcome,
+                    "seconds": round(p.seconds, 2),
+                }
+                for p in self.moves
+            ],
+        }
+
+
+def summary_text(run: RunSummary) -> str:
+    """Before/after table for a terminal."""
+    before, after = run.before.leaders, run.after.leaders
+    nodes = sorted(set(before) | set(after))
+    lines = ["Leaders per node, before -> after"]
+    lines += _table(["node", "before", "after"], ([n, before.get(n, 0), after.get(n, 0)] for n in nodes))
+    lines.append(
+        f"spread {run.before.spread} -> {run.after.spread}   "
+        f"equilibrium {run.before.equilibrium:.0%} -> {run.after.equilibrium:.0%}"
+    )
+    done = len(run.moves) - len(run.failed)
+    lines.append(
+        f"moves: {done} done, {len(run.failed)} failed, {len(run.after.skipped)} queues skipped, "
+        f"{run.seconds:.1f} s"
+    )
+    for p in run.moves:
+        if p.outcome:
+            lines.append(
+                f"  {p.move.vhost} / {p.move.queue} ({p.move.source} -> {p.move.target}): {p.phase.value}, "
+                f"{p.outcome}"
+            )
+    lines += skipped_lines(run.after.skipped, 20)
+    return "\n".join(lines)
+
+
+def summary_markdown(run: RunSummary) -> str:
+    """Before/after for the SNS notification."""
+    before, after = run.before.leaders, run.after.leaders
+    nodes = sorted(set(before) | set(after))
+    lines = ["| node | before | after |", "|---|---:|---:|"]
+    lines += [f"| {n} | {before.get(n, 0)} | {after.get(n, 0)} |" for n in nodes]
+    done = len(run.moves) - len(run.failed)
+    lines += [
+        "",
+        f"spread {run.before.spread} -> {run.after.spread}, "
+        f"equilibrium {run.before.equilibrium:.0%} -> {run.after.equilibrium:.0%}",
+        f"moves: {done} done, {len(run.failed)} failed, {len(run.after.skipped)} skipped, {run.seconds:.1f} s",
+    ]
+    lines += [f"- failed: `{p.move.vhost}` / `{p.move.queue}`: {p.outcome}" for p in run.failed[:50]]
+    return "\n".join(lines)

@@ -1,0 +1,52 @@
+"""Distribution tables: figures, per-vhost split, skipped queues, before/after summaries."""
+
+from __future__ import annotations
+
+import json
+
+from queue_balancer.model import Move, Node, Queue, QueueType, Snapshot
+from queue_balancer.movers import MoveProgress, Phase
+from queue_balancer.report import Report, RunSummary, as_json, markdown, summary_markdown, summary_text, text
+
+NODES = ("rabbit@a", "rabbit@b", "rabbit@c")
+
+
+def _snapshot(leaders: list[tuple[str, str, QueueType]], extra: tuple[Queue, ...] = ()) -> Snapshot:
+    queues = tuple(Queue(v, f"q{i}", t, leader, (), (), 0) for i, (v, leader, t) in enumerate(leaders))
+    return Snapshot(tuple(Node(n, True) for n in NODES), queues + extra)
+
+
+def test_report_counts_leaders_by_type_and_vhost_with_the_seed_figure() -> None:
+    snap = _snapshot(
+        [("/", "rabbit@a", QueueType.CLASSIC)] * 4 + [("shop", "rabbit@b", QueueType.QUORUM)] * 2,
+        (Queue("/", "full", QueueType.CLASSIC, "rabbit@a", (), (), 120),),
+    )
+    report = Report.of(snap)
+    assert report.leaders == {"rabbit@a": 5, "rabbit@b": 2, "rabbit@c": 0}
+    assert report.by_type["quorum"] == {"rabbit@a": 0, "rabbit@b": 2, "rabbit@c": 0}
+    assert report.spread == 5 and report.equilibrium == 0.0
+    data = json.loads(as_json(report))
+    assert data["by_vhost"]["shop"]["spread"] == 2
+    reasons = {s["queue"]: s["reason"] for s in data["skipped"]}
+    assert reasons["full"] == "unmirrored with 120 messages: add an HA policy first"
+    rendered = text(report)
+    assert "spread (max - min): 5" in rendered and "Per vhost" in rendered and "full" in rendered
+    assert markdown(report).startswith("| node | total |")
+
+
+def test_run_summary_shows_before_after_and_failures() -> None:
+    before = Report.of(_snapshot([("/", "rabbit@a", QueueType.CLASSIC)] * 3))
+    after = Report.of(_snapshot([("/", n, QueueType.CLASSIC) for n in NODES]))
+    failed = MoveProgress(
+        Move("/", "q9", QueueType.CLASSIC, "rabbit@a", "rabbit@b"),
+        Phase.FAILED,
+        0,
+        0,
+        outcome="timed out while syncing",
+        finished_at=1.5,
+    )
+    run = RunSummary(before, after, (failed,), 2.0)
+    assert "spread 3 -> 0" in summary_text(run)
+    assert "timed out while syncing" in summary_text(run)
+    assert "| rabbit@a | 3 | 1 |" in summary_markdown(run)
+    assert run.to_dict()["moves_failed"] == 1
