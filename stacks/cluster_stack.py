@@ -1,0 +1,593 @@
+"""ClusterStack: an HA RabbitMQ cluster on EC2, the AWS home of the seed's cluster.
+
+A VPC over three AZs (or an existing one), one Auto Scaling group of nodes in private subnets of different
+AZs that form a cluster through the AWS peer discovery plugin, an internal Network Load Balancer for AMQP
+(5672) and the management API (15672), the Erlang cookie and the admin credentials generated in Secrets
+Manager, and CloudWatch alarms on the node count and on RabbitMQ's memory and disk figures.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aws_cdk import (
+    Acknowledgment,
+    Aws,
+    CfnOutput,
+    Duration,
+    Stack,
+    Tags,
+    Token,
+    Validations,
+)
+from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_elasticloadbalancingv2 as elbv2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subscriptions
+from cdk_nag import NagPackSuppression, NagSuppressions
+from constructs import Construct
+
+BOOTSTRAP_SCRIPT = Path(__file__).resolve().parent / "node_bootstrap.sh"
+
+AMQP_PORT = 5672
+MANAGEMENT_PORT = 15672
+EPMD_PORT = 4369
+DIST_PORT = 25672
+CLI_PORTS = (35672, 35682)
+
+DATA_DEVICE = "/dev/sdf"
+METRICS_NAMESPACE = "RabbitMQ"
+USER_DATA_LIMIT = 16 * 1024  # EC2 rejects larger user data (before base64)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """What a deployment may choose about its cluster (cdk.json context, see docs/deploy.md)."""
+
+    cluster_name: str = "rabbitmq"
+    node_count: int = 3
+    queue_type: str = "classic"
+    instance_type: str = "m6i.large"
+    rabbitmq_version: str = "3.13.7"
+    erlang_version: str = "26.2"
+    data_volume_gib: int = 50
+    vpc_id: str | None = None
+    subnet_ids: tuple[str, ...] = ()
+    vpc_cidr: str = "10.0.0.0/16"
+    availability_zones: tuple[str, ...] = ()
+    nat_gateways: int = 1
+    ssm_tag_key: str = "queue-balancer-cluster"
+    ssm_tag_value: str | None = None
+    notification_email: str | None = None
+    ami_id: str | None = None
+
+    def __post_init__(self) -> None:
+        check_cluster_name(self.cluster_name)
+        if self.queue_type not in ("classic", "quorum"):
+            raise ValueError(f"queueType must be 'classic' or 'quorum', not {self.queue_type!r}")
+        if not 1 <= self.node_count <= 9:
+            raise ValueError(f"nodeCount must be between 1 and 9, not {self.node_count}")
+        if self.vpc_id is None and self.availability_zones and len(self.availability_zones) < 2:
+            raise ValueError("availabilityZones: give at least two (three for the default HA layout)")
+
+    @property
+    def tag_value(self) -> str:
+        """The value of the SSM tag: the cluster's name unless chosen."""
+        return self.ssm_tag_value or self.cluster_name
+
+
+def check_cluster_name(name: str) -> str:
+    """The name, if it can name the state machine and tag the nodes; ValueError otherwise."""
+    if not _NAME.match(name):
+        raise ValueError(
+            f"clusterName {name!r}: use 1-48 letters, digits, '-' or '_', starting with a letter or digit "
+            "(it names the state machine and tags the nodes)"
+        )
+    return name
+
+
+def node_settings(values: Mapping[str, str]) -> list[str]:
+    """Shell assignments for /etc/rabbitmq-node.env (values may be CDK tokens, resolved at deploy)."""
+    lines = []
+    for key, value in values.items():
+        if not Token.is_unresolved(value) and ("'" in value or "\n" in value):
+            raise ValueError(f"node setting {key} must not contain quotes or newlines: {value!r}")
+        lines.append(f"{key}='{value}'")
+    return lines
+
+
+def add_node_bootstrap(
+    user_data: ec2.UserData, settings: Mapping[str, str], script: str | None = None
+) -> None:
+    """Install node_bootstrap.sh as rabbitmq-node with its settings, then run it once (at first boot)."""
+    body = (script if script is not None else BOOTSTRAP_SCRIPT.read_text()).rstrip("\n")
+    if "\nRABBITMQ_NODE_SCRIPT\n" in f"\n{body}\n":
+        raise ValueError("node_bootstrap.sh must not contain the line RABBITMQ_NODE_SCRIPT")
+    user_data.add_commands(
+        "set -euo pipefail",
+        "cat > /etc/rabbitmq-node.env <<'RABBITMQ_NODE_SETTINGS'",
+        *node_settings(settings),
+        "RABBITMQ_NODE_SETTINGS",
+        "chmod 0644 /etc/rabbitmq-node.env",
+        "cat > /usr/local/sbin/rabbitmq-node <<'RABBITMQ_NODE_SCRIPT'",
+        body,
+        "RABBITMQ_NODE_SCRIPT",
+        "chmod 0755 /usr/local/sbin/rabbitmq-node",
+        "exec /usr/local/sbin/rabbitmq-node bootstrap",
+    )
+
+
+def subnets_by_id(scope: Construct, subnet_ids: Sequence[str]) -> ec2.SubnetSelection:
+    """Exactly these subnets, known without a VPC lookup (so an offline synth places them right)."""
+    return ec2.SubnetSelection(
+        subnets=[ec2.Subnet.from_subnet_id(scope, f"Subnet{i}", sid) for i, sid in enumerate(subnet_ids)]
+    )
+
+
+class ClusterStack(Stack):
+    """An HA RabbitMQ cluster: nodes in an Auto Scaling group behind an internal NLB."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, settings: ClusterSettings, **kwargs: object
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
+        self.settings = settings
+        self.cluster_name = settings.cluster_name
+        self.ssm_tag_key = settings.ssm_tag_key
+        self.ssm_tag_value = settings.tag_value
+
+        self.vpc, self.node_subnets = self._network()
+        self.node_security_group, self.load_balancer_security_group, self.client_security_group = (
+            self._security_groups()
+        )
+        self.cookie_secret, self.admin_secret = self._secrets()
+        self.nodes = self._nodes()
+        self.load_balancer, self.amqp_target_group, self.management_target_group = self._load_balancer()
+        self.alarm_topic = self._alarms()
+
+        self.node_subnet_ids: list[str] = list(settings.subnet_ids) or list(
+            self.vpc.select_subnets(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS).subnet_ids
+        )
+        dns_name = self.load_balancer.load_balancer_dns_name
+        self.amqp_endpoint = f"amqp://{dns_name}:{AMQP_PORT}"
+        self.management_url = f"http://{dns_name}:{MANAGEMENT_PORT}"
+        self._outputs()
+
+    @property
+    def availability_zones(self) -> list[str]:
+        """The configured AZs, so that no AZ lookup (which needs credentials) happens at synth time."""
+        if self.settings.availability_zones:
+            return list(self.settings.availability_zones)
+        return list(super().availability_zones)
+
+    # --- network ----------------------------------------------------------------------------------------
+
+    def _network(self) -> tuple[ec2.IVpc, ec2.SubnetSelection]:
+        s = self.settings
+        if s.vpc_id:
+            vpc = ec2.Vpc.from_lookup(self, "Vpc", vpc_id=s.vpc_id)
+            if s.subnet_ids:
+                return vpc, subnets_by_id(self, s.subnet_ids)
+            return vpc, ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+
+        flow_log_group = logs.LogGroup(self, "VpcFlowLogs", retention=logs.RetentionDays.ONE_MONTH)
+        vpc = ec2.Vpc(
+            self,
+            "Vpc",
+            ip_addresses=ec2.IpAddresses.cidr(s.vpc_cidr),
+            availability_zones=list(s.availability_zones) or None,
+            max_azs=None if s.availability_zones else 3,
+            nat_gateways=s.nat_gateways,
+            subnet_configuration=[
+                ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24),
+                ec2.SubnetConfiguration(
+                    name="nodes", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=20
+                ),
+            ],
+            # Rejected flows only: the security signal without paying for every accepted packet.
+            flow_logs={
+                "Rejected": ec2.FlowLogOptions(
+                    destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_log_group),
+                    traffic_type=ec2.FlowLogTrafficType.REJECT,
+                )
+            },
+        )
+        Validations.of(vpc).acknowledge(
+            Acknowledgment(
+                id="CloudFormation-Validate::W3010",
+                reason="The AZs are named on purpose (context availabilityZones): synth needs no AZ lookup.",
+            )
+        )
+        return vpc, ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+
+    def _security_groups(self) -> tuple[ec2.SecurityGroup, ec2.SecurityGroup, ec2.SecurityGroup]:
+        nodes = ec2.SecurityGroup(
+            self,
+            "NodeSecurityGroup",
+            vpc=self.vpc,
+            description="RabbitMQ nodes: AMQP/management from the load balancer and clients, Erlang "
+            "distribution only among the nodes",
+            allow_all_outbound=True,
+        )
+        load_balancer = ec2.SecurityGroup(
+            self,
+            "LoadBalancerSecurityGroup",
+            vpc=self.vpc,
+            description="RabbitMQ internal NLB: AMQP from the VPC, management from cluster clients",
+            allow_all_outbound=False,
+        )
+        clients = ec2.SecurityGroup(
+            self,
+            "ClientSecurityGroup",
+            vpc=self.vpc,
+            description="Clients trusted with the management API, such as the queue balancer Lambdas",
+            allow_all_outbound=True,
+        )
+        for port, name in ((AMQP_PORT, "AMQP"), (MANAGEMENT_PORT, "management")):
+            nodes.add_ingress_rule(load_balancer, ec2.Port.tcp(port), f"{name} from the load balancer")
+            nodes.add_ingress_rule(clients, ec2.Port.tcp(port), f"{name} from cluster clients")
+            load_balancer.add_egress_rule(nodes, ec2.Port.tcp(port), f"{name} to the nodes")
+        # The CIDR as a literal when this stack makes the VPC, so cdk-nag can check the rule.
+        cidr = self.vpc.vpc_cidr_block if self.settings.vpc_id else self.settings.vpc_cidr
+        load_balancer.add_ingress_rule(ec2.Peer.ipv4(cidr), ec2.Port.tcp(AMQP_PORT), "AMQP from the VPC")
+        load_balancer.add_ingress_rule(clients, ec2.Port.tcp(MANAGEMENT_PORT), "management from clients")
+        nodes.add_ingress_rule(nodes, ec2.Port.tcp(EPMD_PORT), "epmd among the nodes")
+        nodes.add_ingress_rule(nodes, ec2.Port.tcp(DIST_PORT), "Erlang distribution among the nodes")
+        nodes.add_ingress_rule(nodes, ec2.Port.tcp_range(*CLI_PORTS), "CLI tools among the nodes")
+        return nodes, load_balancer, clients
+
+    # --- secrets ----------------------------------------------------------------------------------------
+
+    def _secrets(self) -> tuple[secretsmanager.Secret, secretsmanager.Secret]:
+        cookie = secretsmanager.Secret(
+            self,
+            "ErlangCookie",
+            description=f"Erlang cookie shared by the RabbitMQ nodes of {self.cluster_name}",
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                password_length=48, exclude_punctuation=True, include_space=False
+            ),
+        )
+        admin = secretsmanager.Secret(
+            self,
+            "AdminCredentials",
+            description=f"RabbitMQ administrator of {self.cluster_name}: {{username, password}}",
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                secret_string_template=json.dumps({"username": "admin"}),
+                generate_string_key="password",
+                password_length=32,
+                exclude_punctuation=True,
+                include_space=False,
+            ),
+        )
+        reason = (
+            "Rotating the Erlang cookie needs a restart of every node at once, and rotating the admin "
+            "password needs a rotation function that also changes it inside RabbitMQ; both are "
+            "operator-driven (docs/deploy.md). Only the nodes' role and the balancer can read them."
+        )
+        for secret in (cookie, admin):
+            NagSuppressions.add_resource_suppressions(
+                secret, [NagPackSuppression(id="AwsSolutions-SMG4", reason=reason)]
+            )
+        return cookie, admin
+
+    # --- nodes ------------------------------------------------------------------------------------------
+
+    def _node_role(self) -> iam.Role:
+        role = iam.Role(
+            self,
+            "NodeRole",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description=f"RabbitMQ nodes of {self.cluster_name}: peer discovery, secrets, SSM, metrics",
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")],
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="PeerDiscovery",
+                actions=["autoscaling:DescribeAutoScalingInstances", "ec2:DescribeInstances"],
+                resources=["*"],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="NodeMetrics",
+                actions=["cloudwatch:PutMetricData"],
+                resources=["*"],
+                conditions={"StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE}},
+            )
+        )
+        self.cookie_secret.grant_read(role)
+        self.admin_secret.grant_read(role)
+        NagSuppressions.add_resource_suppressions(
+            role,
+            [
+                NagPackSuppression(
+                    id="AwsSolutions-IAM4",
+                    reason="AmazonSSMManagedInstanceCore is the AWS-maintained minimum for Session Manager "
+                    "and Run Command, which replace SSH keys and carry the balancer's rabbitmqctl calls.",
+                    applies_to=["Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore"],
+                ),
+                NagPackSuppression(
+                    id="AwsSolutions-IAM5",
+                    reason="autoscaling:DescribeAutoScalingInstances, ec2:DescribeInstances (the AWS peer "
+                    "discovery plugin) and cloudwatch:PutMetricData (limited to the RabbitMQ namespace by a "
+                    "condition) support no resource-level permissions.",
+                    applies_to=["Resource::*"],
+                ),
+            ],
+            apply_to_children=True,
+        )
+        return role
+
+    def _machine_image(self) -> ec2.IMachineImage:
+        # The latest Amazon Linux 2023 is resolved at each deploy, and a new AMI rolls the nodes one by one;
+        # context amiId pins an image instead.
+        if self.settings.ami_id:
+            return ec2.MachineImage.generic_linux({self.region: self.settings.ami_id})
+        arm = ec2.InstanceType(self.settings.instance_type).architecture == ec2.InstanceArchitecture.ARM_64
+        return ec2.MachineImage.latest_amazon_linux2023(
+            cpu_type=ec2.AmazonLinuxCpuType.ARM_64 if arm else ec2.AmazonLinuxCpuType.X86_64
+        )
+
+    def _nodes(self) -> autoscaling.AutoScalingGroup:
+        s = self.settings
+        role = self._node_role()
+        # Filled once the group exists: the bootstrap signals the group's CloudFormation resource.
+        user_data = ec2.UserData.for_linux()
+        launch_template = ec2.LaunchTemplate(
+            self,
+            "NodeLaunchTemplate",
+            machine_image=self._machine_image(),
+            instance_type=ec2.InstanceType(s.instance_type),
+            role=role,
+            user_data=user_data,
+            security_group=self.node_security_group,
+            require_imdsv2=True,
+            detailed_monitoring=True,
+            block_devices=[
+                ec2.BlockDevice(
+                    device_name="/dev/xvda",
+                    volume=ec2.BlockDeviceVolume.ebs(
+                        16,
+                        encrypted=True,
+                        volume_type=ec2.EbsDeviceVolumeType.GP3,
+                        delete_on_termination=True,
+                    ),
+                ),
+                ec2.BlockDevice(
+                    device_name=DATA_DEVICE,
+                    volume=ec2.BlockDeviceVolume.ebs(
+                        s.data_volume_gib,
+                        encrypted=True,
+                        volume_type=ec2.EbsDeviceVolumeType.GP3,
+                        delete_on_termination=True,
+                    ),
+                ),
+            ],
+        )
+        group = autoscaling.AutoScalingGroup(
+            self,
+            "Nodes",
+            vpc=self.vpc,
+            vpc_subnets=self.node_subnets,
+            launch_template=launch_template,
+            min_capacity=s.node_count,
+            max_capacity=s.node_count,
+            health_checks=autoscaling.HealthChecks.with_additional_checks(
+                additional_types=[autoscaling.AdditionalHealthCheckType.ELB],
+                grace_period=Duration.minutes(15),
+            ),
+            group_metrics=[autoscaling.GroupMetrics.all()],
+            signals=autoscaling.Signals.wait_for_all(timeout=Duration.minutes(25)),
+            update_policy=autoscaling.UpdatePolicy.rolling_update(
+                max_batch_size=1,
+                min_instances_in_service=max(s.node_count - 1, 0),
+                pause_time=Duration.minutes(25),
+            ),
+        )
+        asg_resource = group.node.default_child
+        assert isinstance(asg_resource, autoscaling.CfnAutoScalingGroup)
+        add_node_bootstrap(
+            user_data,
+            {
+                "CLUSTER_NAME": s.cluster_name,
+                "AWS_REGION": Aws.REGION,
+                "COOKIE_SECRET_ARN": self.cookie_secret.secret_arn,
+                "ADMIN_SECRET_ARN": self.admin_secret.secret_arn,
+                "RABBITMQ_VERSION": s.rabbitmq_version,
+                "ERLANG_VERSION": s.erlang_version,
+                "QUEUE_TYPE": s.queue_type,
+                "DATA_DEVICE": DATA_DEVICE,
+                "METRICS_NAMESPACE": METRICS_NAMESPACE,
+                "CFN_STACK_NAME": Aws.STACK_NAME,
+                "CFN_RESOURCE_ID": self.get_logical_id(asg_resource),
+            },
+        )
+        Tags.of(group).add(s.ssm_tag_key, self.ssm_tag_value, apply_to_launched_instances=True)
+        Tags.of(launch_template).add("Name", f"rabbitmq-{s.cluster_name}")
+        Tags.of(group).add("Name", f"rabbitmq-{s.cluster_name}", apply_to_launched_instances=True)
+        NagSuppressions.add_resource_suppressions(
+            group,
+            [
+                NagPackSuppression(
+                    id="AwsSolutions-AS3",
+                    reason="Losing a node is what operators act on, and the NodesBelowExpected alarm reports "
+                    "it through the cluster's alarm topic; launch/terminate notifications would only repeat it.",
+                )
+            ],
+        )
+        return group
+
+    # --- load balancer ----------------------------------------------------------------------------------
+
+    def _load_balancer(
+        self,
+    ) -> tuple[elbv2.NetworkLoadBalancer, elbv2.NetworkTargetGroup, elbv2.NetworkTargetGroup]:
+        load_balancer = elbv2.NetworkLoadBalancer(
+            self,
+            "LoadBalancer",
+            vpc=self.vpc,
+            vpc_subnets=self.node_subnets,
+            internet_facing=False,
+            cross_zone_enabled=True,
+            security_groups=[self.load_balancer_security_group],
+        )
+        NagSuppressions.add_resource_suppressions(
+            load_balancer,
+            [
+                NagPackSuppression(
+                    id="AwsSolutions-ELB2",
+                    reason="NLB access logs are written for TLS listeners only; these listeners are TCP "
+                    "(AMQP 5672, management 15672), so a log bucket would stay empty. VPC flow logs "
+                    "record rejected connections.",
+                )
+            ],
+        )
+        amqp = load_balancer.add_listener("Amqp", port=AMQP_PORT, protocol=elbv2.Protocol.TCP).add_targets(
+            "AmqpNodes",
+            port=AMQP_PORT,
+            protocol=elbv2.Protocol.TCP,
+            targets=[self.nodes],
+            deregistration_delay=Duration.seconds(30),
+            health_check=elbv2.HealthCheck(
+                protocol=elbv2.Protocol.TCP,
+                port=str(AMQP_PORT),
+                interval=Duration.seconds(10),
+                healthy_threshold_count=3,
+                unhealthy_threshold_count=3,
+            ),
+        )
+        management = load_balancer.add_listener(
+            "Management", port=MANAGEMENT_PORT, protocol=elbv2.Protocol.TCP
+        ).add_targets(
+            "ManagementNodes",
+            port=MANAGEMENT_PORT,
+            protocol=elbv2.Protocol.TCP,
+            targets=[self.nodes],
+            deregistration_delay=Duration.seconds(30),
+            # The management UI's index answers 200 without credentials once the plugin is up.
+            health_check=elbv2.HealthCheck(
+                protocol=elbv2.Protocol.HTTP,
+                port=str(MANAGEMENT_PORT),
+                path="/",
+                healthy_http_codes="200",
+                interval=Duration.seconds(10),
+                healthy_threshold_count=3,
+                unhealthy_threshold_count=3,
+            ),
+        )
+        return load_balancer, amqp, management
+
+    # --- alarms -----------------------------------------------------------------------------------------
+
+    def _alarms(self) -> sns.Topic:
+        key = kms.Key(
+            self,
+            "AlarmTopicKey",
+            description=f"Encrypts the alarm topic of the RabbitMQ cluster {self.cluster_name}",
+            enable_key_rotation=True,
+        )
+        key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="CloudWatchAlarmsPublish",
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+                resources=["*"],
+                conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}},
+            )
+        )
+        topic = sns.Topic(
+            self,
+            "AlarmTopic",
+            display_name=f"RabbitMQ cluster {self.cluster_name} alarms",
+            master_key=key,
+            enforce_ssl=True,
+        )
+        if self.settings.notification_email:
+            topic.add_subscription(subscriptions.EmailSubscription(self.settings.notification_email))
+        action = cloudwatch_actions.SnsAction(topic)
+        n = self.settings.node_count
+
+        healthy = self.amqp_target_group.metrics.healthy_host_count(
+            statistic="Minimum", period=Duration.minutes(1)
+        )
+        nodes_alarm = healthy.create_alarm(
+            self,
+            "NodesBelowExpected",
+            alarm_description=f"Fewer than {n} RabbitMQ nodes accept AMQP connections behind the load balancer",
+            threshold=n,
+            comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+            evaluation_periods=3,
+            treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+        )
+
+        def node_metric(name: str, statistic: str) -> cloudwatch.Metric:
+            return cloudwatch.Metric(
+                namespace=METRICS_NAMESPACE,
+                metric_name=name,
+                dimensions_map={"ClusterName": self.cluster_name},
+                statistic=statistic,
+                period=Duration.minutes(1),
+            )
+
+        memory_alarm = node_metric("MemoryUsedOfWatermark", "Maximum").create_alarm(
+            self,
+            "MemoryHigh",
+            alarm_description="A node uses 90% of its memory high watermark; at 100% RabbitMQ blocks publishers",
+            threshold=90,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            evaluation_periods=5,
+            datapoints_to_alarm=3,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        disk_alarm = node_metric("DiskFreeOverLimit", "Minimum").create_alarm(
+            self,
+            "DiskLow",
+            alarm_description="A node's free disk is within 1.5x of its disk_free_limit; at 1x RabbitMQ "
+            "blocks publishers",
+            threshold=1.5,
+            comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_OR_EQUAL_TO_THRESHOLD,
+            evaluation_periods=5,
+            datapoints_to_alarm=3,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        for alarm in (nodes_alarm, memory_alarm, disk_alarm):
+            alarm.add_alarm_action(action)
+            alarm.add_ok_action(action)
+        self.alarms = (nodes_alarm, memory_alarm, disk_alarm)
+        return topic
+
+    # --- outputs ----------------------------------------------------------------------------------------
+
+    def _outputs(self) -> None:
+        outputs: Sequence[tuple[str, str, str]] = (
+            ("ClusterName", self.cluster_name, "The cluster's name (the balancer's clusterName)"),
+            ("AmqpEndpoint", self.amqp_endpoint, "AMQP through the internal load balancer"),
+            ("ManagementUrl", self.management_url, "Management API through the internal load balancer"),
+            ("AdminSecretArn", self.admin_secret.secret_arn, "Secret {username, password} of the admin"),
+            ("ClientSecurityGroupId", self.client_security_group.security_group_id, "Trusted clients' SG"),
+            ("VpcId", self.vpc.vpc_id, "The cluster's VPC"),
+            ("NodeSubnetIds", ",".join(self.node_subnet_ids), "The nodes' (and the balancer's) subnets"),
+            (
+                "NodesAutoScalingGroupName",
+                self.nodes.auto_scaling_group_name,
+                "The nodes' Auto Scaling group",
+            ),
+            ("SsmTagKey", self.ssm_tag_key, "Tag key of the nodes (SSM Run Command target)"),
+            ("SsmTagValue", self.ssm_tag_value, "Tag value of the nodes"),
+            ("AlarmTopicArn", self.alarm_topic.topic_arn, "Topic of the cluster's alarms"),
+        )
+        for name, value, description in outputs:
+            CfnOutput(self, name, value=value, description=description)

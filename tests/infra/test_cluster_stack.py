@@ -1,0 +1,249 @@
+"""ClusterStack: network, nodes, load balancer, secrets, IAM, alarms; cdk-nag and cfn-lint clean."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Match
+
+from stacks.cluster_stack import BOOTSTRAP_SCRIPT, USER_DATA_LIMIT, ClusterSettings
+from tests.infra.checks import (
+    cfn_lint_errors,
+    nag_findings,
+    nag_report,
+    suppression_reasons,
+    wildcard_violations,
+)
+from tests.infra.conftest import Synthesized
+
+STACK = "RabbitMqCluster"
+
+
+def _ingress(synth: Synthesized) -> list[dict[str, Any]]:
+    """Every ingress rule: standalone resources plus those inline in security groups."""
+    rules = [r["Properties"] for r in synth.resources(STACK, "AWS::EC2::SecurityGroupIngress").values()]
+    for logical_id, group in synth.resources(STACK, "AWS::EC2::SecurityGroup").items():
+        for rule in group["Properties"].get("SecurityGroupIngress", []):
+            rules.append({**rule, "GroupId": {"Fn::GetAtt": [logical_id, "GroupId"]}})
+    return rules
+
+
+def _group_id(synth: Synthesized, prefix: str) -> dict[str, Any]:
+    (logical_id,) = [k for k in synth.resources(STACK, "AWS::EC2::SecurityGroup") if k.startswith(prefix)]
+    return {"Fn::GetAtt": [logical_id, "GroupId"]}
+
+
+def _user_data(synth: Synthesized) -> str:
+    """The launch template's user data with references shown as <Ref:...>."""
+    (template,) = synth.resources(STACK, "AWS::EC2::LaunchTemplate").values()
+    parts = template["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Join"][1]
+    return "".join(p if isinstance(p, str) else f"<Ref:{json.dumps(p, sort_keys=True)}>" for p in parts)
+
+
+def test_vpc_spans_three_azs_with_private_subnets_for_the_nodes(cluster_synth: Synthesized) -> None:
+    subnets = cluster_synth.resources(STACK, "AWS::EC2::Subnet").values()
+    private = [s["Properties"] for s in subnets if not s["Properties"].get("MapPublicIpOnLaunch")]
+    assert sorted(s["AvailabilityZone"] for s in private) == ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+    cluster_synth.template(STACK).resource_count_is("AWS::EC2::FlowLog", 1)
+
+
+def test_nodes_are_an_autoscaling_group_over_the_three_private_subnets(cluster_synth: Synthesized) -> None:
+    (group,) = cluster_synth.resources(STACK, "AWS::AutoScaling::AutoScalingGroup").values()
+    props = group["Properties"]
+    assert props["MinSize"] == props["MaxSize"] == "3"
+    assert len(props["VPCZoneIdentifier"]) == 3
+    assert all("nodes" in ref["Ref"] for ref in props["VPCZoneIdentifier"])
+    assert props["HealthCheckType"] == "ELB"
+    assert len(props["TargetGroupARNs"]) == 2
+    assert group["CreationPolicy"]["ResourceSignal"]["Count"] == 3
+    assert group["UpdatePolicy"]["AutoScalingRollingUpdate"]["MaxBatchSize"] == 1
+    assert {"Key": "queue-balancer-cluster", "Value": "rabbitmq", "PropagateAtLaunch": True} in props["Tags"]
+
+
+def test_launch_template_encrypts_volumes_requires_imdsv2_and_has_no_ssh_key(
+    cluster_synth: Synthesized,
+) -> None:
+    (template,) = cluster_synth.resources(STACK, "AWS::EC2::LaunchTemplate").values()
+    data = template["Properties"]["LaunchTemplateData"]
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    assert "KeyName" not in data
+    devices = {d["DeviceName"]: d["Ebs"] for d in data["BlockDeviceMappings"]}
+    assert set(devices) == {"/dev/xvda", "/dev/sdf"}
+    assert all(ebs["Encrypted"] is True for ebs in devices.values())
+    assert devices["/dev/sdf"]["VolumeSize"] == ClusterSettings().data_volume_gib
+
+
+def test_user_data_installs_the_bootstrap_script_verbatim_without_secrets(cluster_synth: Synthesized) -> None:
+    user_data = _user_data(cluster_synth)
+    assert BOOTSTRAP_SCRIPT.read_text().rstrip("\n") in user_data
+    assert len(user_data.encode()) < USER_DATA_LIMIT - 1024  # the references resolve to short ARNs
+    settings = user_data.split("<<'RABBITMQ_NODE_SETTINGS'\n", 1)[1].split("\nRABBITMQ_NODE_SETTINGS\n", 1)[0]
+    values = dict(line.split("=", 1) for line in settings.splitlines())
+    assert values["COOKIE_SECRET_ARN"].startswith("'<Ref:") and "ErlangCookie" in values["COOKIE_SECRET_ARN"]
+    assert (
+        values["ADMIN_SECRET_ARN"].startswith("'<Ref:") and "AdminCredentials" in values["ADMIN_SECRET_ARN"]
+    )
+    assert values["RABBITMQ_VERSION"] == "'3.13.7'" and values["QUEUE_TYPE"] == "'classic'"
+    assert values["CFN_RESOURCE_ID"].startswith("'NodesASG")
+    assert "password" not in settings.lower() and "guest" not in settings
+    assert user_data.rstrip().endswith("exec /usr/local/sbin/rabbitmq-node bootstrap")
+
+
+def test_user_data_is_valid_bash(cluster_synth: Synthesized, tmp_path: Path) -> None:
+    script = tmp_path / "user-data.sh"
+    script.write_text(_user_data(cluster_synth))
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_internal_nlb_forwards_5672_and_15672_with_health_checks(cluster_synth: Synthesized) -> None:
+    template = cluster_synth.template(STACK)
+    template.has_resource_properties(
+        "AWS::ElasticLoadBalancingV2::LoadBalancer",
+        {"Scheme": "internal", "Type": "network", "SecurityGroups": Match.any_value()},
+    )
+    listeners = cluster_synth.resources(STACK, "AWS::ElasticLoadBalancingV2::Listener").values()
+    assert sorted((lst["Properties"]["Port"], lst["Properties"]["Protocol"]) for lst in listeners) == [
+        (5672, "TCP"),
+        (15672, "TCP"),
+    ]
+    groups = {
+        g["Properties"]["Port"]: g["Properties"]
+        for g in cluster_synth.resources(STACK, "AWS::ElasticLoadBalancingV2::TargetGroup").values()
+    }
+    assert groups[5672]["HealthCheckProtocol"] == "TCP" and groups[5672]["HealthCheckPort"] == "5672"
+    assert groups[15672]["HealthCheckProtocol"] == "HTTP" and groups[15672]["HealthCheckPort"] == "15672"
+    assert all(g["TargetType"] == "instance" for g in groups.values())
+
+
+def test_node_ports_are_open_only_to_the_load_balancer_clients_and_the_nodes(
+    cluster_synth: Synthesized,
+) -> None:
+    nodes = _group_id(cluster_synth, "NodeSecurityGroup")
+    load_balancer = _group_id(cluster_synth, "LoadBalancerSecurityGroup")
+    clients = _group_id(cluster_synth, "ClientSecurityGroup")
+    to_nodes = {
+        (r["FromPort"], r["ToPort"], json.dumps(r["SourceSecurityGroupId"]))
+        for r in _ingress(cluster_synth)
+        if r["GroupId"] == nodes and "SourceSecurityGroupId" in r
+    }
+    assert to_nodes == {
+        (5672, 5672, json.dumps(load_balancer)),
+        (15672, 15672, json.dumps(load_balancer)),
+        (5672, 5672, json.dumps(clients)),
+        (15672, 15672, json.dumps(clients)),
+        (4369, 4369, json.dumps(nodes)),
+        (25672, 25672, json.dumps(nodes)),
+        (35672, 35682, json.dumps(nodes)),
+    }
+    assert not [r for r in _ingress(cluster_synth) if r["GroupId"] == nodes and "CidrIp" in r]
+
+
+def test_load_balancer_takes_amqp_from_the_vpc_and_management_from_clients(
+    cluster_synth: Synthesized,
+) -> None:
+    load_balancer = _group_id(cluster_synth, "LoadBalancerSecurityGroup")
+    clients = _group_id(cluster_synth, "ClientSecurityGroup")
+    rules = [r for r in _ingress(cluster_synth) if r["GroupId"] == load_balancer]
+    assert {(r["FromPort"], r.get("CidrIp"), json.dumps(r.get("SourceSecurityGroupId"))) for r in rules} == {
+        (5672, ClusterSettings().vpc_cidr, "null"),
+        (15672, None, json.dumps(clients)),
+    }
+
+
+def test_secrets_are_generated_cookie_and_admin_credentials(cluster_synth: Synthesized) -> None:
+    secrets = [
+        s["Properties"] for s in cluster_synth.resources(STACK, "AWS::SecretsManager::Secret").values()
+    ]
+    generators = [s["GenerateSecretString"] for s in secrets]
+    admin = [g for g in generators if "SecretStringTemplate" in g]
+    assert len(secrets) == 2 and len(admin) == 1
+    assert json.loads(admin[0]["SecretStringTemplate"]) == {"username": "admin"}
+    assert admin[0]["GenerateStringKey"] == "password"
+    assert all("SecretString" not in s for s in secrets)
+
+
+def test_node_role_can_discover_peers_read_its_secrets_and_use_ssm(cluster_synth: Synthesized) -> None:
+    (role,) = [
+        r for k, r in cluster_synth.resources(STACK, "AWS::IAM::Role").items() if k.startswith("NodeRole")
+    ]
+    assert "AmazonSSMManagedInstanceCore" in json.dumps(role["Properties"]["ManagedPolicyArns"])
+    (policy,) = [
+        p["Properties"]["PolicyDocument"]["Statement"]
+        for p in cluster_synth.resources(STACK, "AWS::IAM::Policy").values()
+        if "NodeRole" in p["Properties"]["PolicyName"]
+    ]
+    by_sid = {s.get("Sid", json.dumps(s["Resource"])): s for s in policy}
+    assert set(by_sid["PeerDiscovery"]["Action"]) == {
+        "autoscaling:DescribeAutoScalingInstances",
+        "ec2:DescribeInstances",
+    }
+    assert by_sid["NodeMetrics"]["Condition"] == {"StringEquals": {"cloudwatch:namespace": "RabbitMQ"}}
+    secret_reads = [s for s in policy if "secretsmanager:GetSecretValue" in s["Action"]]
+    assert sorted(s["Resource"]["Ref"][:12] for s in secret_reads) == ["AdminCredent", "ErlangCookie"]
+
+
+def test_iam_names_its_resources(cluster_synth: Synthesized) -> None:
+    assert wildcard_violations(cluster_synth.templates[STACK]) == []
+
+
+def test_alarms_on_node_count_memory_and_disk_notify_the_alarm_topic(cluster_synth: Synthesized) -> None:
+    alarms = {
+        a["Properties"]["MetricName"]: a["Properties"]
+        for a in cluster_synth.resources(STACK, "AWS::CloudWatch::Alarm").values()
+    }
+    assert set(alarms) == {"HealthyHostCount", "MemoryUsedOfWatermark", "DiskFreeOverLimit"}
+    assert alarms["HealthyHostCount"]["Threshold"] == 3
+    assert alarms["HealthyHostCount"]["ComparisonOperator"] == "LessThanThreshold"
+    assert alarms["MemoryUsedOfWatermark"]["Namespace"] == "RabbitMQ"
+    assert all(
+        a["AlarmActions"] and a["AlarmActions"][0]["Ref"].startswith("AlarmTopic") for a in alarms.values()
+    )
+    cluster_synth.template(STACK).has_resource_properties(
+        "AWS::SNS::Topic", {"KmsMasterKeyId": Match.any_value()}
+    )
+    cluster_synth.template(STACK).has_resource_properties(
+        "AWS::SNS::Subscription", {"Protocol": "email", "Endpoint": "ops@example.com"}
+    )
+
+
+def test_outputs_name_the_endpoints_and_the_secret(cluster_synth: Synthesized) -> None:
+    outputs = cluster_synth.templates[STACK]["Outputs"]
+    for name in ("AmqpEndpoint", "ManagementUrl", "AdminSecretArn", "ClientSecurityGroupId", "SsmTagKey"):
+        assert name in outputs
+    assert ":15672" in json.dumps(outputs["ManagementUrl"]["Value"])
+    assert outputs["AdminSecretArn"]["Value"]["Ref"].startswith("AdminCredentials")
+
+
+def test_cdk_nag_finds_nothing_unsuppressed(cluster_synth: Synthesized) -> None:
+    assert nag_findings(cluster_synth.messages[STACK]) == []
+    rows = nag_report(cluster_synth.outdir, STACK)
+    assert len(rows) > 20  # the AwsSolutions pack did run
+    assert {r["Compliance"] for r in rows} <= {"Compliant", "Suppressed"}
+
+
+def test_every_suppression_has_a_written_reason(cluster_synth: Synthesized) -> None:
+    reasons = suppression_reasons(cluster_synth.templates[STACK])
+    assert reasons
+    assert [r for r in reasons if len(r[2]) < 60] == []
+
+
+def test_cfn_lint_finds_no_errors(cluster_synth: Synthesized) -> None:
+    assert cfn_lint_errors(cluster_synth.templates[STACK]) == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"queue_type": "stream"}, "queueType"),
+        ({"node_count": 0}, "nodeCount"),
+        ({"cluster_name": "bad name"}, "clusterName"),
+    ],
+)
+def test_settings_reject_what_the_stack_cannot_build(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ClusterSettings(**settings)

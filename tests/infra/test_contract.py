@@ -1,0 +1,202 @@
+"""The pieces of the stacks that need no synth: ASL -> functions discovery, the code asset, settings, context.
+
+These run whether or not the real ASL exists yet: they build small ASL files and handler modules of their own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import aws_cdk as cdk
+import pytest
+
+from app import Context, cluster_settings
+from stacks.balancer_stack import (
+    BalancerSettings,
+    BalancerStack,
+    ContractError,
+    PipLocalBundling,
+    asset_hash,
+    discover_functions,
+    runtime_requirements,
+    snake_case,
+    substitute,
+)
+from tests.infra.checks import wildcard_violations
+
+
+def write_asl(tmp_path: Path, *placeholders: str) -> str:
+    states = {
+        f"S{i}": {
+            "Type": "Task",
+            "Resource": "arn:aws:states:::lambda:invoke",
+            "Parameters": {"X": f"${{{p}}}"},
+        }
+        for i, p in enumerate(placeholders)
+    }
+    return json.dumps({"StartAt": "S0", "States": states})
+
+
+def write_module(
+    directory: Path, name: str, body: str = "def handler(event, context):\n    return event\n"
+) -> None:
+    directory.mkdir(exist_ok=True)
+    (directory / f"{name}.py").write_text(body)
+
+
+@pytest.mark.parametrize(
+    ("name", "snake"),
+    [
+        ("StartMove", "start_move"),
+        ("Preflight", "preflight"),
+        ("SSMCommand", "ssm_command"),
+        ("LoadQueuesV2", "load_queues_v2"),
+    ],
+)
+def test_snake_case(name: str, snake: str) -> None:
+    assert snake_case(name) == snake
+
+
+def test_functions_come_from_the_asl_placeholders(tmp_path: Path) -> None:
+    lambdas = tmp_path / "lambdas"
+    for module in ("start_move", "check_move", "__init__"):
+        write_module(
+            lambdas, module, "" if module == "__init__" else "def handler(event, context):\n    return {}\n"
+        )
+    write_module(lambdas, "environment", "SETTINGS = 1\n")  # a helper module: no handler, no placeholder
+    asl = write_asl(tmp_path, "StartMoveFunctionArn", "CheckMoveFunctionArn", "LifecycleTableName")
+    assert discover_functions(asl, lambdas) == {
+        "CheckMove": "lambdas.check_move.handler",
+        "StartMove": "lambdas.start_move.handler",
+    }
+
+
+def test_a_placeholder_without_a_module_fails_the_synth(tmp_path: Path) -> None:
+    lambdas = tmp_path / "lambdas"
+    write_module(lambdas, "start_move")
+    asl = write_asl(tmp_path, "StartMoveFunctionArn", "FinishMoveFunctionArn")
+    with pytest.raises(ContractError, match=r"FinishMoveFunctionArn\} -> finish_move\.py"):
+        discover_functions(asl, lambdas)
+
+
+def test_a_handler_module_without_a_placeholder_fails_the_synth(tmp_path: Path) -> None:
+    lambdas = tmp_path / "lambdas"
+    write_module(lambdas, "start_move")
+    write_module(lambdas, "forgotten")
+    with pytest.raises(ContractError, match=r"handler modules no .* names: forgotten\.py"):
+        discover_functions(write_asl(tmp_path, "StartMoveFunctionArn"), lambdas)
+
+
+def test_an_unknown_placeholder_fails_the_synth(tmp_path: Path) -> None:
+    lambdas = tmp_path / "lambdas"
+    write_module(lambdas, "start_move")
+    with pytest.raises(ContractError, match="BucketName"):
+        discover_functions(write_asl(tmp_path, "StartMoveFunctionArn", "BucketName"), lambdas)
+
+
+def test_a_missing_asl_file_is_named_in_the_error(tmp_path: Path) -> None:
+    app = cdk.App()
+    with pytest.raises(ContractError, match=r"balancer\.asl\.json does not exist"):
+        BalancerStack(
+            app,
+            "QueueBalancer",
+            cluster_name="c",
+            management_url="http://x:15672",
+            secret="arn:aws:secretsmanager:eu-west-1:123456789012:secret:x-AbCdEf",
+            ssm_tag_key="k",
+            ssm_tag_value="v",
+            vpc_id="vpc-0123456789abcdef0",
+            asl_path=tmp_path / "balancer.asl.json",
+        )
+
+
+def test_substitute_replaces_known_placeholders_only() -> None:
+    assert substitute('{"a": "${A}", "b": "${B}"}', {"A": "x"}) == '{"a": "x", "b": "${B}"}'
+
+
+def test_runtime_requirements_are_the_projects_less_the_lambda_runtimes() -> None:
+    requirements = runtime_requirements()
+    names = [r.split(">")[0].split("[")[0].split("=")[0].strip() for r in requirements]
+    assert "requests" in names and "aws-lambda-powertools" in names
+    assert "boto3" not in names
+
+
+def test_local_bundling_copies_both_packages_without_caches(tmp_path: Path) -> None:
+    lambdas, core, out = tmp_path / "lambdas", tmp_path / "queue_balancer", tmp_path / "out"
+    write_module(lambdas, "start_move")
+    write_module(core, "planner", "PLAN = 1\n")
+    (core / "__pycache__").mkdir()
+    (core / "__pycache__" / "planner.cpython-312.pyc").write_bytes(b"x")
+    out.mkdir()
+    assert PipLocalBundling([lambdas, core], requirements=[]).try_bundle(str(out)) is True
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "lambdas/start_move.py",
+        "queue_balancer/planner.py",
+    ]
+
+
+def test_asset_hash_follows_sources_and_requirements(tmp_path: Path) -> None:
+    lambdas = tmp_path / "lambdas"
+    write_module(lambdas, "start_move")
+    first = asset_hash([lambdas], ["requests"])
+    assert asset_hash([lambdas], ["requests"]) == first
+    assert asset_hash([lambdas], ["requests<3"]) != first
+    write_module(lambdas, "start_move", "def handler(event, context):\n    return 1\n")
+    assert asset_hash([lambdas], ["requests"]) != first
+
+
+@pytest.mark.parametrize(
+    ("cron", "expression"),
+    [
+        (None, "cron(0 3 * * ? *)"),
+        ("15 2 ? * MON-FRI *", "cron(15 2 ? * MON-FRI *)"),
+        ("cron(0 4 * * ? *)", "cron(0 4 * * ? *)"),
+    ],
+)
+def test_schedule_expression(cron: str | None, expression: str) -> None:
+    assert BalancerSettings(schedule_cron=cron).schedule_expression() == expression
+
+
+def test_schedule_rejects_a_five_field_cron() -> None:
+    with pytest.raises(ValueError, match="six fields"):
+        BalancerSettings(schedule_cron="0 3 * * *").schedule_expression()
+
+
+def test_context_values_from_the_command_line_are_parsed() -> None:
+    app = cdk.App(
+        context={"nodeCount": "5", "subnetIds": "subnet-a, subnet-b", "availabilityZones": '["x1a","x1b"]'}
+    )
+    ctx = Context(app)
+    assert ctx.integer("nodeCount", 3) == 5
+    assert ctx.strings("subnetIds") == ("subnet-a", "subnet-b")
+    settings = cluster_settings(ctx, "x1")
+    assert settings.node_count == 5 and settings.availability_zones == ("x1a", "x1b")
+    assert cluster_settings(Context(cdk.App()), "eu-central-1").availability_zones == (
+        "eu-central-1a",
+        "eu-central-1b",
+        "eu-central-1c",
+    )
+
+
+def test_the_wildcard_check_catches_an_unscoped_grant() -> None:
+    template = {
+        "Resources": {
+            "Bad": {
+                "Type": "AWS::IAM::Policy",
+                "Properties": {
+                    "PolicyDocument": {
+                        "Statement": [
+                            {"Action": "dynamodb:PutItem", "Effect": "Allow", "Resource": "*"},
+                            {
+                                "Action": "ssm:SendCommand",
+                                "Effect": "Allow",
+                                "Resource": "arn:aws:ec2:r:a:instance/*",
+                            },
+                        ]
+                    }
+                },
+            }
+        }
+    }
+    assert len(wildcard_violations(template)) == 2

@@ -1,0 +1,273 @@
+"""node_bootstrap.sh: shellcheck-clean, and what it writes boots a real RabbitMQ node.
+
+The rendered rabbitmq.conf is started as it is, except for three lines: the peer discovery backend becomes
+``classic_config`` (so the node makes no call to AWS; the ``cluster_formation.aws.*`` keys stay and must
+parse) and AMQP/management listen on loopback ports nothing else uses. The script's own admin-user and
+policy functions then run against that node, with only the Secrets Manager read stubbed.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from stacks.cluster_stack import BOOTSTRAP_SCRIPT
+
+RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
+NODE = "qbconf@localhost"
+AMQP_PORT, MANAGEMENT_PORT, DIST_PORT, EPMD_PORT = 5901, 15901, 25901, 4901
+SETTINGS = {
+    "CLUSTER_NAME": "conf-test",
+    "AWS_REGION": "eu-west-1",
+    "COOKIE_SECRET_ARN": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:cookie-AbCdEf",
+    "ADMIN_SECRET_ARN": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:admin-AbCdEf",
+    "RABBITMQ_VERSION": "3.13.7",
+    "ERLANG_VERSION": "26.2",
+    "QUEUE_TYPE": "classic",
+}
+ADMIN = {"username": "admin", "password": "Bootstrap-Test-Pw-1"}
+
+
+def render(function: str, *args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> str:
+    """Output of one of the script's functions, called after sourcing it (nothing else runs)."""
+    command = f'source "$1"; shift; {function} "$@"'
+    done = subprocess.run(
+        ["bash", "-c", command, "bash", str(BOOTSTRAP_SCRIPT), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **SETTINGS, **(env or {})},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, f"{function} failed: {done.stderr}"
+    return done.stdout
+
+
+def test_shellcheck_is_clean() -> None:
+    done = subprocess.run(
+        ["shellcheck", "--severity=style", str(BOOTSTRAP_SCRIPT)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_sourcing_the_script_runs_nothing() -> None:
+    assert render("true") == ""
+
+
+def test_conf_forms_the_cluster_through_aws_peer_discovery_of_the_autoscaling_group() -> None:
+    conf = render("render_rabbitmq_conf")
+    lines = {line.strip() for line in conf.splitlines()}
+    for expected in (
+        "cluster_name = conf-test",
+        "cluster_formation.peer_discovery_backend = aws",
+        "cluster_formation.aws.region = eu-west-1",
+        "cluster_formation.aws.use_autoscaling_group = true",
+        "cluster_formation.aws.use_private_ip = false",
+        "cluster_partition_handling = pause_minority",
+        "listeners.tcp.default = 5672",
+        "management.tcp.port = 15672",
+    ):
+        assert expected in lines
+    assert "guest" not in conf.replace("loopback_users.guest = true", "")
+
+
+def test_node_name_is_the_private_dns_name_with_long_names() -> None:
+    host = "ip-10-0-17-4.eu-west-1.compute.internal"
+    assert render("render_rabbitmq_env", host) == f"NODENAME=rabbit@{host}\nUSE_LONGNAME=true\n"
+
+
+def test_packages_come_from_the_team_rabbitmq_repositories_pinned_to_the_version() -> None:
+    repo = render("render_yum_repo")
+    assert repo.count("baseurl=https://yum1.rabbitmq.com/") == 4
+    assert "gpgcheck=1" in repo and "repo_gpgcheck=1" in repo
+    script = BOOTSTRAP_SCRIPT.read_text()
+    assert '"rabbitmq-server-${RABBITMQ_VERSION}"' in script and '"erlang-${ERLANG_VERSION}*"' in script
+
+
+def test_the_metrics_timer_runs_the_installed_script_every_minute() -> None:
+    assert "ExecStart=/usr/local/sbin/rabbitmq-node metrics" in render("render_metrics_service")
+    assert "OnUnitActiveSec=1min" in render("render_metrics_timer")
+
+
+# --- a real node started with the rendered configuration --------------------------------------------
+
+
+@dataclass
+class LocalNode:
+    """A RabbitMQ node on loopback, started by this module with the rendered configuration."""
+
+    env: dict[str, str]
+    log: Path
+
+    def ctl(self, *args: str, stdin: str | None = None, tool: str = "rabbitmqctl") -> str:
+        done = subprocess.run(
+            [str(RABBITMQ_BIN / tool), "-n", NODE, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, f"{tool} {' '.join(args)}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    def api(self, path: str, user: str = ADMIN["username"], password: str = ADMIN["password"]) -> object:
+        request = urllib.request.Request(f"http://127.0.0.1:{MANAGEMENT_PORT}{path}")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _local_conf() -> str:
+    conf = render("render_rabbitmq_conf")
+    replacements = {
+        "cluster_formation.peer_discovery_backend = aws": "cluster_formation.peer_discovery_backend = classic_config",
+        "listeners.tcp.default = 5672": f"listeners.tcp.local = 127.0.0.1:{AMQP_PORT}",
+        "management.tcp.port = 15672": f"management.tcp.port = {MANAGEMENT_PORT}\nmanagement.tcp.ip = 127.0.0.1",
+    }
+    for line, local in replacements.items():
+        assert line in conf.splitlines(), f"the rendered conf lost the line {line!r}"
+        conf = conf.replace(line, local)
+    return conf
+
+
+def _stop(process: subprocess.Popen[bytes], deadline: float) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 1))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNode]:
+    if not (RABBITMQ_BIN / "rabbitmq-server").exists() or not shutil.which("epmd"):
+        pytest.fail("rabbitmq-server is not installed (make system-deps installs Debian's package)")
+    busy = [p for p in (AMQP_PORT, MANAGEMENT_PORT, DIST_PORT, EPMD_PORT) if _port_in_use(p)]
+    if busy:
+        pytest.fail(f"loopback ports {busy} are in use; this test needs them for its own node")
+
+    base = tmp_path_factory.mktemp("rabbitmq-conf-node")
+    (base / "home").mkdir()
+    (base / "rabbitmq.conf").write_text(_local_conf())
+    (base / "enabled_plugins").write_text(render("render_enabled_plugins"))
+    env = {
+        **os.environ,
+        "HOME": str(base / "home"),
+        "RABBITMQ_NODENAME": NODE,
+        "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+        "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(base / "log"),
+        "RABBITMQ_PID_FILE": str(base / "node.pid"),
+        "RABBITMQ_DIST_PORT": str(DIST_PORT),
+        "ERL_EPMD_PORT": str(EPMD_PORT),
+        "ERL_EPMD_ADDRESS": "127.0.0.1",
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-start_epmd false -kernel inet_dist_use_interface {127,0,0,1}",
+        "RABBITMQ_CTL_ERL_ARGS": "-start_epmd false",
+    }
+    log = base / "server.log"
+    epmd = subprocess.Popen(["epmd", "-port", str(EPMD_PORT), "-address", "127.0.0.1"], env=env)
+    with log.open("wb") as out:
+        server = subprocess.Popen([str(RABBITMQ_BIN / "rabbitmq-server")], env=env, stdout=out, stderr=out)
+    local = LocalNode(env, log)
+    try:
+        deadline = time.monotonic() + 90
+        while not (base / "node.pid").exists():
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the node did not start with the rendered conf:\n{log.read_text()[-4000:]}")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(timeout=0.5)  # a bounded wait on the server itself, not a bare sleep
+        local.ctl("wait", str(base / "node.pid"), "--timeout", "90")
+        yield local
+    finally:
+        deadline = time.monotonic() + 60
+        if server.poll() is None:
+            subprocess.run(
+                [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", NODE, "shutdown"],
+                env=env,
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+        _stop(server, deadline)
+        _stop(epmd, time.monotonic() + 10)
+
+
+def test_rendered_conf_boots_a_node_with_the_aws_keys_parsed(node: LocalNode) -> None:
+    formation = node.ctl("eval", "application:get_env(rabbit, cluster_formation).")
+    assert "peer_discovery_aws" in formation
+    assert "{aws_autoscaling,true}" in formation and "{aws_use_private_ip,false}" in formation
+    assert '{aws_ec2_region,"eu-west-1"}' in formation
+    assert node.ctl("eval", "rabbit_nodes:cluster_name().").strip() == '<<"conf-test">>'
+    assert node.ctl("eval", "application:get_env(rabbit, cluster_partition_handling).").strip() == (
+        "{ok,pause_minority}"
+    )
+    plugins = node.ctl("list", "--enabled", "--minimal", tool="rabbitmq-plugins").split()
+    assert {"rabbitmq_management", "rabbitmq_peer_discovery_aws"} <= set(plugins)
+
+
+def test_admin_user_and_ha_policy_are_applied_by_the_script(node: LocalNode) -> None:
+    ctl = f'"{RABBITMQ_BIN}/rabbitmqctl" -n {NODE}'
+    secret = json.dumps(ADMIN)
+    # The script's own functions against the node; only the Secrets Manager read is stubbed.
+    steps = f"""
+        rabbitmqctl() {{ {ctl} "$@"; }}
+        secret_string() {{ printf '%s' '{secret}'; }}
+        ensure_admin_user
+        ensure_admin_user
+        apply_default_policy
+        apply_default_policy
+    """
+    done = subprocess.run(
+        ["bash", "-c", f'source "$1"; {steps}', "bash", str(BOOTSTRAP_SCRIPT)],
+        capture_output=True,
+        text=True,
+        env={**node.env, **SETTINGS},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ADMIN["password"] not in done.stdout + done.stderr
+
+    whoami = node.api("/api/whoami")
+    assert isinstance(whoami, dict) and "administrator" in str(whoami["tags"])
+    users = node.api("/api/users")
+    assert isinstance(users, list) and [u["name"] for u in users] == ["admin"]  # guest is gone
+    policies = node.api("/api/policies/%2F")
+    assert isinstance(policies, list) and len(policies) == 1
+    assert policies[0]["name"] == "ha-all" and policies[0]["pattern"] == ".*"
+    assert policies[0]["definition"] == {"ha-mode": "all", "ha-sync-mode": "automatic"}
+
+
+def test_metric_data_from_the_real_node_status(node: LocalNode) -> None:
+    status = node.ctl("-q", "status", "--formatter", "json", tool="rabbitmq-diagnostics")
+    data = json.loads(render("render_metric_data", stdin=status))
+    values = {d["MetricName"]: d["Value"] for d in data}
+    assert set(values) == {"MemoryUsedOfWatermark", "DiskFreeOverLimit", "MemoryAlarm", "DiskAlarm"}
+    assert 0 < values["MemoryUsedOfWatermark"] < 100
+    assert values["DiskFreeOverLimit"] > 0
+    assert values["MemoryAlarm"] == 0 and values["DiskAlarm"] in (0, 1)
+    assert all(d["Dimensions"] == [{"Name": "ClusterName", "Value": "conf-test"}] for d in data)
