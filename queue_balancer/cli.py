@@ -8,6 +8,7 @@ local up`` is used. The password is never printed: pass it through the environme
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from queue_balancer.counts import AmqpCounter, amqp_endpoint
 from queue_balancer.errors import BalancerError, ClusterNotReady, ConfigurationError
 from queue_balancer.leader_transfer import CommandEval, RaLeaderTransfer
 from queue_balancer.management import ManagementClient
-from queue_balancer.model import Node, Plan, Snapshot
+from queue_balancer.model import Node, Plan, Snapshot, spread
 from queue_balancer.movers import MoveProgress, Mover, MoveSettings, Phase, cleanup
 from queue_balancer.planner import PlanOptions, plan
 from queue_balancer.runner import run_moves
@@ -176,8 +177,8 @@ def cmd_balance(args: argparse.Namespace) -> int:
     mover = connection.mover()
     began = time.monotonic()
     history: list[MoveProgress] = []
+    current = plan(snapshot, options)
     for round_number in range(1, args.rounds + 1):
-        current = plan(snapshot, options)
         if not current.moves:
             break
         progress = Progress(len(current.moves), sys.stderr, f"round {round_number}")
@@ -185,8 +186,13 @@ def cmd_balance(args: argparse.Namespace) -> int:
         progress.close()
         history.extend(result.moves)
         snapshot = connection.snapshot()
-        # Another round only helps when some moves failed and the queues can still be improved.
-        if not result.failed or plan(snapshot, options).after == current.after:
+        if not result.failed:
+            break
+        # Some moves failed: another round only while it still makes the distribution more even.
+        if options.max_moves is not None:
+            options = dataclasses.replace(options, max_moves=max(options.max_moves - len(history), 0))
+        current = plan(snapshot, options)
+        if spread(current.after) >= spread(current.before):
             break
     summary = report.RunSummary(
         before, report.Report.of(snapshot, options), tuple(history), time.monotonic() - began
@@ -231,8 +237,7 @@ class Progress:
         else:
             result = progress.phase.value + (f" ({progress.outcome})" if progress.outcome else "")
             self.stream.write(
-                f"{self.label}: {move.vhost} / {move.queue} {move.source} -> {move.target}: "
-                f"{result} in {progress.seconds:.2f} s\n"
+                f"{self.label}: {move.ref} {move.source} -> {move.target}: {result} in {progress.seconds:.2f} s\n"
             )
         self.stream.flush()
 
@@ -314,7 +319,7 @@ def build_parser(extra: Sequence[Callable[[Any], None]] = ()) -> argparse.Argume
     sub = commands.add_parser("balance", help="carry the plan out, verify every move, report before/after")
     sub.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     sub.add_argument("--concurrency", type=int, default=8, metavar="K", help="moves at once (default 8)")
-    sub.add_argument("--max-moves", type=int, metavar="M", help="at most M moves per round")
+    sub.add_argument("--max-moves", type=int, metavar="M", help="at most M moves in all (the most useful first)")
     sub.add_argument(
         "--rounds",
         type=int,

@@ -86,7 +86,7 @@ def classify(queue: Queue, running: frozenset[str], *, quorum_transfer: bool = T
         return skip("exclusive: owned by one connection, it lives and dies with it")
     if queue.leader not in running:
         return skip(f"leader node {queue.leader or '(none)'} is not running")
-    if queue.state not in ("running", "live", "idle"):
+    if queue.state not in ("running", "live", "idle", "flow"):
         return skip(f"queue is {queue.state}")
     if queue.type is QueueType.QUORUM:
         return _classify_quorum(queue, running, quorum_transfer, skip)
@@ -163,9 +163,16 @@ def plan(snapshot: Snapshot, options: PlanOptions | None = None) -> Plan:
     options = options or PlanOptions()
     found = survey(snapshot, options)
     moves: list[Move] = []
+    placed: Counter[str] = Counter()  # leaders of the scopes planned so far, where they will end up
     for key in sorted(found.scopes):
         scope = found.scopes[key]
-        moves.extend(balance(found.nodes, scope.fixed, scope.candidates))
+        scope_moves = balance(found.nodes, scope.fixed, scope.candidates, placed)
+        moves.extend(scope_moves)
+        placed.update(scope.fixed)
+        placed.update(c.queue.leader for c in scope.candidates)
+        for move in scope_moves:
+            placed[move.source] -= 1
+            placed[move.target] += 1
     moves.sort(key=move_cost)
     if options.max_moves is not None:
         moves = moves[: options.max_moves]
@@ -200,14 +207,24 @@ def queue_cost(queue: Queue) -> tuple[int, int, str, str]:
     return (0 if queue.type is QueueType.QUORUM else 1, queue.messages, queue.vhost, queue.name)
 
 
-def balance(nodes: Sequence[str], fixed: Mapping[str, int], candidates: Iterable[Candidate]) -> list[Move]:
-    """The fewest moves reaching the most even distribution over ``nodes`` (see the module docstring)."""
+def balance(
+    nodes: Sequence[str],
+    fixed: Mapping[str, int],
+    candidates: Iterable[Candidate],
+    elsewhere: Mapping[str, int] | None = None,
+) -> list[Move]:
+    """The fewest moves reaching the most even distribution over ``nodes`` (see the module docstring).
+
+    ``elsewhere`` (leaders per node outside this scope, e.g. other vhosts): when a node must get one queue
+    more than another, it goes to the node with fewer leaders elsewhere, even at the price of more moves,
+    so balancing every vhost on its own also keeps the cluster even.
+    """
     groups: dict[tuple[str, frozenset[str]], list[Queue]] = defaultdict(list)
     for c in candidates:
         groups[(c.queue.leader, c.targets)].append(c.queue)
     if not groups or len(nodes) < 2:
         return []
-    network = _Network(nodes, fixed, groups)
+    network = _Network(nodes, fixed, groups, elsewhere or {})
     current = [fixed.get(n, 0) + network.movable_on(n) for n in nodes]
     total = sum(current)
     hi = _smallest(
@@ -246,9 +263,10 @@ def _largest(low: int, high: int, feasible: Callable[[int], bool]) -> int:
 class _Network:
     """source → group of interchangeable queues → possible leader node → sink.
 
-    Keeping a queue on its leader costs 0, moving it costs 1. A node's load must lie in [lo, hi]: its
-    first ``lo - fixed`` units run over an arc with a large negative cost (so every feasible solution
-    fills them), the rest up to ``hi - fixed`` over a free arc.
+    A node's load must lie in [lo, hi]: its first ``lo - fixed`` units run over an arc with a large negative
+    cost (so every feasible solution fills them), the rest up to ``hi - fixed`` over an optional arc. Costs,
+    in decreasing order of weight: filling the mandatory arcs; a unit on an optional arc of a node that leads
+    more queues elsewhere (other vhosts) than the least loaded node; moving a queue (1).
     """
 
     def __init__(
@@ -256,12 +274,17 @@ class _Network:
         nodes: Sequence[str],
         fixed: Mapping[str, int],
         groups: Mapping[tuple[str, frozenset[str]], list[Queue]],
+        elsewhere: Mapping[str, int],
     ) -> None:
         self.nodes = list(nodes)
         self.fixed = [fixed.get(n, 0) for n in nodes]
         self.keys = sorted(groups, key=lambda k: (k[0], sorted(k[1])))
         self.groups = {k: sorted(groups[k], key=queue_cost) for k in self.keys}
         self.count = sum(len(g) for g in self.groups.values())
+        # A queue more on a node that already leads more elsewhere outweighs any number of moves.
+        least = min(elsewhere.get(n, 0) for n in nodes)
+        self.excess_cost = [(elsewhere.get(n, 0) - least) * (self.count + 1) for n in nodes]
+        self.big = (max(self.excess_cost) + 1) * self.count + 1  # more than all other costs together
 
     def movable_on(self, node: str) -> int:
         return sum(len(self.groups[k]) for k in self.keys if k[0] == node)
@@ -271,7 +294,6 @@ class _Network:
         source, sink, first_group = 0, 1, 2
         first_node = first_group + len(self.keys)
         network = MinCostFlow(first_node + len(self.nodes))
-        big = self.count + 1
         group_arcs: dict[tuple[tuple[str, frozenset[str]], str], int] = {}
         for g, key in enumerate(self.keys):
             size = len(self.groups[key])
@@ -280,17 +302,18 @@ class _Network:
                 if node in key[1]:
                     cost = 0 if node == key[0] else 1
                     group_arcs[(key, node)] = network.add_arc(first_group + g, first_node + n, size, cost)
-        mandatory_total = 0
+        mandatory_arcs: list[tuple[int, int]] = []
         for n, fixed in enumerate(self.fixed):
             mandatory = max(0, lo - fixed)
             optional = max(0, hi - fixed) - mandatory
-            mandatory_total += mandatory
             if mandatory:
-                network.add_arc(first_node + n, sink, mandatory, -big)
+                mandatory_arcs.append(
+                    (network.add_arc(first_node + n, sink, mandatory, -self.big), mandatory)
+                )
             if optional > 0:
-                network.add_arc(first_node + n, sink, optional, 0)
-        flow, cost = network.solve(source, sink, self.count)
-        if flow < self.count or cost > -big * mandatory_total + self.count:
+                network.add_arc(first_node + n, sink, optional, self.excess_cost[n])
+        flow, _cost = network.solve(source, sink, self.count)
+        if flow < self.count or any(network.flow_on(arc) < need for arc, need in mandatory_arcs):
             return None
         return {k: network.flow_on(a) for k, a in group_arcs.items() if network.flow_on(a)}
 

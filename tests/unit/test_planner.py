@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -129,6 +130,19 @@ def test_filters_and_per_vhost() -> None:
         PlanOptions(pattern="orders[")
     with pytest.raises(ConfigurationError, match="no queues in vhost 'nope'"):
         plan(snapshot(queues), PlanOptions(vhosts=("nope",)))
+
+
+def test_per_vhost_balance_keeps_the_cluster_even_too() -> None:
+    queues = [mirrored(f"q{i}", "rabbit@a", vhost=f"v{v}") for v in range(10) for i in range(4)]
+    result = plan(snapshot(queues), PlanOptions(per_vhost=True))
+    for v in range(10):
+        per_node = Counter(q.leader for q in queues if q.vhost == f"v{v}")
+        for move in result.moves:
+            if move.vhost == f"v{v}":
+                per_node[move.source] -= 1
+                per_node[move.target] += 1
+        assert spread({n: per_node.get(n, 0) for n in NODES[:3]}) <= 1
+    assert spread(result.after) <= 1
 
 
 def test_cheapest_queues_move_and_large_ones_come_last() -> None:
