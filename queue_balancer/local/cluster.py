@@ -554,7 +554,7 @@ class LocalCluster:
                 raise LocalClusterError(f"epmd did not listen on 127.0.0.1:{port} within 10 s")
             time.sleep(0.05)
 
-    def _check_ports_free(self, node: LocalNode, grace: float = 10.0) -> None:
+    def _check_ports_free(self, node: LocalNode, grace: float = 30.0) -> None:
         deadline = time.monotonic() + grace
         for label, port in (
             ("AMQP", node.amqp_port),
@@ -877,7 +877,9 @@ def _listener_owner(port: int) -> str | None:
         with contextlib.suppress(OSError):
             for fd in (proc / "fd").iterdir():
                 if os.readlink(fd) in targets:
-                    cmdline = _cmdline(int(proc.name)) or ["?"]
+                    cmdline = _cmdline(int(proc.name))
+                    if cmdline is None:
+                        return None  # a process on its way out (a killed VM's threads): not an owner
                     home = _arg_after(cmdline, "-home")
                     hint = ""
                     if home and home.endswith("/home"):

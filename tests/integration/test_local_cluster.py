@@ -23,6 +23,7 @@ from queue_balancer.local import cluster as cluster_module
 from queue_balancer.local import commands
 from queue_balancer.local.cluster import LocalCluster, LocalClusterConfig, LocalClusterError
 from queue_balancer.local.seed import QueueType, seed, seed_unmirrored
+from tests.integration.conftest import TEST_PORTS
 
 if TYPE_CHECKING:
     from conftest import Management
@@ -33,7 +34,7 @@ WaitFor = Callable[..., Any]
 # Ports a default RabbitMQ (or the developer's own cluster) would use; the test cluster must not.
 DEFAULT_PORTS = {4369, 5672, 15672, 25672}
 # A second, 1-node cluster for the `down` test: another directory and another port block.
-OTHER_EPMD_PORT = 4851
+OTHER_EPMD_PORT = TEST_PORTS["epmd_port"] + 50
 
 
 def _other_config(base_dir: Path) -> LocalClusterConfig:
@@ -41,9 +42,9 @@ def _other_config(base_dir: Path) -> LocalClusterConfig:
     return LocalClusterConfig(
         base_dir=base_dir,
         nodes=1,
-        amqp_base=5851,
-        management_base=15851,
-        dist_base=25851,
+        amqp_base=TEST_PORTS["amqp_base"] + 50,
+        management_base=TEST_PORTS["management_base"] + 50,
+        dist_base=TEST_PORTS["dist_base"] + 50,
         epmd_port=OTHER_EPMD_PORT,
     )
 
@@ -89,7 +90,11 @@ def test_status_lists_three_running_nodes_with_the_configured_names_and_ports(
     assert all(s.running and s.pid for s in statuses)
     assert len({s.pid for s in statuses}) == 3
     config = local_cluster.config
-    assert (config.amqp_base, config.management_base, config.dist_base) == (5801, 15801, 25801)
+    assert (config.amqp_base, config.management_base, config.dist_base) == (
+        TEST_PORTS["amqp_base"],
+        TEST_PORTS["management_base"],
+        TEST_PORTS["dist_base"],
+    )
     for i, s in enumerate(statuses):
         assert (s.amqp_port, s.management_port, s.dist_port) == (
             config.amqp_base + i,
@@ -151,7 +156,12 @@ def test_a_taken_port_is_named(tmp_path: Path) -> None:
         squatter.listen()
         port = squatter.getsockname()[1]
         config = LocalClusterConfig(
-            base_dir=tmp_path, nodes=1, amqp_base=port, management_base=15861, dist_base=25861, epmd_port=4861
+            base_dir=tmp_path,
+            nodes=1,
+            amqp_base=port,
+            management_base=TEST_PORTS["management_base"] + 60,
+            dist_base=TEST_PORTS["dist_base"] + 60,
+            epmd_port=TEST_PORTS["epmd_port"] + 60,
         )
         with pytest.raises(LocalClusterError, match=f"AMQP port {port} .* in use by pid {os.getpid()}"):
             LocalCluster(config).up()
