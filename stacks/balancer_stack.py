@@ -38,18 +38,16 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
-from aws_cdk import aws_sns as sns
-from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_stepfunctions as sfn
 from cdk_nag import NagPackSuppression, NagSuppressions
 from constructs import Construct
 
 from stacks import REPO_ROOT
 from stacks.cluster_stack import check_cluster_name, subnets_by_id
+from stacks.topics import encrypted_topic
 
 if TYPE_CHECKING:
     from stacks.cluster_stack import ClusterStack
@@ -333,7 +331,12 @@ class BalancerStack(Stack):
         self.secret = _import_secret(self, secret) if isinstance(secret, str) else secret
 
         self.table = self._lifecycle_table()
-        self.topic_key, self.topic = self._topic()
+        self.topic_key, self.topic = encrypted_topic(
+            self,
+            "NotificationTopic",
+            purpose=f"queue balancer runs of {self.cluster_name}",
+            email=self.settings.notification_email,
+        )
         self.state_machine_name = f"queue-balancer-{cluster_name}"
         self.functions = self._functions(
             management_url,
@@ -419,33 +422,6 @@ class BalancerStack(Stack):
             encryption=dynamodb.TableEncryption.AWS_MANAGED,
             removal_policy=RemovalPolicy.RETAIN,
         )
-
-    def _topic(self) -> tuple[kms.Key, sns.Topic]:
-        key = kms.Key(
-            self,
-            "NotificationTopicKey",
-            description=f"Encrypts the queue balancer's notification topic ({self.cluster_name})",
-            enable_key_rotation=True,
-        )
-        key.add_to_resource_policy(
-            iam.PolicyStatement(
-                sid="CloudWatchAlarmsPublish",
-                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
-                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
-                resources=["*"],
-                conditions={"StringEquals": {"aws:SourceAccount": self.account}},
-            )
-        )
-        topic = sns.Topic(
-            self,
-            "NotificationTopic",
-            display_name=f"Queue balancer runs ({self.cluster_name})",
-            master_key=key,
-            enforce_ssl=True,
-        )
-        if self.settings.notification_email:
-            topic.add_subscription(subscriptions.EmailSubscription(self.settings.notification_email))
-        return key, topic
 
     def _function_role(self, ssm_tag_key: str, ssm_tag_value: str) -> iam.Role:
         role = iam.Role(

@@ -30,13 +30,13 @@ from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sns as sns
-from aws_cdk import aws_sns_subscriptions as subscriptions
 from cdk_nag import NagPackSuppression, NagSuppressions
 from constructs import Construct
+
+from stacks.topics import encrypted_topic
 
 BOOTSTRAP_SCRIPT = Path(__file__).resolve().parent / "node_bootstrap.sh"
 
@@ -493,30 +493,12 @@ class ClusterStack(Stack):
     # --- alarms -----------------------------------------------------------------------------------------
 
     def _alarms(self) -> sns.Topic:
-        key = kms.Key(
-            self,
-            "AlarmTopicKey",
-            description=f"Encrypts the alarm topic of the RabbitMQ cluster {self.cluster_name}",
-            enable_key_rotation=True,
-        )
-        key.add_to_resource_policy(
-            iam.PolicyStatement(
-                sid="CloudWatchAlarmsPublish",
-                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
-                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
-                resources=["*"],
-                conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}},
-            )
-        )
-        topic = sns.Topic(
+        _key, topic = encrypted_topic(
             self,
             "AlarmTopic",
-            display_name=f"RabbitMQ cluster {self.cluster_name} alarms",
-            master_key=key,
-            enforce_ssl=True,
+            purpose=f"alarms of the RabbitMQ cluster {self.cluster_name}",
+            email=self.settings.notification_email,
         )
-        if self.settings.notification_email:
-            topic.add_subscription(subscriptions.EmailSubscription(self.settings.notification_email))
         action = cloudwatch_actions.SnsAction(topic)
         n = self.settings.node_count
 
