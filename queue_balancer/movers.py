@@ -73,6 +73,8 @@ class MoveSettings:
     settle_timeout: float = 30.0
     """How long the statistics view may take to catch up (it is refreshed every 5 s by default)."""
 
+    sync_nudge_after: float = 5.0
+    """Seconds a mirror may stay unsynchronised before the mover asks for a sync itself."""
     rollback_timeout: float = 60.0
     """How long a rolled-back move waits for its own mirrors to be back in sync."""
 
@@ -289,7 +291,7 @@ class Mover:
                 return self.abort(progress, f"leader moved to {live.leader} by someone else")
         if phase is Phase.SYNCING:
             if move.target not in live.in_sync:
-                return progress
+                return self._nudge_sync(progress, live)
             self._put_policy(progress, [move.target])
             return self._next(progress, Phase.PROMOTING)
         if phase is Phase.PROMOTING:
@@ -298,7 +300,7 @@ class Mover:
             self._delete_policy(progress)
             return self._next(replace(progress, policy=None), Phase.RESTORING)
         if phase is Phase.RESTORING and not self._restored(progress, live):
-            return self._maybe_sync(progress, live)
+            return self._nudge_sync(progress, live)
         if phase is Phase.TRANSFERRING and live.leader != move.target:
             return progress
         # Restored, transferred or verifying: the counts can be compared right away.
@@ -319,10 +321,20 @@ class Mover:
         wanted = expected_mirrors(progress.original_definition, progress.cluster_size, live.leader)
         return len(live.in_sync) >= wanted and set(live.replicas) <= set(live.in_sync)
 
-    def _maybe_sync(self, progress: MoveProgress, live: Queue) -> MoveProgress:
-        """With ``ha-sync-mode: manual`` new mirrors of a non-empty queue never sync by themselves."""
-        manual = progress.original_definition.get("ha-sync-mode", "manual") != "automatic"
-        if manual and progress.messages_before and not progress.sync_requested and live.replicas:
+    def _nudge_sync(self, progress: MoveProgress, live: Queue) -> MoveProgress:
+        """Ask once per phase for a sync of mirrors that stay unsynchronised.
+
+        With ``ha-sync-mode: manual`` new mirrors of a non-empty queue never sync by themselves; and now and
+        then an automatic sync does not start at all (seen on 3.10 with large queues, with the built-in
+        rebalance too), which would leave the move waiting until its deadline.
+        """
+        if progress.sync_requested or set(live.replicas) <= set(live.in_sync):
+            return progress
+        manual = progress.phase is Phase.RESTORING and (
+            progress.original_definition.get("ha-sync-mode", "manual") != "automatic"
+        )
+        started = progress.deadline - self.settings.deadline(0, progress.messages_before)
+        if (manual and progress.messages_before) or self.clock() - started > self.settings.sync_nudge_after:
             self.client.queue_action(progress.move.vhost, progress.move.queue, "sync")
             return replace(progress, sync_requested=True)
         return progress
@@ -420,7 +432,7 @@ class Mover:
 
     def _next(self, progress: MoveProgress, phase: Phase) -> MoveProgress:
         deadline = self.settings.deadline(self.clock(), progress.messages_before)
-        return replace(progress, phase=phase, deadline=deadline)
+        return replace(progress, phase=phase, deadline=deadline, sync_requested=False)
 
     def _finish(self, progress: MoveProgress, phase: Phase, outcome: str) -> MoveProgress:
         """End the move; whatever the outcome, its temporary policy does not outlive it."""

@@ -12,10 +12,11 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from queue_balancer.model import Move
+from queue_balancer.model import Move, QueueType
 from queue_balancer.movers import MoveProgress, Mover, Phase
 
 Listener = Callable[[MoveProgress], None]
+QUORUM_BATCH = 100
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ def run_moves(
     on_change: Listener = lambda _: None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> RunResult:
-    """Carry the moves out, at most ``concurrency`` at a time; never two moves of one queue at once."""
+    """Carry the moves out, at most ``concurrency`` classic moves at a time (quorum transfers in batches);
+    never two moves of one queue at once."""
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     began = time.monotonic()
@@ -51,11 +53,7 @@ def run_moves(
     finished: list[MoveProgress] = []
     try:
         while pending or active:
-            busy = {p.move.ref for p in active}
-            batch: list[Move] = []
-            while pending and len(active) + len(batch) < concurrency and pending[0].ref not in busy:
-                batch.append(pending.popleft())
-                busy.add(batch[-1].ref)
+            batch = _next_batch(pending, active, concurrency)
             for progress in mover.start(batch) if batch else ():
                 on_change(progress)
                 (finished if progress.finished else active).append(progress)
@@ -72,6 +70,29 @@ def run_moves(
         finished.extend(_roll_back(mover, active, on_change, sleep))
         raise
     return RunResult(tuple(finished), time.monotonic() - began)
+
+
+def _next_batch(pending: deque[Move], active: list[MoveProgress], concurrency: int) -> list[Move]:
+    """The moves to start now, in plan order: classic ones up to ``concurrency`` in flight, quorum ones
+    up to ``QUORUM_BATCH`` (a leader transfer is one Raft election, and a batch is one Ra call)."""
+    busy = {p.move.ref for p in active}
+    room = {
+        False: concurrency - sum(1 for p in active if p.move.type is not QueueType.QUORUM),
+        True: QUORUM_BATCH - sum(1 for p in active if p.move.type is QueueType.QUORUM),
+    }
+    batch: list[Move] = []
+    waiting: deque[Move] = deque()
+    while pending:
+        move = pending.popleft()
+        quorum = move.type is QueueType.QUORUM
+        if room[quorum] > 0 and move.ref not in busy:
+            batch.append(move)
+            busy.add(move.ref)
+            room[quorum] -= 1
+        else:
+            waiting.append(move)
+    pending.extend(waiting)
+    return batch
 
 
 def _roll_back(
