@@ -34,9 +34,13 @@ demo: system-deps venv
 	$(QB) local up
 	$(QB) local seed --queues 21 --messages 100 --type classic
 	$(QB) report
-	$(QB) balance
+	@echo "--- balancing through the state machine (the real ASL on the local AWS endpoint)"
+	$(QB) run --concurrency 8 --poll-seconds 1 --wait
+	@echo "--- the SNS notification the run published"
+	$(QB) notifications
 	@echo
-	@echo "The local cluster keeps running: '$(QB) report' shows it, '$(QB) local down' stops it."
+	@echo "The local cluster and endpoint keep running: '$(QB) report', '$(QB) info', '$(QB) balance'"
+	@echo "(the same engine in-process); '$(QB) local down' stops them."
 
 test: system-deps venv
 	$(PY) -m pytest -p no:cacheprovider tests; code=$$?; [ $$code -eq 5 ] && { echo "no tests collected"; exit 1; }; exit $$code

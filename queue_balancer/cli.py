@@ -42,7 +42,7 @@ class Connection:
     counter: AmqpCounter | None
 
     def snapshot(self) -> Snapshot:
-        return Snapshot.from_api(self.client.nodes(), self.client.queues())
+        return self.client.snapshot()
 
     def mover(self, settings: MoveSettings | None = None) -> Mover:
         return Mover(self.client, self.leader_transfer, settings or MoveSettings(), self.counter)
@@ -156,8 +156,7 @@ def plan_text(result: Plan) -> str:
     lines += [f"{n:<24}{result.before[n]:>6}  {result.after[n]:>5}" for n in result.nodes]
     lines.append(f"{len(result.moves)} moves, {len(result.skipped)} queues skipped")
     lines += [
-        f"  {m.vhost} / {m.queue} ({m.type.value}, {m.messages} msgs): {m.source} -> {m.target}"
-        for m in result.moves
+        f"  {m.ref} ({m.type.value}, {m.messages} msgs): {m.source} -> {m.target}" for m in result.moves
     ]
     lines += report.skipped_lines(result.skipped, 20)
     return "\n".join(lines)
@@ -319,7 +318,9 @@ def build_parser(extra: Sequence[Callable[[Any], None]] = ()) -> argparse.Argume
     sub = commands.add_parser("balance", help="carry the plan out, verify every move, report before/after")
     sub.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     sub.add_argument("--concurrency", type=int, default=8, metavar="K", help="moves at once (default 8)")
-    sub.add_argument("--max-moves", type=int, metavar="M", help="at most M moves in all (the most useful first)")
+    sub.add_argument(
+        "--max-moves", type=int, metavar="M", help="at most M moves in all (the most useful first)"
+    )
     sub.add_argument(
         "--rounds",
         type=int,
@@ -344,9 +345,10 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from queue_balancer.control import register as register_workflow
     from queue_balancer.local.commands import register as register_local
 
-    args = build_parser([register_local]).parse_args(argv)
+    args = build_parser([register_local, register_workflow]).parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         code: int = args.func(args)

@@ -15,6 +15,7 @@ from urllib.parse import quote
 import requests
 
 from queue_balancer.errors import ManagementError, NotFound
+from queue_balancer.model import Snapshot
 
 # Columns of GET /api/queues the planner needs; asking for them keeps 10,000-queue answers small.
 QUEUE_COLUMNS = (
@@ -115,10 +116,19 @@ class ManagementClient:
     # ---- queues ----------------------------------------------------------------------------------
 
     def queues(self, vhost: str | None = None) -> list[dict[str, Any]]:
-        """All queues from the statistics view (messages, policy; lags the truth by a few seconds)."""
+        """All queues from the statistics view, which lags the queues by a few seconds.
+
+        The real-time list (``disable_stats=true``) would be fresher for leaders, but its synchronised
+        mirrors come from a record that is not updated when a sync completes (seen on 3.10), so it would
+        report mirrors out of sync for good. Moves re-check each queue in the real-time single-queue view.
+        """
         path = "queues" if vhost is None else f"queues/{encode(vhost)}"
         result: list[dict[str, Any]] = self.get(path, columns=QUEUE_COLUMNS)
         return result
+
+    def snapshot(self) -> Snapshot:
+        """Nodes and queues: what the planner needs."""
+        return Snapshot.from_api(self.nodes(), self.queues())
 
     def queue(self, vhost: str, name: str) -> dict[str, Any]:
         """One queue from the statistics view: message count and policy, a few seconds late."""

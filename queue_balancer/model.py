@@ -131,6 +131,7 @@ class Snapshot:
 
     @classmethod
     def from_api(cls, nodes: Iterable[Mapping[str, Any]], queues: Iterable[Mapping[str, Any]]) -> Snapshot:
+        """From ``GET /api/nodes`` and ``GET /api/queues``."""
         return cls(
             nodes=tuple(sorted((Node.from_api(n) for n in nodes), key=lambda n: n.name)),
             queues=tuple(sorted((Queue.from_api(q) for q in queues), key=lambda q: (q.vhost, q.name))),

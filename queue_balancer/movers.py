@@ -96,6 +96,7 @@ class MoveProgress:
     original_definition: Mapping[str, Any] = field(default_factory=dict)
     cluster_size: int = 0
     sync_requested: bool = False
+    phase_started_at: float = 0.0
     exact_count: bool = False
     """messages_before came from the queue process itself, so verification can ask it again."""
     finished_at: float | None = None
@@ -121,6 +122,7 @@ class MoveProgress:
             "original_definition": dict(self.original_definition),
             "cluster_size": self.cluster_size,
             "sync_requested": self.sync_requested,
+            "phase_started_at": self.phase_started_at,
             "exact_count": self.exact_count,
             "finished_at": self.finished_at,
             "outcome": self.outcome,
@@ -139,6 +141,7 @@ class MoveProgress:
             original_definition=dict(data.get("original_definition") or {}),
             cluster_size=int(data.get("cluster_size", 0)),
             sync_requested=bool(data.get("sync_requested", False)),
+            phase_started_at=float(data.get("phase_started_at", 0.0)),
             exact_count=bool(data.get("exact_count", False)),
             finished_at=data.get("finished_at"),
             outcome=str(data.get("outcome", "")),
@@ -217,6 +220,7 @@ class Mover:
             move=move,
             phase=Phase.VERIFYING,
             started_at=now,
+            phase_started_at=now,
             deadline=self.settings.deadline(now, messages),
             messages_before=messages,
             exact_count=count is not None,
@@ -233,6 +237,12 @@ class Mover:
                 return self._finish(progress, Phase.FAILED, "no leader-transfer primitive configured")
             return replace(progress, phase=Phase.TRANSFERRING)
         unsynced = set(live.replicas) - set(live.in_sync)
+        if unsynced and self._policy_exists(move.vhost, temporary_policy_name(move.ref)):
+            # A retried start (the first attempt put the policy, then its Lambda died): carry on syncing
+            # instead of failing on the mirror the first attempt asked for.
+            progress = replace(progress, policy=temporary_policy_name(move.ref))
+            self._put_policy(progress, [move.source, move.target])
+            return replace(progress, phase=Phase.SYNCING)
         if unsynced:
             return self._finish(
                 progress, Phase.FAILED, f"mirrors out of sync on {', '.join(sorted(unsynced))}"
@@ -312,7 +322,7 @@ class Mover:
             return self._finish(progress, Phase.FAILED, progress.outcome)
         if self.clock() > progress.deadline:
             return self._finish(progress, Phase.FAILED, progress.outcome + "; mirrors not yet back in sync")
-        return progress
+        return self._nudge_sync(progress, live)
 
     def _restored(self, progress: MoveProgress, live: Queue) -> bool:
         """Mirrors back as the queue's own policy wants them, and all of them synchronised."""
@@ -330,11 +340,11 @@ class Mover:
         """
         if progress.sync_requested or set(live.replicas) <= set(live.in_sync):
             return progress
-        manual = progress.phase is Phase.RESTORING and (
+        manual = progress.phase in (Phase.RESTORING, Phase.ROLLING_BACK) and (
             progress.original_definition.get("ha-sync-mode", "manual") != "automatic"
         )
-        started = progress.deadline - self.settings.deadline(0, progress.messages_before)
-        if (manual and progress.messages_before) or self.clock() - started > self.settings.sync_nudge_after:
+        waited = self.clock() - progress.phase_started_at
+        if (manual and progress.messages_before) or waited > self.settings.sync_nudge_after:
             self.client.queue_action(progress.move.vhost, progress.move.queue, "sync")
             return replace(progress, sync_requested=True)
         return progress
@@ -389,14 +399,15 @@ class Mover:
         if progress.policy is None:
             return self._finish(progress, Phase.FAILED, reason)
         self._delete_policy(progress)  # idempotent: a policy already gone is fine
+        now = self.clock()
         return replace(
             progress,
             policy=None,
             phase=Phase.ROLLING_BACK,
+            phase_started_at=now,
+            sync_requested=False,
             outcome=reason,
-            deadline=self.settings.deadline(
-                self.clock(), progress.messages_before, self.settings.rollback_timeout
-            ),
+            deadline=self.settings.deadline(now, progress.messages_before, self.settings.rollback_timeout),
         )
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -431,8 +442,9 @@ class Mover:
         return MoveProgress(move=move, phase=Phase.SYNCING, started_at=now, deadline=now, policy=policy)
 
     def _next(self, progress: MoveProgress, phase: Phase) -> MoveProgress:
-        deadline = self.settings.deadline(self.clock(), progress.messages_before)
-        return replace(progress, phase=phase, deadline=deadline, sync_requested=False)
+        now = self.clock()
+        deadline = self.settings.deadline(now, progress.messages_before)
+        return replace(progress, phase=phase, deadline=deadline, phase_started_at=now, sync_requested=False)
 
     def _finish(self, progress: MoveProgress, phase: Phase, outcome: str) -> MoveProgress:
         """End the move; whatever the outcome, its temporary policy does not outlive it."""
@@ -446,7 +458,12 @@ class Mover:
                 return queue.policy, self.client.policy(queue.vhost, queue.policy).get("definition") or {}
             except NotFound:
                 return None
-        # A retried start finds its temporary policy in effect: find the policy RabbitMQ will return to.
+        if not queue.policy and queue.type is not QueueType.CLASSIC:
+            # Nothing to return to for mirroring (ha-* keys never apply to a quorum queue); a search could
+            # name a policy the statistics view never shows for it.
+            return None
+        # A retried start finds its temporary policy in effect, or a new queue's statistics do not show its
+        # policy yet: find the policy RabbitMQ applies, as RabbitMQ does (matching, highest priority).
         candidates = [
             p
             for p in self.client.policies(queue.vhost)
@@ -458,6 +475,13 @@ class Mover:
             return None
         best = max(candidates, key=lambda p: int(p.get("priority", 0)))
         return str(best["name"]), best.get("definition") or {}
+
+    def _policy_exists(self, vhost: str, name: str) -> bool:
+        try:
+            self.client.policy(vhost, name)
+        except NotFound:
+            return False
+        return True
 
     def _put_policy(self, progress: MoveProgress, nodes: list[str]) -> None:
         move = progress.move

@@ -113,7 +113,7 @@ def skipped_lines(skipped: Sequence[Skipped], limit: int) -> list[str]:
     if not skipped:
         return []
     lines = ["", f"Skipped ({len(skipped)}): these queues stay where they are"]
-    lines += [f"  {s.vhost} / {s.queue} on {s.node}: {s.reason}" for s in skipped[:limit]]
+    lines += [f"  {s.queue!r} in vhost {s.vhost!r} on {s.node}: {s.reason}" for s in skipped[:limit]]
     if len(skipped) > limit:
         lines.append(f"  ... and {len(skipped) - limit} more (--format json lists them all)")
     return lines
@@ -192,10 +192,7 @@ def summary_text(run: RunSummary) -> str:
     )
     for p in run.moves:
         if p.outcome:
-            lines.append(
-                f"  {p.move.vhost} / {p.move.queue} ({p.move.source} -> {p.move.target}): {p.phase.value}, "
-                f"{p.outcome}"
-            )
+            lines.append(f"  {p.move.ref} ({p.move.source} -> {p.move.target}): {p.phase.value}, {p.outcome}")
     lines += skipped_lines(run.after.skipped, 20)
     return "\n".join(lines)
 

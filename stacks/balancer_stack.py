@@ -243,7 +243,7 @@ def lambda_code(lambdas_dir: Path, core_dir: Path, requirements: Sequence[str]) 
 
 @dataclass(frozen=True)
 class BalancerSettings:
-    """What a deployment may choose about the workflow (cdk.json context, see docs/deploy.md)."""
+    """What a deployment may choose about the workflow (cdk.json context, see the README, 'Deploy on AWS')."""
 
     schedule_cron: str | None = None
     notification_email: str | None = None

@@ -55,7 +55,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    """What a deployment may choose about its cluster (cdk.json context, see docs/deploy.md)."""
+    """What a deployment may choose about its cluster (cdk.json context, see the README, 'Deploy on AWS')."""
 
     cluster_name: str = "rabbitmq"
     node_count: int = 3
@@ -275,7 +275,7 @@ class ClusterStack(Stack):
         reason = (
             "Rotating the Erlang cookie needs a restart of every node at once, and rotating the admin "
             "password needs a rotation function that also changes it inside RabbitMQ; both are "
-            "operator-driven (docs/deploy.md). Only the nodes' role and the balancer can read them."
+            "operator-driven (README, 'Deploy on AWS'). Only the nodes' role and the balancer can read them."
         )
         for secret in (cookie, admin):
             NagSuppressions.add_resource_suppressions(

@@ -25,6 +25,7 @@ from queue_balancer.local.cluster import (
     NodeStatus,
     default_base_dir,
 )
+from queue_balancer.local.endpoint import DEFAULT_PORT, start_endpoint, stop_endpoint
 from queue_balancer.local.seed import QUEUE_TYPES, seed
 
 EXIT_OK = 0
@@ -83,6 +84,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     up.add_argument(
         "--timeout", type=float, default=240.0, help="seconds to wait for the cluster (default 240)"
     )
+    up.add_argument(
+        "--endpoint-port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port of the local AWS endpoint on 127.0.0.1 (default {DEFAULT_PORT})",
+    )
+    up.add_argument("--no-endpoint", action="store_true", help="start the cluster only, no local AWS endpoint")
     up.set_defaults(func=_one_line_errors(cmd_up))
 
     status = commands.add_parser(
@@ -143,6 +151,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(
         f"user {settings.user!r}; {len(cluster.nodes)} node(s) using {memory:.0f} MiB; data in {cluster.base_dir}"
     )
+    if not args.no_endpoint:
+        outputs = start_endpoint(cluster.base_dir, args.endpoint_port, cluster.config)
+        print(f"local AWS endpoint {outputs.EndpointUrl}: state machine {outputs.StateMachineArn}")
     return EXIT_OK
 
 
@@ -157,6 +168,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     """``local down``: stop this directory's nodes and epmd (and delete it with ``--purge``)."""
     cluster = _existing_cluster()
+    if stop_endpoint(cluster.base_dir):
+        _progress("stopped the local AWS endpoint")
     running = [s.name for s in cluster.status() if s.running]
     if running:
         _progress(f"stopping {', '.join(running)}")

@@ -199,7 +199,7 @@ class LocalRunCommand:
 
 
 class _MotoPatches:
-    """Process-wide changes to moto (config, MOTO_PORT, two methods), undone by ``restore``."""
+    """Process-wide changes to moto (config, MOTO_PORT, three private methods), undone by ``restore``."""
 
     def __init__(self, port: int, dispatcher: Dispatcher, run_command: LocalRunCommand) -> None:
         from moto.awslambda_simple.models import LambdaSimpleBackend
@@ -256,8 +256,28 @@ class _MotoPatches:
 
         setattr(SimpleSystemManagerBackend, "send_command", send_command)  # noqa: B010
         self._undo.append(lambda: setattr(SimpleSystemManagerBackend, "send_command", original_send))
+        self._patch_start_execution()
         for noisy in ("werkzeug", "moto.stepfunctions"):
             self._set_level(noisy, logging.CRITICAL)
+
+    def _patch_start_execution(self) -> None:
+        """moto 5.2 passes ``states:startExecution``'s parameters to boto3 as written in the ASL
+        (``StateMachineArn``, ``Name``, ``Input``, as AWS documents them), but boto3's names are
+        ``stateMachineArn``, ``name``, ``input``: rename them, as AWS's own integration does."""
+        from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sfn import (
+            StateTaskServiceSfn,
+        )
+
+        original = StateTaskServiceSfn._normalise_parameters
+
+        def normalise(service: Any, parameters: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+            original(service, parameters, *args, **kwargs)
+            for name in ("StateMachineArn", "Name", "Input", "TraceHeader"):
+                if name in parameters:
+                    parameters[name[0].lower() + name[1:]] = parameters.pop(name)
+
+        setattr(StateTaskServiceSfn, "_normalise_parameters", normalise)  # noqa: B010
+        self._undo.append(lambda: setattr(StateTaskServiceSfn, "_normalise_parameters", original))
 
     def _set_env(self, key: str, value: str) -> None:
         previous = os.environ.get(key)
@@ -372,6 +392,7 @@ class LocalEndpoint:
         return {
             "CLUSTER_NAME": CLUSTER_NAME,
             "RABBITMQ_MANAGEMENT_URL": self.cluster.nodes[0].management_url,
+            "RABBITMQ_AMQP_PORT": str(self.cluster.nodes[0].amqp_port),
             "RABBITMQ_SECRET_ARN": secret_arn,
             "RABBITMQ_CLI_SSM_TAG_KEY": SSM_TAG_KEY,
             "RABBITMQ_CLI_SSM_TAG_VALUE": CLUSTER_NAME,
@@ -571,21 +592,33 @@ def start_endpoint(
 def stop_endpoint(base_dir: Path, *, timeout: float = 15.0) -> bool:
     """Stop the endpoint started from ``base_dir`` (and nothing else); True if one was running."""
     base_dir = Path(base_dir).expanduser().absolute()
-    pid = _running_pid(base_dir)
+    pid = _running_pid(base_dir)  # ownership is checked once, before any signal
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _owned(pid, base_dir) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.05)
-        if _owned(pid, base_dir):
+        if not _await_exit(pid, time.monotonic() + timeout):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            _await_exit(pid, time.monotonic() + 5)
     for name in (PID_FILE, ENDPOINT_FILE):
         (base_dir / name).unlink(missing_ok=True)
     return pid is not None
+
+
+def _await_exit(pid: int, deadline: float) -> bool:
+    """Wait until ``pid`` is gone (reaping it if it is our child); False at the deadline."""
+    while True:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True  # exited; someone else's child, left for its parent to reap
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def local_outputs(base_dir: Path) -> Outputs:

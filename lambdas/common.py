@@ -1,0 +1,141 @@
+"""What every handler shares: the powertools stack, error naming, the cluster connection, the store.
+
+A handler is ``@task`` around one function of ``(event, context) -> dict``. ``task`` is the fixed stack
+of the cookbook this project copies (Logger with the execution's name as correlation id -> Tracer ->
+Metrics), plus the translation of core errors into the names the state machine's Retry/Catch match:
+``ManagementUnavailable`` (5xx, timeouts; retried with backoff) and ``InvalidInput``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from lambdas.errors import InvalidInput, ManagementUnavailable
+from lambdas.settings import settings
+from lambdas.ssm_eval import SsmEval
+from lambdas.store import Store
+from queue_balancer.counts import AmqpCounter, amqp_endpoint
+from queue_balancer.errors import ConfigurationError, ManagementError
+from queue_balancer.leader_transfer import RaLeaderTransfer
+from queue_balancer.management import ManagementClient
+from queue_balancer.model import JsonDict
+from queue_balancer.movers import Mover, MoveSettings
+
+# The stack sets POWERTOOLS_SERVICE_NAME/POWERTOOLS_METRICS_NAMESPACE (docs/aws-contract.md); the same
+# values are the defaults here, so a handler imported before its environment is set still names them.
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "queue-balancer"
+NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "QueueBalancer"
+logger = Logger(service=SERVICE)
+tracer = Tracer(service=SERVICE)
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+# Only ReportRun and ControlCheck publish metrics; the others need not say so on every call.
+warnings.filterwarnings("ignore", message="No application metrics to publish")
+
+CORRELATION_ID_PATH = "execution"
+"""Every Task's Parameters pass ``"execution.$": "$$.Execution.Name"``: the logs' correlation id."""
+
+Handler = Callable[[JsonDict, LambdaContext], JsonDict]
+
+
+def translate_errors(function: Handler) -> Handler:
+    """Give core errors the names the ASL's Retry and Catch match."""
+
+    @functools.wraps(function)
+    def wrapper(event: JsonDict, context: LambdaContext) -> JsonDict:
+        try:
+            return function(event, context)
+        except ManagementError as exc:
+            if exc.status is None or exc.status >= 500:
+                raise ManagementUnavailable(str(exc)) from exc
+            raise
+        except ConfigurationError as exc:
+            raise InvalidInput(str(exc)) from exc
+
+    return wrapper
+
+
+def task(function: Handler) -> Handler:
+    """The fixed handler stack: Logger (correlation id) -> Tracer -> Metrics -> error names."""
+    stacked = translate_errors(function)
+    stacked = metrics.log_metrics(stacked)
+    stacked = tracer.capture_lambda_handler(stacked)
+    result: Handler = logger.inject_lambda_context(correlation_id_path=CORRELATION_ID_PATH)(stacked)
+    return result
+
+
+# ---- connections ---------------------------------------------------------------------------------
+
+
+@functools.cache
+def aws(service: str) -> Any:
+    """One boto3 client per service and container (they are thread-safe); AWS_ENDPOINT_URL applies."""
+    return boto3.client(service)
+
+
+@functools.cache
+def store() -> Store:
+    return Store(settings().lifecycle_table)
+
+
+@dataclass(frozen=True)
+class ClusterAccess:
+    """The cluster: its management API, ``rabbitmqctl eval`` on one node (via SSM) and exact message
+    counts over AMQP. A context manager: the AMQP connections close when the handler is done."""
+
+    client: ManagementClient
+    leader_transfer: RaLeaderTransfer
+    counter: AmqpCounter
+
+    def mover(self, settings_: MoveSettings | None = None) -> Mover:
+        return Mover(self.client, self.leader_transfer, settings_ or MoveSettings(), self.counter)
+
+    def __enter__(self) -> ClusterAccess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.counter.close()
+
+
+def cluster() -> ClusterAccess:
+    """Credentials from Secrets Manager (cached 5 minutes by powertools), never logged."""
+    config = settings()
+    secret = parameters.get_secret(config.secret_arn, transform="json", max_age=300)
+    if not isinstance(secret, dict) or not secret.get("username") or "password" not in secret:
+        raise ConfigurationError(f"secret {config.secret_arn} must be JSON with 'username' and 'password'")
+    user, password = str(secret["username"]), str(secret["password"])
+    client = ManagementClient(config.management_url, user, password, timeout=10)
+    run_eval = SsmEval(aws("ssm"), aws("ec2"), config.ssm_tag_key, config.ssm_tag_value)
+    host, port = amqp_endpoint(config.management_url, config.amqp_port)
+    return ClusterAccess(client, RaLeaderTransfer(run_eval), AmqpCounter(host, port, user, password))
+
+
+# ---- time ----------------------------------------------------------------------------------------
+
+
+def now() -> float:
+    return time.time()
+
+
+def iso(moment: float | None = None) -> str:
+    """UTC, seconds, ISO 8601: what the lifecycle item shows as started_at/updated_at."""
+    return datetime.fromtimestamp(now() if moment is None else moment, UTC).isoformat(timespec="seconds")
+
+
+def reset() -> None:
+    """Forget everything cached from the environment (the local endpoint rebinds it between runs)."""
+    settings.cache_clear()
+    store.cache_clear()
+    aws.cache_clear()
+    parameters.clear_caches()

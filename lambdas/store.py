@@ -1,0 +1,236 @@
+"""The DynamoDB side of a run: the cluster's lifecycle item and lock, the run's plan batches and report.
+
+Key layout (table with partition key ``pk`` and sort key ``sk``, both strings):
+
+=====================  ==========================  =================================================
+pk                     sk                          holds
+=====================  ==========================  =================================================
+``cluster#<name>``     ``lifecycle``               state, counts, execution ARN, task token, request
+``cluster#<name>``     ``lock``                    run_id, execution_arn, expires_at (epoch seconds)
+``run#<run_id>``       ``meta``                    config, start time, the before report, the summary
+``run#<run_id>``       ``plan#<gen>#batch#<i>``    the moves of one batch, then their results
+=====================  ==========================  =================================================
+
+Moves, results and reports are stored as JSON strings: they hold floats, which DynamoDB's number type
+would need as Decimal, and nothing ever queries inside them. Run items carry ``expires_at`` (epoch
+seconds, 90 days on), the table's time-to-live attribute; so does the lock (its lease), which DynamoDB
+may then delete once expired, as the conditions already treat it. The lifecycle item never expires.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+import boto3
+from boto3.dynamodb.conditions import Key
+from botocore.exceptions import ClientError
+
+from lambdas.errors import LockLost, RequestChanged
+from queue_balancer.lifecycle import (
+    LIFECYCLE_SK,
+    LOCK_SK,
+    RUN_META_SK,
+    Lifecycle,
+    batch_sk,
+    cluster_pk,
+    run_pk,
+)
+from queue_balancer.model import JsonDict, Move
+from queue_balancer.movers import MoveProgress
+
+RUN_ITEM_DAYS = 90
+
+
+class Store:
+    """Reads and conditional writes of one lifecycle table."""
+
+    def __init__(self, table_name: str, *, resource: Any = None) -> None:
+        self.table = (resource or boto3.resource("dynamodb")).Table(table_name)
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def lifecycle(self, cluster: str) -> Lifecycle:
+        item = self.table.get_item(Key={"pk": cluster_pk(cluster), "sk": LIFECYCLE_SK}, ConsistentRead=True)
+        return Lifecycle.from_item(item.get("Item"), cluster)
+
+    def start(self, record: Lifecycle) -> None:
+        """The first write of a run (it holds the lock): replaces whatever the last run left."""
+        self.table.put_item(Item=record.to_item())
+
+    def save(self, before: Lifecycle, after: Lifecycle, *, expect_requested: bool = False) -> None:
+        """Write the fields that changed, only while the item still belongs to ``after.run_id``.
+
+        Fields this run did not change are left alone, so a request the CLI records meanwhile survives.
+        With ``expect_requested`` the write also requires the pending request to be what ``before`` saw
+        (used when the run consumes a request). Raises LockLost when the item belongs to another run.
+        """
+        old, new = before.to_item(), after.to_item()
+        sets = {k: v for k, v in new.items() if k not in ("pk", "sk") and old.get(k) != v}
+        removes = [k for k in old if k not in new]
+        if not sets and not removes:
+            return
+        names = {f"#{k}": k for k in [*sets, *removes, "run_id"]}
+        values: dict[str, Any] = {f":{k}": v for k, v in sets.items()}
+        values[":owner"] = before.run_id or after.run_id
+        condition = "#run_id = :owner"
+        if expect_requested:
+            names["#requested"] = "requested"
+            if before.requested is None:
+                condition += " AND attribute_not_exists(#requested)"
+            else:
+                values[":was_requested"] = before.requested.value
+                condition += " AND #requested = :was_requested"
+        expression = ""
+        if sets:
+            expression += "SET " + ", ".join(f"#{k} = :{k}" for k in sets)
+        if removes:
+            expression += " REMOVE " + ", ".join(f"#{k}" for k in removes)
+        try:
+            self.table.update_item(
+                Key={"pk": cluster_pk(after.cluster), "sk": LIFECYCLE_SK},
+                UpdateExpression=expression.strip(),
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if not _conditional(exc):
+                raise
+            owner = self.lifecycle(after.cluster).run_id
+            if expect_requested and owner == values[":owner"]:
+                raise RequestChanged(
+                    f"the request for run {owner} changed while it was being honoured"
+                ) from exc
+            raise LockLost(
+                f"the lifecycle of cluster {after.cluster} belongs to run {owner}, not {values[':owner']}"
+            ) from exc
+
+    # ---- lock ----------------------------------------------------------------------------------
+
+    def renew_lock(self, cluster: str, run_id: str, execution_arn: str, expires_at: int) -> None:
+        """Push the lock's expiry out; LockLost if it is no longer this run's."""
+        try:
+            self.table.update_item(
+                Key={"pk": cluster_pk(cluster), "sk": LOCK_SK},
+                UpdateExpression="SET expires_at = :expires, execution_arn = :execution",
+                ConditionExpression="run_id = :run",
+                ExpressionAttributeValues={
+                    ":expires": expires_at,
+                    ":execution": execution_arn,
+                    ":run": run_id,
+                },
+            )
+        except ClientError as exc:
+            if _conditional(exc):
+                raise LockLost(f"run {run_id} no longer holds the lock of cluster {cluster}") from exc
+            raise
+
+    def lock(self, cluster: str) -> JsonDict | None:
+        item = self.table.get_item(Key={"pk": cluster_pk(cluster), "sk": LOCK_SK}, ConsistentRead=True)
+        found: JsonDict | None = item.get("Item")
+        return found
+
+    # ---- the run's plan and results --------------------------------------------------------------
+
+    def put_meta(self, run_id: str, **fields: Any) -> None:
+        """Set fields of the run's meta item (JSON-encoded, except plain strings and ints)."""
+        names = {f"#{k}": k for k in [*fields, "expires_at"]}
+        values = {f":{k}": _encode(v) for k, v in fields.items()}
+        values[":expires_at"] = _ttl()
+        self.table.update_item(
+            Key={"pk": run_pk(run_id), "sk": RUN_META_SK},
+            UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in [*fields, "expires_at"]),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+
+    def meta(self, run_id: str) -> JsonDict:
+        item = self.table.get_item(Key={"pk": run_pk(run_id), "sk": RUN_META_SK}, ConsistentRead=True)
+        return {k: _decode(v) for k, v in (item.get("Item") or {}).items()}
+
+    def put_plan(self, run_id: str, generation: int, batches: Sequence[Sequence[Move]]) -> None:
+        ttl = _ttl()
+        with self.table.batch_writer() as writer:
+            for index, moves in enumerate(batches):
+                writer.put_item(
+                    Item={
+                        "pk": run_pk(run_id),
+                        "sk": batch_sk(generation, index),
+                        "moves": json.dumps([m.to_dict() for m in moves], ensure_ascii=False),
+                        "expires_at": ttl,
+                    }
+                )
+
+    def batch(self, run_id: str, generation: int, index: int) -> list[Move]:
+        key = {"pk": run_pk(run_id), "sk": batch_sk(generation, index)}
+        item = self.table.get_item(Key=key, ConsistentRead=True).get("Item")
+        if item is None:
+            raise KeyError(f"batch {index} of plan {generation} of run {run_id} is not stored")
+        return [Move.from_dict(m) for m in json.loads(item["moves"])]
+
+    def record_results(
+        self, run_id: str, generation: int, index: int, results: Sequence[MoveProgress]
+    ) -> None:
+        """Store the final state of a batch's moves (idempotent: a retry writes the same)."""
+        self.table.update_item(
+            Key={"pk": run_pk(run_id), "sk": batch_sk(generation, index)},
+            UpdateExpression="SET results = :results",
+            ExpressionAttributeValues={
+                ":results": json.dumps([p.to_dict() for p in results], ensure_ascii=False)
+            },
+        )
+
+    def results(self, run_id: str) -> list[MoveProgress]:
+        """Every recorded move of the run, in plan and batch order."""
+        return [
+            MoveProgress.from_dict(p)
+            for item in self._run_items(run_id)
+            if str(item["sk"]).startswith("plan#") and "results" in item
+            for p in json.loads(item["results"])
+        ]
+
+    def delete_run(self, run_id: str) -> int:
+        """Remove every item of the run (``reset``); returns how many."""
+        keys = [{"pk": item["pk"], "sk": item["sk"]} for item in self._run_items(run_id)]
+        with self.table.batch_writer() as writer:
+            for key in keys:
+                writer.delete_item(Key=key)
+        return len(keys)
+
+    def _run_items(self, run_id: str) -> Iterator[Mapping[str, Any]]:
+        query: dict[str, Any] = {
+            "KeyConditionExpression": Key("pk").eq(run_pk(run_id)),
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self.table.query(**query)
+            yield from page.get("Items", [])
+            if "LastEvaluatedKey" not in page:
+                return
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _conditional(exc: ClientError) -> bool:
+    return bool(exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")
+
+
+def _ttl() -> int:
+    return int(time.time()) + RUN_ITEM_DAYS * 86_400
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        return value
+    return "json:" + json.dumps(value, ensure_ascii=False)
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("json:"):
+        return json.loads(value[5:])
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value

@@ -1,0 +1,264 @@
+"""The real ASL executed on the local AWS endpoint (moto, in this process), handlers bound in-process,
+against real RabbitMQ nodes.
+
+Why not the session cluster of tests/integration: importing that fixture here would register a second
+fixture definition with its own session cache, i.e. a second cluster on the *same* ports while the first
+still runs (pytest caches a session fixture per definition, not per function). So these tests start
+their own cluster on their own port block; once the cluster fixtures live in tests/conftest.py, this
+module can use them instead.
+
+Every wait here is on an observed condition with a deadline (``wait_until``), never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import boto3
+import pytest
+
+from queue_balancer.control import Workflow
+from queue_balancer.lifecycle import Lifecycle, State, cluster_pk
+from queue_balancer.local.cluster import RABBITMQ_SERVER, LocalCluster, LocalClusterConfig
+from queue_balancer.local.endpoint import LocalEndpoint, Outputs
+from queue_balancer.local.seed import seed
+from queue_balancer.management import ManagementClient
+from queue_balancer.model import Queue
+from queue_balancer.movers import POLICY_PREFIX
+
+# Next to tests/integration's block (5801..); QUEUE_BALANCER_TEST_PORT_OFFSET shifts both alike.
+_OFFSET = int(os.environ.get("QUEUE_BALANCER_TEST_PORT_OFFSET", "0"))
+PORTS = {
+    "amqp_base": 5831 + _OFFSET,
+    "management_base": 15831 + _OFFSET,
+    "dist_base": 25831 + _OFFSET,
+    "epmd_port": 4831 + _OFFSET,
+}
+T = TypeVar("T")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Handlers that publish no metric make powertools warn on every call; that is expected here."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.filterwarnings("ignore:No application metrics to publish"))
+
+
+def wait_until(condition: Callable[[], T], *, timeout: float, what: str, interval: float = 0.2) -> T:
+    """Poll ``condition`` until it returns something truthy; fail the test naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    result = condition()
+    while not result:
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+        result = condition()
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def sm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A 3-node cluster for the state-machine tests, always stopped at the end."""
+    if not os.access(RABBITMQ_SERVER, os.X_OK):
+        pytest.skip("rabbitmq-server is not installed: apt-get install rabbitmq-server")
+    cluster = LocalCluster(
+        LocalClusterConfig(base_dir=tmp_path_factory.mktemp("sm-cluster"), node_prefix="smt", **PORTS)
+    )
+    atexit.register(cluster.down)
+    try:
+        cluster.up()
+        yield cluster
+    finally:
+        cluster.down()
+        atexit.unregister(cluster.down)
+
+
+@pytest.fixture(scope="session")
+def endpoint(sm_cluster: LocalCluster) -> Iterator[LocalEndpoint]:
+    """The local AWS endpoint in this process (handlers run here, so tests can wrap them)."""
+    with LocalEndpoint(free_port(), sm_cluster.config) as running:
+        yield running
+
+
+@dataclass
+class Harness:
+    """The endpoint, the cluster and the AWS clients a test drives them with."""
+
+    endpoint: LocalEndpoint
+    cluster: LocalCluster
+    outputs: Outputs
+    session: Any
+    client: ManagementClient
+    executions: list[str] = field(default_factory=list)
+
+    def aws(self, service: str) -> Any:
+        return self.session.client(service, endpoint_url=self.outputs.EndpointUrl)
+
+    @property
+    def workflow(self) -> Workflow:
+        """What the CLI's workflow commands talk to (``queue_balancer.control``)."""
+        return Workflow(self.outputs.to_dict(), self.session, self.outputs.EndpointUrl, "the test endpoint")
+
+    @property
+    def table(self) -> Any:
+        return self.session.resource("dynamodb", endpoint_url=self.outputs.EndpointUrl).Table(
+            self.outputs.LifecycleTableName
+        )
+
+    # ---- executions ----------------------------------------------------------------------------
+
+    def start(self, data: Any, name: str | None = None) -> str:
+        name = name or f"t{len(self.executions)}-{int(time.time() * 1000) % 10**8}"
+        arn = self.aws("stepfunctions").start_execution(
+            stateMachineArn=self.outputs.StateMachineArn, name=name, input=json.dumps(data)
+        )["executionArn"]
+        self.executions.append(arn)
+        return str(arn)
+
+    def describe(self, arn: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.aws("stepfunctions").describe_execution(executionArn=arn)
+        return result
+
+    def finished(self, arn: str, timeout: float = 90) -> dict[str, Any]:
+        sfn = self.aws("stepfunctions")
+        return wait_until(
+            lambda: (d := sfn.describe_execution(executionArn=arn))["status"] != "RUNNING" and d,
+            timeout=timeout,
+            what=f"execution {arn.rsplit(':', 1)[-1]} to end",
+        )
+
+    def history(self, arn: str) -> list[dict[str, Any]]:
+        sfn = self.aws("stepfunctions")
+        events: list[dict[str, Any]] = []
+        query: dict[str, Any] = {"executionArn": arn, "maxResults": 1000}
+        while True:
+            page = sfn.get_execution_history(**query)
+            events += page["events"]
+            if not page.get("nextToken"):
+                return events
+            query["nextToken"] = page["nextToken"]
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def lifecycle(self) -> Lifecycle:
+        return self.workflow.lifecycle()
+
+    def lock(self) -> dict[str, Any] | None:
+        return self.workflow.lock()
+
+    def wait_state(self, state: State, *, token: bool | None = None, timeout: float = 60) -> Lifecycle:
+        def reached() -> Lifecycle | None:
+            current = self.lifecycle()
+            if current.state is state and (token is None or bool(current.task_token) == token):
+                return current
+            return None
+
+        return wait_until(reached, timeout=timeout, what=f"the lifecycle to reach {state}")
+
+    # ---- notifications -------------------------------------------------------------------------
+
+    def notifications(self, count: int = 1, timeout: float = 30) -> list[dict[str, str]]:
+        """The SNS messages of the topic, read through its SQS subscription."""
+        sqs = self.aws("sqs")
+        found: list[dict[str, str]] = []
+
+        def enough() -> bool:
+            for message in sqs.receive_message(
+                QueueUrl=self.outputs.NotificationQueueUrl, MaxNumberOfMessages=10, WaitTimeSeconds=0
+            ).get("Messages", []):
+                body = json.loads(message["Body"])
+                found.append({"subject": body.get("Subject", ""), "message": body["Message"]})
+                sqs.delete_message(
+                    QueueUrl=self.outputs.NotificationQueueUrl, ReceiptHandle=message["ReceiptHandle"]
+                )
+            return len(found) >= count
+
+        wait_until(enough, timeout=timeout, what=f"{count} notification(s)")
+        return found
+
+    # ---- cluster -------------------------------------------------------------------------------
+
+    def seed(self, queues: int, queue_type: str, prefix: str, messages: int = 10) -> None:
+        """Queues all led by node 1 (the Mover counts their messages over AMQP, not from the statistics)."""
+        seed(self.cluster, queues=queues, messages=messages, queue_type=queue_type, prefix=prefix)
+
+        def listed() -> bool:
+            return sum(1 for q in self.client.queues() if q["name"].startswith(prefix + ".")) == queues
+
+        wait_until(listed, timeout=30, what=f"the {queues} queues {prefix}.* in the management API")
+
+    def leaders(self) -> dict[str, int]:
+        counts = {n.name: 0 for n in self.cluster.nodes}
+        for q in self.client.queues():
+            counts[Queue.from_api(q).leader] += 1
+        return counts
+
+    def temporary_policies(self) -> list[str]:
+        return [str(p["name"]) for p in self.client.policies() if str(p["name"]).startswith(POLICY_PREFIX)]
+
+
+@pytest.fixture
+def harness(endpoint: LocalEndpoint, sm_cluster: LocalCluster) -> Iterator[Harness]:
+    """A clean slate per test: no queues, policies, lifecycle, lock or pending notification."""
+    assert endpoint.outputs is not None
+    session = boto3.Session(
+        region_name=endpoint.outputs.Region, aws_access_key_id="local", aws_secret_access_key="local"
+    )
+    user, password = sm_cluster.credentials
+    client = ManagementClient(sm_cluster.nodes[0].management_url, user, password)
+    h = Harness(endpoint, sm_cluster, endpoint.outputs, session, client)
+    _clean(h)
+    handlers = dict(endpoint.dispatcher.handlers)
+    try:
+        yield h
+    finally:
+        endpoint.dispatcher.handlers.update(handlers)  # undo a test's fault injection
+        sfn = h.aws("stepfunctions")
+        for arn in h.executions:  # nothing of this test may run into the next one
+            if sfn.describe_execution(executionArn=arn)["status"] == "RUNNING":
+                sfn.stop_execution(executionArn=arn, error="TestTeardown")
+
+
+def _clean(h: Harness) -> None:
+    for q in h.client.queues():
+        h.client.request("DELETE", f"queues/{quote(q['vhost'], safe='')}/{quote(q['name'], safe='')}")
+    for p in h.client.policies():
+        h.client.delete_policy(p["vhost"], p["name"])
+    table = h.table
+    for item in table.scan(ProjectionExpression="pk, sk")["Items"]:
+        table.delete_item(Key={"pk": item["pk"], "sk": item["sk"]})
+    sqs = h.aws("sqs")
+    while messages := sqs.receive_message(
+        QueueUrl=h.outputs.NotificationQueueUrl, MaxNumberOfMessages=10
+    ).get("Messages"):
+        for message in messages:
+            sqs.delete_message(
+                QueueUrl=h.outputs.NotificationQueueUrl, ReceiptHandle=message["ReceiptHandle"]
+            )
+    assert not table.get_item(Key={"pk": cluster_pk(h.outputs.ClusterName), "sk": "lock"}).get("Item")
+
+
+def spread(distribution: dict[str, int]) -> int:
+    return max(distribution.values()) - min(distribution.values())
+
+
+@pytest.fixture
+def asl_path() -> Path:
+    return Path(__file__).resolve().parents[2] / "statemachine" / "balancer.asl.json"

@@ -1,0 +1,111 @@
+"""Pins the local engine's behaviour that the workflow relies on, so a moto upgrade cannot change it
+silently: the dispatcher (a handler's exception is a function error with its errorType), Retry on that
+name, ``$$.State.RetryCount``, Wait with ``SecondsPath``, ``.waitForTaskToken`` answered by
+SendTaskSuccess, the history's shape (which the continue-as-new budget counts on), the SSM emulation
+behind the leader transfer, and ``states:startExecution`` continuing a run.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from lambdas.errors import ManagementUnavailable
+from lambdas.ssm_eval import SsmEval
+from queue_balancer.errors import LeaderTransferError
+from queue_balancer.leader_transfer import RESULT_MARKER
+from queue_balancer.lifecycle import HISTORY_RESERVE, State
+from queue_balancer.local.endpoint import CLUSTER_NAME, SSM_TAG_KEY
+from tests.statemachine.conftest import Harness, spread
+
+pytestmark = pytest.mark.integration
+
+
+def _handler(harness: Harness, suffix: str) -> str:
+    return next(k for k in harness.endpoint.dispatcher.handlers if k.endswith(suffix))
+
+
+def _wait_durations(events: list[dict[str, Any]]) -> list[float]:
+    """Seconds between each WaitStateEntered and the WaitStateExited after it (one move: no overlap)."""
+    durations, entered = [], None
+    for event in events:
+        if event["type"] == "WaitStateEntered":
+            entered = event["timestamp"]
+        elif event["type"] == "WaitStateExited" and entered is not None:
+            durations.append((event["timestamp"] - entered).total_seconds())
+            entered = None
+    return durations
+
+
+def test_local_engine_smoke_dispatcher_retry_wait_token_and_history(harness: Harness) -> None:
+    harness.seed(2, "quorum", "q")
+    preflight = _handler(harness, "preflight")
+    original = harness.endpoint.dispatcher.handlers[preflight]
+    seen: list[int] = []
+
+    def flaky(event: dict[str, Any], context: Any) -> Any:
+        seen.append(int(event["retry"]))
+        if len(seen) == 1:
+            raise ManagementUnavailable("injected: the management API answered 503")
+        return original(event, context)
+
+    harness.endpoint.dispatcher.handlers[preflight] = flaky
+    arn = harness.start({"action": "load", "poll_seconds": 1})
+    ready = harness.wait_state(State.READY, token=True)
+    harness.aws("stepfunctions").send_task_success(
+        taskToken=ready.task_token, output=json.dumps({"decision": "go"})
+    )
+    done = harness.finished(arn)
+    assert done["status"] == "SUCCEEDED", done.get("cause")
+    assert spread(harness.leaders()) == 1  # 2 queues on 3 nodes
+
+    history = harness.history(arn)
+    types = [e["type"] for e in history]
+    # Dispatcher + Retry: the exception became a function error named after its class, and was retried.
+    failure = next(e for e in history if e["type"] == "LambdaFunctionFailed")
+    assert failure["lambdaFunctionFailedEventDetails"]["error"] == "ManagementUnavailable"
+    assert "injected" in json.loads(failure["lambdaFunctionFailedEventDetails"]["cause"])["errorMessage"]
+    assert seen == [0, 1]  # $$.State.RetryCount as the handler saw it
+    # Task token: the parked task was submitted, then succeeded with SendTaskSuccess's output.
+    assert "TaskSubmitted" in types
+    answered = next(
+        e
+        for e in history
+        if e["type"] == "TaskSucceeded" and "decision" in e["taskSucceededEventDetails"]["output"]
+    )
+    assert json.loads(answered["taskSucceededEventDetails"]["output"]) == {"decision": "go"}
+    # Wait: each WaitForMove waited the seconds CheckMove asked for (>= poll_seconds = 1).
+    waits = _wait_durations(history)
+    assert waits and all(w >= 0.9 for w in waits)
+    # The history has the shape the budget counts: 5 events per Lambda task, 2 per Wait/Choice, Map 4 + 2n.
+    run = json.loads(done["output"])["run"]
+    before_report = next(
+        i
+        for i, e in enumerate(history)
+        if (e.get("stateEnteredEventDetails") or {}).get("name") == "ReportRun"
+    )
+    assert before_report <= run["events"] <= before_report + 60  # counted, never undercounted
+    assert len(history) - before_report < HISTORY_RESERVE  # the end of a run fits in the reserve
+    assert types.count("MapIterationStarted") == types.count("MapIterationSucceeded") == 1
+    assert types.count("LambdaFunctionScheduled") == types.count("LambdaFunctionStarted")
+    calls = [name.rsplit("-", 2)[-2:] for name, result in harness.endpoint.dispatcher.calls if result == "ok"]
+    assert ["start", "move"] in calls and ["check", "move"] in calls
+
+
+def test_ssm_run_command_reaches_the_local_nodes_and_only_for_rabbitmqctl_eval(harness: Harness) -> None:
+    ssm, ec2 = harness.aws("ssm"), harness.aws("ec2")
+    run_eval = SsmEval(ssm, ec2, SSM_TAG_KEY, CLUSTER_NAME, timeout=30)
+    output = run_eval(f'io:format("~s~s~n", ["{RESULT_MARKER}", "[]"]).')
+    assert f"{RESULT_MARKER}[]" in output
+
+    instance = run_eval.instance()
+    sent = ssm.send_command(
+        InstanceIds=[instance], DocumentName="AWS-RunShellScript", Parameters={"commands": ["rm -rf /"]}
+    )["Command"]["CommandId"]
+    refused = ssm.get_command_invocation(CommandId=sent, InstanceId=instance)
+    assert refused["Status"] == "Failed" and "only `rabbitmqctl eval" in refused["StandardErrorContent"]
+
+    with pytest.raises(LeaderTransferError, match="no running instance tagged"):
+        SsmEval(ssm, ec2, SSM_TAG_KEY, "another-cluster").instance()

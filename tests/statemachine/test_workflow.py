@@ -1,0 +1,256 @@
+"""The balancer's workflow end to end: the real ASL on the local endpoint, the real cluster, and the
+operator's commands through ``queue_balancer.control`` (what ``queue-balancer go|pause|...`` runs).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from queue_balancer import control
+from queue_balancer.control import perform
+from queue_balancer.errors import BalancerError
+from queue_balancer.lifecycle import Counts, Event, EventRefused, Lifecycle, RunInput, State, cluster_pk
+from tests.statemachine.conftest import Harness, spread, wait_until
+
+pytestmark = pytest.mark.integration
+
+FAST = {"poll_seconds": 1}
+
+
+def test_balance_spreads_leaders_reports_and_releases_the_lock(
+    harness: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    harness.seed(3, "classic", "c")
+    harness.seed(3, "quorum", "q")
+    assert spread(harness.leaders()) == 6
+
+    started = perform(harness.workflow, Event.RUN, RunInput.parse({"concurrency": 4, **FAST}))
+    assert started.execution_arn is not None
+    harness.executions.append(started.execution_arn)
+    assert (
+        control._wait(harness.workflow, started.execution_arn, timeout=90) == control.EXIT_OK
+    )  # `run --wait`
+    assert "| node | before | after |" in capsys.readouterr().out
+
+    done = harness.describe(started.execution_arn)
+    assert done["status"] == "SUCCEEDED", done.get("cause")
+    assert spread(harness.leaders()) == 0
+    assert harness.temporary_policies() == []
+    assert harness.lock() is None
+    record = harness.lifecycle()
+    assert (record.state, record.outcome, record.counts.done, record.counts.failed) == (
+        State.IDLE,
+        "completed",
+        4,
+        0,
+    )
+    [note] = harness.notifications()
+    assert note["subject"] == "queue-balancer: local completed, spread 6 -> 0"
+    assert "| node | before | after |" in note["message"]
+    assert "moves: 4 done, 0 failed" in note["message"]
+
+
+def test_load_waits_in_ready_until_go(harness: Harness) -> None:
+    harness.seed(3, "quorum", "q")
+    arn = harness.start({"action": "load", **FAST})
+    ready = harness.wait_state(State.READY, token=True)
+    assert (ready.counts.pending, ready.execution_arn) == (2, arn)
+    assert harness.leaders()[harness.cluster.nodes[0].name] == 3  # nothing moved while READY
+    with pytest.raises(EventRefused, match="READY"):
+        perform(harness.workflow, Event.PAUSE)
+
+    assert str(perform(harness.workflow, Event.GO)) == "balancing"
+    done = harness.finished(arn)
+
+    assert done["status"] == "SUCCEEDED", done.get("cause")
+    assert spread(harness.leaders()) == 0
+    assert harness.lifecycle().counts.done == 2
+
+
+def test_pause_parks_the_run_after_its_batch_and_continue_resumes_it(harness: Harness) -> None:
+    harness.seed(3, "quorum", "q")
+    arn = harness.start({"action": "balance", "batch_size": 1, **FAST})
+    harness.wait_state(State.BALANCING)
+    assert "pause requested" in str(perform(harness.workflow, Event.PAUSE))
+
+    paused = harness.wait_state(State.PAUSE, token=True)
+    assert (paused.counts.done, paused.counts.pending) == (1, 1)
+    assert harness.describe(arn)["status"] == "RUNNING"
+    with pytest.raises(EventRefused, match="PAUSE"):
+        perform(harness.workflow, Event.GO)
+
+    assert str(perform(harness.workflow, Event.CONTINUE)) == "balancing again"
+    done = harness.finished(arn)
+    assert done["status"] == "SUCCEEDED", done.get("cause")
+    assert harness.lifecycle().counts.done == 2, (harness.lifecycle(), done.get("output"))
+
+
+def test_load_during_a_run_replans_after_the_batch_and_waits_for_go(harness: Harness) -> None:
+    harness.seed(3, "quorum", "q")
+    arn = harness.start({"action": "balance", "batch_size": 1, **FAST})
+    harness.wait_state(State.BALANCING)
+    assert "reload requested" in str(perform(harness.workflow, Event.LOAD))
+
+    ready = harness.wait_state(State.READY, token=True)
+    assert ready.counts.done + ready.counts.pending == 2  # re-planned from the cluster as it is now
+    assert str(perform(harness.workflow, Event.GO)) == "balancing"
+    assert harness.finished(arn)["status"] == "SUCCEEDED"
+    assert spread(harness.leaders()) == 0
+
+
+def test_stop_ends_after_the_current_batch_and_keeps_the_counts(harness: Harness) -> None:
+    harness.seed(3, "quorum", "q")
+    arn = harness.start({"action": "balance", "batch_size": 1, **FAST})
+    harness.wait_state(State.BALANCING)
+    perform(harness.workflow, Event.STOP)
+
+    done = harness.finished(arn)
+    assert done["status"] == "SUCCEEDED", done.get("cause")
+    record = harness.lifecycle()
+    assert (record.state, record.outcome, record.counts.done, record.counts.pending) == (
+        State.IDLE,
+        "stopped",
+        1,
+        1,
+    )
+    assert harness.lock() is None
+    [note] = harness.notifications()
+    assert "stopped" in note["subject"]
+    assert harness.workflow.run_meta(record.run_id or "")["summary"] == note["message"]  # `last-report`
+
+
+def test_a_second_run_fails_fast_while_one_holds_the_lock_and_reset_clears_everything(
+    harness: Harness,
+) -> None:
+    harness.seed(3, "quorum", "q")
+    first = harness.start({"action": "load", **FAST})
+    harness.wait_state(State.READY, token=True)
+
+    second = harness.finished(harness.start({"action": "balance"}), timeout=30)
+    assert (second["status"], second["error"]) == ("FAILED", "AlreadyRunning")
+    assert "already running" in second["cause"]
+    with pytest.raises(EventRefused, match="READY"):
+        perform(harness.workflow, Event.RUN)
+    assert harness.lifecycle().execution_arn == first  # the second run changed nothing
+
+    assert "ends now" in str(perform(harness.workflow, Event.RESET))
+    assert harness.finished(first)["status"] == "SUCCEEDED"
+    record = harness.lifecycle()
+    assert (record.state, record.outcome, record.counts.pending) == (State.IDLE, "reset", 0)
+    assert harness.lock() is None
+    assert harness.workflow.run_meta(record.run_id or "") == {}  # the run's plan and report are gone
+    assert harness.leaders()[harness.cluster.nodes[0].name] == 3
+
+
+def test_reset_clears_a_run_whose_execution_died(harness: Harness) -> None:
+    """E.g. aborted from the console: the item still says BALANCING, the lock is still held."""
+    dead = harness.finished(harness.start({"action": "nope"}), timeout=30)["executionArn"]
+    ghost = Lifecycle(
+        cluster=harness.outputs.ClusterName,
+        state=State.BALANCING,
+        run_id="ghost",
+        execution_arn=dead,
+        counts=Counts(pending=3, done=2),
+    )
+    harness.table.put_item(Item=ghost.to_item())
+    harness.table.put_item(
+        Item={
+            "pk": cluster_pk(ghost.cluster),
+            "sk": "lock",
+            "run_id": "ghost",
+            "execution_arn": dead,
+            "expires_at": int(time.time()) + 3600,
+        }
+    )
+
+    for event in (Event.RUN, Event.GO, Event.PAUSE):
+        with pytest.raises(EventRefused, match="`reset` clears it"):
+            perform(harness.workflow, event)
+    assert "released its lock" in str(perform(harness.workflow, Event.RESET))
+    record = harness.lifecycle()
+    assert (record.state, record.counts.done, record.outcome) == (
+        State.IDLE,
+        0,
+        "reset after the execution ended (FAILED)",
+    )
+    assert harness.lock() is None
+
+
+def test_a_failure_mid_move_cleans_up_notifies_and_releases_the_lock(harness: Harness) -> None:
+    harness.seed(2, "classic", "c", messages=50)
+    check = next(k for k in harness.endpoint.dispatcher.handlers if k.endswith("check-move"))
+
+    def broken(event: dict, context: object) -> dict:
+        raise RuntimeError("injected: the check of the move crashed")
+
+    harness.endpoint.dispatcher.handlers[check] = broken
+    arn = harness.start({"action": "balance", **FAST})
+    wait_until(lambda: harness.temporary_policies(), timeout=30, what="the move's temporary policy")
+
+    done = harness.finished(arn)
+    assert (done["status"], done["error"]) == ("FAILED", "RuntimeError")
+    assert harness.temporary_policies() == []
+    assert harness.lock() is None
+    record = harness.lifecycle()
+    assert (record.state, record.outcome) == (State.IDLE, "failed: RuntimeError")
+    [note] = harness.notifications()
+    assert "FAILED" in note["subject"]
+    assert "injected: the check of the move crashed" in note["message"]
+    assert "Cleanup removed 1 temporary policy" in note["message"]
+    mirrored = wait_until(
+        lambda: all(
+            q.get("messages") == 50
+            and set(q.get("slave_nodes") or ()) == set(q.get("synchronised_slave_nodes") or ())
+            and len(q.get("slave_nodes") or ()) == 2
+            for q in harness.client.queues()
+        ),
+        timeout=60,
+        what="the queues back on their own policy, all mirrors in sync, no message lost",
+    )
+    assert mirrored
+
+
+def test_a_run_continues_in_a_fresh_execution_when_the_next_batch_would_not_fit(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The history budget is forced to run out once, after the first batch."""
+    import lambdas.control_check
+
+    budget = iter([True, False])
+    monkeypatch.setattr(lambdas.control_check, "fits_in_history", lambda used, cost: next(budget, True))
+    harness.seed(3, "quorum", "q")
+    first = harness.start({"action": "balance", "batch_size": 1, **FAST}, name="big-run")
+    assert harness.finished(first)["status"] == "SUCCEEDED"
+
+    child = first + "-c1"
+    harness.executions.append(child)
+    done = harness.finished(child)
+    assert done["status"] == "SUCCEEDED", done.get("cause")
+    record = harness.lifecycle()
+    assert (record.run_id, record.execution_arn, record.state) == ("big-run", child, State.IDLE)
+    assert (record.counts.done, record.outcome) == (2, "completed")
+    assert spread(harness.leaders()) == 0
+    assert harness.lock() is None
+    [note] = harness.notifications()
+    assert "moves: 2 done" in note["message"]  # one report for the whole run, across both executions
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({"action": "rebalance"}, "unknown action"),
+        ({"action": "balance", "concurrency": 0}, "concurrency must be between 1 and 40"),
+        ({"action": "balance", "pattern": "(oops"}, "invalid queue name pattern"),
+    ],
+)
+def test_invalid_input_fails_with_a_named_error_and_changes_nothing(
+    harness: Harness, data: dict, problem: str
+) -> None:
+    done = harness.finished(harness.start(data), timeout=30)
+    assert (done["status"], done["error"]) == ("FAILED", "InvalidInput")
+    assert problem in done["cause"]
+    assert harness.table.scan()["Items"] == []
+    with pytest.raises(BalancerError, match=problem):
+        RunInput.parse(data)  # the CLI refuses the same input before starting anything

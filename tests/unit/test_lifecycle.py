@@ -1,0 +1,286 @@
+"""The lifecycle rules, the workflow's input and its pacing: pure functions, no AWS, no cluster."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from queue_balancer.errors import ConfigurationError
+from queue_balancer.lifecycle import (
+    HISTORY_LIMIT,
+    HISTORY_RESERVE,
+    Action,
+    Control,
+    Counts,
+    Event,
+    EventRefused,
+    IllegalTransition,
+    Lifecycle,
+    RunInput,
+    State,
+    Step,
+    advance,
+    checks_per_phase,
+    decide,
+    finished,
+    fits_in_history,
+    lock_seconds_for_batch,
+    moves_per_execution,
+    phase_seconds,
+    started,
+    wait_seconds,
+    worst_move_events,
+)
+from queue_balancer.movers import MoveSettings
+
+NOW = "2026-01-01T00:00:00+00:00"
+
+
+def record(
+    state: State, *, token: bool = False, requested: Control | None = None, action: str = "load"
+) -> Lifecycle:
+    return Lifecycle(
+        cluster="c",
+        state=state,
+        run_id=None if state is State.IDLE else "r1",
+        execution_arn=None if state is State.IDLE else "arn:aws:states:eu-west-1:1:execution:m:r1",
+        action=action,
+        task_token="token" if token else None,
+        requested=requested,
+    )
+
+
+# ---- operator events ---------------------------------------------------------------------------------
+
+ACCEPTED = {
+    # (state, token) -> {event: (action, argument)}
+    (State.IDLE, False): {
+        Event.RUN: (Action.START, "balance"),
+        Event.LOAD: (Action.START, "load"),
+        Event.STOP: (Action.NOTHING, ""),
+        Event.RESET: (Action.CLEAR, "reset"),
+    },
+    (State.LOADING, False): {
+        Event.LOAD: (Action.NOTHING, ""),
+        Event.STOP: (Action.REQUEST, "stop"),
+        Event.RESET: (Action.REQUEST, "reset"),
+    },
+    (State.READY, True): {
+        Event.GO: (Action.ANSWER, "go"),
+        Event.LOAD: (Action.ANSWER, "reload"),
+        Event.STOP: (Action.ANSWER, "stop"),
+        Event.RESET: (Action.ANSWER, "reset"),
+    },
+    (State.BALANCING, False): {
+        Event.PAUSE: (Action.REQUEST, "pause"),
+        Event.LOAD: (Action.REQUEST, "reload"),
+        Event.STOP: (Action.REQUEST, "stop"),
+        Event.RESET: (Action.REQUEST, "reset"),
+    },
+    (State.PAUSE, True): {
+        Event.CONTINUE: (Action.ANSWER, "continue"),
+        Event.LOAD: (Action.ANSWER, "reload"),
+        Event.STOP: (Action.ANSWER, "stop"),
+        Event.RESET: (Action.ANSWER, "reset"),
+    },
+}
+
+
+@pytest.mark.parametrize(("state", "token"), list(ACCEPTED))
+@pytest.mark.parametrize("event", list(Event))
+def test_every_event_in_every_state_is_accepted_or_refused_naming_the_state(
+    state: State, token: bool, event: Event
+) -> None:
+    current = record(state, token=token)
+    expected = ACCEPTED[(state, token)].get(event)
+    if expected is None:
+        with pytest.raises(EventRefused, match=state.value):
+            decide(current, event)
+    else:
+        reaction = decide(current, event)
+        assert (reaction.action, reaction.argument) == expected
+        assert reaction.message
+
+
+@given(
+    state=st.sampled_from(list(State)),
+    token=st.booleans(),
+    requested=st.none() | st.sampled_from(list(Control)),
+    event=st.sampled_from([Event.LOAD, Event.STOP, Event.RESET]),
+)
+def test_load_stop_and_reset_are_accepted_in_any_state(
+    state: State, token: bool, requested: Control | None, event: Event
+) -> None:
+    reaction = decide(record(state, token=token, requested=requested), event)
+    assert reaction.action in set(Action)
+
+
+def test_go_without_a_token_waits_for_the_run_or_explains_it_balances_by_itself() -> None:
+    with pytest.raises(EventRefused, match="not waiting for go yet"):
+        decide(record(State.READY, action="load"), Event.GO)
+    assert decide(record(State.READY, action="balance"), Event.GO).action is Action.NOTHING
+
+
+def test_continue_withdraws_a_pending_pause_and_a_weaker_request_never_overrides() -> None:
+    pausing = record(State.BALANCING, requested=Control.PAUSE)
+    assert decide(pausing, Event.CONTINUE).action is Action.WITHDRAW
+    stopping = record(State.BALANCING, requested=Control.STOP)
+    assert decide(stopping, Event.PAUSE).action is Action.NOTHING
+    assert decide(stopping, Event.RESET).action is Action.REQUEST  # reset is stronger than stop
+    assert decide(pausing, Event.STOP).action is Action.REQUEST
+
+
+@pytest.mark.parametrize("state", [State.LOADING, State.READY, State.BALANCING, State.PAUSE])
+def test_a_run_whose_execution_died_accepts_only_stop_and_reset(state: State) -> None:
+    dead = record(state, token=True)
+    for event in (Event.STOP, Event.RESET):
+        assert decide(dead, event, execution_alive=False).action is Action.CLEAR
+    for event in (Event.RUN, Event.LOAD, Event.GO, Event.PAUSE, Event.CONTINUE):
+        with pytest.raises(EventRefused, match="`reset` clears it"):
+            decide(dead, event, execution_alive=False)
+
+
+# ---- workflow steps ----------------------------------------------------------------------------------
+
+
+def test_a_run_goes_through_the_seed_states() -> None:
+    current = started("c", run_id="r1", execution_arn="arn", action="load", now=NOW)
+    assert current.state is State.LOADING
+    current = advance(current, Step.PLANNED, now=NOW, counts=Counts(pending=4, skipped=1))
+    assert current.state is State.READY
+    current = advance(current, Step.WAITING, now=NOW, state=State.READY, task_token="t")
+    current = advance(current, Step.BATCH, now=NOW, task_token=None)
+    assert (current.state, current.task_token) == (State.BALANCING, None)
+    current = advance(current, Step.WAITING, now=NOW, state=State.PAUSE, task_token="t2")
+    assert current.state is State.PAUSE
+    current = advance(current, Step.CONTINUED, now=NOW, execution_arn="arn2", task_token=None)
+    assert (current.state, current.execution_arn) == (State.BALANCING, "arn2")
+    current = advance(current, Step.BATCH, now=NOW)
+    done = finished(current, "completed", now=NOW, counts=Counts(done=4, skipped=1))
+    assert (done.state, done.counts.done, done.task_token) == (State.IDLE, 4, None)
+    cleared = finished(current, "reset", now=NOW, counts=Counts(done=4), clear=True)
+    assert cleared.counts == Counts() and cleared.round == 0
+
+
+@pytest.mark.parametrize(
+    ("state", "step"),
+    [
+        (State.IDLE, Step.BATCH),
+        (State.IDLE, Step.PLANNED),
+        (State.PAUSE, Step.WAITING),
+        (State.LOADING, Step.BATCH),
+    ],
+)
+def test_steps_the_state_forbids_are_refused(state: State, step: Step) -> None:
+    with pytest.raises(IllegalTransition, match=state.value):
+        advance(record(state), step, now=NOW, state=State.PAUSE)
+
+
+def test_a_run_waits_only_in_ready_or_pause() -> None:
+    with pytest.raises(IllegalTransition, match="only in READY or PAUSE"):
+        advance(record(State.BALANCING), Step.WAITING, now=NOW, state=State.LOADING)
+
+
+@given(
+    state=st.sampled_from(list(State)),
+    requested=st.none() | st.sampled_from(list(Control)),
+    counts=st.builds(Counts, *(st.integers(0, 10**6) for _ in range(4))),
+    token=st.none() | st.text(min_size=1, max_size=20),
+)
+def test_the_item_round_trips_also_with_decimal_numbers(
+    state: State, requested: Control | None, counts: Counts, token: str | None
+) -> None:
+    original = Lifecycle(
+        cluster="c", state=state, run_id="r", task_token=token, requested=requested, counts=counts
+    )
+    item = original.to_item()
+    assert None not in item.values()
+    as_dynamodb = {k: Decimal(v) if isinstance(v, int) else v for k, v in item.items()}
+    assert Lifecycle.from_item(as_dynamodb, "c") == original
+
+
+def test_no_item_is_an_idle_cluster() -> None:
+    assert Lifecycle.from_item(None, "c") == Lifecycle(cluster="c")
+
+
+# ---- the input ---------------------------------------------------------------------------------------
+
+
+def test_defaults_and_round_trip() -> None:
+    parsed = RunInput.parse({"action": "balance"})
+    assert (parsed.concurrency, parsed.batch_size, parsed.rounds) == (1, 10, 3)
+    full = RunInput.parse(
+        {
+            "action": "load",
+            "concurrency": 4,
+            "batch_size": 8,
+            "vhosts": ["a"],
+            "pattern": "^q",
+            "per_vhost": True,
+            "max_moves": 3,
+            "max_publish_rate": 10,
+            "poll_seconds": 2,
+        }
+    )
+    assert RunInput.parse(full.to_dict()) == full
+    assert RunInput.parse({"concurrency": 20}).batch_size == 20
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({"action": "rebalance"}, "unknown action 'rebalance'"),
+        ({"concurrency": 0}, "concurrency must be between 1 and 40"),
+        ({"concurrency": 41}, "concurrency must be between 1 and 40"),
+        ({"concurrency": "2"}, "concurrency must be an integer"),
+        ({"concurrency": True}, "concurrency must be an integer"),
+        ({"pattern": "(unclosed"}, "invalid queue name pattern"),
+        ({"concurency": 2}, "unknown field(s) concurency"),
+        ({"concurrency": 8, "batch_size": 4}, "batch_size 4 is below concurrency 8"),
+        ({"vhosts": "/"}, "vhosts must be a list"),
+        ({"max_publish_rate": -1}, "max_publish_rate must be a number"),
+        ([1, 2], "must be a JSON object"),
+    ],
+)
+def test_invalid_input_is_refused_with_every_problem_named(data: object, problem: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        RunInput.parse(data)
+    assert problem in str(raised.value)
+
+
+# ---- pacing ------------------------------------------------------------------------------------------
+
+
+@given(poll=st.integers(1, 60), messages=st.integers(0, 5_000_000))
+def test_waits_grow_from_poll_to_a_cap_and_a_phase_has_a_bounded_number_of_checks(
+    poll: int, messages: int
+) -> None:
+    length = phase_seconds(MoveSettings(), messages)
+    waits = [wait_seconds(poll, k, length) for k in range(60)]
+    assert waits[0] == poll
+    assert waits == sorted(waits)
+    assert max(waits) <= max(poll, 300)
+    checks = checks_per_phase(poll, length)
+    assert sum(waits[: checks - 1]) >= length  # the last check really sees the deadline
+    assert checks <= 40
+
+
+def test_one_execution_holds_at_least_40_moves_and_typically_hundreds() -> None:
+    assert moves_per_execution(5) >= 40
+    assert moves_per_execution(5, checks_per_move=5) >= 300
+    assert moves_per_execution(1, 1_000_000) >= 30
+    assert worst_move_events(5, 1_000_000) > worst_move_events(5, 0)
+
+
+def test_the_next_batch_runs_only_if_its_worst_case_fits() -> None:
+    assert fits_in_history(0, 1000)
+    assert not fits_in_history(HISTORY_LIMIT - HISTORY_RESERVE - 999, 1000)
+
+
+def test_the_lock_covers_a_batch_run_in_waves() -> None:
+    one = lock_seconds_for_batch(5, [0], 1)
+    assert lock_seconds_for_batch(5, [0] * 4, 1) > lock_seconds_for_batch(5, [0] * 4, 4) >= one
+    assert lock_seconds_for_batch(5, [], 1) > 0
