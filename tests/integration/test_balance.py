@@ -20,7 +20,8 @@ from queue_balancer.management import ManagementClient
 from queue_balancer.model import Move, Queue, QueueType
 from queue_balancer.movers import POLICY_PREFIX, Mover, MoveSettings, Phase
 from queue_balancer.runner import run_moves
-from tests.integration.conftest import Management, poll_until
+from tests.conftest import poll_until
+from tests.integration.conftest import Management
 
 
 @pytest.fixture

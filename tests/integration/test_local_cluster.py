@@ -23,7 +23,7 @@ from queue_balancer.local import cluster as cluster_module
 from queue_balancer.local import commands
 from queue_balancer.local.cluster import LocalCluster, LocalClusterConfig, LocalClusterError
 from queue_balancer.local.seed import QueueType, seed, seed_unmirrored
-from tests.integration.conftest import TEST_PORTS
+from tests.conftest import TEST_PORTS
 
 if TYPE_CHECKING:
     from conftest import Management

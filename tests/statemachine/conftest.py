@@ -1,23 +1,16 @@
 """The real ASL executed on the local AWS endpoint (moto, in this process), handlers bound in-process,
 against real RabbitMQ nodes.
 
-Why not the session cluster of tests/integration: importing that fixture here would register a second
-fixture definition with its own session cache, i.e. a second cluster on the *same* ports while the first
-still runs (pytest caches a session fixture per definition, not per function). So these tests start
-their own cluster on their own port block; once the cluster fixtures live in tests/conftest.py, this
-module can use them instead.
-
-Every wait here is on an observed condition with a deadline (``wait_until``), never a bare sleep.
+The nodes are the session cluster of tests/conftest.py, shared with tests/integration. Every wait here is
+on an observed condition with a deadline (``poll_until``), never a bare sleep.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
-import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,21 +21,14 @@ import pytest
 
 from queue_balancer.control import Workflow
 from queue_balancer.lifecycle import Lifecycle, State, cluster_pk
-from queue_balancer.local.cluster import RABBITMQ_SERVER, LocalCluster, LocalClusterConfig
+from queue_balancer.local.cluster import LocalCluster
 from queue_balancer.local.endpoint import LocalEndpoint, Outputs
 from queue_balancer.local.seed import seed
 from queue_balancer.management import ManagementClient
 from queue_balancer.model import Queue
 from queue_balancer.movers import POLICY_PREFIX
+from tests.conftest import poll_until
 
-# Next to tests/integration's block (5801..); QUEUE_BALANCER_TEST_PORT_OFFSET shifts both alike.
-_OFFSET = int(os.environ.get("QUEUE_BALANCER_TEST_PORT_OFFSET", "0"))
-PORTS = {
-    "amqp_base": 5831 + _OFFSET,
-    "management_base": 15831 + _OFFSET,
-    "dist_base": 25831 + _OFFSET,
-    "epmd_port": 4831 + _OFFSET,
-}
 T = TypeVar("T")
 
 
@@ -54,18 +40,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.filterwarnings("ignore:No application metrics to publish"))
 
 
-def wait_until(condition: Callable[[], T], *, timeout: float, what: str, interval: float = 0.2) -> T:
-    """Poll ``condition`` until it returns something truthy; fail the test naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    result = condition()
-    while not result:
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
-        result = condition()
-    return result
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -74,26 +48,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def sm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """A 3-node cluster for the state-machine tests, always stopped at the end."""
-    if not os.access(RABBITMQ_SERVER, os.X_OK):
-        pytest.skip("rabbitmq-server is not installed: apt-get install rabbitmq-server")
-    cluster = LocalCluster(
-        LocalClusterConfig(base_dir=tmp_path_factory.mktemp("sm-cluster"), node_prefix="smt", **PORTS)
-    )
-    atexit.register(cluster.down)
-    try:
-        cluster.up()
-        yield cluster
-    finally:
-        cluster.down()
-        atexit.unregister(cluster.down)
-
-
-@pytest.fixture(scope="session")
-def endpoint(sm_cluster: LocalCluster) -> Iterator[LocalEndpoint]:
+def endpoint(local_cluster: LocalCluster) -> Iterator[LocalEndpoint]:
     """The local AWS endpoint in this process (handlers run here, so tests can wrap them)."""
-    with LocalEndpoint(free_port(), sm_cluster.config) as running:
+    with LocalEndpoint(free_port(), local_cluster.config) as running:
         yield running
 
 
@@ -138,7 +95,7 @@ class Harness:
 
     def finished(self, arn: str, timeout: float = 90) -> dict[str, Any]:
         sfn = self.aws("stepfunctions")
-        return wait_until(
+        return poll_until(
             lambda: (d := sfn.describe_execution(executionArn=arn))["status"] != "RUNNING" and d,
             timeout=timeout,
             what=f"execution {arn.rsplit(':', 1)[-1]} to end",
@@ -170,7 +127,7 @@ class Harness:
                 return current
             return None
 
-        return wait_until(reached, timeout=timeout, what=f"the lifecycle to reach {state}")
+        return poll_until(reached, timeout=timeout, what=f"the lifecycle to reach {state}")
 
     # ---- notifications -------------------------------------------------------------------------
 
@@ -190,7 +147,7 @@ class Harness:
                 )
             return len(found) >= count
 
-        wait_until(enough, timeout=timeout, what=f"{count} notification(s)")
+        poll_until(enough, timeout=timeout, what=f"{count} notification(s)")
         return found
 
     # ---- cluster -------------------------------------------------------------------------------
@@ -202,7 +159,7 @@ class Harness:
         def listed() -> bool:
             return sum(1 for q in self.client.queues() if q["name"].startswith(prefix + ".")) == queues
 
-        wait_until(listed, timeout=30, what=f"the {queues} queues {prefix}.* in the management API")
+        poll_until(listed, timeout=30, what=f"the {queues} queues {prefix}.* in the management API")
 
     def leaders(self) -> dict[str, int]:
         counts = {n.name: 0 for n in self.cluster.nodes}
@@ -215,15 +172,15 @@ class Harness:
 
 
 @pytest.fixture
-def harness(endpoint: LocalEndpoint, sm_cluster: LocalCluster) -> Iterator[Harness]:
+def harness(endpoint: LocalEndpoint, local_cluster: LocalCluster) -> Iterator[Harness]:
     """A clean slate per test: no queues, policies, lifecycle, lock or pending notification."""
     assert endpoint.outputs is not None
     session = boto3.Session(
         region_name=endpoint.outputs.Region, aws_access_key_id="local", aws_secret_access_key="local"
     )
-    user, password = sm_cluster.credentials
-    client = ManagementClient(sm_cluster.nodes[0].management_url, user, password)
-    h = Harness(endpoint, sm_cluster, endpoint.outputs, session, client)
+    user, password = local_cluster.credentials
+    client = ManagementClient(local_cluster.nodes[0].management_url, user, password)
+    h = Harness(endpoint, local_cluster, endpoint.outputs, session, client)
     _clean(h)
     handlers = dict(endpoint.dispatcher.handlers)
     try:

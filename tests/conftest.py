@@ -1,0 +1,86 @@
+"""Real RabbitMQ nodes for the tests that need them: one 3-node cluster per test session, shared by
+tests/integration and tests/statemachine.
+
+The cluster lives in a temporary directory and on its own port block (AMQP 5801.., management 15801..,
+distribution 25801.., epmd 4801), so it never meets the developer's `queue-balancer local up` cluster
+(57xx) or anything on the default ports. It is stopped however the session ends: fixture teardown on
+success, failure and Ctrl-C, an atexit hook and a SIGTERM handler as fallbacks. Every wait is on an
+observed condition with a deadline (``poll_until``), never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import TypeVar
+
+import pytest
+
+from queue_balancer.local.cluster import RABBITMQ_SERVER, LocalCluster, LocalClusterConfig
+
+# The session cluster's port block; the developer's own `local up` cluster uses 57xx.
+# QUEUE_BALANCER_TEST_PORT_OFFSET shifts the block, so two test runs on one machine do not collide.
+_OFFSET = int(os.environ.get("QUEUE_BALANCER_TEST_PORT_OFFSET", "0"))
+TEST_PORTS = {
+    "amqp_base": 5801 + _OFFSET,
+    "management_base": 15801 + _OFFSET,
+    "dist_base": 25801 + _OFFSET,
+    "epmd_port": 4801 + _OFFSET,
+}
+T = TypeVar("T")
+
+
+def poll_until(condition: Callable[[], T], *, timeout: float, what: str, interval: float = 0.2) -> T:
+    """Poll ``condition`` until it returns something truthy; fail the test with ``what`` at the deadline.
+
+    The management API's statistics lag a few seconds, so assertions on message counts go through here.
+    """
+    deadline = time.monotonic() + timeout
+    last: T = condition()
+    while not last:
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+        last = condition()
+    return last
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A 3-node cluster on loopback for the whole session, always stopped at the end."""
+    if not os.access(RABBITMQ_SERVER, os.X_OK):
+        pytest.skip(
+            "rabbitmq-server is not installed: apt-get install rabbitmq-server (Debian 12 ships 3.10)"
+        )
+    base_dir = tmp_path_factory.mktemp("local-cluster")
+    config = LocalClusterConfig(
+        base_dir=base_dir,
+        nodes=3,
+        amqp_base=TEST_PORTS["amqp_base"],
+        management_base=TEST_PORTS["management_base"],
+        dist_base=TEST_PORTS["dist_base"],
+        epmd_port=TEST_PORTS["epmd_port"],
+    )
+    cluster = LocalCluster(config)
+    atexit.register(cluster.down)  # if the interpreter exits without running fixture teardown
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # a killed run still tears down
+    try:
+        started = time.monotonic()
+        cluster.up()
+        print(f"\nlocal cluster up in {time.monotonic() - started:.1f} s ({base_dir})")
+        yield cluster
+    finally:
+        cluster.down()
+        atexit.unregister(cluster.down)
+        if previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
