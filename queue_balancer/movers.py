@@ -35,6 +35,7 @@ from queue_balancer.management import ManagementClient
 from queue_balancer.model import JsonDict, Move, Queue, QueueCount, QueueRef, QueueType
 
 POLICY_PREFIX = "queue-balancer-"
+MAX_NUDGES = 5
 
 
 class Phase(StrEnum):
@@ -95,7 +96,8 @@ class MoveProgress:
     original_policy: str | None = None
     original_definition: Mapping[str, Any] = field(default_factory=dict)
     cluster_size: int = 0
-    sync_requested: bool = False
+    nudges: int = 0
+    """Remedies tried in the current phase (see ``Mover._nudge_sync``)."""
     phase_started_at: float = 0.0
     exact_count: bool = False
     """messages_before came from the queue process itself, so verification can ask it again."""
@@ -121,7 +123,7 @@ class MoveProgress:
             "original_policy": self.original_policy,
             "original_definition": dict(self.original_definition),
             "cluster_size": self.cluster_size,
-            "sync_requested": self.sync_requested,
+            "nudges": self.nudges,
             "phase_started_at": self.phase_started_at,
             "exact_count": self.exact_count,
             "finished_at": self.finished_at,
@@ -140,7 +142,7 @@ class MoveProgress:
             original_policy=data.get("original_policy"),
             original_definition=dict(data.get("original_definition") or {}),
             cluster_size=int(data.get("cluster_size", 0)),
-            sync_requested=bool(data.get("sync_requested", False)),
+            nudges=int(data.get("nudges", 0)),
             phase_started_at=float(data.get("phase_started_at", 0.0)),
             exact_count=bool(data.get("exact_count", False)),
             finished_at=data.get("finished_at"),
@@ -332,22 +334,40 @@ class Mover:
         return len(live.in_sync) >= wanted and set(live.replicas) <= set(live.in_sync)
 
     def _nudge_sync(self, progress: MoveProgress, live: Queue) -> MoveProgress:
-        """Ask once per phase for a sync of mirrors that stay unsynchronised.
+        """Help mirrors that do not come by themselves; bounded, and only after waiting on them first.
 
-        With ``ha-sync-mode: manual`` new mirrors of a non-empty queue never sync by themselves; and now and
-        then an automatic sync does not start at all (seen on 3.10 with large queues, with the built-in
-        rebalance too), which would leave the move waiting until its deadline.
+        - Mirrors the queue's own policy wants but the queue does not have (after the temporary policy
+          was deleted): now and then the queue process misses that policy change and keeps running
+          unmirrored (seen on 3.10 in about 1 of 20 large moves, and after the built-in rebalance too).
+          Putting and deleting a one-queue policy with the queue's own HA keys makes it re-read its
+          policy; a sync request does nothing there, as there is no mirror to sync.
+        - Mirrors present but not synchronised: with ``ha-sync-mode: manual`` they never sync by
+          themselves, and now and then an automatic sync does not start; a sync request starts it.
         """
-        if progress.sync_requested or set(live.replicas) <= set(live.in_sync):
-            return progress
-        manual = progress.phase in (Phase.RESTORING, Phase.ROLLING_BACK) and (
-            progress.original_definition.get("ha-sync-mode", "manual") != "automatic"
-        )
         waited = self.clock() - progress.phase_started_at
+        if waited < self.settings.sync_nudge_after * progress.nudges:
+            return progress
+        restoring = progress.phase in (Phase.RESTORING, Phase.ROLLING_BACK)
+        wanted = expected_mirrors(progress.original_definition, progress.cluster_size, live.leader)
+        if restoring and len(live.replicas) < wanted:
+            if waited > self.settings.sync_nudge_after and progress.nudges < MAX_NUDGES:
+                self._touch_own_policy(progress)
+                return replace(progress, nudges=progress.nudges + 1)
+            return progress
+        if progress.nudges or set(live.replicas) <= set(live.in_sync):
+            return progress
+        manual = restoring and progress.original_definition.get("ha-sync-mode", "manual") != "automatic"
         if (manual and progress.messages_before) or waited > self.settings.sync_nudge_after:
             self.client.queue_action(progress.move.vhost, progress.move.queue, "sync")
-            return replace(progress, sync_requested=True)
+            return replace(progress, nudges=1)
         return progress
+
+    def _touch_own_policy(self, progress: MoveProgress) -> None:
+        """Put a one-queue policy with the queue's own HA keys, then delete it: the queue re-reads its policy."""
+        touched = replace(progress, policy=temporary_policy_name(progress.move.ref))
+        ha = {k: v for k, v in progress.original_definition.items() if k.startswith("ha-")}
+        self._put_policy(touched, ha_definition=ha)
+        self._delete_policy(touched)
 
     def _verify(self, progress: MoveProgress, live: Queue) -> MoveProgress:
         """Leader on target, then the message count compared with the one before the move."""
@@ -405,7 +425,7 @@ class Mover:
             policy=None,
             phase=Phase.ROLLING_BACK,
             phase_started_at=now,
-            sync_requested=False,
+            nudges=0,
             outcome=reason,
             deadline=self.settings.deadline(now, progress.messages_before, self.settings.rollback_timeout),
         )
@@ -444,7 +464,7 @@ class Mover:
     def _next(self, progress: MoveProgress, phase: Phase) -> MoveProgress:
         now = self.clock()
         deadline = self.settings.deadline(now, progress.messages_before)
-        return replace(progress, phase=phase, deadline=deadline, phase_started_at=now, sync_requested=False)
+        return replace(progress, phase=phase, deadline=deadline, phase_started_at=now, nudges=0)
 
     def _finish(self, progress: MoveProgress, phase: Phase, outcome: str) -> MoveProgress:
         """End the move; whatever the outcome, its temporary policy does not outlive it."""
@@ -483,13 +503,21 @@ class Mover:
             return False
         return True
 
-    def _put_policy(self, progress: MoveProgress, nodes: list[str]) -> None:
+    def _put_policy(
+        self,
+        progress: MoveProgress,
+        nodes: list[str] | None = None,
+        ha_definition: Mapping[str, Any] | None = None,
+    ) -> None:
+        """The temporary policy: the queue's own keys, with mirrors on ``nodes`` (or the given HA keys)."""
         move = progress.move
         assert progress.policy is not None
         others = [p for p in self.client.policies(move.vhost) if not str(p["name"]).startswith(POLICY_PREFIX)]
         priority = max((int(p.get("priority", 0)) for p in others), default=0) + 1
         definition = {k: v for k, v in progress.original_definition.items() if not k.startswith("ha-")}
-        definition.update({"ha-mode": "nodes", "ha-params": nodes, "ha-sync-mode": "automatic"})
+        if ha_definition is None:
+            ha_definition = {"ha-mode": "nodes", "ha-params": nodes, "ha-sync-mode": "automatic"}
+        definition.update(ha_definition)
         self.client.put_policy(
             move.vhost,
             progress.policy,
