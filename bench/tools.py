@@ -1,0 +1,211 @@
+"""The two contenders, each run exactly as an operator would run it, and timed around that command only.
+
+- ``queue-balancer --local balance --format json``: a subprocess, so its wall time includes its start-up
+  like the built-in's includes the Erlang CLI's, and so the bench exercises the real command, flags and
+  exit codes. It runs the CLI's ``main`` from a copy of ``queue_balancer/`` frozen when the bench
+  started (``FrozenCode``), not from the live tree. It finds the bench's cluster through
+  ``QUEUE_BALANCER_LOCAL_DIR``; the connection variables a developer may have exported
+  (``RABBITMQ_MANAGEMENT_URL`` ...) are removed, so it cannot wander off to another cluster.
+- ``rabbitmq-queues rebalance all``: RabbitMQ's own command, through ``LocalCluster.rabbitmq_queues``.
+
+``queue-balancer plan --format json`` gives the best distribution reachable from the same starting
+point, so the table can say whether each tool got there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from queue_balancer.errors import BalancerError
+from queue_balancer.local.cluster import ENV_BASE_DIR, LocalCluster
+from queue_balancer.model import spread
+
+ROOT = Path(__file__).resolve().parent.parent
+# Variables that would point the balancer at another cluster than the bench's.
+_FOREIGN_ENV = ("RABBITMQ_MANAGEMENT_URL", "RABBITMQ_EVAL_COMMAND", "RABBITMQ_USER", "RABBITMQ_PASSWORD")
+
+
+@dataclass(frozen=True)
+class ToolRun:
+    """What running a tool once gave: its wall time and, for the balancer, its own JSON summary."""
+
+    seconds: float
+    exit_code: int
+    error: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class Tool(Protocol):
+    """A balancing command the bench can time."""
+
+    @property
+    def name(self) -> str: ...
+
+    def run(self) -> ToolRun: ...
+
+
+@dataclass(frozen=True)
+class FrozenCode:
+    """A copy of ``queue_balancer/`` taken when the bench starts: every run measures the same code.
+
+    Why: the tree is shared with engineers who edit the engine while the bench runs for many minutes;
+    without a copy, runs 1 and 30 could measure different code (or a half-saved file). The digest and
+    the git revision go into the results, so a table can always be traced back to the code it measured.
+    """
+
+    path: Path
+    digest: str
+    revision: str
+
+    @property
+    def command(self) -> list[str]:
+        """The CLI's ``main`` from the copy - what ``.venv/bin/queue-balancer`` runs, minus the tree."""
+        return [sys.executable, "-m", "queue_balancer.cli"]
+
+
+def freeze_code(dest: Path, *, attempts: int = 6, wait: float = 10.0) -> FrozenCode:
+    """Copy ``queue_balancer/`` into ``dest`` once the copy's CLI imports (an edit may be half-saved)."""
+    source = ROOT / "queue_balancer"
+    error = ""
+    for attempt in range(1, attempts + 1):
+        target = dest / "queue_balancer"
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        check = subprocess.run(
+            [sys.executable, "-c", "import queue_balancer.cli"],
+            cwd=dest,
+            env={**os.environ, "PYTHONPATH": str(dest)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if check.returncode == 0:
+            return FrozenCode(dest, tree_digest(target), git_revision())
+        error = check.stderr.strip().splitlines()[-1] if check.stderr.strip() else f"exit {check.returncode}"
+        if attempt < attempts:
+            time.sleep(wait)  # another engineer's edit in progress: retry on a fresh copy
+    raise BalancerError(f"queue_balancer/ in the working tree does not import ({error}); retry when it does")
+
+
+def tree_digest(tree: Path) -> str:
+    """A short hash of every ``.py`` file (path and content): equal digests, equal code measured."""
+    digest = hashlib.sha256()
+    for path in sorted(tree.rglob("*.py")):
+        digest.update(str(path.relative_to(tree)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def git_revision() -> str:
+    """``<commit>`` or ``<commit> + uncommitted changes`` (of queue_balancer/), for the results header."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown commit"
+    dirty = git("status", "--porcelain", "--", "queue_balancer")
+    return f"{commit} + uncommitted changes" if dirty else commit
+
+
+@dataclass(frozen=True)
+class BalancerCli:
+    """``queue-balancer`` against the bench's local cluster."""
+
+    cluster: LocalCluster
+    code: FrozenCode
+    concurrency: int | None = None
+    timeout: float = 1800.0
+    name: str = "queue-balancer"
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ENV}
+        user, password = self.cluster.credentials
+        env.update(
+            {ENV_BASE_DIR: str(self.cluster.base_dir), "RABBITMQ_USER": user, "RABBITMQ_PASSWORD": password}
+        )
+        env["PYTHONPATH"] = str(self.code.path)
+        return env
+
+    def _call(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.code.command, "--local", *args],
+            env=self._env(),
+            cwd=self.code.path,
+            capture_output=True,
+            text=True,
+            timeout=self.timeout,
+            check=False,
+        )
+
+    def plan(self) -> dict[str, Any]:
+        """``plan --format json`` now: its ``after`` is the best distribution the movable queues allow."""
+        done = self._call("plan", "--format", "json")
+        if done.returncode != 0:
+            raise BalancerError(
+                f"queue-balancer plan failed ({done.returncode}): {done.stderr.strip()[-500:]}"
+            )
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+    def best_spread(self) -> int:
+        return spread(self.plan()["after"])
+
+    def run(self) -> ToolRun:
+        args = ["balance", "--format", "json"]
+        if self.concurrency is not None:
+            args += ["--concurrency", str(self.concurrency)]
+        started = time.monotonic()
+        done = self._call(*args)
+        seconds = time.monotonic() - started
+        summary: dict[str, Any] = {}
+        error = ""
+        try:
+            summary = json.loads(done.stdout)
+        except ValueError:
+            error = (done.stderr.strip() or done.stdout.strip())[-500:] or "no JSON summary"
+        if done.returncode not in (0, 2):  # 2 = some moves failed; the summary says which
+            error = error or done.stderr.strip()[-500:]
+        return ToolRun(seconds, done.returncode, error, summary)
+
+    def default_concurrency(self) -> str:
+        """The CLI's own default, read from its help, so the table names the number actually used."""
+        done = subprocess.run(
+            [*self.code.command, "balance", "--help"],
+            env=self._env(),
+            cwd=self.code.path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        found = re.search(r"moves at once \(default (\d+)\)", " ".join(done.stdout.split()))
+        return found.group(1) if found else "CLI default"
+
+
+@dataclass(frozen=True)
+class BuiltinRebalance:
+    """``rabbitmq-queues rebalance all`` on node 1 (the node holding every leader)."""
+
+    cluster: LocalCluster
+    timeout: float = 1800.0
+    name: str = "rabbitmq-queues rebalance all"
+
+    def run(self) -> ToolRun:
+        started = time.monotonic()
+        try:
+            self.cluster.rabbitmq_queues("rebalance", "all", timeout=self.timeout)
+        except BalancerError as exc:
+            return ToolRun(time.monotonic() - started, 1, str(exc)[-500:])
+        return ToolRun(time.monotonic() - started, 0)
