@@ -5,7 +5,7 @@ The cluster lives in a temporary directory and on its own port block (AMQP 5801.
 distribution 25801.., epmd 4801), so it never meets the developer's `queue-balancer local up` cluster
 (57xx) or anything on the default ports. It is stopped however the session ends: fixture teardown on
 success, failure and Ctrl-C, an atexit hook and a SIGTERM handler as fallbacks. Every wait is on an
-observed condition with a deadline (``poll_until``), never a bare sleep.
+observed condition with a deadline (``wait_until``), never a bare sleep.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ TEST_PORTS = {
 T = TypeVar("T")
 
 
-def poll_until(condition: Callable[[], T], *, timeout: float, what: str, interval: float = 0.2) -> T:
+def wait_until(condition: Callable[[], T], *, timeout: float, what: str, interval: float = 0.2) -> T:
     """Poll ``condition`` until it returns something truthy; fail the test with ``what`` at the deadline.
 
     The management API's statistics lag a few seconds, so assertions on message counts go through here.
@@ -44,7 +44,7 @@ def poll_until(condition: Callable[[], T], *, timeout: float, what: str, interva
     while not last:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+        time.sleep(max(0.0, min(interval, deadline - time.monotonic())))  # never past the deadline
         last = condition()
     return last
 

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from queue_balancer.local.cluster import LocalCluster
-from tests.conftest import poll_until
+from tests.conftest import wait_until
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -49,7 +49,7 @@ class Management(NamedTuple):
 @pytest.fixture(scope="session")
 def wait_for() -> Callable[..., Any]:
     """``wait_for(condition, timeout=..., what=...)``: poll with a deadline instead of sleeping."""
-    return poll_until
+    return wait_until
 
 
 @pytest.fixture(scope="session")

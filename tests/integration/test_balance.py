@@ -20,7 +20,7 @@ from queue_balancer.management import ManagementClient
 from queue_balancer.model import Move, Queue, QueueType
 from queue_balancer.movers import POLICY_PREFIX, Mover, MoveSettings, Phase
 from queue_balancer.runner import run_moves
-from tests.conftest import poll_until
+from tests.conftest import wait_until
 from tests.integration.conftest import Management
 
 
@@ -106,7 +106,7 @@ def ha_policy(client: ManagementClient, vhost: str, pattern: str, **definition: 
 
 
 def settled_messages(client: ManagementClient, vhost: str, name: str, expected: int) -> None:
-    poll_until(
+    wait_until(
         lambda: client.queue(vhost, name).get("messages") == expected,
         timeout=30,
         what=f"{expected} messages in {name}",
@@ -181,7 +181,7 @@ def test_names_with_regex_metacharacters_in_a_vhost_with_a_slash_and_a_space(
     for name in names:
         declare(client, vhost, name)
         publish(client, vhost, name, 5)
-    poll_until(
+    wait_until(
         lambda: all(len(Queue.from_api(client.queue_now(vhost, n)).in_sync) == 2 for n in names),
         timeout=30,
         what="mirrors in sync",
@@ -217,7 +217,7 @@ def test_a_move_that_times_out_is_rolled_back_and_leaves_no_policy(
     )
     declare(client, "/", "slow")
     publish(client, "/", "slow", 10)
-    live = poll_until(
+    live = wait_until(
         lambda: (q := Queue.from_api(client.queue_now("/", "slow"))).in_sync and q,
         timeout=30,
         what="one synchronised mirror",
@@ -241,7 +241,7 @@ def test_a_move_that_times_out_is_rolled_back_and_leaves_no_policy(
 def test_a_queue_deleted_mid_move_fails_cleanly(cluster: LocalCluster, client: ManagementClient) -> None:
     ha_policy(client, "/", "^doomed$")
     declare(client, "/", "doomed")
-    poll_until(
+    wait_until(
         lambda: len(Queue.from_api(client.queue_now("/", "doomed")).in_sync) == 2,
         timeout=30,
         what="mirrors in sync",
@@ -273,7 +273,7 @@ def test_an_interrupted_run_rolls_back_the_moves_under_way(
         run_moves(mover(cluster, client), moves, concurrency=3, sleep=interrupt)
     assert temporary_policies(client) == []
     for name in seeded.queue_names:
-        poll_until(
+        wait_until(
             lambda n=name: len(Queue.from_api(client.queue_now("/", n)).in_sync) == 2,
             timeout=30,
             what=f"{name} mirrored again",
@@ -352,7 +352,7 @@ def test_a_stopped_node_stops_the_run_before_anything_moves(
     third = cluster.nodes[2]
     cluster.rabbitmqctl("stop_app", node=third)
     try:
-        poll_until(
+        wait_until(
             lambda: not next(n for n in client.nodes() if n["name"] == third.name)["running"],
             timeout=30,
             what=f"{third.name} reported down",
@@ -362,4 +362,4 @@ def test_a_stopped_node_stops_the_run_before_anything_moves(
         assert leaders(client) == {cluster.nodes[0].name: 3}
     finally:
         cluster.rabbitmqctl("start_app", node=third)
-        poll_until(lambda: all(n["running"] for n in client.nodes()), timeout=60, what="all nodes running")
+        wait_until(lambda: all(n["running"] for n in client.nodes()), timeout=60, what="all nodes running")

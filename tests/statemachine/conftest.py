@@ -2,7 +2,7 @@
 against real RabbitMQ nodes.
 
 The nodes are the session cluster of tests/conftest.py, shared with tests/integration. Every wait here is
-on an observed condition with a deadline (``poll_until``), never a bare sleep.
+on an observed condition with a deadline (``wait_until``), never a bare sleep.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from queue_balancer.local.seed import seed
 from queue_balancer.management import ManagementClient
 from queue_balancer.model import Queue
 from queue_balancer.movers import POLICY_PREFIX
-from tests.conftest import poll_until
+from tests.conftest import wait_until
 
 T = TypeVar("T")
 
@@ -95,7 +95,7 @@ class Harness:
 
     def finished(self, arn: str, timeout: float = 90) -> dict[str, Any]:
         sfn = self.aws("stepfunctions")
-        return poll_until(
+        return wait_until(
             lambda: (d := sfn.describe_execution(executionArn=arn))["status"] != "RUNNING" and d,
             timeout=timeout,
             what=f"execution {arn.rsplit(':', 1)[-1]} to end",
@@ -127,7 +127,7 @@ class Harness:
                 return current
             return None
 
-        return poll_until(reached, timeout=timeout, what=f"the lifecycle to reach {state}")
+        return wait_until(reached, timeout=timeout, what=f"the lifecycle to reach {state}")
 
     # ---- notifications -------------------------------------------------------------------------
 
@@ -147,7 +147,7 @@ class Harness:
                 )
             return len(found) >= count
 
-        poll_until(enough, timeout=timeout, what=f"{count} notification(s)")
+        wait_until(enough, timeout=timeout, what=f"{count} notification(s)")
         return found
 
     # ---- cluster -------------------------------------------------------------------------------
@@ -159,7 +159,7 @@ class Harness:
         def listed() -> bool:
             return sum(1 for q in self.client.queues() if q["name"].startswith(prefix + ".")) == queues
 
-        poll_until(listed, timeout=30, what=f"the {queues} queues {prefix}.* in the management API")
+        wait_until(listed, timeout=30, what=f"the {queues} queues {prefix}.* in the management API")
 
     def leaders(self) -> dict[str, int]:
         counts = {n.name: 0 for n in self.cluster.nodes}

@@ -26,7 +26,7 @@ from queue_balancer.local.endpoint import (
     start_endpoint,
     stop_endpoint,
 )
-from tests.conftest import poll_until
+from tests.conftest import wait_until
 from tests.statemachine.conftest import free_port
 
 SECRET = "s3cret-not-for-logs"
@@ -62,7 +62,7 @@ def test_a_detached_endpoint_serves_the_workflow_commands_and_stops_cleanly(
         arn = sfn.start_execution(
             stateMachineArn=outputs.StateMachineArn, input=json.dumps({"action": "nope"})
         )["executionArn"]
-        failed = poll_until(
+        failed = wait_until(
             lambda: (d := sfn.describe_execution(executionArn=arn))["status"] != "RUNNING" and d,
             timeout=30,
             what="the invalid execution to fail",

@@ -12,7 +12,7 @@ from queue_balancer import control
 from queue_balancer.control import perform
 from queue_balancer.errors import BalancerError
 from queue_balancer.lifecycle import Counts, Event, EventRefused, Lifecycle, RunInput, State, cluster_pk
-from tests.conftest import poll_until
+from tests.conftest import wait_until
 from tests.statemachine.conftest import Harness, spread
 
 pytestmark = pytest.mark.integration
@@ -188,7 +188,7 @@ def test_a_failure_mid_move_cleans_up_notifies_and_releases_the_lock(harness: Ha
 
     harness.endpoint.dispatcher.handlers[check] = broken
     arn = harness.start({"action": "balance", **FAST})
-    poll_until(lambda: harness.temporary_policies(), timeout=30, what="the move's temporary policy")
+    wait_until(lambda: harness.temporary_policies(), timeout=30, what="the move's temporary policy")
 
     done = harness.finished(arn)
     assert (done["status"], done["error"]) == ("FAILED", "RuntimeError")
@@ -200,7 +200,7 @@ def test_a_failure_mid_move_cleans_up_notifies_and_releases_the_lock(harness: Ha
     assert "FAILED" in note["subject"]
     assert "injected: the check of the move crashed" in note["message"]
     assert "Cleanup removed 1 temporary policy" in note["message"]
-    mirrored = poll_until(
+    mirrored = wait_until(
         lambda: all(
             q.get("messages") == 50
             and set(q.get("slave_nodes") or ()) == set(q.get("synchronised_slave_nodes") or ())
