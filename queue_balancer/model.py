@@ -7,7 +7,7 @@ cross the CLI, the Lambda handlers and the Step Functions payloads.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -236,8 +236,3 @@ def equilibrium(distribution: Mapping[str, int]) -> float:
     if not distribution or total == 0:
         return 1.0
     return min(distribution.values()) / (total / len(distribution))
-
-
-def as_json(obj: Any) -> JsonDict:
-    """Plain-JSON view of any of the dataclasses above (for logs and debugging)."""
-    return asdict(obj)

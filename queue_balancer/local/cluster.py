@@ -28,6 +28,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -374,6 +375,16 @@ class LocalCluster:
 
     def _node_dir(self, node: LocalNode) -> Path:
         return self.base_dir / node.short_name
+
+    def eval_command(self, node: LocalNode | None = None) -> str:
+        """The shell command that runs ``rabbitmqctl eval`` against this cluster, for ``--eval-command``."""
+        env = [
+            f"{k}={v}"
+            for k, v in sorted(self._cli_env().items())
+            if k.startswith(("RABBITMQ_", "ERL_")) or k == "HOME"
+        ]
+        target = node or self.nodes[0]
+        return shlex.join(["env", *env, str(RABBITMQ_BIN / "rabbitmqctl"), "-n", target.name, "eval"])
 
     def _base_env(self) -> dict[str, str]:
         # Inherit PATH and locale, but none of the caller's RabbitMQ/Erlang settings: a RABBITMQ_NODENAME

@@ -202,6 +202,28 @@ def test_names_with_regex_metacharacters_in_a_vhost_with_a_slash_and_a_space(
     assert drain(cluster, vhost, names) == 20
 
 
+def test_a_remote_cluster_with_an_eval_command_moves_quorum_leaders(
+    cluster: LocalCluster, client: ManagementClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI as used against any cluster: --url, credentials from the environment, --eval-command, AMQP."""
+    seeded = seed(cluster, queues=6, messages=20, queue_type="quorum")
+    user, password = cluster.credentials
+    monkeypatch.setenv("RABBITMQ_USER", user)
+    monkeypatch.setenv("RABBITMQ_PASSWORD", password)
+    node = cluster.nodes[0]
+    argv = [
+        "--url",
+        node.management_url,
+        "--amqp-port",
+        str(node.amqp_port),
+        "--eval-command",
+        cluster.eval_command(),
+    ]
+    assert main([*argv, "balance"]) == 0
+    assert sorted(leaders(client).values()) == [2, 2, 2]
+    assert drain(cluster, "/", seeded.queue_names) == 6 * 20
+
+
 # ---- failures: time-outs, deleted queues, interruptions --------------------------------------------
 
 
