@@ -12,10 +12,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lambdas.common import cluster, iso, store, task
 from lambdas.run_state import RunState
-from queue_balancer.cli import preflight
 from queue_balancer.errors import ClusterNotReady
 from queue_balancer.lifecycle import RunInput, Step, advance, started
 from queue_balancer.model import JsonDict, Snapshot
+from queue_balancer.safety import preflight
 
 
 @task

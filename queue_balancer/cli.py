@@ -22,13 +22,14 @@ from typing import Any, TextIO
 
 from queue_balancer import __version__, report
 from queue_balancer.counts import AmqpCounter, amqp_endpoint
-from queue_balancer.errors import BalancerError, ClusterNotReady, ConfigurationError
+from queue_balancer.errors import BalancerError, ConfigurationError
 from queue_balancer.leader_transfer import CommandEval, RaLeaderTransfer
 from queue_balancer.management import ManagementClient
-from queue_balancer.model import Node, Plan, Snapshot, spread
+from queue_balancer.model import Plan, Snapshot, spread
 from queue_balancer.movers import MoveProgress, Mover, MoveSettings, Phase, cleanup
 from queue_balancer.planner import PlanOptions, plan
 from queue_balancer.runner import run_moves
+from queue_balancer.safety import preflight
 
 EXIT_OK, EXIT_ERROR, EXIT_MOVES_FAILED = 0, 1, 2
 
@@ -90,26 +91,6 @@ def plan_options(args: argparse.Namespace, connection: Connection | None) -> Pla
         max_moves=getattr(args, "max_moves", None),
         quorum_transfer=connection is None or connection.leader_transfer is not None,
     )
-
-
-def preflight(snapshot: Snapshot) -> None:
-    """Refuse to move anything while a node is down, partitioned or in alarm."""
-    problems = [problem for node in snapshot.nodes for problem in _node_problems(node)]
-    if problems:
-        raise ClusterNotReady("cluster not ready for moves: " + "; ".join(problems))
-
-
-def _node_problems(node: Node) -> list[str]:
-    problems = []
-    if not node.running:
-        problems.append(f"node {node.name} is not running")
-    if node.partitions:
-        problems.append(f"node {node.name} is partitioned from {', '.join(node.partitions)}")
-    if node.memory_alarm:
-        problems.append(f"node {node.name} has a memory alarm")
-    if node.disk_alarm:
-        problems.append(f"node {node.name} has a disk alarm")
-    return problems
 
 
 # ---- commands ----------------------------------------------------------------------------------
