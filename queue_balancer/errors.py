@@ -36,3 +36,7 @@ class ClusterNotReady(BalancerError):
 
 class LeaderTransferError(BalancerError):
     """The Erlang-eval port used for quorum leader transfers failed."""
+
+
+class MoveStateError(BalancerError):
+    """A step was asked of a move whose progress does not allow it (a bug or a hand-edited progress)."""

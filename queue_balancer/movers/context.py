@@ -1,0 +1,78 @@
+"""What every phase of a move shares: the cluster's ports, the deadlines, and ending or undoing a move."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from queue_balancer.errors import BalancerError, MoveStateError
+from queue_balancer.model import Move, Queue, QueueCount, QueueRef
+from queue_balancer.movers.policies import put_temporary_policy
+from queue_balancer.movers.ports import LeaderTransfer, ManagementApi, MessageCounter
+from queue_balancer.movers.progress import MoveProgress, MoveSettings, Phase
+
+
+@dataclass
+class MoveContext:
+    """The ports a move uses, its deadlines and clock, and the steps every phase may end with."""
+
+    client: ManagementApi
+    leader_transfer: LeaderTransfer | None = None
+    settings: MoveSettings = field(default_factory=MoveSettings)
+    counter: MessageCounter | None = None
+    clock: Callable[[], float] = time.time
+
+    def live(self, move: Move) -> Queue:
+        """The queue as its process sees it now."""
+        return Queue.from_api(self.client.queue_now(move.vhost, move.queue))
+
+    def counts(self, refs: Sequence[QueueRef]) -> dict[QueueRef, QueueCount | None]:
+        """Exact counts from the queue processes, or nothing (then the statistics view has to do)."""
+        if not refs or self.counter is None:
+            return {}
+        try:
+            return self.counter.message_counts(refs)
+        except BalancerError:
+            return {}
+
+    def next_phase(self, progress: MoveProgress, phase: Phase) -> MoveProgress:
+        now = self.clock()
+        deadline = self.settings.deadline(now, progress.messages_before)
+        return replace(progress, phase=phase, deadline=deadline, phase_started_at=now, nudges=0)
+
+    def finish(self, progress: MoveProgress, phase: Phase, outcome: str) -> MoveProgress:
+        """End the move; whatever the outcome, its temporary policy does not outlive it."""
+        self.delete_policy(progress)
+        return replace(progress, phase=phase, outcome=outcome, finished_at=self.clock())
+
+    def put_policy(self, progress: MoveProgress, ha_definition: Mapping[str, Any]) -> None:
+        """Put the move's temporary policy with these HA keys (and the queue's own other keys)."""
+        if progress.policy is None:
+            raise MoveStateError(f"{progress.move.ref}: no temporary policy to put in phase {progress.phase}")
+        put_temporary_policy(
+            self.client, progress.move.ref, progress.policy, progress.original_definition, ha_definition
+        )
+
+    def delete_policy(self, progress: MoveProgress) -> None:
+        if progress.policy:
+            self.client.delete_policy(progress.move.vhost, progress.policy)
+
+    def abort(self, progress: MoveProgress, reason: str) -> MoveProgress:
+        """Undo what can be undone: remove the temporary policy, then wait for the mirrors to return."""
+        if progress.finished:
+            return progress
+        if progress.policy is None:
+            return self.finish(progress, Phase.FAILED, reason)
+        self.delete_policy(progress)  # idempotent: a policy already gone is fine
+        now = self.clock()
+        return replace(
+            progress,
+            policy=None,
+            phase=Phase.ROLLING_BACK,
+            phase_started_at=now,
+            nudges=0,
+            outcome=reason,
+            deadline=self.settings.deadline(now, progress.messages_before, self.settings.rollback_timeout),
+        )

@@ -1,0 +1,115 @@
+"""The Mover: starts a batch of moves, advances each by one observation, aborts what must be undone.
+
+Every step is non-blocking: ``start`` makes the first change, ``advance`` observes the queue once and
+calls the function of the move's phase (``PHASES``), ``abort`` undoes what can be undone. The CLI calls
+them in a polling loop (``runner``); the Step Functions workflow from its own loop. ``MoveProgress`` is
+plain JSON, so the same move can be continued by another process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+from queue_balancer.errors import BalancerError, NotFound
+from queue_balancer.model import Move, Queue, QueueCount, QueueType
+from queue_balancer.movers import classic, quorum
+from queue_balancer.movers.context import MoveContext
+from queue_balancer.movers.policies import own_policy, temporary_policy_name
+from queue_balancer.movers.progress import MoveProgress, Phase
+from queue_balancer.movers.verify import verify
+
+PhaseStep = Callable[[MoveContext, MoveProgress, Queue], MoveProgress]
+
+PHASES: dict[Phase, PhaseStep] = {
+    Phase.SYNCING: classic.syncing,
+    Phase.PROMOTING: classic.promoting,
+    Phase.RESTORING: classic.restoring,
+    Phase.ROLLING_BACK: classic.rolling_back,
+    Phase.TRANSFERRING: quorum.transferring,
+    Phase.VERIFYING: verify,
+}
+"""What ``advance`` does in each phase, given the queue as its process sees it now."""
+
+UNGUARDED = frozenset({Phase.VERIFYING, Phase.ROLLING_BACK})
+"""Phases exempt from the phase deadline and the leader check (they end by themselves, bounded)."""
+
+
+@dataclass
+class Mover(MoveContext):
+    """Moves queue leaders through the management API (and a leader-transfer port for quorum queues)."""
+
+    def start(self, moves: Sequence[Move]) -> list[MoveProgress]:
+        """Start a batch of moves; quorum transfers of the batch go to the cluster in one call."""
+        cluster_size = sum(1 for n in self.client.nodes() if n.get("running"))
+        counts = self.counts([m.ref for m in moves])
+        started = [
+            self._guarded(m, partial(self._start_one, m, cluster_size, counts.get(m.ref))) for m in moves
+        ]
+        return quorum.transfer(self, started)
+
+    def _start_one(self, move: Move, cluster_size: int, count: QueueCount | None) -> MoveProgress:
+        now = self.clock()
+        live = self.live(move)
+        stats = Queue.from_api(self.client.queue(move.vhost, move.queue))
+        own = own_policy(self.client, stats)
+        messages = count.messages if count else stats.messages
+        progress = MoveProgress(
+            move=move,
+            phase=Phase.VERIFYING,
+            started_at=now,
+            phase_started_at=now,
+            deadline=self.settings.deadline(now, messages),
+            messages_before=messages,
+            exact_count=count is not None,
+            original_policy=own[0] if own else None,
+            original_definition=dict(own[1]) if own else {},
+            cluster_size=cluster_size,
+        )
+        if live.leader == move.target:
+            # A retried start (or a move RabbitMQ already made): finish the job instead of failing it.
+            if move.type is QueueType.CLASSIC:
+                return classic.resume_on_target(self, progress)
+            return progress
+        if live.leader != move.source:
+            return self.finish(progress, Phase.FAILED, f"leader is on {live.leader}, not {move.source}")
+        if move.type is QueueType.QUORUM:
+            return quorum.start(self, progress)
+        return classic.start(self, progress, live)
+
+    def advance(self, progress: MoveProgress) -> MoveProgress:
+        """Observe the queue once and take the next steps the observed state allows."""
+        if progress.finished:
+            return progress
+        return self._guarded(progress.move, partial(self._advance, progress), progress)
+
+    def _advance(self, progress: MoveProgress) -> MoveProgress:
+        move, phase = progress.move, progress.phase
+        live = self.live(move)
+        if phase not in UNGUARDED:
+            if self.clock() > progress.deadline:
+                return self.abort(progress, f"timed out while {phase.value}")
+            if live.leader not in (move.source, move.target):
+                return self.abort(progress, f"leader moved to {live.leader} by someone else")
+        return PHASES[phase](self, progress, live)
+
+    def _guarded(
+        self, move: Move, step: Callable[[], MoveProgress], progress: MoveProgress | None = None
+    ) -> MoveProgress:
+        """Turn the errors of one step into a failed (and rolled back) move instead of a crash."""
+        try:
+            return step()
+        except NotFound:
+            return self.finish(progress or self._blank(move), Phase.FAILED, "queue was deleted")
+        except BalancerError as exc:
+            failed = progress or self._blank(move)
+            if failed.phase is Phase.ROLLING_BACK:
+                return self.finish(failed, Phase.FAILED, f"{failed.outcome}; {exc}")
+            return self.abort(failed, str(exc))
+
+    def _blank(self, move: Move) -> MoveProgress:
+        """A move that failed while starting; a classic one may have created its policy already."""
+        now = self.clock()
+        policy = temporary_policy_name(move.ref) if move.type is QueueType.CLASSIC else None
+        return MoveProgress(move=move, phase=Phase.SYNCING, started_at=now, deadline=now, policy=policy)

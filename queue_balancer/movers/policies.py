@@ -1,0 +1,103 @@
+"""The temporary policy of a classic move: its name, its exact pattern, its keys, and its removal.
+
+A temporary policy ``queue-balancer-<hash>`` matches exactly one queue, sits above every other policy
+of the vhost and carries the queue's own non-HA keys (so TTLs, length limits and dead-lettering stay in
+force during the move); only its HA keys differ. ``own_policy`` finds the policy the queue returns to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from queue_balancer.errors import NotFound
+from queue_balancer.model import Queue, QueueRef, QueueType
+from queue_balancer.movers.ports import ManagementApi
+
+POLICY_PREFIX = "queue-balancer-"
+
+
+def temporary_policy_name(ref: QueueRef) -> str:
+    """Deterministic per queue, so a retried start finds (and reuses) its own policy."""
+    digest = hashlib.sha256(f"{ref.vhost}\0{ref.name}".encode()).hexdigest()[:16]
+    return POLICY_PREFIX + digest
+
+
+def is_temporary(name: str) -> bool:
+    return name.startswith(POLICY_PREFIX)
+
+
+def exact_pattern(name: str) -> str:
+    """A regex matching exactly ``name`` (``orders.v2`` must not match ``ordersXv2``).
+
+    Every character that is not a letter or a digit is escaped: PCRE, which RabbitMQ uses, reads an
+    escaped punctuation character as itself; letters and digits are never escaped (``\\d`` means a digit).
+    """
+    escaped = "".join(c if c.isalnum() or ord(c) > 127 else "\\" + c for c in name)
+    return f"^{escaped}$"
+
+
+def own_policy(api: ManagementApi, queue: Queue) -> tuple[str, Mapping[str, Any]] | None:
+    """The queue's own policy (name, definition), also while a temporary policy hides it."""
+    if queue.policy and not is_temporary(queue.policy):
+        try:
+            return queue.policy, api.policy(queue.vhost, queue.policy).get("definition") or {}
+        except NotFound:
+            return None
+    if not queue.policy and queue.type is not QueueType.CLASSIC:
+        # Nothing to return to for mirroring (ha-* keys never apply to a quorum queue); a search could
+        # name a policy the statistics view never shows for it.
+        return None
+    # A retried start finds its temporary policy in effect, or a new queue's statistics do not show its
+    # policy yet: find the policy RabbitMQ applies, as RabbitMQ does (matching, highest priority).
+    candidates = [
+        p
+        for p in api.policies(queue.vhost)
+        if not is_temporary(str(p["name"]))
+        and p.get("apply-to", "all") in ("all", "queues", f"{queue.type.value}_queues")
+        and re.search(str(p["pattern"]), queue.name)
+    ]
+    if not candidates:
+        return None
+    best = max(candidates, key=lambda p: int(p.get("priority", 0)))
+    return str(best["name"]), best.get("definition") or {}
+
+
+def policy_exists(api: ManagementApi, vhost: str, name: str) -> bool:
+    try:
+        api.policy(vhost, name)
+    except NotFound:
+        return False
+    return True
+
+
+def put_temporary_policy(
+    api: ManagementApi,
+    ref: QueueRef,
+    name: str,
+    own_definition: Mapping[str, Any],
+    ha_definition: Mapping[str, Any],
+) -> None:
+    """The queue's own non-HA keys plus ``ha_definition``, above every other policy of the vhost."""
+    others = [p for p in api.policies(ref.vhost) if not is_temporary(str(p["name"]))]
+    priority = max((int(p.get("priority", 0)) for p in others), default=0) + 1
+    definition = {k: v for k, v in own_definition.items() if not k.startswith("ha-")}
+    definition.update(ha_definition)
+    api.put_policy(ref.vhost, name, pattern=exact_pattern(ref.name), definition=definition, priority=priority)
+
+
+def mirrored_on(nodes: list[str]) -> dict[str, Any]:
+    """HA keys that mirror a queue on exactly ``nodes``, synchronising new mirrors by themselves."""
+    return {"ha-mode": "nodes", "ha-params": nodes, "ha-sync-mode": "automatic"}
+
+
+def cleanup(api: ManagementApi) -> list[tuple[str, str]]:
+    """Remove every temporary policy a balancer run left behind (after a crash); returns (vhost, name)."""
+    removed = []
+    for policy in api.policies():
+        name = str(policy["name"])
+        if is_temporary(name) and api.delete_policy(str(policy["vhost"]), name):
+            removed.append((str(policy["vhost"]), name))
+    return removed

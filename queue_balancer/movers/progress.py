@@ -1,0 +1,111 @@
+"""Where one move stands (``MoveProgress``, plain JSON) and how long each phase may take."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from queue_balancer.model import JsonDict, Move
+
+
+class Phase(StrEnum):
+    SYNCING = "syncing"  # waiting for the target mirror to be synchronised
+    PROMOTING = "promoting"  # waiting for the target mirror to become the master
+    TRANSFERRING = "transferring"  # waiting for Ra to report the new quorum leader
+    RESTORING = "restoring"  # waiting for the queue's own policy to re-mirror it
+    VERIFYING = "verifying"  # waiting for the statistics to settle, then comparing message counts
+    ROLLING_BACK = "rolling_back"  # temporary policy removed, waiting for the mirrors to come back
+    DONE = "done"
+    FAILED = "failed"
+
+
+TERMINAL = frozenset({Phase.DONE, Phase.FAILED})
+
+
+@dataclass(frozen=True)
+class MoveSettings:
+    """Deadlines scale with the queue's size: a mirror sync copies every message (~40k msg/s)."""
+
+    poll_interval: float = 0.1
+    phase_timeout: float = 60.0
+    messages_per_second: float = 5_000.0
+    settle_timeout: float = 30.0
+    """How long the statistics view may take to catch up (it is refreshed every 5 s by default)."""
+
+    sync_nudge_after: float = 5.0
+    """Seconds a mirror may stay unsynchronised before the mover asks for a sync itself."""
+    rollback_timeout: float = 60.0
+    """How long a rolled-back move waits for its own mirrors to be back in sync."""
+
+    def deadline(self, now: float, messages: int, base: float | None = None) -> float:
+        return now + (self.phase_timeout if base is None else base) + messages / self.messages_per_second
+
+
+@dataclass(frozen=True)
+class MoveProgress:
+    """Where one move stands; plain JSON in and out (``to_dict``/``from_dict``)."""
+
+    move: Move
+    phase: Phase
+    started_at: float
+    deadline: float
+    messages_before: int = 0
+    policy: str | None = None
+    original_policy: str | None = None
+    original_definition: Mapping[str, Any] = field(default_factory=dict)
+    cluster_size: int = 0
+    nudges: int = 0
+    """Remedies tried in the current phase (see ``classic.nudge_sync``)."""
+    phase_started_at: float = 0.0
+    exact_count: bool = False
+    """messages_before came from the queue process itself, so verification can ask it again."""
+    finished_at: float | None = None
+    outcome: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in TERMINAL
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished_at or time.time()) - self.started_at
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "move": self.move.to_dict(),
+            "phase": self.phase.value,
+            "started_at": self.started_at,
+            "deadline": self.deadline,
+            "messages_before": self.messages_before,
+            "policy": self.policy,
+            "original_policy": self.original_policy,
+            "original_definition": dict(self.original_definition),
+            "cluster_size": self.cluster_size,
+            "nudges": self.nudges,
+            "phase_started_at": self.phase_started_at,
+            "exact_count": self.exact_count,
+            "finished_at": self.finished_at,
+            "outcome": self.outcome,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MoveProgress:
+        return cls(
+            move=Move.from_dict(data["move"]),
+            phase=Phase(data["phase"]),
+            started_at=float(data["started_at"]),
+            deadline=float(data["deadline"]),
+            messages_before=int(data.get("messages_before", 0)),
+            policy=data.get("policy"),
+            original_policy=data.get("original_policy"),
+            original_definition=dict(data.get("original_definition") or {}),
+            cluster_size=int(data.get("cluster_size", 0)),
+            nudges=int(data.get("nudges", 0)),
+            phase_started_at=float(data.get("phase_started_at", 0.0)),
+            exact_count=bool(data.get("exact_count", False)),
+            finished_at=data.get("finished_at"),
+            outcome=str(data.get("outcome", "")),
+        )

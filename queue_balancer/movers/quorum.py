@@ -1,0 +1,50 @@
+"""A quorum queue's move: Ra transfers the leadership exactly (``leader_transfer``), in one call per batch."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from queue_balancer.errors import BalancerError, ConfigurationError
+from queue_balancer.leader_transfer import SUCCESS
+from queue_balancer.model import Queue
+from queue_balancer.movers.context import MoveContext
+from queue_balancer.movers.progress import MoveProgress, Phase
+from queue_balancer.movers.verify import verify
+
+
+def start(ctx: MoveContext, progress: MoveProgress) -> MoveProgress:
+    """Nothing changes yet: the batch's transfers go to the cluster together (``transfer``)."""
+    if ctx.leader_transfer is None:
+        return ctx.finish(progress, Phase.FAILED, "no leader-transfer primitive configured")
+    return replace(progress, phase=Phase.TRANSFERRING)
+
+
+def transfer(ctx: MoveContext, started: list[MoveProgress]) -> list[MoveProgress]:
+    """Ask Ra for every transfer of the batch at once; a refused or unanswered one fails its move."""
+    transfers = [p for p in started if p.phase is Phase.TRANSFERRING]
+    if not transfers:
+        return started
+    if ctx.leader_transfer is None:
+        raise ConfigurationError("quorum transfers started without a leader-transfer primitive")
+    try:
+        answers = ctx.leader_transfer.transfer([p.move for p in transfers])
+    except BalancerError as exc:
+        answers = {p.move.ref: f"leader transfer failed: {exc}" for p in transfers}
+    asked = {id(p) for p in transfers}
+    result = []
+    for p in started:
+        answer = answers.get(p.move.ref, "no answer from the leader transfer")
+        if id(p) not in asked or answer in SUCCESS:
+            result.append(p)
+        elif "not_found" in answer:
+            result.append(ctx.finish(p, Phase.FAILED, "queue was deleted"))
+        else:
+            result.append(ctx.finish(p, Phase.FAILED, f"leader transfer refused: {answer}"))
+    return result
+
+
+def transferring(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProgress:
+    """Ra's answer comes before the election ends: wait for the leader to be on the target, then verify."""
+    if live.leader != progress.move.target:
+        return progress
+    return verify(ctx, replace(progress, phase=Phase.VERIFYING), live)

@@ -1,0 +1,69 @@
+"""The last phase of every move: leader on target, and the message count unchanged.
+
+The count before and after comes from the queue process itself (``MessageCounter``) when it can; without
+one, from the statistics view once it has caught up with the real-time view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from queue_balancer.model import Queue
+from queue_balancer.movers.context import MoveContext
+from queue_balancer.movers.progress import MoveProgress, Phase
+
+
+def has_traffic(stats: Mapping[str, Any]) -> bool:
+    """Whether clients are using the queue, in which case its message count may change legitimately."""
+    rates = stats.get("message_stats") or {}
+    busy = any(
+        (rates.get(f"{key}_details") or {}).get("rate", 0) > 0 for key in ("publish", "deliver_get", "ack")
+    )
+    return busy or int(stats.get("consumers") or 0) > 0
+
+
+def verify(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProgress:
+    """Leader on target, then the message count compared with the one before the move."""
+    if live.leader != progress.move.target:
+        return ctx.finish(progress, Phase.FAILED, f"verification: leader is on {live.leader}")
+    counts = ctx.counts([progress.move.ref]) if progress.exact_count else {}
+    if progress.move.ref not in counts:
+        return verify_stats(ctx, progress, live)
+    count = counts[progress.move.ref]
+    if count is None:
+        return ctx.finish(progress, Phase.FAILED, "queue was deleted")
+
+    def traffic() -> bool:
+        move = progress.move
+        return count.consumers > 0 or has_traffic(ctx.client.queue(move.vhost, move.queue))
+
+    return judge(ctx, progress, count.messages, traffic)
+
+
+def judge(
+    ctx: MoveContext, progress: MoveProgress, messages: int, traffic: Callable[[], bool], source: str = ""
+) -> MoveProgress:
+    if messages == progress.messages_before:
+        return ctx.finish(progress, Phase.DONE, "")
+    change = f"message count changed from {progress.messages_before} to {messages}{source}"
+    if traffic():
+        return ctx.finish(progress, Phase.DONE, f"{change} under client traffic")
+    return ctx.finish(progress, Phase.FAILED, f"verification: {change} with no client traffic")
+
+
+def verify_stats(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProgress:
+    """Without an Erlang shell: compare counts once the statistics view has caught up with the queue."""
+    move = progress.move
+    stats_raw = ctx.client.queue(move.vhost, move.queue)
+    stats = Queue.from_api(stats_raw)
+    settled = (
+        stats.leader == live.leader
+        and set(stats.replicas) == set(live.replicas)
+        and stats.policy == progress.original_policy
+    )
+    if not settled:
+        if ctx.clock() > progress.deadline + ctx.settings.settle_timeout:
+            return ctx.finish(progress, Phase.FAILED, "verification: statistics never caught up")
+        return progress
+    return judge(ctx, progress, stats.messages, lambda: has_traffic(stats_raw), " (statistics view)")

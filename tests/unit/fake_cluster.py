@@ -1,0 +1,243 @@
+"""An in-memory ``ManagementApi`` that mirrors classic queues by RabbitMQ 3.10's own rules.
+
+Read from rabbit_mirror_queue_misc / rabbit_mirror_queue_mode_nodes (v3.10.8): a policy change adds the
+mirrors the policy wants (appended: mirrors are kept oldest first) and then drops the ones it no longer
+wants; a dropped master promotes the *oldest* surviving mirror, synchronised or not; with no
+synchronised mirror, ``ha-mode: nodes`` keeps the current master even when the policy leaves it out.
+New mirrors synchronise on the next read when ``sync_on_read`` is on (an automatic sync); otherwise only
+on a ``sync`` action. ``fewest_copies`` records, per queue, the fewest synchronised copies it ever held
+after a change, and ``lost`` the queues whose messages went with an unsynchronised promotion.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from queue_balancer.errors import ManagementError, NotFound
+
+Key = tuple[str, str]
+
+
+@dataclass
+class FakeQueue:
+    vhost: str
+    name: str
+    leader: str
+    mirrors: list[str] = field(default_factory=list)
+    """Oldest first, as RabbitMQ keeps them."""
+    synced: set[str] = field(default_factory=set)
+    messages: int = 0
+    kind: str = "classic"
+    consumers: int = 0
+
+    @property
+    def copies(self) -> int:
+        return 1 + len(self.synced & set(self.mirrors))
+
+
+class FakeCluster:
+    """The management API of a cluster of ``nodes`` (all running), with policies applied at once."""
+
+    def __init__(self, nodes: tuple[str, ...] = ("a", "b", "c")) -> None:
+        self.running = dict.fromkeys(nodes, True)
+        self.queues: dict[Key, FakeQueue] = {}
+        self.policy_store: dict[Key, dict[str, Any]] = {}
+        self.sync_on_read = True
+        self.calls: list[tuple[str, ...]] = []
+        self.fewest_copies: dict[Key, int] = {}
+        self.lost: set[Key] = set()
+        self.failures: dict[str, list[Exception]] = {}
+        """Errors to raise, in order, from the next calls of a method (by name)."""
+
+    # ---- set-up -------------------------------------------------------------------------------------
+
+    def add_queue(self, queue: FakeQueue) -> FakeQueue:
+        self.queues[(queue.vhost, queue.name)] = queue
+        self._apply(queue)
+        self.fewest_copies[(queue.vhost, queue.name)] = queue.copies
+        return queue
+
+    def add_policy(
+        self, vhost: str, name: str, pattern: str, definition: Mapping[str, Any], priority: int = 0
+    ) -> None:
+        self.put_policy(vhost, name, pattern=pattern, definition=definition, priority=priority)
+
+    def fail_next(self, method: str, *errors: Exception) -> None:
+        self.failures.setdefault(method, []).extend(errors)
+
+    def _call(self, method: str, *args: str) -> None:
+        self.calls.append((method, *args))
+        pending = self.failures.get(method)
+        if pending:
+            raise pending.pop(0)
+
+    # ---- ManagementApi ------------------------------------------------------------------------------
+
+    def nodes(self) -> list[dict[str, Any]]:
+        self._call("nodes")
+        return [{"name": n, "running": up} for n, up in self.running.items()]
+
+    def queue(self, vhost: str, name: str) -> dict[str, Any]:
+        self._call("queue", vhost, name)
+        queue = self._queue(vhost, name)
+        return {**self._view(queue), "messages": queue.messages, "consumers": queue.consumers}
+
+    def queue_now(self, vhost: str, name: str) -> dict[str, Any]:
+        self._call("queue_now", vhost, name)
+        queue = self._queue(vhost, name)
+        if self.sync_on_read and self._effective(queue).get("ha-sync-mode") == "automatic":
+            queue.synced |= set(queue.mirrors)
+        return self._view(queue)
+
+    def queue_action(self, vhost: str, name: str, action: str) -> None:
+        self._call("queue_action", vhost, name, action)
+        queue = self._queue(vhost, name)
+        if action == "sync":
+            queue.synced |= set(queue.mirrors)
+
+    def policies(self, vhost: str | None = None) -> list[dict[str, Any]]:
+        self._call("policies", vhost or "")
+        return [dict(p) for (v, _), p in self.policy_store.items() if vhost is None or v == vhost]
+
+    def policy(self, vhost: str, name: str) -> dict[str, Any]:
+        self._call("policy", vhost, name)
+        try:
+            return dict(self.policy_store[(vhost, name)])
+        except KeyError:
+            raise NotFound(f"not found: policy {name}", status=404) from None
+
+    def put_policy(
+        self,
+        vhost: str,
+        name: str,
+        *,
+        pattern: str,
+        definition: Mapping[str, Any],
+        priority: int,
+        apply_to: str = "queues",
+    ) -> None:
+        self._call("put_policy", vhost, name)
+        if definition.get("ha-mode") == "nodes" and not definition.get("ha-params"):
+            raise ManagementError("ha-params must be a non-empty list", status=400)
+        self.policy_store[(vhost, name)] = {
+            "vhost": vhost,
+            "name": name,
+            "pattern": pattern,
+            "definition": dict(definition),
+            "priority": priority,
+            "apply-to": apply_to,
+        }
+        self._apply_all(vhost)
+
+    def delete_policy(self, vhost: str, name: str) -> bool:
+        self._call("delete_policy", vhost, name)
+        existed = self.policy_store.pop((vhost, name), None) is not None
+        self._apply_all(vhost)
+        return existed
+
+    # ---- RabbitMQ's mirroring rules -----------------------------------------------------------------
+
+    def _queue(self, vhost: str, name: str) -> FakeQueue:
+        try:
+            return self.queues[(vhost, name)]
+        except KeyError:
+            raise NotFound(f"not found: queue {name}", status=404) from None
+
+    def _view(self, queue: FakeQueue) -> dict[str, Any]:
+        policy = self._policy_of(queue)
+        common = {
+            "vhost": queue.vhost,
+            "name": queue.name,
+            "type": queue.kind,
+            "policy": policy and policy["name"],
+        }
+        if queue.kind == "quorum":
+            members = [queue.leader, *queue.mirrors]
+            return {**common, "leader": queue.leader, "members": members, "online": members}
+        return {
+            **common,
+            "node": queue.leader,
+            "slave_nodes": list(queue.mirrors),
+            "synchronised_slave_nodes": [m for m in queue.mirrors if m in queue.synced],
+        }
+
+    def _policy_of(self, queue: FakeQueue) -> dict[str, Any] | None:
+        matching = [
+            p
+            for (v, _), p in self.policy_store.items()
+            if v == queue.vhost and re.search(p["pattern"], queue.name)
+        ]
+        return max(matching, key=lambda p: p["priority"], default=None)
+
+    def _effective(self, queue: FakeQueue) -> dict[str, Any]:
+        policy = self._policy_of(queue)
+        return dict(policy["definition"]) if policy else {}
+
+    def _apply_all(self, vhost: str) -> None:
+        for queue in self.queues.values():
+            if queue.vhost == vhost and queue.kind == "classic":
+                self._apply(queue)
+
+    def _apply(self, queue: FakeQueue) -> None:
+        """update_mirrors: add what the policy wants, then drop what it no longer wants."""
+        master, wanted = self._suggested(queue)
+        for node in wanted:
+            if node not in queue.mirrors and node != queue.leader:
+                queue.mirrors.append(node)
+                if not queue.messages:
+                    queue.synced.add(node)  # an empty mirror is synchronised at once
+        for node in [queue.leader, *queue.mirrors]:
+            if node != master and node not in wanted:
+                self._drop(queue, node)
+        key = (queue.vhost, queue.name)
+        self.fewest_copies[key] = min(self.fewest_copies.get(key, queue.copies), queue.copies)
+
+    def _suggested(self, queue: FakeQueue) -> tuple[str, list[str]]:
+        """rabbit_mirror_queue_mode_{all,exactly,nodes}:suggested_queue_nodes, running nodes only."""
+        definition = self._effective(queue)
+        running = [n for n, up in self.running.items() if up]
+        mode, params = definition.get("ha-mode"), definition.get("ha-params")
+        if mode == "all":
+            return queue.leader, [n for n in running if n != queue.leader]
+        if mode == "exactly" and isinstance(params, int):
+            keep = [m for m in queue.mirrors if m in running][: params - 1]
+            spare = [n for n in running if n != queue.leader and n not in keep]
+            return queue.leader, keep + spare[: max(params - 1 - len(keep), 0)]
+        if mode != "nodes":
+            return queue.leader, []
+        synced = [m for m in queue.mirrors if m in queue.synced]
+        nodes = [str(n) for n in params or ()]
+        if not synced and queue.leader not in nodes:
+            nodes = sorted({queue.leader, *nodes})
+        available = [n for n in nodes if n in running]
+        if not available:
+            return queue.leader, []
+        if queue.leader in available:
+            return queue.leader, [n for n in available if n != queue.leader]
+        new_master = next((n for n in available if n in synced), synced[0])
+        return new_master, [n for n in available if n != new_master]
+
+    def _drop(self, queue: FakeQueue, node: str) -> None:
+        if node != queue.leader:
+            queue.mirrors.remove(node)
+            queue.synced.discard(node)
+            return
+        if not queue.mirrors:
+            return  # cannot_drop_only_mirror
+        promoted = queue.mirrors.pop(0)  # the oldest surviving mirror, synchronised or not
+        if promoted not in queue.synced:
+            self.lost.add((queue.vhost, queue.name))
+        queue.synced.discard(promoted)
+        queue.leader = promoted
+
+    def kill(self, node: str) -> None:
+        """A node stops: its mirrors go, a master on it promotes the oldest mirror."""
+        self.running[node] = False
+        for queue in self.queues.values():
+            if queue.kind == "classic" and node in (queue.leader, *queue.mirrors):
+                self._drop(queue, node)
+                key = (queue.vhost, queue.name)
+                self.fewest_copies[key] = min(self.fewest_copies[key], queue.copies)

@@ -1,0 +1,199 @@
+"""Every phase of a move against an in-memory cluster that mirrors queues by RabbitMQ's rules."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import pytest
+
+from queue_balancer.errors import ManagementError, MoveStateError
+from queue_balancer.model import Move, QueueCount, QueueRef, QueueType
+from queue_balancer.movers import POLICY_PREFIX, MoveContext, MoveProgress, Mover, MoveSettings, Phase
+from queue_balancer.movers.policies import temporary_policy_name
+from tests.unit.fake_cluster import FakeCluster, FakeQueue
+
+HA_TWO = {"ha-mode": "exactly", "ha-params": 2, "ha-sync-mode": "automatic"}
+
+
+@dataclass
+class Clock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Counter:
+    """Exact counts straight from the fake queues (what a passive declare answers)."""
+
+    cluster: FakeCluster
+
+    def message_counts(self, refs: Sequence[QueueRef]) -> dict[QueueRef, QueueCount | None]:
+        result: dict[QueueRef, QueueCount | None] = {}
+        for ref in refs:
+            queue = self.cluster.queues.get((ref.vhost, ref.name))
+            result[ref] = QueueCount(queue.messages, queue.consumers) if queue else None
+        return result
+
+
+@dataclass
+class Transfer:
+    """Ra's leader transfer: answers ``answer`` and, when it is ``ok``, moves the leader."""
+
+    cluster: FakeCluster
+    answer: str = "ok"
+
+    def transfer(self, moves: Sequence[Move]) -> dict[QueueRef, str]:
+        for move in moves:
+            queue = self.cluster.queues[(move.vhost, move.queue)]
+            if self.answer == "ok":
+                queue.mirrors = [n for n in (queue.leader, *queue.mirrors) if n != move.target]
+                queue.leader = move.target
+        return {m.ref: self.answer for m in moves}
+
+
+@pytest.fixture
+def cluster() -> FakeCluster:
+    fake = FakeCluster()
+    fake.add_policy("/", "ha-two", ".*", HA_TWO)
+    return fake
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def mover(cluster: FakeCluster, clock: Clock, answer: str = "ok") -> Mover:
+    settings = MoveSettings(poll_interval=0, sync_nudge_after=5)
+    return Mover(cluster, Transfer(cluster, answer), settings, Counter(cluster), clock)
+
+
+def classic(cluster: FakeCluster, name: str = "q", messages: int = 10) -> Move:
+    queue = cluster.add_queue(FakeQueue("/", name, "a", messages=messages))
+    cluster.queue_action("/", name, "sync")
+    assert queue.mirrors == ["b"]
+    return Move("/", name, QueueType.CLASSIC, "a", "c", messages)
+
+
+def run(m: Mover, progress: MoveProgress, clock: Clock, polls: int = 50) -> MoveProgress:
+    for _ in range(polls):
+        if progress.finished:
+            return progress
+        progress = m.advance(progress)
+        clock.now += 1
+    return progress
+
+
+def temporary(cluster: FakeCluster) -> list[str]:
+    return [name for (_, name) in cluster.policy_store if name.startswith(POLICY_PREFIX)]
+
+
+def test_a_classic_move_lands_on_its_target_and_leaves_no_policy(cluster: FakeCluster, clock: Clock) -> None:
+    m = mover(cluster, clock)
+    [progress] = m.start([classic(cluster)])
+    assert progress.phase is Phase.SYNCING
+    done = run(m, progress, clock)
+    assert (done.phase, done.outcome) == (Phase.DONE, "")
+    assert cluster.queues[("/", "q")].leader == "c"
+    assert temporary(cluster) == []
+
+
+def test_a_retried_start_carries_on_syncing_with_the_policy_it_finds(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    move = classic(cluster)
+    cluster.sync_on_read = False
+    m = mover(cluster, clock)
+    m.start([move])  # the first attempt: policy put, mirror on c not yet synchronised
+    [retried] = m.start([move])
+    assert retried.phase is Phase.SYNCING
+    assert retried.policy == temporary_policy_name(move.ref)
+    cluster.sync_on_read = True
+    assert run(m, retried, clock).phase is Phase.DONE
+
+
+def test_a_mirror_that_does_not_sync_by_itself_is_asked_to_sync(cluster: FakeCluster, clock: Clock) -> None:
+    cluster.sync_on_read = False
+    m = mover(cluster, clock)
+    [progress] = m.start([classic(cluster)])
+    progress = run(m, progress, clock, polls=8)
+    assert ("queue_action", "/", "q", "sync") in cluster.calls
+    assert run(m, progress, clock).phase is Phase.DONE
+
+
+def test_an_abort_removes_the_policy_and_waits_for_the_own_mirrors(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    cluster.sync_on_read = False
+    m = mover(cluster, clock)
+    [progress] = m.start([classic(cluster)])
+    rolling = m.abort(progress, "interrupted")
+    assert rolling.phase is Phase.ROLLING_BACK
+    assert temporary(cluster) == []
+    failed = run(m, rolling, clock)
+    assert (failed.phase, failed.outcome) == (Phase.FAILED, "interrupted")
+    queue = cluster.queues[("/", "q")]
+    assert queue.leader == "a" and queue.copies == 2
+
+
+def test_a_queue_deleted_mid_move_fails_cleanly(cluster: FakeCluster, clock: Clock) -> None:
+    m = mover(cluster, clock)
+    cluster.sync_on_read = False
+    [progress] = m.start([classic(cluster)])
+    del cluster.queues[("/", "q")]
+    failed = m.advance(progress)
+    assert (failed.phase, failed.outcome) == (Phase.FAILED, "queue was deleted")
+    assert temporary(cluster) == []
+
+
+def test_a_phase_that_outlives_its_deadline_rolls_back(cluster: FakeCluster, clock: Clock) -> None:
+    cluster.sync_on_read = False
+    m = mover(cluster, clock)
+    [progress] = m.start([classic(cluster)])
+    clock.now = progress.deadline + 1
+    rolling = m.advance(progress)
+    assert (rolling.phase, rolling.outcome) == (Phase.ROLLING_BACK, "timed out while syncing")
+
+
+def test_an_unreachable_api_mid_move_rolls_back(cluster: FakeCluster, clock: Clock) -> None:
+    cluster.sync_on_read = False
+    m = mover(cluster, clock)
+    [progress] = m.start([classic(cluster)])
+    cluster.fail_next("queue_now", ManagementError("cannot reach the management API", status=None))
+    rolling = m.advance(progress)
+    assert rolling.phase is Phase.ROLLING_BACK
+    assert "cannot reach" in rolling.outcome
+    assert temporary(cluster) == []
+
+
+def test_a_quorum_move_is_one_transfer_then_verified(cluster: FakeCluster, clock: Clock) -> None:
+    cluster.add_queue(FakeQueue("/", "qq", "a", ["b", "c"], {"b", "c"}, 5, kind="quorum"))
+    m = mover(cluster, clock)
+    [progress] = m.start([Move("/", "qq", QueueType.QUORUM, "a", "c", 5)])
+    assert progress.phase is Phase.TRANSFERRING
+    assert run(m, progress, clock).phase is Phase.DONE
+
+
+def test_a_refused_transfer_fails_the_move(cluster: FakeCluster, clock: Clock) -> None:
+    cluster.add_queue(FakeQueue("/", "qq", "a", ["b", "c"], {"b", "c"}, 5, kind="quorum"))
+    m = mover(cluster, clock, answer="{error,not_voter}")
+    [progress] = m.start([Move("/", "qq", QueueType.QUORUM, "a", "c", 5)])
+    assert (progress.phase, progress.outcome) == (Phase.FAILED, "leader transfer refused: {error,not_voter}")
+
+
+def test_a_move_whose_leader_is_elsewhere_is_refused(cluster: FakeCluster, clock: Clock) -> None:
+    move = replace(classic(cluster), source="b")
+    [progress] = mover(cluster, clock).start([move])
+    assert (progress.phase, progress.outcome) == (Phase.FAILED, "leader is on a, not b")
+    assert temporary(cluster) == []
+
+
+def test_a_policy_change_without_a_temporary_policy_is_a_typed_error(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    progress = MoveProgress(classic(cluster), Phase.SYNCING, 0, 0)
+    with pytest.raises(MoveStateError, match="no temporary policy"):
+        MoveContext(cluster).put_policy(progress, {"ha-mode": "all"})
