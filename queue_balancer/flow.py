@@ -8,7 +8,30 @@ along each shortest path keeps the number of augmentations small.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+
+def smallest_feasible(low: int, high: int, feasible: Callable[[int], bool]) -> int:
+    """Smallest value in [low, high] for which a monotone predicate holds (it holds at high)."""
+    while low < high:
+        middle = (low + high) // 2
+        if feasible(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return high
+
+
+def largest_feasible(low: int, high: int, feasible: Callable[[int], bool]) -> int:
+    """Largest value in [low, high] for which a monotone predicate holds (it holds at low)."""
+    while low < high:
+        middle = (low + high + 1) // 2
+        if feasible(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 @dataclass

@@ -71,6 +71,8 @@ class Queue:
     policy: str | None = None
     policy_definition: Mapping[str, Any] = field(default_factory=dict)
     consumers: int = 0
+    group_size: int | None = None
+    """A quorum queue's ``x-quorum-initial-group-size``: how many members it was declared with."""
 
     @property
     def ref(self) -> QueueRef:
@@ -107,7 +109,13 @@ class Queue:
             policy=data.get("policy") or None,
             policy_definition=dict(data.get("effective_policy_definition") or {}),
             consumers=int(data.get("consumers") or 0),
+            group_size=_group_size(data.get("arguments")),
         )
+
+
+def _group_size(arguments: Any) -> int | None:
+    size = arguments.get("x-quorum-initial-group-size") if isinstance(arguments, Mapping) else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from queue_balancer.errors import ConfigurationError
-from queue_balancer.flow import MinCostFlow
+from queue_balancer.flow import MinCostFlow, largest_feasible, smallest_feasible
 from queue_balancer.model import Move, Plan, Queue, QueueType, Skipped, Snapshot
 
 
@@ -227,37 +227,15 @@ def balance(
     network = _Network(nodes, fixed, groups, elsewhere or {})
     current = [fixed.get(n, 0) + network.movable_on(n) for n in nodes]
     total = sum(current)
-    hi = _smallest(
+    hi = smallest_feasible(
         max(math.ceil(total / len(nodes)), max(fixed.get(n, 0) for n in nodes)),
         max(current),
         lambda h: network.assign(0, h) is not None,
     )
-    lo = _largest(0, total // len(nodes), lambda low: network.assign(low, hi) is not None)
+    lo = largest_feasible(0, total // len(nodes), lambda low: network.assign(low, hi) is not None)
     assignment = network.assign(lo, hi)
     assert assignment is not None  # lo and hi were both found feasible together
     return network.moves(assignment)
-
-
-def _smallest(low: int, high: int, feasible: Callable[[int], bool]) -> int:
-    """Smallest value in [low, high] for which a monotone predicate holds (it holds at high)."""
-    while low < high:
-        middle = (low + high) // 2
-        if feasible(middle):
-            high = middle
-        else:
-            low = middle + 1
-    return high
-
-
-def _largest(low: int, high: int, feasible: Callable[[int], bool]) -> int:
-    """Largest value in [low, high] for which a monotone predicate holds (it holds at low)."""
-    while low < high:
-        middle = (low + high + 1) // 2
-        if feasible(middle):
-            low = middle
-        else:
-            high = middle - 1
-    return low
 
 
 class _Network:
