@@ -28,7 +28,7 @@ from typing import Any
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.flow import MinCostFlow, largest_feasible, smallest_feasible
 from queue_balancer.model import JsonDict, Queue, QueueRef, QueueType, Skipped, Snapshot
-from queue_balancer.planner import PlanOptions, select
+from queue_balancer.planner import PlanOptions, check_vhosts, select
 
 DEFAULT_GROUP_SIZE = 3
 """RabbitMQ's ``quorum_cluster_size`` default: the members of a quorum queue declared without a size."""
@@ -177,7 +177,7 @@ def plan_members(snapshot: Snapshot, options: MembersOptions | None = None) -> M
     unknown = sorted(options.excluded - known)
     if unknown:
         raise ConfigurationError(f"cannot exclude {', '.join(unknown)}: not a node of this cluster")
-    _check_vhosts(snapshot, options.selection)
+    check_vhosts(snapshot, options.selection)
     queues = [q for q in select(snapshot, options.selection) if q.type is QueueType.QUORUM]
     fixed: Counter[str] = Counter()
     movable: list[Queue] = []
@@ -226,13 +226,6 @@ def _members_per_node(queues: Iterable[Queue], nodes: Iterable[str]) -> dict[str
     for queue in queues:
         counts.update(n for n in queue.members if n)
     return dict(sorted(counts.items()))
-
-
-def _check_vhosts(snapshot: Snapshot, selection: PlanOptions) -> None:
-    known = {q.vhost for q in snapshot.queues}
-    missing = [v for v in selection.vhosts if v not in known]
-    if missing:
-        raise ConfigurationError(f"no queues in vhost {', '.join(repr(v) for v in missing)} (does it exist?)")
 
 
 _GroupKey = tuple[str, frozenset[str], int]  # (leader if eligible else "", eligible members, target size)

@@ -139,7 +139,7 @@ class Survey:
 
 def survey(snapshot: Snapshot, options: PlanOptions) -> Survey:
     """Select and classify; unmovable queues become fixed load of their scope."""
-    _check_vhosts(snapshot, options)
+    check_vhosts(snapshot, options)
     running = frozenset(snapshot.running_nodes)
     scopes: dict[str, _Scope] = defaultdict(_Scope)
     skipped: list[Skipped] = []
@@ -191,7 +191,8 @@ def plan(snapshot: Snapshot, options: PlanOptions | None = None) -> Plan:
     )
 
 
-def _check_vhosts(snapshot: Snapshot, options: PlanOptions) -> None:
+def check_vhosts(snapshot: Snapshot, options: PlanOptions) -> None:
+    """Unknown vhosts are an error rather than an empty plan."""
     known = {q.vhost for q in snapshot.queues}
     missing = [v for v in options.vhosts if v not in known]
     if missing:
