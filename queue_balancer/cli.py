@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from queue_balancer import __version__, report
+from queue_balancer.cli_members import add_member_flags, cmd_balance_members, cmd_plan_members
 from queue_balancer.counts import AmqpCounter, amqp_endpoint
 from queue_balancer.errors import BalancerError, ConfigurationError
 from queue_balancer.leader_transfer import CommandEval, RaLeaderTransfer
@@ -110,6 +111,11 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    if args.members:
+        if args.snapshot:
+            return cmd_plan_members(args, load_snapshot(args.snapshot), plan_options(args, None))
+        connection = connect(args)
+        return cmd_plan_members(args, connection.client.members_snapshot(), plan_options(args, connection))
     if args.snapshot:
         snapshot = load_snapshot(args.snapshot)
         result = plan(snapshot, plan_options(args, None))
@@ -148,6 +154,9 @@ def cmd_balance(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"--concurrency must be at least 1, got {args.concurrency}")
     connection = connect(args)
     options = plan_options(args, connection)
+    if args.members:
+        run_eval = connection.leader_transfer.run_eval if connection.leader_transfer else None
+        return cmd_balance_members(args, connection.client, run_eval, connection.counter, options)
     snapshot = connection.snapshot()
     before = report.Report.of(snapshot, options)
     if args.dry_run:
@@ -294,6 +303,7 @@ def build_parser(extra: Sequence[Callable[[Any], None]] = ()) -> argparse.Argume
         "--max-moves", type=int, metavar="M", help="plan at most M moves (the most useful first)"
     )
     _add_filters(sub)
+    add_member_flags(sub)
     sub.set_defaults(func=cmd_plan)
 
     sub = commands.add_parser("balance", help="carry the plan out, verify every move, report before/after")
@@ -311,6 +321,7 @@ def build_parser(extra: Sequence[Callable[[Any], None]] = ()) -> argparse.Argume
     )
     sub.add_argument("--format", choices=("text", "json"), default="text")
     _add_filters(sub)
+    add_member_flags(sub)
     sub.set_defaults(func=cmd_balance)
 
     sub = commands.add_parser("cleanup", help="remove temporary policies left behind by an interrupted run")

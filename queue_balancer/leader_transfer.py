@@ -58,18 +58,22 @@ class RaLeaderTransfer:
 
     def transfer(self, moves: Sequence[Move]) -> dict[QueueRef, str]:
         """Ask Ra to move each leader; Ra's answer per queue: ``ok``, ``already_leader`` or an error."""
-        answers = self._call(TRANSFER_FUN, [(m.vhost, m.queue, m.target) for m in moves])
+        answers = run_batch(self.run_eval, TRANSFER_FUN, [(m.vhost, m.queue, m.target) for m in moves])
         return {QueueRef(a["vhost"], a["queue"]): str(a["result"]) for a in answers}
 
-    def _call(self, fun: str, items: Sequence[tuple[str, str, str]]) -> list[dict[str, Any]]:
-        if not items:
-            return []
-        output = self.run_eval(expression(fun, items))
-        for line in output.splitlines():
-            if line.startswith(RESULT_MARKER):
-                answers: list[dict[str, Any]] = json.loads(line[len(RESULT_MARKER) :])
-                return answers
-        raise LeaderTransferError(f"rabbitmqctl eval gave no result; the node said: {output.strip()[:300]}")
+
+def run_batch(
+    run_eval: Callable[[str], str], fun: str, items: Sequence[tuple[str, str, str]]
+) -> list[dict[str, Any]]:
+    """Apply an Erlang ``fun`` to every item in one ``rabbitmqctl eval``; its JSON answers, in order."""
+    if not items:
+        return []
+    output = run_eval(expression(fun, items))
+    for line in output.splitlines():
+        if line.startswith(RESULT_MARKER):
+            answers: list[dict[str, Any]] = json.loads(line[len(RESULT_MARKER) :])
+            return answers
+    raise LeaderTransferError(f"rabbitmqctl eval gave no result; the node said: {output.strip()[:300]}")
 
 
 def expression(fun: str, items: Sequence[tuple[str, str, str]]) -> str:

@@ -130,6 +130,23 @@ class ManagementClient:
         """Nodes and queues: what the planner needs."""
         return Snapshot.from_api(self.nodes(), self.queues())
 
+    def queues_now(self) -> list[dict[str, Any]]:
+        """All queues as their processes see them now (quorum members and ``online`` included).
+
+        The statistics view can list a removed quorum member (and double the count) long after a member
+        change that moved the leader; the members plan reads this view instead.
+        """
+        result: list[dict[str, Any]] = self.get("queues", disable_stats="true", enable_queue_totals="true")
+        return result
+
+    def members_snapshot(self) -> Snapshot:
+        """Nodes and queues for the members plan, queues from the real-time view."""
+        return Snapshot.from_api(self.nodes(), self.queues_now())
+
+    def version(self) -> str:
+        """RabbitMQ's version, e.g. ``3.10.8`` or ``4.0.5``."""
+        return str(self.overview().get("rabbitmq_version") or "")
+
     def queue(self, vhost: str, name: str) -> dict[str, Any]:
         """One queue from the statistics view: message count and policy, a few seconds late."""
         result: dict[str, Any] = self.get(f"queues/{encode(vhost)}/{encode(name)}")

@@ -1,0 +1,169 @@
+"""``plan --members`` and ``balance --members``: quorum members (replicas) instead of leaders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from queue_balancer import report
+from queue_balancer.errors import ConfigurationError
+from queue_balancer.management import ManagementClient
+from queue_balancer.member_changes import member_changer
+from queue_balancer.member_moves import MemberMover, MemberPhase, MemberProgress, run_member_moves
+from queue_balancer.members import DEFAULT_GROUP_SIZE, MembersOptions, MembersPlan, plan_members
+from queue_balancer.model import Snapshot, spread
+from queue_balancer.movers import MessageCounter
+from queue_balancer.planner import PlanOptions
+from queue_balancer.safety import preflight
+
+
+def add_member_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--members",
+        action="store_true",
+        help="quorum queue members instead of leaders: every queue keeps its replica count, on running "
+        "nodes only, spread evenly with the fewest member changes",
+    )
+    parser.add_argument(
+        "--group-size",
+        type=int,
+        default=DEFAULT_GROUP_SIZE,
+        metavar="N",
+        help=f"with --members: replicas of a quorum queue declared without x-quorum-initial-group-size "
+        f"(the cluster's quorum_cluster_size, default {DEFAULT_GROUP_SIZE})",
+    )
+    parser.add_argument(
+        "--exclude-node",
+        action="append",
+        metavar="NODE",
+        help="with --members: a node that must hold no members (drained, in maintenance); repeatable",
+    )
+
+
+def members_options(args: argparse.Namespace, selection: PlanOptions) -> MembersOptions:
+    return MembersOptions(
+        selection=selection,
+        default_group_size=args.group_size,
+        excluded=frozenset(args.exclude_node or ()),
+    )
+
+
+def plan_members_text(result: MembersPlan) -> str:
+    nodes = sorted(result.before)
+    lines = ["members per node".ljust(28) + "before  after"]
+    for node in nodes:
+        note = "" if node in result.nodes else "  (not eligible: stopped, excluded or gone)"
+        lines.append(f"{node:<28}{result.before[node]:>6}  {result.after.get(node, 0):>5}{note}")
+    lines.append(
+        f"{result.changes} member changes in {len(result.moves)} queues, {len(result.skipped)} skipped"
+    )
+    for move in result.moves:
+        change = ", ".join([*(f"+{n}" for n in move.add), *(f"-{n}" for n in move.remove)])
+        lines.append(f"  {move.ref} ({move.messages} msgs): {change}")
+    lines += report.skipped_lines(result.skipped, 20)
+    if result.mirrors:
+        lines.append("classic mirrored queues (ha-mode exactly), copies per node (reported, not changed):")
+        lines += [f"  {node:<26}{count:>6}" for node, count in result.mirrors.items()]
+    return "\n".join(lines)
+
+
+def cmd_plan_members(args: argparse.Namespace, snapshot: Snapshot, selection: PlanOptions) -> int:
+    result = plan_members(snapshot, members_options(args, selection))
+    print(
+        json.dumps(result.to_dict(), indent=2, ensure_ascii=False)
+        if args.format == "json"
+        else plan_members_text(result)
+    )
+    return 0
+
+
+def cmd_balance_members(
+    args: argparse.Namespace,
+    client: ManagementClient,
+    run_eval: Callable[[str], str] | None,
+    counter: MessageCounter | None,
+    selection: PlanOptions,
+) -> int:
+    """Plan, carry out (add before remove, each change verified), re-read and report; exit 2 on failures."""
+    options = members_options(args, selection)
+    snapshot = client.members_snapshot()
+    current = plan_members(snapshot, options)
+    if args.dry_run:
+        print(plan_members_text(current))
+        return 0
+    preflight(snapshot)
+    changer = member_changer(client, run_eval)
+    if changer is None:
+        raise ConfigurationError(
+            "RabbitMQ 3.x changes quorum members only through `rabbitmqctl eval`: give --eval-command"
+        )
+    began = time.monotonic()
+    progress = _Printer(len(current.moves))
+    result = run_member_moves(
+        MemberMover(client, changer, counter=counter),
+        current.moves,
+        concurrency=args.concurrency,
+        on_change=progress,
+    )
+    after = plan_members(client.members_snapshot(), options)
+    summary = _summary(current, after, result.moves, time.monotonic() - began)
+    print(
+        json.dumps(summary, indent=2, ensure_ascii=False) if args.format == "json" else _summary_text(summary)
+    )
+    return 2 if result.failed else 0
+
+
+class _Printer:
+    """One line per finished queue on stderr, like the leader moves' progress outside a terminal."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.finished = total, 0
+
+    def __call__(self, progress: MemberProgress) -> None:
+        if not progress.finished:
+            return
+        self.finished += 1
+        move = progress.move
+        change = ", ".join([*(f"+{n}" for n in move.add), *(f"-{n}" for n in move.remove)])
+        outcome = progress.phase.value + (f" ({progress.outcome})" if progress.outcome else "")
+        sys.stderr.write(
+            f"members {self.finished}/{self.total}: {move.ref} {change}: {outcome} in {progress.seconds:.2f} s\n"
+        )
+        sys.stderr.flush()
+
+
+def _summary(
+    planned: MembersPlan, after: MembersPlan, moves: tuple[MemberProgress, ...], seconds: float
+) -> dict[str, Any]:
+    return {
+        "before": dict(planned.before),
+        "planned": dict(planned.after),
+        "after": dict(after.before),
+        "spread_before": spread({n: planned.before.get(n, 0) for n in planned.nodes}),
+        "spread_after": spread({n: after.before.get(n, 0) for n in after.nodes}),
+        "changes": sum(len(p.added) + len(p.removed) for p in moves),
+        "queues": len(moves),
+        "failed": [
+            {"vhost": p.move.vhost, "queue": p.move.queue, "reason": p.outcome}
+            for p in moves
+            if p.phase is MemberPhase.FAILED
+        ],
+        "remaining_changes": after.changes,
+        "seconds": round(seconds, 2),
+    }
+
+
+def _summary_text(summary: dict[str, Any]) -> str:
+    lines = ["members per node".ljust(28) + "before  after"]
+    for node in sorted(set(summary["before"]) | set(summary["after"])):
+        lines.append(f"{node:<28}{summary['before'].get(node, 0):>6}  {summary['after'].get(node, 0):>5}")
+    lines.append(
+        f"{summary['changes']} member changes in {summary['queues']} queues, {len(summary['failed'])} failed, "
+        f"{summary['seconds']:.1f} s; spread {summary['spread_before']} -> {summary['spread_after']}"
+    )
+    lines += [f"  failed: '{f['queue']}' in vhost '{f['vhost']}': {f['reason']}" for f in summary["failed"]]
+    return "\n".join(lines)

@@ -1,0 +1,395 @@
+"""Carry out member changes of quorum queues safely, a batch of queues at a time.
+
+One queue's change (a ``MemberMove``) is a small state machine driven by observation, never by delays:
+
+1. **Add before remove.** Every new member is added first; a member is removed only once every new one has
+   caught up: it is a voting ``leader``/``follower`` (on 4.x a new member starts as a non-voter that Ra
+   promotes once it has the log), ``online`` in the real-time view, and its log has reached the leader's
+   commit index of the moment it was added (its own commit index may only learn of that with the next
+   command, which an idle queue may not get for seconds).
+2. **Quorum at every step.** An add is made only while the members online already form a quorum of the
+   grown group (on 3.x a new member votes before it has caught up); when they do not, a member on a node
+   that is down is removed first, which drops no copy. A member that is online is removed only when the
+   rest still form a quorum, and only after the adds, so the queue never holds fewer in-sync copies than
+   before the change.
+3. **Verify** as a leader move is verified: the members are exactly the planned ones, all online, and the
+   exact message count (passive declare over AMQP) is unchanged.
+4. **Roll back** on failure or interruption: the members this change added and no longer needs are
+   removed, so the queue keeps its replica count.
+
+Every round of ``step`` makes at most one status call, one add call and one remove call for the whole
+batch: on 3.x each is a ``rabbitmqctl eval``, whose start-up dominates its cost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from queue_balancer.errors import BalancerError, NotFound
+from queue_balancer.member_changes import Change, MemberChanger, MemberState, succeeded
+from queue_balancer.members import MemberMove, quorum_of
+from queue_balancer.model import JsonDict, Queue, QueueRef
+from queue_balancer.movers import ManagementApi, MessageCounter, MoveSettings
+
+
+class MemberPhase(StrEnum):
+    CHANGING = "changing"  # adding and removing members, each step when the observed state allows it
+    VERIFYING = "verifying"  # members as planned: comparing message counts
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class MemberProgress:
+    """Where one queue's member change stands; plain JSON in and out."""
+
+    move: MemberMove
+    phase: MemberPhase
+    started_at: float
+    deadline: float
+    messages_before: int = 0
+    exact_count: bool = False
+    catching_up: Mapping[str, int] = field(default_factory=dict)
+    """New members not yet caught up, and the leader's commit index when each was added."""
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    finished_at: float | None = None
+    outcome: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in (MemberPhase.DONE, MemberPhase.FAILED)
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished_at or time.time()) - self.started_at
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "move": self.move.to_dict(),
+            "phase": self.phase.value,
+            "started_at": self.started_at,
+            "deadline": self.deadline,
+            "messages_before": self.messages_before,
+            "exact_count": self.exact_count,
+            "catching_up": dict(self.catching_up),
+            "added": list(self.added),
+            "removed": list(self.removed),
+            "finished_at": self.finished_at,
+            "outcome": self.outcome,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MemberProgress:
+        return cls(
+            move=MemberMove.from_dict(data["move"]),
+            phase=MemberPhase(data["phase"]),
+            started_at=float(data["started_at"]),
+            deadline=float(data["deadline"]),
+            messages_before=int(data.get("messages_before", 0)),
+            exact_count=bool(data.get("exact_count", False)),
+            catching_up={str(k): int(v) for k, v in (data.get("catching_up") or {}).items()},
+            added=tuple(data.get("added") or ()),
+            removed=tuple(data.get("removed") or ()),
+            finished_at=data.get("finished_at"),
+            outcome=str(data.get("outcome", "")),
+        )
+
+
+@dataclass(frozen=True)
+class _Observed:
+    """A queue's members right now (real-time view) and, when asked for, their Raft states."""
+
+    members: frozenset[str]
+    online: frozenset[str]
+    leader: str
+    states: Mapping[str, MemberState] = field(default_factory=dict)
+
+
+@dataclass
+class MemberMover:
+    """Member changes through a ``MemberChanger`` (eval on 3.x, HTTP on 4.x), observed through the API."""
+
+    client: ManagementApi
+    changer: MemberChanger
+    settings: MoveSettings = field(default_factory=MoveSettings)
+    counter: MessageCounter | None = None
+    clock: Callable[[], float] = time.time
+
+    def start(self, moves: Sequence[MemberMove]) -> list[MemberProgress]:
+        """Record each queue's message count; the first changes are made by the next ``step``."""
+        counts = self._counts([m.ref for m in moves])
+        now = self.clock()
+        started = []
+        for move in moves:
+            count = counts.get(move.ref)
+            messages = count.messages if count else move.messages
+            started.append(
+                MemberProgress(
+                    move=move,
+                    phase=MemberPhase.CHANGING,
+                    started_at=now,
+                    deadline=self.settings.deadline(now, messages * (len(move.add) or 1)),
+                    messages_before=messages,
+                    exact_count=count is not None,
+                )
+            )
+        return started
+
+    def step(self, progresses: Sequence[MemberProgress]) -> list[MemberProgress]:
+        """Observe every unfinished change once and make the next changes the observations allow."""
+        observed: dict[QueueRef, _Observed | str] = {}
+        for p in progresses:
+            if not p.finished:
+                observed[p.move.ref] = self._observe(p.move.ref)
+        waiting = [
+            p.move.ref
+            for p in progresses
+            if p.catching_up and isinstance(observed.get(p.move.ref), _Observed)
+        ]
+        states = self._status(waiting)
+        result: list[MemberProgress] = []
+        adds: list[tuple[int, Change]] = []
+        removes: list[tuple[int, Change]] = []
+        for index, progress in enumerate(progresses):
+            seen = observed.get(progress.move.ref)
+            if progress.finished or seen is None:
+                result.append(progress)
+                continue
+            if isinstance(seen, str):
+                result.append(self.abort(progress, seen))
+                continue
+            if isinstance(states.get(progress.move.ref), dict):
+                seen = replace(seen, states=states[progress.move.ref])
+            updated, action = self._decide(progress, seen)
+            result.append(updated)
+            if action is not None:
+                (adds if action[0] == "add" else removes).append((index, (progress.move.ref, action[1])))
+        self._apply(result, adds, removes)
+        return result
+
+    # ---- one queue ---------------------------------------------------------------------------------
+
+    def _decide(
+        self, progress: MemberProgress, seen: _Observed
+    ) -> tuple[MemberProgress, tuple[str, str] | None]:
+        """The next state of one change, and the member to add or remove now (if any)."""
+        move = progress.move
+        if progress.phase is MemberPhase.VERIFYING:
+            return self._verify(progress, seen), None
+        if self.clock() > progress.deadline:
+            return self.abort(progress, "timed out"), None
+        progress = self._caught_up(progress, seen)
+        to_add = [n for n in move.add if n not in seen.members]
+        to_remove = [n for n in move.remove if n in seen.members]
+        voters = len(seen.members)
+        up = len((seen.online & seen.members) - set(progress.catching_up))  # in sync: online and caught up
+        offline = [n for n in to_remove if n not in seen.online]
+        if to_add:
+            if up >= quorum_of(voters + 1):
+                return progress, ("add", to_add[0])
+            if offline:  # a member on a down node holds no copy: dropping it first keeps the quorum
+                return progress, ("remove", offline[0])
+            reason = f"adding a member would leave no quorum until it catches up ({up} of {voters} in sync)"
+            return self.abort(progress, reason), None
+        if progress.catching_up:
+            return progress, None
+        if to_remove:
+            node = offline[0] if offline else to_remove[0]
+            if node in seen.online and up - 1 < quorum_of(voters - 1):
+                reason = f"removing {node} would leave no quorum ({up} of {voters} in sync)"
+                return self.abort(progress, reason), None
+            return progress, ("remove", node)
+        return self._verify(replace(progress, phase=MemberPhase.VERIFYING), seen), None
+
+    def _caught_up(self, progress: MemberProgress, seen: _Observed) -> MemberProgress:
+        """Drop the new members that have caught up from ``catching_up``."""
+        still = {}
+        for node, mark in progress.catching_up.items():
+            state = seen.states.get(node)
+            ready = (
+                state is not None and state.serving and (state.log_index or 0) >= mark and node in seen.online
+            )
+            if not ready:
+                still[node] = mark
+        return replace(progress, catching_up=still) if still != progress.catching_up else progress
+
+    def _verify(self, progress: MemberProgress, seen: _Observed) -> MemberProgress:
+        expected = set(progress.move.after)
+        if set(seen.members) != expected:
+            return self._finish(
+                progress, MemberPhase.FAILED, f"verification: members are {', '.join(sorted(seen.members))}"
+            )
+        if not expected <= seen.online:
+            if self.clock() > progress.deadline:
+                offline = ", ".join(sorted(expected - seen.online))
+                return self._finish(progress, MemberPhase.FAILED, f"verification: {offline} not online")
+            return progress
+        if not progress.exact_count:
+            return self._finish(progress, MemberPhase.DONE, "")
+        counts = self._counts([progress.move.ref])
+        count = counts.get(progress.move.ref)
+        if count is None:
+            return self._finish(progress, MemberPhase.DONE, "message count not re-read (AMQP unavailable)")
+        if count.messages == progress.messages_before:
+            return self._finish(progress, MemberPhase.DONE, "")
+        change = f"message count changed from {progress.messages_before} to {count.messages}"
+        if count.consumers:
+            return self._finish(progress, MemberPhase.DONE, f"{change} under client traffic")
+        return self._finish(progress, MemberPhase.FAILED, f"verification: {change} with no client traffic")
+
+    # ---- abort -------------------------------------------------------------------------------------
+
+    def abort(self, progress: MemberProgress, reason: str) -> MemberProgress:
+        """Remove the members this change added beyond the removals it made (the newest first), so the
+        queue keeps its replica count; then fail the change with the reason."""
+        if progress.finished:
+            return progress
+        undo = list(reversed(progress.added))[: max(0, len(progress.added) - len(progress.removed))]
+        undone: list[str] = []
+        if undo:
+            try:
+                answers = self.changer.remove([(progress.move.ref, n) for n in undo])
+                undone = [n for n in undo if succeeded(answers.get((progress.move.ref, n), ""))]
+            except BalancerError as exc:
+                reason = f"{reason}; rollback failed: {exc}"
+        if undone:
+            reason = f"{reason}; rolled back: removed {', '.join(undone)}"
+        return self._finish(progress, MemberPhase.FAILED, reason)
+
+    # ---- helpers -----------------------------------------------------------------------------------
+
+    def _observe(self, ref: QueueRef) -> _Observed | str:
+        try:
+            live = Queue.from_api(self.client.queue_now(ref.vhost, ref.name))
+        except NotFound:
+            return "queue was deleted"
+        except BalancerError as exc:
+            return str(exc)
+        return _Observed(
+            members=frozenset(live.members),
+            online=frozenset({live.leader, *live.in_sync}),
+            leader=live.leader,
+        )
+
+    def _status(self, refs: Sequence[QueueRef]) -> dict[QueueRef, dict[str, MemberState]]:
+        if not refs:
+            return {}
+        try:
+            answers = self.changer.status(refs)
+        except BalancerError:
+            return {}  # no states this round: the new members simply do not count as caught up yet
+        return {
+            ref: {s.node: s for s in answer} for ref, answer in answers.items() if isinstance(answer, list)
+        }
+
+    def _apply(
+        self, result: list[MemberProgress], adds: list[tuple[int, Change]], removes: list[tuple[int, Change]]
+    ) -> None:
+        """Make the batch's adds and removes, one call each, and record every answer."""
+        for kind, batch in (("add", adds), ("remove", removes)):
+            if not batch:
+                continue
+            call = self.changer.add if kind == "add" else self.changer.remove
+            try:
+                answers = call([change for _, change in batch])
+            except BalancerError as exc:
+                answers = {change: f"{kind} failed: {exc}" for _, change in batch}
+            marks = self._status([change[0] for _, change in batch]) if kind == "add" else {}
+            for index, change in batch:
+                progress, (ref, node) = result[index], change
+                answer = answers.get(change, f"no answer to the {kind}")
+                if not succeeded(answer):
+                    result[index] = self.abort(progress, f"{kind} {node} refused: {answer}")
+                elif kind == "add":
+                    leader_index = max(
+                        (
+                            s.commit_index or 0
+                            for s in marks.get(ref, {}).values()
+                            if s.raft_state == "leader"
+                        ),
+                        default=0,
+                    )
+                    result[index] = replace(
+                        progress,
+                        added=(*progress.added, node),
+                        catching_up={**progress.catching_up, node: leader_index},
+                    )
+                else:
+                    result[index] = replace(progress, removed=(*progress.removed, node))
+
+    def _counts(self, refs: Sequence[QueueRef]) -> dict[QueueRef, Any]:
+        if not refs or self.counter is None:
+            return {}
+        try:
+            return {
+                ref: count for ref, count in self.counter.message_counts(refs).items() if count is not None
+            }
+        except BalancerError:
+            return {}
+
+    def _finish(self, progress: MemberProgress, phase: MemberPhase, outcome: str) -> MemberProgress:
+        return replace(progress, phase=phase, outcome=outcome, finished_at=self.clock())
+
+
+@dataclass(frozen=True)
+class MemberRunResult:
+    """Every change's final state, in the order they finished."""
+
+    moves: tuple[MemberProgress, ...]
+    seconds: float
+
+    @property
+    def done(self) -> tuple[MemberProgress, ...]:
+        return tuple(p for p in self.moves if p.phase is MemberPhase.DONE)
+
+    @property
+    def failed(self) -> tuple[MemberProgress, ...]:
+        return tuple(p for p in self.moves if p.phase is MemberPhase.FAILED)
+
+    @property
+    def changes(self) -> int:
+        return sum(len(p.added) + len(p.removed) for p in self.moves)
+
+
+def run_member_moves(
+    mover: MemberMover,
+    moves: Iterable[MemberMove],
+    *,
+    concurrency: int = 50,
+    on_change: Callable[[MemberProgress], None] = lambda _: None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> MemberRunResult:
+    """Carry the changes out, up to ``concurrency`` queues at once (one queue's changes one after another);
+    interrupting (Ctrl-C, SIGTERM) rolls back the changes under way before the interruption propagates."""
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    began = time.monotonic()
+    pending: deque[MemberMove] = deque(moves)
+    active: list[MemberProgress] = []
+    finished: list[MemberProgress] = []
+    try:
+        while pending or active:
+            room = concurrency - len(active)
+            batch = [pending.popleft() for _ in range(min(room, len(pending)))]
+            active.extend(mover.start(batch))
+            still: list[MemberProgress] = []
+            for before, after in zip(active, mover.step(active), strict=True):
+                if after.phase is not before.phase or after.finished:
+                    on_change(after)
+                (finished if after.finished else still).append(after)
+            active = still
+            if active:
+                sleep(mover.settings.poll_interval)
+    except BaseException:
+        for progress in active:
+            rolled = mover.abort(progress, "interrupted")
+            on_change(rolled)
+            finished.append(rolled)
+        raise
+    return MemberRunResult(tuple(finished), time.monotonic() - began)

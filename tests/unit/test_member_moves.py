@@ -1,0 +1,198 @@
+"""Member changes against an in-memory quorum queue: add before remove, quorum kept at every step, rollback."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from queue_balancer.member_changes import Change, MemberState
+from queue_balancer.member_moves import MemberMover, MemberPhase, MemberProgress, run_member_moves
+from queue_balancer.members import MemberMove, quorum_of
+from queue_balancer.model import QueueCount, QueueRef
+from queue_balancer.movers import MoveSettings
+
+REF = QueueRef("/", "q")
+
+
+@dataclass
+class FakeQueue:
+    """One quorum queue: members, the nodes that are up, and how many polls a new member needs to catch up."""
+
+    members: list[str]
+    up: set[str]
+    leader: str
+    commit: int = 10
+    lag: dict[str, int] = field(default_factory=dict)
+    messages: int = 7
+    history: list[tuple[str, str, int, int]] = field(default_factory=list)
+    """(action, node, members in sync, members) after every change."""
+
+    def in_sync(self) -> list[str]:
+        return [m for m in self.members if m in self.up and not self.lag.get(m)]
+
+
+@dataclass
+class FakeCluster:
+    """The management API's real-time view, the member-change port and the message counter in one."""
+
+    queue: FakeQueue
+    catch_up_polls: int = 2
+    refuse_add: str | None = None
+
+    def queue_now(self, vhost: str, name: str) -> dict[str, Any]:
+        q = self.queue
+        return {
+            "vhost": vhost,
+            "name": name,
+            "type": "quorum",
+            "leader": q.leader,
+            "members": list(q.members),
+            "online": [m for m in q.members if m in q.up],
+        }
+
+    def add(self, changes: Sequence[Change]) -> dict[Change, str]:
+        answers = {}
+        for change in changes:
+            node = change[1]
+            if self.refuse_add:
+                answers[change] = self.refuse_add
+                continue
+            self._check_quorum(grown=True)
+            self.queue.members.append(node)
+            self.queue.lag[node] = self.catch_up_polls
+            self._record("add", node)
+            answers[change] = "ok"
+        return answers
+
+    def remove(self, changes: Sequence[Change]) -> dict[Change, str]:
+        for _, node in changes:
+            self.queue.members.remove(node)
+            self.queue.lag.pop(node, None)
+            if self.queue.leader == node:
+                self.queue.leader = self.queue.in_sync()[0]
+            self._record("remove", node)
+        return dict.fromkeys(changes, "ok")
+
+    def status(self, refs: Sequence[QueueRef]) -> dict[QueueRef, list[MemberState] | str]:
+        q = self.queue
+        states = []
+        for m in q.members:
+            lag = q.lag.get(m, 0)
+            if lag:
+                q.lag[m] = lag - 1
+            index = q.commit - lag * 5
+            states.append(MemberState(m, "leader" if m == q.leader else "follower", q.commit, index))
+        return dict.fromkeys(refs, states)
+
+    def message_counts(self, refs: Sequence[QueueRef]) -> dict[QueueRef, QueueCount | None]:
+        return {r: QueueCount(self.queue.messages, 0) for r in refs}
+
+    def _check_quorum(self, grown: bool) -> None:
+        q = self.queue
+        assert len(q.in_sync()) >= quorum_of(len(q.members) + grown), (
+            "a change left the queue without a quorum"
+        )
+
+    def _record(self, action: str, node: str) -> None:
+        self.queue.history.append((action, node, len(self.queue.in_sync()), len(self.queue.members)))
+
+
+def mover(cluster: FakeCluster, **settings: float) -> MemberMover:
+    return MemberMover(cluster, cluster, MoveSettings(poll_interval=0, **settings), cluster)  # type: ignore[arg-type]
+
+
+def move(
+    members: tuple[str, ...], add: tuple[str, ...], remove: tuple[str, ...], leader: str = "a"
+) -> MemberMove:
+    return MemberMove("/", "q", leader, members, add, remove, 7)
+
+
+def run(cluster: FakeCluster, change: MemberMove, **settings: float) -> MemberProgress:
+    result = run_member_moves(mover(cluster, **settings), [change], sleep=lambda _: None)
+    assert len(result.moves) == 1
+    return result.moves[0]
+
+
+def test_replacement_adds_waits_for_catch_up_then_removes() -> None:
+    cluster = FakeCluster(FakeQueue(["a", "b", "old"], up={"a", "b", "old", "new"}, leader="a"))
+    done = run(cluster, move(("a", "b", "old"), ("new",), ("old",)))
+    assert done.phase is MemberPhase.DONE, done.outcome
+    assert cluster.queue.members == ["a", "b", "new"]
+    assert [h[:2] for h in cluster.queue.history] == [("add", "new"), ("remove", "old")]
+    assert cluster.queue.history[1][2] == 3  # removed only once the new member was in sync: 3 of 3 after
+
+
+def test_member_on_a_down_node_goes_first_when_an_add_would_break_the_quorum() -> None:
+    cluster = FakeCluster(FakeQueue(["a", "b", "old"], up={"a", "b", "new"}, leader="a"))
+    done = run(cluster, move(("a", "b", "old"), ("new",), ("old",)))
+    assert done.phase is MemberPhase.DONE, done.outcome
+    assert [h[:2] for h in cluster.queue.history] == [("remove", "old"), ("add", "new")]
+
+
+def test_a_refused_add_fails_the_change_and_removes_nothing() -> None:
+    cluster = FakeCluster(
+        FakeQueue(["a", "b", "c"], up={"a", "b", "c", "d"}, leader="a"), refuse_add="{error,node_not_running}"
+    )
+    failed = run(cluster, move(("a", "b", "c"), ("d",), ("c",)))
+    assert failed.phase is MemberPhase.FAILED
+    assert "add d refused: {error,node_not_running}" in failed.outcome
+    assert cluster.queue.members == ["a", "b", "c"]
+
+
+def test_a_member_that_never_catches_up_is_rolled_back() -> None:
+    cluster = FakeCluster(
+        FakeQueue(["a", "b", "c"], up={"a", "b", "c", "d"}, leader="a"), catch_up_polls=10**6
+    )
+    failed = run(cluster, move(("a", "b", "c"), ("d",), ("c",)), phase_timeout=0.05)
+    assert failed.phase is MemberPhase.FAILED
+    assert failed.outcome == "timed out; rolled back: removed d"
+    assert cluster.queue.members == ["a", "b", "c"]  # the original members untouched
+
+
+def test_removing_an_online_member_that_would_break_the_quorum_is_refused() -> None:
+    cluster = FakeCluster(FakeQueue(["a", "b", "c"], up={"a", "b"}, leader="a"))
+    failed = run(cluster, move(("a", "b", "c"), (), ("b",)))
+    assert failed.phase is MemberPhase.FAILED
+    assert failed.outcome == "removing b would leave no quorum (2 of 3 in sync)"
+    assert cluster.queue.members == ["a", "b", "c"]
+
+
+def test_a_changed_message_count_without_traffic_fails_verification() -> None:
+    cluster = FakeCluster(FakeQueue(["a", "b"], up={"a", "b", "c"}, leader="a"))
+
+    class Losing(FakeCluster):
+        def message_counts(self, refs: Sequence[QueueRef]) -> dict[QueueRef, QueueCount | None]:
+            self.queue.messages -= 1
+            return super().message_counts(refs)
+
+    losing = Losing(cluster.queue)
+    failed = run(losing, move(("a", "b"), ("c",), ()))
+    assert failed.phase is MemberPhase.FAILED
+    assert "message count changed from 6 to 5" in failed.outcome
+
+
+def test_interrupting_the_run_rolls_back_the_changes_under_way() -> None:
+    cluster = FakeCluster(
+        FakeQueue(["a", "b", "c"], up={"a", "b", "c", "d"}, leader="a"), catch_up_polls=10**6
+    )
+    seen: list[MemberProgress] = []
+
+    def interrupt(_: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_member_moves(
+            mover(cluster), [move(("a", "b", "c"), ("d",), ("c",))], on_change=seen.append, sleep=interrupt
+        )
+    assert cluster.queue.members == ["a", "b", "c"]
+    assert seen[-1].outcome == "interrupted; rolled back: removed d"
+
+
+def test_progress_round_trips_through_json() -> None:
+    progress = MemberProgress(
+        move(("a", "b"), ("c",), ("b",)), MemberPhase.CHANGING, 1.0, 2.0, 5, True, {"c": 12}, ("c",), ()
+    )
+    assert MemberProgress.from_dict(progress.to_dict()) == progress
