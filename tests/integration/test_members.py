@@ -1,0 +1,156 @@
+"""Quorum members on real nodes: spread by `balance --members`, and the replacement of a node under a new name.
+
+Cost: the first test runs on the shared session cluster (~15 s); each replacement test starts its own
+cluster (3 nodes, then 5 nodes) on its own port block (the session block + 70), stops one node, starts a
+new one under a new name and forgets the old one (~1 min each on 2 cores). Every cluster is stopped
+however the test ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from queue_balancer.cli import main
+from queue_balancer.counts import AmqpCounter
+from queue_balancer.local.cluster import ENV_BASE_DIR, LocalCluster, LocalClusterConfig
+from queue_balancer.management import ManagementClient
+from queue_balancer.member_changes import EvalMemberChanger
+from queue_balancer.model import Queue, QueueRef
+from tests.conftest import TEST_PORTS, wait_until
+from tests.integration.test_balance import declare, publish
+
+REPLACEMENT_PORT_SHIFT = 70  # test_local_cluster uses the session block + 50
+
+
+def members_per_node(client: ManagementClient) -> Counter[str]:
+    """Quorum members per node, from the real-time view (the statistics view lags member changes)."""
+    return Counter(n for q in client.queues_now() for n in Queue.from_api(q).members)
+
+
+def counts(cluster: LocalCluster, names: list[str]) -> dict[str, int]:
+    user, password = cluster.credentials
+    counter = AmqpCounter("127.0.0.1", cluster.nodes[0].amqp_port, user, password)
+    try:
+        found = counter.message_counts([QueueRef("/", n) for n in names])
+    finally:
+        counter.close()
+    return {ref.name: count.messages if count else -1 for ref, count in found.items()}
+
+
+def run_cli(base_dir: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    """`queue-balancer --local ... --format json` against the cluster in ``base_dir``."""
+    monkeypatch.setenv(ENV_BASE_DIR, str(base_dir))
+    for name in ("RABBITMQ_MANAGEMENT_URL", "RABBITMQ_USER", "RABBITMQ_PASSWORD", "RABBITMQ_EVAL_COMMAND"):
+        monkeypatch.delenv(name, raising=False)
+    return main(["--local", *args, "--format", "json"])
+
+
+def test_balance_members_spreads_replicas_and_keeps_every_message(
+    clean_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = clean_cluster
+    user, password = cluster.credentials
+    client = ManagementClient(cluster.nodes[0].management_url, user, password)
+    changer = EvalMemberChanger(cluster.eval_erlang)
+    names = [f"members-{i}" for i in range(6)]
+    first, second, third = (n.name for n in cluster.nodes)
+    for name in names:
+        declare(client, "/", name, **{"x-queue-type": "quorum", "x-quorum-initial-group-size": 2})
+        publish(client, "/", name, 20)
+    refs = [QueueRef("/", n) for n in names]
+    # Skew them: every queue on the first two nodes only.
+    changer.add([(r, node) for r in refs for node in (first, second)])
+    changer.remove([(r, third) for r in refs])
+    wait_until(lambda: members_per_node(client) == {first: 6, second: 6}, timeout=30, what="skewed members")
+    before = counts(cluster, names)
+    assert set(before.values()) == {20}
+
+    code = run_cli(cluster.base_dir, monkeypatch, "balance", "--members")
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0, summary
+    assert summary["failed"] == [] and summary["changes"] == 8  # 4 members move: an add and a remove each
+    assert members_per_node(client) == {first: 4, second: 4, third: 4}
+    assert counts(cluster, names) == before
+    for queue in client.queues_now():
+        parsed = Queue.from_api(queue)
+        assert len(parsed.members) == 2 and set(parsed.in_sync) == set(parsed.replicas), parsed
+
+
+@pytest.fixture(params=[3, 5], ids=["3-nodes", "5-nodes"])
+def replaced(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalCluster]:
+    """A cluster of N nodes whose config has room for one more: node N+1 replaces node N in the test."""
+    size = int(request.param)
+    shift = REPLACEMENT_PORT_SHIFT
+    config = LocalClusterConfig(
+        base_dir=tmp_path_factory.mktemp(f"replacement-{size}"),
+        nodes=size + 1,
+        amqp_base=TEST_PORTS["amqp_base"] + shift,
+        management_base=TEST_PORTS["management_base"] + shift,
+        dist_base=TEST_PORTS["dist_base"] + shift,
+        epmd_port=TEST_PORTS["epmd_port"] + shift,
+    )
+    cluster = LocalCluster(config)
+    cluster.nodes = config.all_nodes()[:size]  # the replacement node starts later
+    try:
+        cluster.up()
+        yield cluster
+    finally:
+        cluster.down(purge=True)
+
+
+def replace_last_node(cluster: LocalCluster) -> tuple[str, str]:
+    """Stop the last node, start a new one under a new name, forget the old one (the cluster-life steps)."""
+    old = cluster.nodes[-1]
+    new = cluster.config.node(cluster.config.nodes)
+    pid = next(s.pid for s in cluster.status() if s.name == old.name)
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    wait_until(
+        lambda: not any(s.running for s in cluster.status() if s.name == old.name), timeout=60, what="stop"
+    )
+    cluster.nodes = [*cluster.nodes[:-1], new]
+    cluster.up()
+    cluster.rabbitmqctl("forget_cluster_node", old.name)
+    return old.name, new.name
+
+
+def test_a_replaced_node_gets_its_share_of_members_and_the_departed_one_none(
+    replaced: LocalCluster, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = replaced
+    size = len(cluster.nodes)
+    user, password = cluster.credentials
+    client = ManagementClient(cluster.nodes[0].management_url, user, password)
+    names = [f"replicated-{i:02}" for i in range(2 * size)]
+    for name in names:
+        declare(client, "/", name, **{"x-queue-type": "quorum", "x-quorum-initial-group-size": 3})
+        publish(client, "/", name, 10)
+    wait_until(lambda: sum(members_per_node(client).values()) == 3 * len(names), timeout=30, what="members")
+    before = counts(cluster, names)
+
+    old, new = replace_last_node(cluster)
+    left = members_per_node(client)
+    assert left[new] == 0
+    code = run_cli(cluster.base_dir, monkeypatch, "balance", "--members")
+    summary = json.loads(capsys.readouterr().out)
+    print(f"\nreplacement on {size} nodes: {json.dumps(summary)}")
+    assert code == 0, summary
+    after = members_per_node(client)
+    assert old not in after
+    nodes = [n.name for n in cluster.nodes]
+    assert max(after[n] for n in nodes) - min(after[n] for n in nodes) <= 1
+    assert after[new] >= 3 * len(names) // size
+    assert counts(cluster, names) == before
+    for queue in client.queues_now():
+        parsed = Queue.from_api(queue)
+        assert len(parsed.members) == 3 and set(parsed.in_sync) == set(parsed.replicas), parsed
+    assert summary["remaining_changes"] == 0
