@@ -17,7 +17,8 @@ from typing import Any
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
 
-from stacks.balancer_stack import BalancerSettings, BalancerStack, ExistingCluster
+from stacks.balancer_props import BalancerProps, BalancerSettings, ExistingCluster
+from stacks.balancer_stack import BalancerStack
 from stacks.cluster_stack import ClusterSettings, ClusterStack
 
 HERE = Path(__file__).resolve().parent
@@ -136,13 +137,10 @@ def build_app(context: Mapping[str, Any] | None = None, outdir: str | None = Non
             description="rabbitmq-queue-balancer: an HA RabbitMQ cluster on EC2 behind an internal NLB",
         )
         # The cluster's values cross as stack references, which also order the deployment.
-        BalancerStack.for_cluster_stack(
-            app, balancer_name, cluster=cluster, settings=balancer_settings(ctx), env=env
-        )
+        props = BalancerProps.for_cluster_stack(cluster, balancer_settings(ctx))
     else:
-        BalancerStack.for_existing_cluster(
-            app, balancer_name, cluster=existing, settings=balancer_settings(ctx), env=env
-        )
+        props = BalancerProps.for_existing_cluster(existing, balancer_settings(ctx))
+    BalancerStack(app, balancer_name, props=props, env=env)
 
     cdk.Aspects.of(app).add(AwsSolutionsChecks(verbose=True))
     return app

@@ -9,7 +9,6 @@ Manager, and CloudWatch alarms on the node count and on RabbitMQ's memory and di
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,8 @@ from aws_cdk import aws_sns as sns
 from cdk_nag import NagPackSuppression, NagSuppressions
 from constructs import Construct
 
+from stacks.names import check_cluster_name
+from stacks.network import subnets_by_id
 from stacks.topics import encrypted_topic
 
 BOOTSTRAP_SCRIPT = Path(__file__).resolve().parent / "node_bootstrap.sh"
@@ -49,8 +50,6 @@ CLI_PORTS = (35672, 35682)
 DATA_DEVICE = "/dev/sdf"
 METRICS_NAMESPACE = "RabbitMQ"
 USER_DATA_LIMIT = 16 * 1024  # EC2 rejects larger user data (before base64)
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
 
 
 @dataclass(frozen=True)
@@ -89,16 +88,6 @@ class ClusterSettings:
         return self.ssm_tag_value or self.cluster_name
 
 
-def check_cluster_name(name: str) -> str:
-    """The name, if it can name the state machine and tag the nodes; ValueError otherwise."""
-    if not _NAME.match(name):
-        raise ValueError(
-            f"clusterName {name!r}: use 1-48 letters, digits, '-' or '_', starting with a letter or digit "
-            "(it names the state machine and tags the nodes)"
-        )
-    return name
-
-
 def node_settings(values: Mapping[str, str]) -> list[str]:
     """Shell assignments for /etc/rabbitmq-node.env (values may be CDK tokens, resolved at deploy)."""
     lines = []
@@ -127,13 +116,6 @@ def add_node_bootstrap(
         "RABBITMQ_NODE_SCRIPT",
         "chmod 0755 /usr/local/sbin/rabbitmq-node",
         "exec /usr/local/sbin/rabbitmq-node bootstrap",
-    )
-
-
-def subnets_by_id(scope: Construct, subnet_ids: Sequence[str]) -> ec2.SubnetSelection:
-    """Exactly these subnets, known without a VPC lookup (so an offline synth places them right)."""
-    return ec2.SubnetSelection(
-        subnets=[ec2.Subnet.from_subnet_id(scope, f"Subnet{i}", sid) for i, sid in enumerate(subnet_ids)]
     )
 
 

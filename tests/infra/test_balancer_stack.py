@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from stacks.balancer_stack import FUNCTION_PLACEHOLDER, asl_placeholders, snake_case, substitute
+from stacks.asl_functions import FUNCTION_PLACEHOLDER, asl_placeholders, snake_case, substitute
 from tests.infra.checks import (
     cfn_lint_errors,
     iam_statements,

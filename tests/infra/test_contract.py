@@ -12,17 +12,16 @@ import aws_cdk as cdk
 import pytest
 
 from app import Context, cluster_settings
-from stacks.balancer_stack import (
+from stacks.asl_functions import ContractError, discover_functions, snake_case, substitute
+from stacks.balancer_props import (
+    BalancedCluster,
+    BalancerProps,
     BalancerSettings,
-    BalancerStack,
-    ContractError,
-    PipLocalBundling,
-    asset_hash,
-    discover_functions,
-    runtime_requirements,
-    snake_case,
-    substitute,
+    FunctionNetwork,
+    WorkflowSources,
 )
+from stacks.balancer_stack import BalancerStack
+from stacks.lambda_asset import PipLocalBundling, asset_hash, runtime_requirements
 from tests.infra.checks import wildcard_violations
 
 
@@ -101,13 +100,17 @@ def test_a_missing_asl_file_is_named_in_the_error(tmp_path: Path) -> None:
         BalancerStack(
             app,
             "QueueBalancer",
-            cluster_name="c",
-            management_url="http://x:15672",
-            secret="arn:aws:secretsmanager:eu-west-1:123456789012:secret:x-AbCdEf",
-            ssm_tag_key="k",
-            ssm_tag_value="v",
-            vpc_id="vpc-0123456789abcdef0",
-            asl_path=tmp_path / "balancer.asl.json",
+            props=BalancerProps(
+                cluster=BalancedCluster(
+                    cluster_name="c",
+                    management_url="http://x:15672",
+                    secret="arn:aws:secretsmanager:eu-west-1:123456789012:secret:x-AbCdEf",
+                    ssm_tag_key="k",
+                    ssm_tag_value="v",
+                ),
+                network=FunctionNetwork(vpc_id="vpc-0123456789abcdef0"),
+                sources=WorkflowSources(asl_path=tmp_path / "balancer.asl.json"),
+            ),
         )
 
 

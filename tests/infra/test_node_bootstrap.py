@@ -24,10 +24,11 @@ from pathlib import Path
 import pytest
 
 from stacks.cluster_stack import BOOTSTRAP_SCRIPT
+from tests.infra.local_ports import node_ports
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 NODE = "qbconf@localhost"
-AMQP_PORT, MANAGEMENT_PORT, DIST_PORT, EPMD_PORT = 5901, 15901, 25901, 4901
+AMQP_PORT, MANAGEMENT_PORT, DIST_PORT, EPMD_PORT = node_ports(50).all()
 SETTINGS = {
     "CLUSTER_NAME": "conf-test",
     "AWS_REGION": "eu-west-1",

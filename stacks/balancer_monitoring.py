@@ -1,0 +1,96 @@
+"""What an operator watches of the workflow: the failed-run alarm and the balancer's dashboard."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_stepfunctions as sfn
+from constructs import Construct
+
+SERVICE_NAME = "queue-balancer"
+METRICS_NAMESPACE = "QueueBalancer"
+
+
+def failed_runs_alarm(
+    scope: Construct, state_machine: sfn.StateMachine, topic: sns.ITopic, cluster_name: str
+) -> cloudwatch.Alarm:
+    """Alarm (to the topic) when a run fails or times out."""
+    period = Duration.minutes(5)
+    failed = cloudwatch.MathExpression(
+        expression="FILL(failed, 0) + FILL(timedOut, 0)",
+        using_metrics={
+            "failed": state_machine.metric_failed(statistic="Sum", period=period),
+            "timedOut": state_machine.metric_timed_out(statistic="Sum", period=period),
+        },
+        label="Failed or timed-out runs",
+        period=period,
+    )
+    alarm = failed.create_alarm(
+        scope,
+        "FailedRuns",
+        alarm_description=f"A queue balancer run of {cluster_name} failed or timed out",
+        threshold=1,
+        comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+        evaluation_periods=1,
+        treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+    )
+    alarm.add_alarm_action(cloudwatch_actions.SnsAction(topic))
+    return alarm
+
+
+def _metric(name: str, statistic: str, label: str) -> cloudwatch.Metric:
+    return cloudwatch.Metric(
+        namespace=METRICS_NAMESPACE,
+        metric_name=name,
+        dimensions_map={"service": SERVICE_NAME},
+        statistic=statistic,
+        period=Duration.hours(1),
+        label=label,
+    )
+
+
+def balancer_dashboard(
+    scope: Construct, name: str, state_machine: sfn.StateMachine, alarm: cloudwatch.Alarm
+) -> cloudwatch.Dashboard:
+    """Moves, spread, runs and their duration, and the alarm, on one page named ``name``."""
+    hour = Duration.hours(1)
+    dashboard = cloudwatch.Dashboard(scope, "Dashboard", dashboard_name=name)
+    dashboard.add_widgets(
+        cloudwatch.GraphWidget(
+            title="Moves per hour",
+            left=[
+                _metric("MovesDone", "Sum", "done"),
+                _metric("MovesSkipped", "Sum", "skipped"),
+                _metric("MovesFailed", "Sum", "failed"),
+            ],
+            width=12,
+        ),
+        cloudwatch.GraphWidget(
+            title="Spread after a run (max - min leaders per node)",
+            left=[_metric("SpreadAfter", "Maximum", "spread after")],
+            left_annotations=[cloudwatch.HorizontalAnnotation(value=1, label="balanced")],
+            width=12,
+        ),
+    )
+    dashboard.add_widgets(
+        cloudwatch.GraphWidget(
+            title="Runs",
+            left=[
+                state_machine.metric_started(statistic="Sum", period=hour, label="started"),
+                state_machine.metric_succeeded(statistic="Sum", period=hour, label="succeeded"),
+                state_machine.metric_failed(statistic="Sum", period=hour, label="failed"),
+                state_machine.metric_timed_out(statistic="Sum", period=hour, label="timed out"),
+                state_machine.metric_aborted(statistic="Sum", period=hour, label="stopped"),
+            ],
+            width=12,
+        ),
+        cloudwatch.GraphWidget(
+            title="Run duration (s)",
+            left=[_metric("RunDuration", "Average", "average"), _metric("RunDuration", "Maximum", "max")],
+            width=8,
+        ),
+        cloudwatch.AlarmStatusWidget(title="Alarm", alarms=[alarm], width=4),
+    )
+    return dashboard
