@@ -11,8 +11,8 @@ QB := $(BIN)/queue-balancer
 
 help:
 	@echo "make demo   - install, start a local 3-node RabbitMQ cluster, seed it unbalanced, balance it"
-	@echo "make test   - install and run every test (unit, integration on real nodes, state machine, infra)"
-	@echo "make check  - lint (ruff), type-check (mypy --strict) and test"
+	@echo "make test   - install, then the gate (lint, types) and every test (unit, real nodes, state machine, infra)"
+	@echo "make check  - the fast gate before landing: lint, types, import rules and unit tests (no nodes)"
 	@echo "make bench  - queue-balancer vs rabbitmq-queues rebalance on identical workloads"
 
 system-deps:
@@ -42,17 +42,23 @@ demo: system-deps venv
 	@echo "The local cluster and endpoint keep running: '$(QB) report', '$(QB) info', '$(QB) balance'"
 	@echo "(the same engine in-process); '$(QB) local down' stops them."
 
-test: system-deps venv
-	$(PY) -m pytest -p no:cacheprovider tests; code=$$?; [ $$code -eq 5 ] && { echo "no tests collected"; exit 1; }; exit $$code
+PYTEST := $(PY) -m pytest -p no:cacheprovider
 
+# The gate runs first: a lint or type error fails in well under a minute, before any node starts.
+test: system-deps venv lint typecheck
+	$(PYTEST) tests; code=$$?; [ $$code -eq 5 ] && { echo "no tests collected"; exit 1; }; exit $$code
+
+# ruff lint and format over the whole tree (pyproject.toml says what is checked).
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check queue_balancer lambdas stacks tests bench app.py
+	$(BIN)/ruff format --check .
 
+# mypy --strict over queue_balancer, lambdas, stacks, app.py, bench and tests (pyproject.toml's files).
 typecheck: venv
 	$(BIN)/mypy
 
-check: lint typecheck test
+check: lint typecheck
+	$(PYTEST) -q tests/unit tests/test_quality.py
 
 bench: system-deps venv
 	$(PY) -m bench.compare

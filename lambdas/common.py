@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -78,8 +78,12 @@ def task(function: Handler) -> Handler:
 # ---- connections ---------------------------------------------------------------------------------
 
 
+AwsService = Literal["ssm", "ec2"]
+"""The services the handlers reach through ``aws``; boto3's stubs type a client by its service name."""
+
+
 @functools.cache
-def aws(service: str) -> Any:
+def aws(service: AwsService) -> Any:
     """One boto3 client per service and container (they are thread-safe); AWS_ENDPOINT_URL applies."""
     return boto3.client(service)
 

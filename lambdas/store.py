@@ -170,7 +170,7 @@ class Store:
         item = self.table.get_item(Key=key, ConsistentRead=True).get("Item")
         if item is None:
             raise KeyError(f"batch {index} of plan {generation} of run {run_id} is not stored")
-        return [Move.from_dict(m) for m in json.loads(item["moves"])]
+        return [Move.from_dict(m) for m in json.loads(str(item["moves"]))]
 
     def record_results(
         self, run_id: str, generation: int, index: int, results: Sequence[MoveProgress]

@@ -246,7 +246,7 @@ def _now() -> str:
 def connect(args: argparse.Namespace) -> Workflow:
     """The workflow ``--stack NAME`` deploys on AWS, or the local endpoint's (the default)."""
     try:
-        import boto3  # type: ignore[import-untyped]
+        import boto3
     except ModuleNotFoundError as exc:  # pragma: no cover - the aws extra is missing
         raise ConfigurationError("the workflow commands need boto3: pip install '.[aws]'") from exc
     if args.stack:

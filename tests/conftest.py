@@ -34,13 +34,13 @@ TEST_PORTS = {
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], *, timeout: float, what: str, interval: float = 0.2) -> T:
+def wait_until(condition: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.2) -> T:
     """Poll ``condition`` until it returns something truthy; fail the test with ``what`` at the deadline.
 
     The management API's statistics lag a few seconds, so assertions on message counts go through here.
     """
     deadline = time.monotonic() + timeout
-    last: T = condition()
+    last = condition()
     while not last:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g} s waiting for {what}")

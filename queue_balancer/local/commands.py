@@ -90,7 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=DEFAULT_PORT,
         help=f"port of the local AWS endpoint on 127.0.0.1 (default {DEFAULT_PORT})",
     )
-    up.add_argument("--no-endpoint", action="store_true", help="start the cluster only, no local AWS endpoint")
+    up.add_argument(
+        "--no-endpoint", action="store_true", help="start the cluster only, no local AWS endpoint"
+    )
     up.set_defaults(func=_one_line_errors(cmd_up))
 
     status = commands.add_parser(

@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from queue_balancer.errors import BalancerError
 from queue_balancer.local.cluster import LocalCluster, LocalClusterConfig, LocalClusterError, LocalNode
@@ -58,6 +58,10 @@ NODE_TAG_KEY = "queue-balancer:node"
 ENDPOINT_FILE = "endpoint.json"
 PID_FILE = "endpoint.pid"
 LOG_FILE = "endpoint.log"
+ProvisionedService = Literal[
+    "dynamodb", "ec2", "events", "iam", "lambda", "secretsmanager", "sns", "sqs", "stepfunctions"
+]
+"""What the endpoint provisions; boto3's stubs type a client by its service name."""
 ENV_CREDENTIALS = "QUEUE_BALANCER_ENDPOINT_CREDENTIALS"
 ASL_PATH = Path(__file__).resolve().parents[2] / "statemachine" / "balancer.asl.json"
 PLACEHOLDER = re.compile(r"\$\{(\w+)FunctionArn\}")
@@ -404,11 +408,11 @@ class LocalEndpoint:
         }
 
     def _provision(self, definition: str, names: list[str]) -> Outputs:
-        import boto3  # type: ignore[import-untyped]
+        import boto3
 
         session = boto3.Session(region_name=REGION, aws_access_key_id="local", aws_secret_access_key="local")
 
-        def client(service: str) -> Any:
+        def client(service: ProvisionedService) -> Any:
             return session.client(service, endpoint_url=self.url)
 
         role = client("iam").create_role(

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ASL = ROOT / "statemachine" / "balancer.asl.json"
 ACCOUNT = "123456789012"
 REGION = "eu-west-1"
-NO_BUNDLING = {"aws:cdk:bundling-stacks": []}
+NO_BUNDLING: dict[str, list[str]] = {"aws:cdk:bundling-stacks": []}
 
 NO_ASL = (
     "statemachine/balancer.asl.json does not exist yet (written in parallel); the BalancerStack reads the "

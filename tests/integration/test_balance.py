@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
@@ -54,7 +54,7 @@ def temporary_policies(client: ManagementClient) -> list[str]:
     return [p["name"] for p in client.policies() if p["name"].startswith(POLICY_PREFIX)]
 
 
-def drain(cluster: LocalCluster, vhost: str, names: Iterator[str] | list[str]) -> int:
+def drain(cluster: LocalCluster, vhost: str, names: Iterable[str]) -> int:
     """Consume every message of the queues over AMQP and count them: the proof nothing was lost."""
     user, password = cluster.credentials
     params = pika.ConnectionParameters(
@@ -240,7 +240,7 @@ def test_a_move_that_times_out_is_rolled_back_and_leaves_no_policy(
     declare(client, "/", "slow")
     publish(client, "/", "slow", 10)
     live = wait_until(
-        lambda: (q := Queue.from_api(client.queue_now("/", "slow"))).in_sync and q,
+        lambda: q if (q := Queue.from_api(client.queue_now("/", "slow"))).in_sync else None,
         timeout=30,
         what="one synchronised mirror",
     )
@@ -295,11 +295,11 @@ def test_an_interrupted_run_rolls_back_the_moves_under_way(
         run_moves(mover(cluster, client), moves, concurrency=3, sleep=interrupt)
     assert temporary_policies(client) == []
     for name in seeded.queue_names:
-        wait_until(
-            lambda n=name: len(Queue.from_api(client.queue_now("/", n)).in_sync) == 2,
-            timeout=30,
-            what=f"{name} mirrored again",
-        )
+
+        def mirrored(name: str = name) -> bool:
+            return len(Queue.from_api(client.queue_now("/", name)).in_sync) == 2
+
+        wait_until(mirrored, timeout=30, what=f"{name} mirrored again")
     assert drain(cluster, "/", seeded.queue_names) == 60
 
 

@@ -26,7 +26,7 @@ from queue_balancer.local.seed import QueueType, seed, seed_unmirrored
 from tests.conftest import TEST_PORTS
 
 if TYPE_CHECKING:
-    from conftest import Management
+    from tests.integration.conftest import Management
 
 pytestmark = pytest.mark.integration
 WaitFor = Callable[..., Any]

@@ -23,7 +23,7 @@ from queue_balancer.control import Workflow
 from queue_balancer.lifecycle import Lifecycle, State, cluster_pk
 from queue_balancer.local.cluster import LocalCluster
 from queue_balancer.local.endpoint import LocalEndpoint, Outputs
-from queue_balancer.local.seed import seed
+from queue_balancer.local.seed import QueueType, seed
 from queue_balancer.management import ManagementClient
 from queue_balancer.model import Queue
 from queue_balancer.movers import POLICY_PREFIX
@@ -152,7 +152,7 @@ class Harness:
 
     # ---- cluster -------------------------------------------------------------------------------
 
-    def seed(self, queues: int, queue_type: str, prefix: str, messages: int = 10) -> None:
+    def seed(self, queues: int, queue_type: QueueType, prefix: str, messages: int = 10) -> None:
         """Queues all led by node 1 (the Mover counts their messages over AMQP, not from the statistics)."""
         seed(self.cluster, queues=queues, messages=messages, queue_type=queue_type, prefix=prefix)
 

@@ -63,7 +63,7 @@ def test_a_detached_endpoint_serves_the_workflow_commands_and_stops_cleanly(
             stateMachineArn=outputs.StateMachineArn, input=json.dumps({"action": "nope"})
         )["executionArn"]
         failed = wait_until(
-            lambda: (d := sfn.describe_execution(executionArn=arn))["status"] != "RUNNING" and d,
+            lambda: d if (d := sfn.describe_execution(executionArn=arn))["status"] != "RUNNING" else None,
             timeout=30,
             what="the invalid execution to fail",
         )

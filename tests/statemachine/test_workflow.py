@@ -5,6 +5,7 @@ operator's commands through ``queue_balancer.control`` (what ``queue-balancer go
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -183,7 +184,7 @@ def test_a_failure_mid_move_cleans_up_notifies_and_releases_the_lock(harness: Ha
     harness.seed(2, "classic", "c", messages=50)
     check = next(k for k in harness.endpoint.dispatcher.handlers if k.endswith("check-move"))
 
-    def broken(event: dict, context: object) -> dict:
+    def broken(event: dict[str, Any], context: object) -> dict[str, Any]:
         raise RuntimeError("injected: the check of the move crashed")
 
     harness.endpoint.dispatcher.handlers[check] = broken
@@ -247,7 +248,7 @@ def test_a_run_continues_in_a_fresh_execution_when_the_next_batch_would_not_fit(
     ],
 )
 def test_invalid_input_fails_with_a_named_error_and_changes_nothing(
-    harness: Harness, data: dict, problem: str
+    harness: Harness, data: dict[str, Any], problem: str
 ) -> None:
     done = harness.finished(harness.start(data), timeout=30)
     assert (done["status"], done["error"]) == ("FAILED", "InvalidInput")

@@ -179,7 +179,7 @@ def _brute_force(snap: Snapshot) -> tuple[int, int]:
     for q in snap.queues:
         verdict = classify(q, running)
         if hasattr(verdict, "targets"):
-            options.append((q.leader, sorted(verdict.targets)))  # type: ignore[union-attr]
+            options.append((q.leader, sorted(verdict.targets)))
         elif q.leader in running:
             fixed[q.leader] += 1
     best = (10**9, 10**9)
