@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import json
 import os
+import secrets
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -25,11 +28,12 @@ from queue_balancer.cli_members import add_member_flags, cmd_balance_members, cm
 from queue_balancer.counts import AmqpCounter, amqp_endpoint
 from queue_balancer.errors import BalancerError, ConfigurationError
 from queue_balancer.leader_transfer import CommandEval, RaLeaderTransfer
+from queue_balancer.lock import ClusterLock, Heartbeat, holding
 from queue_balancer.management import ManagementClient
 from queue_balancer.model import Plan, Snapshot, spread
 from queue_balancer.movers import MoveProgress, Mover, MoveSettings, Phase, cleanup
 from queue_balancer.planner import PlanOptions, plan
-from queue_balancer.runner import run_moves
+from queue_balancer.runner import RunInterrupted, run_moves
 from queue_balancer.safety import preflight
 
 EXIT_OK, EXIT_ERROR, EXIT_MOVES_FAILED = 0, 1, 2
@@ -46,8 +50,17 @@ class Connection:
     def snapshot(self) -> Snapshot:
         return self.client.snapshot()
 
+    run_id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(4))
+    """This process's run: it owns the lock and names the temporary policies."""
+
     def mover(self, settings: MoveSettings | None = None) -> Mover:
-        return Mover(self.client, self.leader_transfer, settings or MoveSettings(), self.counter)
+        return Mover(
+            self.client, self.leader_transfer, settings or MoveSettings(), self.counter, run_id=self.run_id
+        )
+
+    def lock(self, command: str) -> ClusterLock:
+        owner = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} (queue-balancer {command})"
+        return ClusterLock(self.client.fork(), owner, self.run_id)
 
 
 def connect(args: argparse.Namespace) -> Connection:
@@ -163,6 +176,19 @@ def cmd_balance(args: argparse.Namespace) -> int:
         print(plan_text(plan(snapshot, options)))
         return EXIT_OK
     preflight(snapshot)
+    with holding(connection.lock("balance")) as heartbeat:
+        return _balance(args, connection, options, before, heartbeat)
+
+
+def _balance(
+    args: argparse.Namespace,
+    connection: Connection,
+    options: PlanOptions,
+    before: report.Report,
+    heartbeat: Heartbeat,
+) -> int:
+    """The rounds of a balancing run, under the cluster's lock."""
+    snapshot = connection.snapshot()
     mover = connection.mover()
     began = time.monotonic()
     history: list[MoveProgress] = []
@@ -171,7 +197,14 @@ def cmd_balance(args: argparse.Namespace) -> int:
         if not current.moves:
             break
         progress = Progress(len(current.moves), sys.stderr, f"round {round_number}")
-        result = run_moves(mover, current.moves, concurrency=args.concurrency, on_change=progress.update)
+        result = run_moves(
+            mover,
+            current.moves,
+            concurrency=args.concurrency,
+            on_change=progress.update,
+            notice=_notice,
+            check=heartbeat.check,
+        )
         progress.close()
         history.extend(result.moves)
         snapshot = connection.snapshot()
@@ -194,7 +227,10 @@ def cmd_balance(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    removed = cleanup(connect(args).client)
+    connection = connect(args)
+    lock = connection.lock("cleanup")
+    with holding(lock):
+        removed = cleanup(connection.client, lock.live_runs())
     for vhost, name in removed:
         print(f"removed temporary policy {name} in vhost {vhost}")
     print(f"{len(removed)} temporary policies removed")
@@ -332,6 +368,27 @@ def build_parser(extra: Sequence[Callable[[Any], None]] = ()) -> argparse.Argume
     return parser
 
 
+def _notice(message: str) -> None:
+    print(f"\nqueue-balancer: {message}", file=sys.stderr, flush=True)
+
+
+def interrupted_text(interrupted: RunInterrupted) -> str:
+    """What happened to each queue the interrupted run touched, and what it left behind."""
+    lines = ["queue-balancer: interrupted"]
+    for p in interrupted.moves:
+        what = "moved" if p.phase is Phase.DONE else p.outcome or p.phase.value
+        lines.append(f"  {p.move.ref} ({p.move.source} -> {p.move.target}): {what}")
+    leftovers = list(interrupted.leftovers) + [p for p in interrupted.moves if p.policy]
+    for p in leftovers:
+        policy = f"temporary policy {p.policy} left in vhost {p.move.vhost}" if p.policy else "no policy left"
+        lines.append(f"  {p.move.ref}: rollback ABANDONED while {p.phase.value}: {policy}")
+    if leftovers:
+        lines.append(
+            "  run `queue-balancer cleanup` and check these queues' mirrors with `queue-balancer report`"
+        )
+    return "\n".join(lines)
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # roll back moves under way exactly as for Ctrl-C
 
@@ -347,8 +404,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BalancerError as exc:
         print(f"queue-balancer: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except RunInterrupted as interrupted:
+        print(interrupted_text(interrupted), file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("queue-balancer: interrupted; moves under way were rolled back", file=sys.stderr)
+        print("queue-balancer: interrupted; no move was under way", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -27,6 +27,10 @@ class CountUnavailable(BalancerError):
     """AMQP could not answer (unreachable, refused): the mover falls back to the statistics view."""
 
 
+class CountTimeout(CountUnavailable):
+    """AMQP did not answer in time (a queue whose leader is gone never answers a declare)."""
+
+
 def amqp_endpoint(management_url: str, port: int = 5672) -> tuple[str, int]:
     """Where AMQP listens when only the management URL is known: same host, the AMQP port."""
     host = urlsplit(management_url).hostname
@@ -42,8 +46,10 @@ class AmqpCounter:
     host: str
     port: int
     user: str
-    password: str
+    password: str = field(repr=False)
     timeout: float = 10.0
+    """The deadline of every AMQP call: connecting, and each passive declare (a headless queue never
+    answers one, and pika's blocking channel would wait for ever)."""
     _connections: dict[str, Any] = field(default_factory=dict, repr=False)
     _channels: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -52,7 +58,7 @@ class AmqpCounter:
         result: dict[QueueRef, QueueCount | None] = {}
         for ref in refs:
             try:
-                ok = self._channel(ref.vhost).queue_declare(ref.name, passive=True)
+                ok = self._declare_passive(ref)
                 result[ref] = QueueCount(ok.method.message_count, ok.method.consumer_count)
             except pika.exceptions.ChannelClosedByBroker as exc:
                 self._channels.pop(ref.vhost, None)
@@ -63,6 +69,26 @@ class AmqpCounter:
                 self._drop(ref.vhost)
                 raise CountUnavailable(f"AMQP at {self.host}:{self.port} failed for {ref}: {exc!r}") from exc
         return result
+
+    def _declare_passive(self, ref: QueueRef) -> Any:
+        """A passive declare with a deadline: a timer on the connection raises inside pika's wait."""
+        channel = self._channel(ref.vhost)
+        connection = self._connections[ref.vhost]
+
+        def expire() -> None:
+            raise CountTimeout(
+                f"AMQP at {self.host}:{self.port} did not answer for {ref} in {self.timeout:g} s"
+            )
+
+        timer = connection.call_later(self.timeout, expire)
+        try:
+            return channel.queue_declare(ref.name, passive=True)
+        except CountTimeout:
+            self._drop(ref.vhost)
+            raise
+        finally:
+            if connection.is_open:
+                connection.remove_timeout(timer)
 
     def _channel(self, vhost: str) -> Any:
         channel = self._channels.get(vhost)
@@ -76,6 +102,7 @@ class AmqpCounter:
                 vhost,
                 pika.PlainCredentials(self.user, self.password),
                 socket_timeout=self.timeout,
+                stack_timeout=self.timeout,
                 blocked_connection_timeout=self.timeout,
                 connection_attempts=1,
             )

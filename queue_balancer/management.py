@@ -53,6 +53,13 @@ class ManagementClient:
         self._session.auth = (user, password)
         self._session.headers["content-type"] = "application/json"
 
+    def fork(self) -> ManagementClient:
+        """A client of its own for another thread (a requests Session is not thread-safe)."""
+        user, password = self._session.auth  # type: ignore[misc]
+        return ManagementClient(
+            self.base_url, user, password, timeout=self.timeout, retries=self.retries, backoff=self.backoff
+        )
+
     def __repr__(self) -> str:  # never show the password
         return f"ManagementClient({self.base_url!r}, user={self.user!r})"
 
@@ -188,6 +195,22 @@ class ManagementClient:
             "apply-to": apply_to,
         }
         self.request("PUT", f"policies/{encode(vhost)}/{encode(name)}", body=body)
+
+    # ---- global parameters (the cluster lock) ------------------------------------------------------
+
+    def global_parameter(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.get(f"global-parameters/{encode(name)}")
+        return result
+
+    def put_global_parameter(self, name: str, value: Mapping[str, Any]) -> None:
+        self.request("PUT", f"global-parameters/{encode(name)}", body={"name": name, "value": dict(value)})
+
+    def delete_global_parameter(self, name: str) -> bool:
+        try:
+            self.request("DELETE", f"global-parameters/{encode(name)}")
+        except NotFound:
+            return False
+        return True
 
     def delete_policy(self, vhost: str, name: str) -> bool:
         """Delete a policy; False when it was already gone (deleting is idempotent for us)."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from queue_balancer.model import JsonDict, Skipped, Snapshot, equilibrium, spread
 from queue_balancer.movers import MoveProgress, Phase
+from queue_balancer.movers.verify import CHANGED_UNDER_TRAFFIC
 from queue_balancer.planner import PlanOptions, survey
 
 SEED_EQUILIBRIUM_BAR = 0.7  # the seed plugin called a cluster balanced at 70 %
@@ -156,11 +157,17 @@ class RunSummary:
     def failed(self) -> tuple[MoveProgress, ...]:
         return tuple(p for p in self.moves if p.phase is Phase.FAILED)
 
+    @property
+    def changed_under_traffic(self) -> tuple[MoveProgress, ...]:
+        """Done, but the message count changed meanwhile (clients kept using the queue)."""
+        return tuple(p for p in self.moves if p.outcome.startswith(CHANGED_UNDER_TRAFFIC))
+
     def to_dict(self) -> JsonDict:
         return {
             "before": self.before.to_dict(),
             "after": self.after.to_dict(),
             "moves_done": sum(1 for p in self.moves if p.phase is Phase.DONE),
+            "moves_changed_under_traffic": len(self.changed_under_traffic),
             "moves_failed": len(self.failed),
             "seconds": round(self.seconds, 2),
             "moves": [
@@ -186,8 +193,11 @@ def summary_text(run: RunSummary) -> str:
         f"equilibrium {run.before.equilibrium:.0%} -> {run.after.equilibrium:.0%}"
     )
     done = len(run.moves) - len(run.failed)
+    changed = (
+        f" ({len(run.changed_under_traffic)} changed under traffic)" if run.changed_under_traffic else ""
+    )
     lines.append(
-        f"moves: {done} done, {len(run.failed)} failed, {len(run.after.skipped)} queues skipped, "
+        f"moves: {done} done{changed}, {len(run.failed)} failed, {len(run.after.skipped)} queues skipped, "
         f"{run.seconds:.1f} s"
     )
     for p in run.moves:

@@ -1,19 +1,33 @@
 """A classic mirrored queue's move, one function per phase, each driven by the observed queue.
 
-The temporary policy (``policies``) mirrors the queue on [leader, target] with automatic sync -> once
-the target mirror is synchronised the policy becomes [target] -> RabbitMQ promotes the target -> the
-temporary policy is deleted -> the queue's own policy re-mirrors it -> the move is verified.
+The one invariant: at no step does the queue hold fewer synchronised copies than before the move
+(fewer is only possible where every node already holds a copy: then never fewer than all nodes but
+one). RabbitMQ 3.10 keeps a queue's mirrors oldest first and, when the primary goes, promotes the
+*oldest* surviving mirror, synchronised or not (``rabbit_mirror_queue_misc:promote_slave/1`` and
+``remove_from_queue/3``; a new mirror is appended in ``rabbit_mirror_queue_slave``). So the move makes
+the target the oldest synchronised mirror and then drops only the primary:
+
+1. SYNCING: the temporary policy mirrors the queue on [primary, kept mirrors..., target] (the kept
+   mirrors are its synchronised mirrors, plus a spare node where the target already was one, so the
+   count never drops); wait until every one of them is synchronised.
+2. REORDERING: each mirror older than the target is dropped and re-added, one at a time, and
+   re-synchronised before the next; the target is then the oldest mirror.
+3. PROMOTING: the policy leaves the primary out; RabbitMQ drops it and promotes the target.
+4. RESTORING: the temporary policy is deleted; the queue's own policy settles its mirrors.
+
+A rollback first asks for every copy the move made or kept (the primary included), waits until they
+are synchronised, and only then hands the queue back to its own policy, which drops the extras.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from queue_balancer.model import Queue, QueueType
 from queue_balancer.movers.context import MoveContext
-from queue_balancer.movers.policies import mirrored_on, policy_exists, temporary_policy_name
+from queue_balancer.movers.policies import mirrored_on, policy_exists
 from queue_balancer.movers.progress import MoveProgress, Phase
 from queue_balancer.movers.verify import verify
 
@@ -33,45 +47,74 @@ def expected_mirrors(definition: Mapping[str, Any], cluster_size: int, leader: s
     return 0
 
 
-def start(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProgress:
-    """The first change: put the temporary policy (the leader is on the source, checked by the caller)."""
+def kept_mirrors(live: Queue, target: str, running: Sequence[str]) -> tuple[str, ...]:
+    """The mirrors the queue keeps through the move: its synchronised ones and the target, plus spare
+    nodes until the primary can go without the queue holding fewer copies than now."""
+    synced = [n for n in live.replicas if n in live.in_sync and n != target]
+    keep = [*synced, target]
+    copies_now = 1 + len(live.in_sync)
+    wanted = min(copies_now, len(running) - 1)
+    spares = [n for n in sorted(running) if n not in keep and n != live.leader]
+    return tuple(keep + spares[: max(wanted - len(keep), 0)])
+
+
+def older_than_target(live: Queue, target: str) -> list[str]:
+    """Mirrors RabbitMQ would promote before the target (``slave_nodes`` is oldest first)."""
+    if target not in live.replicas:
+        return []
+    return list(live.replicas[: live.replicas.index(target)])
+
+
+def start(ctx: MoveContext, progress: MoveProgress, live: Queue, running: Sequence[str]) -> MoveProgress:
+    """The first change: mirror the queue on its primary, its synchronised mirrors and the target."""
     move = progress.move
-    name = temporary_policy_name(move.ref)
+    name = ctx.policy_name(move.ref)
     unsynced = set(live.replicas) - set(live.in_sync)
-    if unsynced and policy_exists(ctx.client, move.vhost, name):
-        # A retried start (the first attempt put the policy, then its Lambda died): carry on syncing
-        # instead of failing on the mirror the first attempt asked for.
-        progress = replace(progress, policy=name)
-        ctx.put_policy(progress, mirrored_on([move.source, move.target]))
-        return replace(progress, phase=Phase.SYNCING)
-    if unsynced:
+    retried = unsynced and policy_exists(ctx.client, move.vhost, name)
+    if unsynced and not retried:
         return ctx.finish(progress, Phase.FAILED, f"mirrors out of sync on {', '.join(sorted(unsynced))}")
     if not live.replicas and progress.messages_before:
         reason = f"unmirrored with {progress.messages_before} messages: add an HA policy first"
         return ctx.finish(progress, Phase.FAILED, reason)
-    direct = move.target in live.in_sync
-    progress = replace(progress, policy=name)
-    ctx.put_policy(progress, mirrored_on([move.target] if direct else [move.source, move.target]))
-    return replace(progress, phase=Phase.PROMOTING if direct else Phase.SYNCING)
+    # A retried start (its first attempt put the policy, then its Lambda died) carries on syncing: the
+    # mirrors the first attempt asked for are among the replicas, synchronised or not.
+    kept = (*(n for n in live.replicas if n != move.target), move.target) if retried else None
+    progress = replace(progress, policy=name, mirrors=kept or kept_mirrors(live, move.target, running))
+    return ask(ctx, replace(progress, phase=Phase.SYNCING), (move.source, *progress.mirrors))
+
+
+def ask(ctx: MoveContext, progress: MoveProgress, nodes: tuple[str, ...]) -> MoveProgress:
+    """Mirror the queue on ``nodes`` (one policy change, only when it differs from the last)."""
+    if nodes == progress.asked:
+        return progress
+    ctx.put_policy(progress, mirrored_on(list(nodes)))
+    return ctx.next_phase(replace(progress, asked=nodes), progress.phase)
 
 
 def resume_on_target(ctx: MoveContext, progress: MoveProgress) -> MoveProgress:
     """A retried start (or a move RabbitMQ already made): finish the job instead of failing it."""
-    ctx.client.delete_policy(progress.move.vhost, temporary_policy_name(progress.move.ref))
+    ctx.client.delete_policy(progress.move.vhost, ctx.policy_name(progress.move.ref))
     return replace(progress, phase=Phase.RESTORING)
 
 
-def syncing(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProgress:
-    """Wait for the target mirror to be synchronised, then ask RabbitMQ to promote it."""
-    move = progress.move
-    if move.target not in live.in_sync:
+def preparing(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProgress:
+    """SYNCING and REORDERING: every kept mirror present and synchronised, the target the oldest."""
+    move, kept = progress.move, progress.mirrors
+    everything = (move.source, *kept)
+    if any(n not in live.replicas for n in kept):
+        return ask(ctx, replace(progress, phase=Phase.SYNCING), everything)
+    if any(n not in live.in_sync for n in kept):
         return nudge_sync(ctx, progress, live)
-    ctx.put_policy(progress, mirrored_on([move.target]))
-    return ctx.next_phase(progress, Phase.PROMOTING)
+    older = older_than_target(live, move.target)
+    if older:
+        without = tuple(n for n in everything if n != older[0])
+        return ask(ctx, replace(progress, phase=Phase.REORDERING), without)
+    promoted = (move.target, *(n for n in kept if n != move.target))
+    return ask(ctx, replace(progress, phase=Phase.PROMOTING), promoted)
 
 
 def promoting(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProgress:
-    """Wait for the target to be the master, then hand the queue back to its own policy."""
+    """Wait for the target to be the primary, then hand the queue back to its own policy."""
     if live.leader != progress.move.target:
         return progress
     ctx.delete_policy(progress)
@@ -85,12 +128,36 @@ def restoring(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProg
     return verify(ctx, replace(progress, phase=Phase.VERIFYING), live)
 
 
+def roll_back(ctx: MoveContext, progress: MoveProgress, reason: str) -> MoveProgress:
+    """Keep every copy (the primary's node included), then hand the queue back (``rolling_back``)."""
+    rolling = ctx.next_phase(replace(progress, outcome=reason), Phase.ROLLING_BACK)
+    rolling = replace(rolling, deadline=ctx.rollback_deadline(progress))
+    if progress.policy is not None and not progress.mirrors:
+        # Interrupted while starting, before the move knew its mirrors: its policy (if it was put at
+        # all) only added mirrors, so the queue's own policy keeps every copy it had.
+        ctx.delete_policy(progress)
+        return replace(rolling, policy=None)
+    if progress.policy is None:
+        return rolling
+    return ask(ctx, rolling, (progress.move.source, *progress.mirrors))
+
+
 def rolling_back(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProgress:
-    """The temporary policy is gone: wait (bounded) for the queue's own mirrors to be back in sync."""
+    """Wait (bounded) for every kept copy to be synchronised, delete the temporary policy, then wait
+    (bounded) for the queue's own mirrors to be back in sync."""
+    if progress.policy is not None:
+        copies = [n for n in progress.asked if n != live.leader]
+        if all(n in live.in_sync for n in copies) or ctx.clock() > progress.deadline:
+            ctx.delete_policy(progress)
+            return replace(progress, policy=None)
+        return nudge_sync(ctx, progress, live)
+    where = "rolled back" if live.leader == progress.move.source else f"stayed on {live.leader}"
     if restored(progress, live):
-        return ctx.finish(progress, Phase.FAILED, progress.outcome)
+        return ctx.finish(progress, Phase.FAILED, f"{progress.outcome}; {where}")
     if ctx.clock() > progress.deadline:
-        return ctx.finish(progress, Phase.FAILED, progress.outcome + "; mirrors not yet back in sync")
+        missing = expected_mirrors(progress.original_definition, progress.cluster_size, live.leader)
+        state = f"{len(live.in_sync)} of {missing} mirrors in sync"
+        return ctx.finish(progress, Phase.FAILED, f"{progress.outcome}; {where}; NOT back in sync ({state})")
     return nudge_sync(ctx, progress, live)
 
 
@@ -116,16 +183,16 @@ def nudge_sync(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MovePro
     waited = ctx.clock() - progress.phase_started_at
     if waited < ctx.settings.sync_nudge_after * progress.nudges:
         return progress
-    restoring_ = progress.phase in (Phase.RESTORING, Phase.ROLLING_BACK)
+    handed_back = progress.policy is None and progress.phase in (Phase.RESTORING, Phase.ROLLING_BACK)
     wanted = expected_mirrors(progress.original_definition, progress.cluster_size, live.leader)
-    if restoring_ and len(live.replicas) < wanted:
+    if handed_back and len(live.replicas) < wanted:
         if waited > ctx.settings.sync_nudge_after and progress.nudges < MAX_NUDGES:
             touch_own_policy(ctx, progress)
             return replace(progress, nudges=progress.nudges + 1)
         return progress
     if progress.nudges or set(live.replicas) <= set(live.in_sync):
         return progress
-    manual = restoring_ and progress.original_definition.get("ha-sync-mode", "manual") != "automatic"
+    manual = handed_back and progress.original_definition.get("ha-sync-mode", "manual") != "automatic"
     if (manual and progress.messages_before) or waited > ctx.settings.sync_nudge_after:
         ctx.client.queue_action(progress.move.vhost, progress.move.queue, "sync")
         return replace(progress, nudges=1)
@@ -134,7 +201,7 @@ def nudge_sync(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MovePro
 
 def touch_own_policy(ctx: MoveContext, progress: MoveProgress) -> None:
     """Put a one-queue policy with the queue's own HA keys, then delete it: the queue re-reads its policy."""
-    touched = replace(progress, policy=temporary_policy_name(progress.move.ref))
+    touched = replace(progress, policy=ctx.policy_name(progress.move.ref))
     ha = {k: v for k, v in progress.original_definition.items() if k.startswith("ha-")}
     ctx.put_policy(touched, ha)
     ctx.delete_policy(touched)

@@ -9,7 +9,7 @@ from typing import Any
 
 from queue_balancer.errors import BalancerError, MoveStateError
 from queue_balancer.model import Move, Queue, QueueCount, QueueRef
-from queue_balancer.movers.policies import put_temporary_policy
+from queue_balancer.movers.policies import put_temporary_policy, temporary_policy_name
 from queue_balancer.movers.ports import LeaderTransfer, ManagementApi, MessageCounter
 from queue_balancer.movers.progress import MoveProgress, MoveSettings, Phase
 
@@ -23,6 +23,8 @@ class MoveContext:
     settings: MoveSettings = field(default_factory=MoveSettings)
     counter: MessageCounter | None = None
     clock: Callable[[], float] = time.time
+    run_id: str = ""
+    """The run that owns this move's temporary policies (``policies.temporary_policy_name``)."""
 
     def live(self, move: Move) -> Queue:
         """The queue as its process sees it now."""
@@ -42,10 +44,25 @@ class MoveContext:
         deadline = self.settings.deadline(now, progress.messages_before)
         return replace(progress, phase=phase, deadline=deadline, phase_started_at=now, nudges=0)
 
+    def rollback_deadline(self, progress: MoveProgress) -> float:
+        return self.settings.deadline(self.clock(), progress.messages_before, self.settings.rollback_timeout)
+
     def finish(self, progress: MoveProgress, phase: Phase, outcome: str) -> MoveProgress:
-        """End the move; whatever the outcome, its temporary policy does not outlive it."""
-        self.delete_policy(progress)
-        return replace(progress, phase=phase, outcome=outcome, finished_at=self.clock())
+        """End the move; whatever the outcome, its temporary policy does not outlive it. Never raises:
+        a policy that cannot be deleted stays named in ``policy`` and in the outcome."""
+        try:
+            self.delete_policy(progress)
+        except BalancerError as exc:
+            outcome = (
+                f"{outcome}; temporary policy {progress.policy} left in vhost {progress.move.vhost} ({exc})"
+            )
+        else:
+            progress = replace(progress, policy=None)
+        return replace(progress, phase=phase, outcome=outcome.lstrip("; "), finished_at=self.clock())
+
+    def policy_name(self, ref: QueueRef) -> str:
+        """This run's temporary policy for the queue."""
+        return temporary_policy_name(ref, self.run_id)
 
     def put_policy(self, progress: MoveProgress, ha_definition: Mapping[str, Any]) -> None:
         """Put the move's temporary policy with these HA keys (and the queue's own other keys)."""
@@ -58,21 +75,3 @@ class MoveContext:
     def delete_policy(self, progress: MoveProgress) -> None:
         if progress.policy:
             self.client.delete_policy(progress.move.vhost, progress.policy)
-
-    def abort(self, progress: MoveProgress, reason: str) -> MoveProgress:
-        """Undo what can be undone: remove the temporary policy, then wait for the mirrors to return."""
-        if progress.finished:
-            return progress
-        if progress.policy is None:
-            return self.finish(progress, Phase.FAILED, reason)
-        self.delete_policy(progress)  # idempotent: a policy already gone is fine
-        now = self.clock()
-        return replace(
-            progress,
-            policy=None,
-            phase=Phase.ROLLING_BACK,
-            phase_started_at=now,
-            nudges=0,
-            outcome=reason,
-            deadline=self.settings.deadline(now, progress.messages_before, self.settings.rollback_timeout),
-        )

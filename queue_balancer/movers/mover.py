@@ -16,14 +16,15 @@ from queue_balancer.errors import BalancerError, NotFound
 from queue_balancer.model import Move, Queue, QueueCount, QueueType
 from queue_balancer.movers import classic, quorum
 from queue_balancer.movers.context import MoveContext
-from queue_balancer.movers.policies import own_policy, temporary_policy_name
+from queue_balancer.movers.policies import own_policy
 from queue_balancer.movers.progress import MoveProgress, Phase
 from queue_balancer.movers.verify import verify
 
 PhaseStep = Callable[[MoveContext, MoveProgress, Queue], MoveProgress]
 
 PHASES: dict[Phase, PhaseStep] = {
-    Phase.SYNCING: classic.syncing,
+    Phase.SYNCING: classic.preparing,
+    Phase.REORDERING: classic.preparing,
     Phase.PROMOTING: classic.promoting,
     Phase.RESTORING: classic.restoring,
     Phase.ROLLING_BACK: classic.rolling_back,
@@ -42,14 +43,12 @@ class Mover(MoveContext):
 
     def start(self, moves: Sequence[Move]) -> list[MoveProgress]:
         """Start a batch of moves; quorum transfers of the batch go to the cluster in one call."""
-        cluster_size = sum(1 for n in self.client.nodes() if n.get("running"))
+        running = tuple(str(n["name"]) for n in self.client.nodes() if n.get("running"))
         counts = self.counts([m.ref for m in moves])
-        started = [
-            self._guarded(m, partial(self._start_one, m, cluster_size, counts.get(m.ref))) for m in moves
-        ]
+        started = [self._guarded(m, partial(self._start_one, m, running, counts.get(m.ref))) for m in moves]
         return quorum.transfer(self, started)
 
-    def _start_one(self, move: Move, cluster_size: int, count: QueueCount | None) -> MoveProgress:
+    def _start_one(self, move: Move, running: tuple[str, ...], count: QueueCount | None) -> MoveProgress:
         now = self.clock()
         live = self.live(move)
         stats = Queue.from_api(self.client.queue(move.vhost, move.queue))
@@ -65,7 +64,7 @@ class Mover(MoveContext):
             exact_count=count is not None,
             original_policy=own[0] if own else None,
             original_definition=dict(own[1]) if own else {},
-            cluster_size=cluster_size,
+            cluster_size=len(running),
         )
         if live.leader == move.target:
             # A retried start (or a move RabbitMQ already made): finish the job instead of failing it.
@@ -76,7 +75,7 @@ class Mover(MoveContext):
             return self.finish(progress, Phase.FAILED, f"leader is on {live.leader}, not {move.source}")
         if move.type is QueueType.QUORUM:
             return quorum.start(self, progress)
-        return classic.start(self, progress, live)
+        return classic.start(self, progress, live, running)
 
     def advance(self, progress: MoveProgress) -> MoveProgress:
         """Observe the queue once and take the next steps the observed state allows."""
@@ -94,6 +93,27 @@ class Mover(MoveContext):
                 return self.abort(progress, f"leader moved to {live.leader} by someone else")
         return PHASES[phase](self, progress, live)
 
+    def abort(self, progress: MoveProgress, reason: str) -> MoveProgress:
+        """Undo what can be undone; never raises (what could not be undone is named in the outcome).
+
+        A classic move keeps every copy, then hands the queue back to its own policy
+        (``classic.roll_back``); ``advance`` carries the rollback on until it ends.
+        """
+        if progress.finished or progress.phase is Phase.ROLLING_BACK:
+            return progress
+        try:
+            if progress.move.type is QueueType.CLASSIC:
+                return classic.roll_back(self, progress, reason)
+        except BalancerError as exc:
+            return self.finish(progress, Phase.FAILED, f"{reason}; rollback failed: {exc}")
+        return self.finish(progress, Phase.FAILED, reason)
+
+    def blank(self, move: Move) -> MoveProgress:
+        """A move whose start may have made its first change: what an abort needs to undo it."""
+        now = self.clock()
+        policy = self.policy_name(move.ref) if move.type is QueueType.CLASSIC else None
+        return MoveProgress(move=move, phase=Phase.SYNCING, started_at=now, deadline=now, policy=policy)
+
     def _guarded(
         self, move: Move, step: Callable[[], MoveProgress], progress: MoveProgress | None = None
     ) -> MoveProgress:
@@ -101,15 +121,11 @@ class Mover(MoveContext):
         try:
             return step()
         except NotFound:
-            return self.finish(progress or self._blank(move), Phase.FAILED, "queue was deleted")
+            return self.finish(progress or self.blank(move), Phase.FAILED, "queue was deleted")
         except BalancerError as exc:
-            failed = progress or self._blank(move)
+            failed = progress or self.blank(move)
             if failed.phase is Phase.ROLLING_BACK:
+                if self.clock() <= failed.deadline:
+                    return failed  # a rollback goes on: the next poll tries again, until its deadline
                 return self.finish(failed, Phase.FAILED, f"{failed.outcome}; {exc}")
             return self.abort(failed, str(exc))
-
-    def _blank(self, move: Move) -> MoveProgress:
-        """A move that failed while starting; a classic one may have created its policy already."""
-        now = self.clock()
-        policy = temporary_policy_name(move.ref) if move.type is QueueType.CLASSIC else None
-        return MoveProgress(move=move, phase=Phase.SYNCING, started_at=now, deadline=now, policy=policy)

@@ -19,14 +19,27 @@ from queue_balancer.movers.ports import ManagementApi
 POLICY_PREFIX = "queue-balancer-"
 
 
-def temporary_policy_name(ref: QueueRef) -> str:
-    """Deterministic per queue, so a retried start finds (and reuses) its own policy."""
+RUN_ID = re.compile(r"[0-9a-z]{1,16}")
+
+
+def temporary_policy_name(ref: QueueRef, run_id: str = "") -> str:
+    """``queue-balancer-<run>-<hash>``: deterministic per run and queue, so a retried start finds (and
+    reuses) its own policy, and ``cleanup`` knows which run a policy belongs to."""
+    if run_id and not RUN_ID.fullmatch(run_id):
+        raise ValueError(f"run id must be 1-16 lowercase letters or digits, got {run_id!r}")
     digest = hashlib.sha256(f"{ref.vhost}\0{ref.name}".encode()).hexdigest()[:16]
-    return POLICY_PREFIX + digest
+    return POLICY_PREFIX + (f"{run_id}-" if run_id else "") + digest
 
 
 def is_temporary(name: str) -> bool:
     return name.startswith(POLICY_PREFIX)
+
+
+def owning_run(name: str) -> str:
+    """The run a temporary policy belongs to; "" for a policy of an older version (no run in its name)."""
+    rest = name[len(POLICY_PREFIX) :]
+    run, _, _digest = rest.rpartition("-")
+    return run if RUN_ID.fullmatch(run) else ""
 
 
 def exact_pattern(name: str) -> str:
@@ -93,11 +106,17 @@ def mirrored_on(nodes: list[str]) -> dict[str, Any]:
     return {"ha-mode": "nodes", "ha-params": nodes, "ha-sync-mode": "automatic"}
 
 
-def cleanup(api: ManagementApi) -> list[tuple[str, str]]:
-    """Remove every temporary policy a balancer run left behind (after a crash); returns (vhost, name)."""
+def cleanup(api: ManagementApi, live_runs: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """Remove the temporary policies of dead runs (every run not in ``live_runs``); returns (vhost, name).
+
+    A caller holds the cluster lock (``lock``), so the only live runs are its own and, while its lease
+    lasts, the lock's holder: their policies are moves under way, not leftovers.
+    """
     removed = []
     for policy in api.policies():
         name = str(policy["name"])
-        if is_temporary(name) and api.delete_policy(str(policy["vhost"]), name):
+        if not is_temporary(name) or owning_run(name) in live_runs:
+            continue
+        if api.delete_policy(str(policy["vhost"]), name):
             removed.append((str(policy["vhost"]), name))
     return removed

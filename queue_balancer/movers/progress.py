@@ -12,12 +12,13 @@ from queue_balancer.model import JsonDict, Move
 
 
 class Phase(StrEnum):
-    SYNCING = "syncing"  # waiting for the target mirror to be synchronised
-    PROMOTING = "promoting"  # waiting for the target mirror to become the master
+    SYNCING = "syncing"  # waiting for the target (and every mirror kept) to be synchronised
+    REORDERING = "reordering"  # re-adding a mirror older than the target, so the target is the oldest
+    PROMOTING = "promoting"  # primary dropped, waiting for the target (the oldest mirror) to be promoted
     TRANSFERRING = "transferring"  # waiting for Ra to report the new quorum leader
     RESTORING = "restoring"  # waiting for the queue's own policy to re-mirror it
     VERIFYING = "verifying"  # waiting for the statistics to settle, then comparing message counts
-    ROLLING_BACK = "rolling_back"  # temporary policy removed, waiting for the mirrors to come back
+    ROLLING_BACK = "rolling_back"  # every copy kept, then the queue handed back to its own policy
     DONE = "done"
     FAILED = "failed"
 
@@ -64,6 +65,10 @@ class MoveProgress:
     """messages_before came from the queue process itself, so verification can ask it again."""
     finished_at: float | None = None
     outcome: str = ""
+    mirrors: tuple[str, ...] = ()
+    """The mirrors kept through the move (the target among them): never fewer copies than before."""
+    asked: tuple[str, ...] = ()
+    """The nodes the temporary policy mirrors the queue on right now (so a poll puts it only on change)."""
 
     @property
     def finished(self) -> bool:
@@ -89,6 +94,8 @@ class MoveProgress:
             "exact_count": self.exact_count,
             "finished_at": self.finished_at,
             "outcome": self.outcome,
+            "mirrors": list(self.mirrors),
+            "asked": list(self.asked),
         }
 
     @classmethod
@@ -108,4 +115,6 @@ class MoveProgress:
             exact_count=bool(data.get("exact_count", False)),
             finished_at=data.get("finished_at"),
             outcome=str(data.get("outcome", "")),
+            mirrors=tuple(str(n) for n in data.get("mirrors") or ()),
+            asked=tuple(str(n) for n in data.get("asked") or ()),
         )

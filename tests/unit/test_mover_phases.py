@@ -74,6 +74,7 @@ def mover(cluster: FakeCluster, clock: Clock, answer: str = "ok") -> Mover:
 def classic(cluster: FakeCluster, name: str = "q", messages: int = 10) -> Move:
     queue = cluster.add_queue(FakeQueue("/", name, "a", messages=messages))
     cluster.queue_action("/", name, "sync")
+    cluster.fewest_copies[("/", name)] = queue.copies
     assert queue.mirrors == ["b"]
     return Move("/", name, QueueType.CLASSIC, "a", "c", messages)
 
@@ -124,19 +125,43 @@ def test_a_mirror_that_does_not_sync_by_itself_is_asked_to_sync(cluster: FakeClu
     assert run(m, progress, clock).phase is Phase.DONE
 
 
-def test_an_abort_removes_the_policy_and_waits_for_the_own_mirrors(
-    cluster: FakeCluster, clock: Clock
-) -> None:
+def test_an_abort_keeps_every_copy_then_hands_the_queue_back(cluster: FakeCluster, clock: Clock) -> None:
     cluster.sync_on_read = False
     m = mover(cluster, clock)
     [progress] = m.start([classic(cluster)])
     rolling = m.abort(progress, "interrupted")
     assert rolling.phase is Phase.ROLLING_BACK
-    assert temporary(cluster) == []
+    assert temporary(cluster) != []  # until the copies it asked for are synchronised
     failed = run(m, rolling, clock)
-    assert (failed.phase, failed.outcome) == (Phase.FAILED, "interrupted")
+    assert (failed.phase, failed.outcome) == (Phase.FAILED, "interrupted; rolled back")
+    assert temporary(cluster) == []
     queue = cluster.queues[("/", "q")]
     assert queue.leader == "a" and queue.copies == 2
+    assert cluster.fewest_copies[("/", "q")] == 2
+
+
+def test_an_abort_after_the_promotion_says_the_queue_stayed(cluster: FakeCluster, clock: Clock) -> None:
+    m = mover(cluster, clock)
+    [progress] = m.start([classic(cluster)])
+    while progress.phase is not Phase.RESTORING:
+        progress = m.advance(progress)
+    failed = run(m, m.abort(progress, "interrupted"), clock)
+    assert (failed.phase, failed.outcome) == (Phase.FAILED, "interrupted; stayed on c")
+
+
+def test_a_rollback_that_cannot_reach_the_api_names_what_it_left(cluster: FakeCluster, clock: Clock) -> None:
+    cluster.sync_on_read = False
+    m = mover(cluster, clock)
+    [progress] = m.start([classic(cluster)])
+    down = ManagementError("cannot reach the management API", status=None)
+    rolling = m.abort(progress, "interrupted")
+    cluster.fail_next("queue_now", down, down)
+    assert m.advance(rolling) == rolling  # retried at the next poll
+    clock.now = rolling.deadline + 1
+    cluster.fail_next("delete_policy", down)
+    failed = m.advance(rolling)
+    assert failed.phase is Phase.FAILED
+    assert failed.policy is not None and f"temporary policy {failed.policy} left" in failed.outcome
 
 
 def test_a_queue_deleted_mid_move_fails_cleanly(cluster: FakeCluster, clock: Clock) -> None:
@@ -166,6 +191,7 @@ def test_an_unreachable_api_mid_move_rolls_back(cluster: FakeCluster, clock: Clo
     rolling = m.advance(progress)
     assert rolling.phase is Phase.ROLLING_BACK
     assert "cannot reach" in rolling.outcome
+    assert run(m, rolling, clock).phase is Phase.FAILED
     assert temporary(cluster) == []
 
 
@@ -197,3 +223,60 @@ def test_a_policy_change_without_a_temporary_policy_is_a_typed_error(
     progress = MoveProgress(classic(cluster), Phase.SYNCING, 0, 0)
     with pytest.raises(MoveStateError, match="no temporary policy"):
         MoveContext(cluster).put_policy(progress, {"ha-mode": "all"})
+
+
+# ---- the one invariant: never fewer synchronised copies than before, and exactly on the target ----
+
+ALL = {"ha-mode": "all", "ha-sync-mode": "automatic"}
+
+
+@pytest.mark.parametrize(
+    ("nodes", "definition", "mirrors", "target", "fewest"),
+    [
+        (("a", "b", "c"), HA_TWO, ["b"], "c", 2),  # the target is a new node
+        (("a", "b", "c"), HA_TWO, ["b"], "b", 2),  # the target is the only mirror: a spare keeps two
+        (("a", "b", "c"), ALL, ["b", "c"], "c", 2),  # every node holds a copy: never fewer than N - 1
+        (("a", "b", "c"), ALL, ["c", "b"], "c", 2),  # the target is already the oldest mirror
+        (("a", "b", "c", "d"), {**HA_TWO, "ha-params": 3}, ["b", "c"], "d", 3),
+        (("a", "b", "c"), {}, [], "c", 1),  # unmirrored and empty
+    ],
+)
+def test_a_classic_move_never_holds_fewer_copies_and_lands_on_its_target(
+    clock: Clock,
+    nodes: tuple[str, ...],
+    definition: dict[str, object],
+    mirrors: list[str],
+    target: str,
+    fewest: int,
+) -> None:
+    cluster = FakeCluster(nodes)
+    if definition:
+        cluster.add_policy("/", "own", ".*", definition)
+    queue = cluster.add_queue(FakeQueue("/", "q", "a", messages=0 if not mirrors else 10))
+    queue.mirrors, queue.synced = list(mirrors), set(mirrors)
+    cluster.fewest_copies[("/", "q")] = queue.copies
+    m = mover(cluster, clock)
+    [progress] = m.start([Move("/", "q", QueueType.CLASSIC, "a", target, queue.messages)])
+    done = run(m, progress, clock)
+    assert (done.phase, done.outcome, queue.leader) == (Phase.DONE, "", target)
+    assert cluster.fewest_copies[("/", "q")] >= fewest
+    assert not cluster.lost
+    assert temporary(cluster) == []
+
+
+@pytest.mark.parametrize("victim", ["target", "source"])
+@pytest.mark.parametrize("step", range(8))
+def test_a_node_killed_at_any_step_of_a_move_loses_nothing(clock: Clock, victim: str, step: int) -> None:
+    cluster = FakeCluster()
+    cluster.add_policy("/", "own", ".*", HA_TWO)
+    queue = cluster.add_queue(FakeQueue("/", "q", "a", ["b"], {"b"}, messages=10))
+    m = mover(cluster, clock)
+    [progress] = m.start([Move("/", "q", QueueType.CLASSIC, "a", "c", 10)])
+    for _ in range(step):
+        progress = m.advance(progress)
+        clock.now += 1
+    assert queue.copies >= 2  # up to the kill, as many copies as before
+    cluster.kill("c" if victim == "target" else "a")
+    run(m, progress, clock, polls=200)
+    assert not cluster.lost
+    assert queue.leader in ("a", "b", "c") and cluster.running[queue.leader]

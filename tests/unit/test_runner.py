@@ -9,7 +9,7 @@ import pytest
 
 from queue_balancer.model import Move, QueueType
 from queue_balancer.movers import MoveProgress, Mover, MoveSettings, Phase
-from queue_balancer.runner import run_moves
+from queue_balancer.runner import RunInterrupted, run_moves
 
 
 class ScriptedMover(Mover):
@@ -62,3 +62,51 @@ def test_an_interrupt_aborts_the_moves_in_flight_and_propagates() -> None:
     with pytest.raises(KeyboardInterrupt):
         run_moves(mover, _moves("c", QueueType.CLASSIC, 5), concurrency=2, sleep=interrupt)
     assert sorted(mover.aborted) == ["c0", "c1"]
+
+
+def test_moves_being_started_are_rolled_back_too() -> None:
+    mover = ScriptedMover()
+
+    def interrupted_start(moves: Sequence[Move]) -> list[MoveProgress]:
+        raise KeyboardInterrupt
+
+    mover.start = interrupted_start  # type: ignore[method-assign]
+    with pytest.raises(RunInterrupted) as caught:
+        run_moves(mover, _moves("c", QueueType.CLASSIC, 3), concurrency=2, sleep=lambda _s: None)
+    assert sorted(mover.aborted) == ["c0", "c1"]
+    assert [p.outcome for p in caught.value.moves] == ["interrupted", "interrupted"]
+
+
+class SlowRollback(ScriptedMover):
+    """Aborted moves take three polls to roll back; every poll may be interrupted."""
+
+    def abort(self, progress: MoveProgress, reason: str) -> MoveProgress:
+        self.aborted.append(progress.move.queue)
+        return replace(progress, phase=Phase.ROLLING_BACK, outcome=reason, nudges=0)
+
+    def advance(self, progress: MoveProgress) -> MoveProgress:
+        if progress.phase is not Phase.ROLLING_BACK:
+            return super().advance(progress)
+        if progress.nudges < 2:
+            return replace(progress, nudges=progress.nudges + 1)
+        return replace(progress, phase=Phase.FAILED, finished_at=1.0)
+
+
+@pytest.mark.parametrize(("interrupts", "abandoned"), [(1, 0), (2, 0), (3, 2)])
+def test_a_second_interrupt_waits_for_the_rollback_and_a_third_abandons_it(
+    interrupts: int, abandoned: int
+) -> None:
+    mover = SlowRollback()
+    remaining = [interrupts]
+    notices: list[str] = []
+
+    def sleep(_seconds: float) -> None:
+        if remaining[0]:
+            remaining[0] -= 1
+            raise KeyboardInterrupt
+
+    with pytest.raises(RunInterrupted) as caught:
+        run_moves(mover, _moves("c", QueueType.CLASSIC, 2), concurrency=2, sleep=sleep, notice=notices.append)
+    assert len(caught.value.leftovers) == abandoned
+    assert len(caught.value.moves) == 2 - abandoned
+    assert len(notices) == min(interrupts - 1, 1)
