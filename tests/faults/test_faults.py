@@ -111,12 +111,14 @@ def test_an_interrupted_balance_loses_nothing_and_leaves_no_policy(
     else:
         wait_until(
             lambda: (
-                (len(temporary_policies(client)) < CLASSIC
-                and any(
-                    client.queue_now("/", n)["node"] != clean_cluster.nodes[0].name
-                    for n in names
-                    if ".c" in n
-                ))
+                (
+                    len(temporary_policies(client)) < CLASSIC
+                    and any(
+                        client.queue_now("/", n)["node"] != clean_cluster.nodes[0].name
+                        for n in names
+                        if ".c" in n
+                    )
+                )
                 or process.poll() is not None
             ),
             timeout=90,

@@ -257,8 +257,10 @@ def test_a_move_that_times_out_is_rolled_back_and_leaves_no_policy(
     assert temporary_policies(client) == []
     # The own policy drops the extra mirror the rollback kept until everything was in sync.
     wait_until(
-        lambda: (q := Queue.from_api(client.queue_now("/", "slow"))).leader == live.leader
-        and len(q.in_sync) == len(q.replicas) == 1,
+        lambda: (
+            (q := Queue.from_api(client.queue_now("/", "slow"))).leader == live.leader
+            and len(q.in_sync) == len(q.replicas) == 1
+        ),
         timeout=30,
         what="back on its leader with its own single synchronised mirror",
     )
