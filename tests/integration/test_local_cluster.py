@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable
@@ -63,23 +62,41 @@ def test_up_is_idempotent(local_cluster: LocalCluster) -> None:
     assert {s.name: s.pid for s in local_cluster.status()} == before
 
 
-def test_up_restarts_a_node_that_died(
-    local_cluster: LocalCluster, management: Management, wait_for: WaitFor
+def test_one_node_is_restarted_killed_and_brought_back_alone(
+    local_cluster: LocalCluster, management: Management
 ) -> None:
-    before = {s.name: s.pid for s in local_cluster.status()}
-    victim = local_cluster.status()[2]
-    assert victim.pid
-    os.kill(victim.pid, signal.SIGKILL)
-    wait_for(lambda: not local_cluster.status()[2].running, timeout=10, what=f"{victim.name} to die")
+    others = {s.name: s.pid for s in local_cluster.status()[:2]}
+    node3 = local_cluster.node(3)
+    pid = local_cluster.status()[2].pid
 
+    local_cluster.restart_node(3)
+    restarted = local_cluster.status()[2]
+    assert restarted.running and restarted.pid != pid and node3.name in _running(management)
+
+    local_cluster.kill_node(3)
+    assert restarted.pid and not _alive(restarted.pid) and not local_cluster.status()[2].running
     local_cluster.up()
+    assert local_cluster.status()[2].running and node3.name in _running(management)
+    assert {s.name: s.pid for s in local_cluster.status()[:2]} == others, "the other nodes are untouched"
 
-    after = {s.name: s.pid for s in local_cluster.status()}
-    assert after[victim.name] not in (None, victim.pid)
-    assert {k: v for k, v in after.items() if k != victim.name} == {
-        k: v for k, v in before.items() if k != victim.name
-    }
-    assert all(n["running"] for n in management.get("nodes", columns="name,running"))
+
+def test_up_restarts_a_cluster_whose_nodes_all_crashed(
+    local_cluster: LocalCluster, management: Management
+) -> None:
+    """Issue 8: nodes clustered before, started at once, now and then failed their feature-flag check.
+
+    Restarted nodes start one at a time, node 1 first (the last that `down` stops), each past that check
+    (serving its API, or waiting for its peers' tables) before the next starts. After a crash of every
+    node none knows it stopped last, so each waits for the others: the hardest restart.
+    (`test_down_stops_only_its_own_nodes` covers `up` after a clean `down`.)
+    """
+    for node in local_cluster.nodes:
+        local_cluster.kill_node(node.index)
+    messages: list[str] = []
+    local_cluster.up(messages.append)
+    restarted = [m.split()[1] for m in messages if m.startswith("restarting ")]
+    assert restarted == [n.name for n in local_cluster.nodes]
+    assert _running(management) == {n.name for n in local_cluster.nodes}
 
 
 def test_status_lists_three_running_nodes_with_the_configured_names_and_ports(
@@ -310,13 +327,20 @@ def test_down_stops_only_its_own_nodes(local_cluster: LocalCluster, tmp_path: Pa
         local_cluster.down()  # idempotent
     finally:
         other.down(purge=True)
-        local_cluster.up()  # the session cluster is shared: leave it running for later tests
+        messages: list[str] = []
+        local_cluster.up(messages.append)  # the session cluster is shared: leave it running for later tests
+    restarted = [m.split()[1] for m in messages if m.startswith("restarting ")]
+    assert restarted == [n.name for n in local_cluster.nodes], "clustered nodes restart one at a time"
     assert not other.status()[0].running
     assert not _accepts(OTHER_EPMD_PORT)
     assert not (tmp_path / "other").exists(), "--purge deletes the cluster's directory"
 
 
 # ---- helpers -------------------------------------------------------------------------------------
+
+
+def _running(management: Management) -> set[str]:
+    return {n["name"] for n in management.get("nodes", columns="name,running") if n["running"]}
 
 
 def _cli(*argv: str) -> int:
