@@ -141,7 +141,8 @@ class LocalCluster:
 
         Idempotent. Nodes get SIGTERM (RabbitMQ shuts down cleanly on it), all but node 1 at once, then
         node 1, so the next ``up`` finds node 1 holding the newest tables and boots it first without
-        waiting for a peer; SIGKILL only after ``timeout``. Data is kept unless ``purge`` is set, which then deletes ``base_dir``.
+        waiting for a peer; SIGKILL only after ``timeout``. Data is kept unless ``purge`` is set, which
+        then deletes ``base_dir``.
         """
         if not self.base_dir.exists():
             return
