@@ -72,8 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "Start the nodes that are not running (new nodes all at once; nodes with data from an earlier "
             "run one at a time, node 1 first, so a stopped or crashed cluster restarts every time), form the "
             "cluster, create the administrator (RABBITMQ_USER/RABBITMQ_PASSWORD) and delete guest. Returns "
-            "when every node runs, is clustered and answers on its management API. Ports of node N: AMQP 5700+N, management 15700+N, "
-            "distribution 25700+N; epmd 4701."
+            "when every node runs, is clustered and answers on its management API. Ports of node N: "
+            "AMQP 5700+N, management 15700+N, distribution 25700+N; epmd 4701."
         ),
     )
     up.add_argument(
