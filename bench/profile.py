@@ -2,7 +2,7 @@
 
 Why a separate tool: ``bench.compare`` times the balancer as a black box (its CLI), which is the honest
 comparison but cannot say *why* a run takes what it takes. This runs the very same pieces the
-``balance`` command wires together (``cli.connect``, ``plan``, ``run_moves`` with the CLI's mover) in
+``balance`` command wires together (``cli.connection.connect``, ``plan``, ``run_moves`` with the CLI's mover) in
 this process, on the same kind of freshly seeded workloads, and records:
 
 - every move's phase changes (``run_moves``' ``on_change``), hence seconds per phase per move, and the
@@ -37,6 +37,7 @@ from bench.observe import BenchError
 from bench.tools import ROOT, git_revision, tree_digest
 from bench.workloads import WORKLOADS, Workload, select
 from queue_balancer import cli
+from queue_balancer.cli import connection as cli_connection
 from queue_balancer.errors import BalancerError
 from queue_balancer.local.cluster import ENV_BASE_DIR, LocalCluster
 from queue_balancer.model import QueueRef
@@ -152,7 +153,7 @@ class Profile:
 
 @contextmanager
 def _local_env(cluster: LocalCluster) -> Iterator[None]:
-    """Point ``cli.connect`` at the bench cluster, as the ``--local`` flag and its environment would."""
+    """Point ``cli.connection.connect`` at the bench cluster, as ``--local`` and its environment would."""
     saved = dict(os.environ)
     for name in ("RABBITMQ_MANAGEMENT_URL", "RABBITMQ_EVAL_COMMAND"):
         os.environ.pop(name, None)
@@ -179,8 +180,8 @@ def profile_once(cluster: LocalCluster, workload: Workload, concurrency: int) ->
         _local_env(cluster),
         mock.patch.object(LocalCluster, "eval_erlang", erlang.wrap(LocalCluster.eval_erlang)),
     ):
-        connection = cli.connect(args)
-        current = plan(connection.snapshot(), cli.plan_options(args, connection))
+        connection = cli_connection.connect(args)
+        current = plan(connection.snapshot(), cli_connection.plan_options(args, connection))
         # Metered from here on: the calls of the moves only, like ``run_moves``' own seconds.
         connection.client.request = http.wrap_request(connection.client.request)  # type: ignore[method-assign]
         counter = getattr(connection, "counter", None)

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import boto3
 import pytest
 
-from queue_balancer.control import Workflow
+from queue_balancer.cli.aws import Workflow
 from queue_balancer.lifecycle import Lifecycle, State, cluster_pk
 from queue_balancer.local.cluster import LocalCluster
 from queue_balancer.local.endpoint import LocalEndpoint, Outputs
@@ -70,7 +70,7 @@ class Harness:
 
     @property
     def workflow(self) -> Workflow:
-        """What the CLI's workflow commands talk to (``queue_balancer.control``)."""
+        """What the CLI's workflow commands talk to (``queue_balancer.cli.aws``)."""
         return Workflow(self.outputs.to_dict(), self.session, self.outputs.EndpointUrl, "the test endpoint")
 
     @property

@@ -12,8 +12,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from queue_balancer import control
-from queue_balancer.cli import build_parser
+from queue_balancer.cli import build_parser, main, workflow
+from queue_balancer.cli.exit_codes import EXIT_ERROR, EXIT_OK
 from queue_balancer.local.cluster import ENV_BASE_DIR, LocalClusterConfig
 from queue_balancer.local.commands import register as register_local
 from queue_balancer.local.endpoint import (
@@ -70,16 +70,16 @@ def test_a_detached_endpoint_serves_the_workflow_commands_and_stops_cleanly(
         assert (failed["status"], failed["error"]) == ("FAILED", "InvalidInput")  # handler ran in the child
 
         monkeypatch.setenv(ENV_BASE_DIR, str(tmp_path))
-        assert control.main(["status", "--local"]) == control.EXIT_OK
+        assert main(["status", "--local"]) == EXIT_OK
         assert "cluster local: IDLE" in capsys.readouterr().out
-        assert control.main(["go"]) == control.EXIT_ERROR
+        assert main(["go"]) == EXIT_ERROR
         assert "cannot go: the balancer is IDLE" in capsys.readouterr().err
-        assert control.main(["run", "--concurrency", "0"]) == control.EXIT_ERROR
+        assert main(["run", "--concurrency", "0"]) == EXIT_ERROR
         assert "concurrency must be between 1 and 40" in capsys.readouterr().err
-        assert control.main(["enable"]) == control.EXIT_OK
+        assert main(["enable"]) == EXIT_OK
         assert "ENABLED" in capsys.readouterr().out
-        assert control.main(["disable"]) == control.EXIT_OK
-        assert control.main(["last-report"]) == control.EXIT_ERROR
+        assert main(["disable"]) == EXIT_OK
+        assert main(["last-report"]) == EXIT_ERROR
         assert "no report" in capsys.readouterr().err
         assert SECRET not in (tmp_path / LOG_FILE).read_text()
     finally:
@@ -93,10 +93,10 @@ def test_a_detached_endpoint_serves_the_workflow_commands_and_stops_cleanly(
 
 
 def test_the_workflow_commands_fit_the_main_cli_next_to_the_others() -> None:
-    parser = build_parser([register_local, control.register])
+    parser = build_parser([register_local, workflow.register])
     args = parser.parse_args(["run", "--concurrency", "4", "--vhost", "a", "--per-vhost", "--stack", "qb"])
-    assert (args.func, args.event, args.concurrency, args.stack) == (control.cmd_event, "run", 4, "qb")
-    assert parser.parse_args(["report-run", "--local"]).func is control.cmd_last_report
+    assert (args.func, args.event, args.concurrency, args.stack) == (workflow.cmd_event, "run", 4, "qb")
+    assert parser.parse_args(["report-run", "--local"]).func is workflow.cmd_last_report
     for command in (
         "load",
         "go",

@@ -1,5 +1,5 @@
 """The balancer's workflow end to end: the real ASL on the local endpoint, the real cluster, and the
-operator's commands through ``queue_balancer.control`` (what ``queue-balancer go|pause|...`` runs).
+operator's commands through ``queue_balancer.cli`` (what ``queue-balancer go|pause|...`` runs).
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from queue_balancer import control
-from queue_balancer.control import perform
+from queue_balancer.cli import workflow
+from queue_balancer.cli.events import perform
+from queue_balancer.cli.exit_codes import EXIT_OK
 from queue_balancer.errors import BalancerError
 from queue_balancer.lifecycle import Counts, Event, EventRefused, Lifecycle, RunInput, State, cluster_pk
 from tests.conftest import wait_until
@@ -31,9 +32,7 @@ def test_balance_spreads_leaders_reports_and_releases_the_lock(
     started = perform(harness.workflow, Event.RUN, RunInput.parse({"concurrency": 4, **FAST}))
     assert started.execution_arn is not None
     harness.executions.append(started.execution_arn)
-    assert (
-        control._wait(harness.workflow, started.execution_arn, timeout=90) == control.EXIT_OK
-    )  # `run --wait`
+    assert workflow._wait(harness.workflow, started.execution_arn, timeout=90) == EXIT_OK  # `run --wait`
     assert "| node | before | after |" in capsys.readouterr().out
 
     done = harness.describe(started.execution_arn)

@@ -1,0 +1,91 @@
+"""The RabbitMQ cluster a command talks to: named by flags or the environment (``RABBITMQ_MANAGEMENT_URL``,
+``RABBITMQ_USER``, ``RABBITMQ_PASSWORD``, ``RABBITMQ_EVAL_COMMAND``), else the local cluster of
+``queue-balancer local up``. The password is never printed: it comes from the environment, not a flag."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import getpass
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+
+from queue_balancer.counts import AmqpCounter, amqp_endpoint
+from queue_balancer.errors import ConfigurationError
+from queue_balancer.leader_transfer import CommandEval, RaLeaderTransfer
+from queue_balancer.lock import ClusterLock
+from queue_balancer.management import ManagementClient
+from queue_balancer.model import Snapshot
+from queue_balancer.movers import Mover, MoveSettings
+from queue_balancer.planner import PlanOptions
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A management client plus, where reachable, the leader-transfer port for quorum queues."""
+
+    client: ManagementClient
+    leader_transfer: RaLeaderTransfer | None
+    counter: AmqpCounter | None
+
+    def snapshot(self) -> Snapshot:
+        return self.client.snapshot()
+
+    run_id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(4))
+    """This process's run: it owns the lock and names the temporary policies."""
+
+    def mover(self, settings: MoveSettings | None = None) -> Mover:
+        return Mover(
+            self.client, self.leader_transfer, settings or MoveSettings(), self.counter, run_id=self.run_id
+        )
+
+    def lock(self, command: str) -> ClusterLock:
+        owner = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} (queue-balancer {command})"
+        return ClusterLock(self.client.fork(), owner, self.run_id)
+
+
+def connect(args: argparse.Namespace) -> Connection:
+    """The cluster the flags or the environment name; the local cluster when none is named."""
+    url = args.url or os.environ.get("RABBITMQ_MANAGEMENT_URL")
+    user = args.user or os.environ.get("RABBITMQ_USER")
+    password = os.environ.get("RABBITMQ_PASSWORD")
+    eval_command = args.eval_command or os.environ.get("RABBITMQ_EVAL_COMMAND")
+    if url and not args.local:
+        if not user or password is None:
+            raise ConfigurationError(
+                f"credentials for {url} missing: set RABBITMQ_USER and RABBITMQ_PASSWORD (or --user)"
+            )
+        transfer = RaLeaderTransfer(CommandEval.parse(eval_command)) if eval_command else None
+        host, port = amqp_endpoint(url, args.amqp_port)
+        counter = AmqpCounter(host, port, user, password)
+        return Connection(ManagementClient(url, user, password, timeout=args.timeout), transfer, counter)
+    from queue_balancer.local.cluster import LocalCluster, LocalClusterConfig, default_base_dir
+
+    base_dir = default_base_dir()
+    config = LocalClusterConfig.recorded(
+        base_dir, user=user or "admin", password=password if password is not None else "admin"
+    )
+    if config is None:
+        raise ConfigurationError(
+            f"no cluster given and no local cluster in {base_dir}: run `queue-balancer local up`, "
+            "or pass --url / set RABBITMQ_MANAGEMENT_URL"
+        )
+    cluster = LocalCluster(config)
+    client = ManagementClient(
+        cluster.nodes[0].management_url, config.user, config.password, timeout=args.timeout
+    )
+    counter = AmqpCounter("127.0.0.1", cluster.nodes[0].amqp_port, config.user, config.password)
+    return Connection(client, RaLeaderTransfer(cluster.eval_erlang), counter)
+
+
+def plan_options(args: argparse.Namespace, connection: Connection | None) -> PlanOptions:
+    """The scope options (``--vhost``, ``--pattern``, ``--per-vhost``, ``--max-moves``) as the planner's."""
+    return PlanOptions(
+        vhosts=tuple(args.vhost or ()),
+        pattern=args.pattern,
+        per_vhost=args.per_vhost,
+        max_moves=getattr(args, "max_moves", None),
+        quorum_transfer=connection is None or connection.leader_transfer is not None,
+    )

@@ -1,0 +1,194 @@
+"""The engine commands: ``report``, ``snapshot``, ``plan``, ``balance``, ``cleanup`` — the balancer run
+in-process against the cluster the connection options name."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from queue_balancer import report
+from queue_balancer.cli.connection import Connection, connect, plan_options
+from queue_balancer.cli.exit_codes import EXIT_MOVES_FAILED, EXIT_OK
+from queue_balancer.cli.members import add_member_flags, cmd_balance_members, cmd_plan_members
+from queue_balancer.cli.options import FORMATS, add_format_option, add_scope_options
+from queue_balancer.cli.output import Progress, notice, print_json
+from queue_balancer.errors import ConfigurationError
+from queue_balancer.lock import Heartbeat, holding
+from queue_balancer.model import Plan, Snapshot, spread
+from queue_balancer.movers import MoveProgress, cleanup
+from queue_balancer.planner import PlanOptions, plan
+from queue_balancer.runner import run_moves
+from queue_balancer.safety import preflight
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    connection = connect(args)
+    print(report.render(report.Report.of(connection.snapshot(), plan_options(args, connection)), args.format))
+    return EXIT_OK
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    client = connect(args).client
+    json.dump({"nodes": client.nodes(), "queues": client.queues()}, sys.stdout, indent=1, ensure_ascii=False)
+    print()
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    if args.members:
+        if args.snapshot:
+            return cmd_plan_members(args, load_snapshot(args.snapshot), plan_options(args, None))
+        connection = connect(args)
+        return cmd_plan_members(args, connection.client.members_snapshot(), plan_options(args, connection))
+    if args.snapshot:
+        snapshot = load_snapshot(args.snapshot)
+        result = plan(snapshot, plan_options(args, None))
+    else:
+        connection = connect(args)
+        result = plan(connection.snapshot(), plan_options(args, connection))
+    if args.format == "json":
+        print_json(result.to_dict())
+    else:
+        print(plan_text(result))
+    return EXIT_OK
+
+
+def load_snapshot(path: str) -> Snapshot:
+    try:
+        data = json.loads(sys.stdin.read() if path == "-" else Path(path).read_text())
+        return Snapshot.from_api(data["nodes"], data["queues"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigurationError(f"cannot read snapshot {path}: {exc}") from exc
+
+
+def plan_text(result: Plan) -> str:
+    lines = ["node".ljust(24) + "before  after"]
+    lines += [f"{n:<24}{result.before[n]:>6}  {result.after[n]:>5}" for n in result.nodes]
+    lines.append(f"{len(result.moves)} moves, {len(result.skipped)} queues skipped")
+    lines += [
+        f"  {m.ref} ({m.type.value}, {m.messages} msgs): {m.source} -> {m.target}" for m in result.moves
+    ]
+    lines += report.skipped_lines(result.skipped, 20)
+    return "\n".join(lines)
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    if args.concurrency < 1:
+        raise ConfigurationError(f"--concurrency must be at least 1, got {args.concurrency}")
+    connection = connect(args)
+    options = plan_options(args, connection)
+    if args.members:
+        run_eval = connection.leader_transfer.run_eval if connection.leader_transfer else None
+        if args.dry_run:
+            return cmd_balance_members(args, connection.client, run_eval, connection.counter, options)
+        with holding(connection.lock("balance --members")):
+            return cmd_balance_members(args, connection.client, run_eval, connection.counter, options)
+    snapshot = connection.snapshot()
+    before = report.Report.of(snapshot, options)
+    if args.dry_run:
+        print(plan_text(plan(snapshot, options)))
+        return EXIT_OK
+    preflight(snapshot)
+    with holding(connection.lock("balance")) as heartbeat:
+        return _balance(args, connection, options, before, heartbeat)
+
+
+def _balance(
+    args: argparse.Namespace,
+    connection: Connection,
+    options: PlanOptions,
+    before: report.Report,
+    heartbeat: Heartbeat,
+) -> int:
+    """The rounds of a balancing run, under the cluster's lock."""
+    snapshot = connection.snapshot()
+    mover = connection.mover()
+    began = time.monotonic()
+    history: list[MoveProgress] = []
+    current = plan(snapshot, options)
+    for round_number in range(1, args.rounds + 1):
+        if not current.moves:
+            break
+        progress = Progress(len(current.moves), sys.stderr, f"round {round_number}")
+        result = run_moves(
+            mover,
+            current.moves,
+            concurrency=args.concurrency,
+            on_change=progress.update,
+            notice=notice,
+            check=heartbeat.check,
+        )
+        progress.close()
+        history.extend(result.moves)
+        snapshot = connection.snapshot()
+        if not result.failed:
+            break
+        # Some moves failed: another round only while it still makes the distribution more even.
+        if options.max_moves is not None:
+            options = dataclasses.replace(options, max_moves=max(options.max_moves - len(history), 0))
+        current = plan(snapshot, options)
+        if spread(current.after) >= spread(current.before):
+            break
+    summary = report.RunSummary(
+        before, report.Report.of(snapshot, options), tuple(history), time.monotonic() - began
+    )
+    if args.format == "json":
+        print_json(summary.to_dict())
+    else:
+        print(report.summary_text(summary))
+    return EXIT_MOVES_FAILED if summary.failed else EXIT_OK
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    connection = connect(args)
+    lock = connection.lock("cleanup")
+    with holding(lock):
+        removed = cleanup(connection.client, lock.live_runs())
+    for vhost, name in removed:
+        print(f"removed temporary policy {name} in vhost {vhost}")
+    print(f"{len(removed)} temporary policies removed")
+    return EXIT_OK
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the engine commands to the main CLI's subparsers."""
+    sub = commands.add_parser("report", help="leaders per node, by queue type and vhost, and skipped queues")
+    add_format_option(sub, FORMATS)
+    add_scope_options(sub, max_moves=False)
+    sub.set_defaults(func=cmd_report)
+
+    sub = commands.add_parser(
+        "snapshot", help="write the cluster's nodes and queues as JSON (for `plan --snapshot`)"
+    )
+    sub.set_defaults(func=cmd_snapshot)
+
+    sub = commands.add_parser("plan", help="compute the moves without touching anything")
+    sub.add_argument(
+        "--snapshot", metavar="FILE", help="plan from a file written by `snapshot` ('-' for stdin)"
+    )
+    add_format_option(sub)
+    add_scope_options(sub)
+    add_member_flags(sub)
+    sub.set_defaults(func=cmd_plan)
+
+    sub = commands.add_parser("balance", help="carry the plan out, verify every move, report before/after")
+    sub.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    sub.add_argument("--concurrency", type=int, default=8, metavar="K", help="moves at once (default 8)")
+    sub.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        metavar="R",
+        help="re-plan after failed moves up to R rounds while that still improves (default 3)",
+    )
+    add_format_option(sub)
+    add_scope_options(sub)
+    add_member_flags(sub)
+    sub.set_defaults(func=cmd_balance)
+
+    sub = commands.add_parser("cleanup", help="remove temporary policies left behind by an interrupted run")
+    sub.set_defaults(func=cmd_cleanup)

@@ -1,0 +1,112 @@
+"""Options that several commands share, declared once: where the cluster or the workflow is, which queues
+(scope), the output format, and a run's settings."""
+
+from __future__ import annotations
+
+import argparse
+
+FORMATS = ("text", "json", "markdown")
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """How to reach RabbitMQ: flags or the environment; the local cluster when neither names one."""
+    parser.add_argument(
+        "--url", help="management API URL, e.g. http://rabbit:15672 (env RABBITMQ_MANAGEMENT_URL)"
+    )
+    parser.add_argument(
+        "--user", help="management user (env RABBITMQ_USER); the password only from RABBITMQ_PASSWORD"
+    )
+    parser.add_argument(
+        "--local", action="store_true", help="use the local cluster of `queue-balancer local up`"
+    )
+    parser.add_argument(
+        "--eval-command",
+        metavar="CMD",
+        help="how to run `rabbitmqctl eval` on a cluster node for quorum leader transfers, e.g. "
+        "'rabbitmqctl -n rabbit@node1 eval' (env RABBITMQ_EVAL_COMMAND); without it quorum "
+        "queues of a remote cluster are skipped",
+    )
+    parser.add_argument(
+        "--amqp-port",
+        type=int,
+        default=5672,
+        help="AMQP port on the management URL's host, for exact message counts (default 5672)",
+    )
+    parser.add_argument("--timeout", type=float, default=15.0, help="HTTP timeout in seconds (default 15)")
+
+
+def add_scope_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, max_moves: bool = True
+) -> None:
+    """Which queues a command looks at (``--vhost``, ``--pattern``), how evenness is judged
+    (``--per-vhost``) and, for commands that plan, how many moves at most (``--max-moves``)."""
+    parser.add_argument(
+        "--vhost", action="append", metavar="V", help="only queues of this vhost (repeatable)"
+    )
+    parser.add_argument("--pattern", metavar="REGEX", help="only queues whose name matches this regex")
+    parser.add_argument(
+        "--per-vhost",
+        action="store_true",
+        help="balance every vhost on its own (max - min <= 1 within each vhost)",
+    )
+    if max_moves:
+        parser.add_argument(
+            "--max-moves", type=int, metavar="M", help="at most M moves in all (the most useful first)"
+        )
+
+
+def add_format_option(parser: argparse.ArgumentParser, choices: tuple[str, ...] = FORMATS[:2]) -> None:
+    parser.add_argument("--format", choices=choices, default="text")
+
+
+def add_workflow_target(parser: argparse.ArgumentParser) -> None:
+    """Where the workflow runs: a deployed stack (``--stack``) or the local endpoint (the default)."""
+    where = parser.add_argument_group("where the workflow runs")
+    choice = where.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--stack", metavar="NAME", help="the BalancerStack deployed on AWS (reads its outputs)"
+    )
+    choice.add_argument(
+        "--local",
+        dest="workflow_local",
+        action="store_true",
+        help="the local endpoint of `queue-balancer local up` (the default)",
+    )
+    where.add_argument("--region", help="AWS region of the stack (default: your AWS configuration)")
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The settings of a workflow run (the execution's input)."""
+    run = parser.add_argument_group("the run (the execution's input; see the README, 'The workflow')")
+    run.add_argument(
+        "--concurrency", type=int, metavar="K", help="moves at once, the Map's MaxConcurrency (default 1)"
+    )
+    run.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="B",
+        help="moves between two control checks, where pause/stop take effect (default max(10, K))",
+    )
+    run.add_argument(
+        "--rounds", type=int, metavar="R", help="verify-and-replan rounds while that improves (default 3)"
+    )
+    add_scope_options(run)
+    run.add_argument(
+        "--max-publish-rate",
+        type=float,
+        metavar="N",
+        help="refuse to start while the cluster publishes more than N msg/s",
+    )
+    run.add_argument(
+        "--max-deliver-rate",
+        type=float,
+        metavar="N",
+        help="refuse to start while the cluster delivers more than N msg/s",
+    )
+    run.add_argument(
+        "--poll-seconds", type=int, metavar="S", help="first wait between two checks of a move (default 5)"
+    )
+    run.add_argument("--wait", action="store_true", help="follow the run until it ends and print its report")
+    run.add_argument(
+        "--wait-timeout", type=float, default=3600.0, metavar="S", help="give up waiting after S s"
+    )
