@@ -1,6 +1,6 @@
 """Import rules of the layout (DESIGN.md): imports point one way, read from the source with ``ast``.
 
-- the core ``queue_balancer`` (all of it but the edges ``cli``/``control`` and ``local/``) imports no AWS SDK,
+- the core ``queue_balancer`` (all of it but the edges ``cli/`` and ``local/``) imports no AWS SDK,
   no Lambda runtime, no CDK, and nothing of the CLI, ``local/``, ``lambdas/`` or ``stacks/``;
 - the handlers in ``lambdas/`` never import the CLI, ``local/``, ``stacks/`` or the CDK;
 - ``stacks/`` and ``app.py`` import nothing of ``lambdas/``, and of ``queue_balancer`` only pure modules
@@ -20,13 +20,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "queue_balancer"
-# The edges of queue_balancer: the terminal and the AWS client code (control.py is the workflow commands,
-# on its way into cli/), and the local default.
-CORE_EDGES = ("cli", "cli.py", "control.py", "local")
+# The edges of queue_balancer: the terminal with the AWS client code (cli/), and the local default.
+CORE_EDGES = ("cli", "local")
 
 AWS_AND_RUNTIME = ("boto3", "botocore", "mypy_boto3_*", "types_boto3*", "aws_lambda_powertools", "moto")
 CDK = ("aws_cdk", "constructs", "cdk_nag", "jsii")
-CLI = ("queue_balancer.cli", "queue_balancer.control")
+CLI = ("queue_balancer.cli",)
 LOCAL = ("queue_balancer.local",)
 
 
