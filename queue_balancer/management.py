@@ -147,8 +147,11 @@ class ManagementClient:
         return result
 
     def members_snapshot(self) -> Snapshot:
-        """Nodes and queues for the members plan, queues from the real-time view."""
-        return Snapshot.from_api(self.nodes(), self.queues_now())
+        """Nodes and queues for the members plan: quorum queues from the real-time view, the others from
+        the statistics view (the real-time list lacks a classic queue's effective policy)."""
+        quorum = [q for q in self.queues_now() if q.get("type") == "quorum"]
+        others = [q for q in self.queues() if q.get("type") != "quorum"]
+        return Snapshot.from_api(self.nodes(), quorum + others)
 
     def version(self) -> str:
         """RabbitMQ's version, e.g. ``3.10.8`` or ``4.0.5``."""

@@ -111,6 +111,33 @@ class _Observed:
     states: Mapping[str, MemberState] = field(default_factory=dict)
 
 
+UNKNOWN_MARK = -1
+"""The commit index a new member must reach, not known yet (a member found added, see ``_adopt``)."""
+
+TRANSIENT = ("port failure", "cluster_change_not_permitted", "timeout")
+"""Answers after which a change is retried next round: Ra refuses a membership change while the previous
+one is uncommitted (or during an election), and a timed-out add is undone by RabbitMQ itself."""
+
+
+def transient(answer: str) -> bool:
+    return any(marker in answer for marker in TRANSIENT)
+
+
+def _adopt(progress: MemberProgress, seen: _Observed) -> MemberProgress:
+    """Record changes found made but not recorded (an answer lost with the port): a member added is
+    watched until it has caught up before anything is removed, and counts for the rollback."""
+    added = [n for n in progress.move.add if n in seen.members and n not in progress.added]
+    removed = [n for n in progress.move.remove if n not in seen.members and n not in progress.removed]
+    if progress.finished or not (added or removed):
+        return progress
+    return replace(
+        progress,
+        added=(*progress.added, *added),
+        removed=(*progress.removed, *removed),
+        catching_up={**progress.catching_up, **dict.fromkeys(added, UNKNOWN_MARK)},
+    )
+
+
 @dataclass
 class MemberMover:
     """Member changes through a ``MemberChanger`` (eval on 3.x, HTTP on 4.x), observed through the API."""
@@ -147,12 +174,11 @@ class MemberMover:
         for p in progresses:
             if not p.finished:
                 observed[p.move.ref] = self._observe(p.move.ref)
-        waiting = [
-            p.move.ref
+        progresses = [
+            _adopt(p, seen) if isinstance(seen := observed.get(p.move.ref), _Observed) else p
             for p in progresses
-            if p.catching_up and isinstance(observed.get(p.move.ref), _Observed)
         ]
-        states = self._status(waiting)
+        states = self._status([p.move.ref for p in progresses if p.catching_up and not p.finished])
         result: list[MemberProgress] = []
         adds: list[tuple[int, Change]] = []
         removes: list[tuple[int, Change]] = []
@@ -180,10 +206,14 @@ class MemberMover:
     ) -> tuple[MemberProgress, tuple[str, str] | None]:
         """The next state of one change, and the member to add or remove now (if any)."""
         move = progress.move
+        if self.clock() > progress.deadline and progress.phase is MemberPhase.CHANGING:
+            return self.abort(progress, "timed out"), None
+        if not seen.leader:  # decide once a leader is elected, within the deadline
+            if self.clock() > progress.deadline:
+                return self._finish(progress, MemberPhase.FAILED, "verification: no leader elected"), None
+            return progress, None
         if progress.phase is MemberPhase.VERIFYING:
             return self._verify(progress, seen), None
-        if self.clock() > progress.deadline:
-            return self.abort(progress, "timed out"), None
         progress = self._caught_up(progress, seen)
         to_add = [n for n in move.add if n not in seen.members]
         to_remove = [n for n in move.remove if n in seen.members]
@@ -210,7 +240,11 @@ class MemberMover:
     def _caught_up(self, progress: MemberProgress, seen: _Observed) -> MemberProgress:
         """Drop the new members that have caught up from ``catching_up``."""
         still = {}
+        leader = seen.states.get(seen.leader)
         for node, mark in progress.catching_up.items():
+            if mark == UNKNOWN_MARK:  # adopted: measure from now on, which is later than the add
+                still[node] = leader.commit_index if leader and leader.commit_index is not None else mark
+                continue
             state = seen.states.get(node)
             ready = (
                 state is not None and state.serving and (state.log_index or 0) >= mark and node in seen.online
@@ -271,9 +305,9 @@ class MemberMover:
             return "queue was deleted"
         except BalancerError as exc:
             return str(exc)
-        return _Observed(
-            members=frozenset(live.members),
-            online=frozenset({live.leader, *live.in_sync}),
+        return _Observed(  # no leader (""): an election is under way, e.g. after its member was removed
+            members=frozenset(n for n in live.members if n),
+            online=frozenset(n for n in (live.leader, *live.in_sync) if n),
             leader=live.leader,
         )
 
@@ -298,12 +332,14 @@ class MemberMover:
             call = self.changer.add if kind == "add" else self.changer.remove
             try:
                 answers = call([change for _, change in batch])
-            except BalancerError as exc:
-                answers = {change: f"{kind} failed: {exc}" for _, change in batch}
+            except BalancerError as exc:  # the change may or may not have been made: retried or adopted
+                answers = {change: f"{TRANSIENT[0]}: {kind} failed: {exc}" for _, change in batch}
             marks = self._status([change[0] for _, change in batch]) if kind == "add" else {}
             for index, change in batch:
                 progress, (ref, node) = result[index], change
                 answer = answers.get(change, f"no answer to the {kind}")
+                if transient(answer):
+                    continue  # the next round observes the queue again and retries, within the deadline
                 if not succeeded(answer):
                     result[index] = self.abort(progress, f"{kind} {node} refused: {answer}")
                 elif kind == "add":

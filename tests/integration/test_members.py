@@ -74,8 +74,8 @@ def test_balance_members_spreads_replicas_and_keeps_every_message(
 
     code = run_cli(cluster.base_dir, monkeypatch, "balance", "--members")
     summary = json.loads(capsys.readouterr().out)
-    assert code == 0, summary
-    assert summary["failed"] == [] and summary["changes"] == 8  # 4 members move: an add and a remove each
+    assert code == 0, summary["failed"]
+    assert summary["changes"] == 8  # 4 members move: an add and a remove each
     assert members_per_node(client) == {first: 4, second: 4, third: 4}
     assert counts(cluster, names) == before
     for queue in client.queues_now():
@@ -143,7 +143,7 @@ def test_a_replaced_node_gets_its_share_of_members_and_the_departed_one_none(
     code = run_cli(cluster.base_dir, monkeypatch, "balance", "--members")
     summary = json.loads(capsys.readouterr().out)
     print(f"\nreplacement on {size} nodes: {json.dumps(summary)}")
-    assert code == 0, summary
+    assert code == 0, summary["failed"]
     after = members_per_node(client)
     assert old not in after
     nodes = [n.name for n in cluster.nodes]
@@ -154,3 +154,29 @@ def test_a_replaced_node_gets_its_share_of_members_and_the_departed_one_none(
         parsed = Queue.from_api(queue)
         assert len(parsed.members) == 3 and set(parsed.in_sync) == set(parsed.replicas), parsed
     assert summary["remaining_changes"] == 0
+
+
+def test_plan_members_reports_the_mirror_spread_of_ha_exactly_queues(
+    clean_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user, password = clean_cluster.credentials
+    client = ManagementClient(clean_cluster.nodes[0].management_url, user, password)
+    client.put_policy(
+        "/", "two", pattern="^mirrored-", definition={"ha-mode": "exactly", "ha-params": 2}, priority=0
+    )
+    for i in range(3):
+        declare(client, "/", f"mirrored-{i}")
+    wait_until(  # the statistics view, where the mirror report reads policies, lags a few seconds
+        lambda: (
+            [len(Queue.from_api(q).members) for q in client.queues() if q.get("effective_policy_definition")]
+            == [2, 2, 2]
+        ),
+        timeout=30,
+        what="two copies of every mirrored queue in the statistics view",
+    )
+    assert run_cli(clean_cluster.base_dir, monkeypatch, "plan", "--members") == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert sum(planned["mirrors"].values()) == 6 and set(planned["mirrors"]) == {
+        n.name for n in clean_cluster.nodes
+    }
+    assert planned["moves"] == []

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from queue_balancer.member_changes import Change, MemberState
+from queue_balancer.member_changes import Change, MemberChangeError, MemberState
 from queue_balancer.member_moves import MemberMover, MemberPhase, MemberProgress, run_member_moves
 from queue_balancer.members import MemberMove, quorum_of
 from queue_balancer.model import QueueCount, QueueRef
@@ -41,9 +41,20 @@ class FakeCluster:
     queue: FakeQueue
     catch_up_polls: int = 2
     refuse_add: str | None = None
+    refusals: int = 10**9
+    """How many adds ``refuse_add`` refuses."""
+    lose_answers: int = 0
+    """How many add calls make the change and then fail in the port (a lost answer)."""
+    election_polls: int = 0
+    """Observations without a leader after the leader's member is removed."""
+    _electing: int = 0
 
     def queue_now(self, vhost: str, name: str) -> dict[str, Any]:
         q = self.queue
+        if self._electing:
+            self._electing -= 1
+            leader = "" if self._electing else q.in_sync()[0]
+            q.leader = leader
         return {
             "vhost": vhost,
             "name": name,
@@ -57,7 +68,8 @@ class FakeCluster:
         answers = {}
         for change in changes:
             node = change[1]
-            if self.refuse_add:
+            if self.refuse_add and self.refusals > 0:
+                self.refusals -= 1
                 answers[change] = self.refuse_add
                 continue
             self._check_quorum(grown=True)
@@ -65,6 +77,9 @@ class FakeCluster:
             self.queue.lag[node] = self.catch_up_polls
             self._record("add", node)
             answers[change] = "ok"
+        if self.lose_answers > 0:
+            self.lose_answers -= 1
+            raise MemberChangeError("rabbitmqctl eval timed out")
         return answers
 
     def remove(self, changes: Sequence[Change]) -> dict[Change, str]:
@@ -72,7 +87,8 @@ class FakeCluster:
             self.queue.members.remove(node)
             self.queue.lag.pop(node, None)
             if self.queue.leader == node:
-                self.queue.leader = self.queue.in_sync()[0]
+                self.queue.leader = ""
+                self._electing = self.election_polls + 1
             self._record("remove", node)
         return dict.fromkeys(changes, "ok")
 
@@ -140,6 +156,34 @@ def test_a_refused_add_fails_the_change_and_removes_nothing() -> None:
     assert failed.phase is MemberPhase.FAILED
     assert "add d refused: {error,node_not_running}" in failed.outcome
     assert cluster.queue.members == ["a", "b", "c"]
+
+
+def test_a_membership_change_refused_while_the_previous_one_commits_is_retried() -> None:
+    refused = "{error,cluster_change_not_permitted}"
+    cluster = FakeCluster(
+        FakeQueue(["a", "b", "c"], up=set("abcd"), leader="a"), refuse_add=refused, refusals=2
+    )
+    done = run(cluster, move(("a", "b", "c"), ("d",), ("c",)))
+    assert done.phase is MemberPhase.DONE, done.outcome
+    assert cluster.queue.members == ["a", "b", "d"]
+
+
+def test_an_add_whose_answer_was_lost_is_adopted_and_waited_for_before_any_removal() -> None:
+    cluster = FakeCluster(
+        FakeQueue(["a", "b", "c"], up=set("abcd"), leader="a"), catch_up_polls=3, lose_answers=1
+    )
+    done = run(cluster, move(("a", "b", "c"), ("d",), ("c",)))
+    assert done.phase is MemberPhase.DONE, done.outcome
+    assert [h[:2] for h in cluster.queue.history] == [("add", "d"), ("remove", "c")]
+    assert cluster.queue.history[1][2] == 3  # d was in sync before c went
+    assert done.added == ("d",) and done.removed == ("c",)
+
+
+def test_removing_the_leaders_member_waits_out_the_election() -> None:
+    cluster = FakeCluster(FakeQueue(["a", "b", "c"], up=set("abcd"), leader="a"), election_polls=3)
+    done = run(cluster, move(("a", "b", "c"), ("d",), ("a",)))
+    assert done.phase is MemberPhase.DONE, done.outcome
+    assert sorted(cluster.queue.members) == ["b", "c", "d"] and cluster.queue.leader in ("b", "c", "d")
 
 
 def test_a_member_that_never_catches_up_is_rolled_back() -> None:
