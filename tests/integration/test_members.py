@@ -9,8 +9,6 @@ however the test ends.
 from __future__ import annotations
 
 import json
-import os
-import signal
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,17 +107,13 @@ def replaced(
 
 def replace_last_node(cluster: LocalCluster) -> tuple[str, str]:
     """Stop the last node, start a new one under a new name, forget the old one (the cluster-life steps)."""
-    old = cluster.nodes[-1]
-    new = cluster.config.node(cluster.config.nodes)
-    pid = next(s.pid for s in cluster.status() if s.name == old.name)
-    assert pid is not None
-    os.kill(pid, signal.SIGTERM)
-    wait_until(
-        lambda: not any(s.running for s in cluster.status() if s.name == old.name), timeout=60, what="stop"
-    )
-    cluster.nodes = [*cluster.nodes[:-1], new]
-    cluster.up()
+    size = len(cluster.nodes)
+    cluster.nodes = cluster.config.all_nodes()  # the replacement node joins the ones the fixture started
+    old, new = cluster.node(size), cluster.node(size + 1)
+    cluster.stop_node(size)
+    cluster.start_node(size + 1)
     cluster.rabbitmqctl("forget_cluster_node", old.name)
+    cluster.nodes = [n for n in cluster.nodes if n != old]
     return old.name, new.name
 
 
