@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from queue_balancer import report
+from queue_balancer.cli.exit_codes import EXIT_MOVES_FAILED, EXIT_OK
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.management import ManagementClient
 from queue_balancer.member_changes import member_changer
@@ -78,7 +79,7 @@ def cmd_plan_members(args: argparse.Namespace, snapshot: Snapshot, selection: Pl
         if args.format == "json"
         else plan_members_text(result)
     )
-    return 0
+    return EXIT_OK
 
 
 def cmd_balance_members(
@@ -94,7 +95,7 @@ def cmd_balance_members(
     current = plan_members(snapshot, options)
     if args.dry_run:
         print(plan_members_text(current))
-        return 0
+        return EXIT_OK
     preflight(snapshot)
     changer = member_changer(client, run_eval)
     if changer is None:
@@ -114,7 +115,7 @@ def cmd_balance_members(
     print(
         json.dumps(summary, indent=2, ensure_ascii=False) if args.format == "json" else _summary_text(summary)
     )
-    return 2 if result.failed else 0
+    return EXIT_MOVES_FAILED if result.failed else EXIT_OK
 
 
 class _Printer:
