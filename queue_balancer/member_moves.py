@@ -400,9 +400,10 @@ def run_member_moves(
     concurrency: int = 50,
     on_change: Callable[[MemberProgress], None] = lambda _: None,
     sleep: Callable[[float], None] = time.sleep,
+    check: Callable[[], None] = lambda: None,
 ) -> MemberRunResult:
     """Carry the changes out, up to ``concurrency`` queues at once (one queue's changes one after another);
-    interrupting (Ctrl-C, SIGTERM) rolls back the changes under way before the interruption propagates."""
+    interrupting (Ctrl-C, SIGTERM) or an error of ``check`` rolls back the changes under way first."""
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     began = time.monotonic()
@@ -411,6 +412,7 @@ def run_member_moves(
     finished: list[MemberProgress] = []
     try:
         while pending or active:
+            check()  # e.g. the cluster lock is still ours; raising rolls back the changes under way
             room = concurrency - len(active)
             batch = [pending.popleft() for _ in range(min(room, len(pending)))]
             active.extend(mover.start(batch))

@@ -85,8 +85,10 @@ def cmd_balance(args: argparse.Namespace) -> int:
         run_eval = connection.leader_transfer.run_eval if connection.leader_transfer else None
         if args.dry_run:
             return cmd_balance_members(args, connection.client, run_eval, connection.counter, options)
-        with holding(connection.lock("balance --members")):
-            return cmd_balance_members(args, connection.client, run_eval, connection.counter, options)
+        with holding(connection.lock("balance --members")) as heartbeat:
+            return cmd_balance_members(
+                args, connection.client, run_eval, connection.counter, options, heartbeat.check
+            )
     snapshot = connection.snapshot()
     before = report.Report.of(snapshot, options)
     if args.dry_run:

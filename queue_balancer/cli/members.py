@@ -88,6 +88,7 @@ def cmd_balance_members(
     run_eval: Callable[[str], str] | None,
     counter: MessageCounter | None,
     selection: PlanOptions,
+    check: Callable[[], None] = lambda: None,
 ) -> int:
     """Plan, carry out (add before remove, each change verified), re-read and report; exit 2 on failures."""
     options = members_options(args, selection)
@@ -109,6 +110,7 @@ def cmd_balance_members(
         current.moves,
         concurrency=args.concurrency,
         on_change=progress,
+        check=check,
     )
     after = plan_members(client.members_snapshot(), options)
     summary = _summary(current, after, result.moves, time.monotonic() - began)

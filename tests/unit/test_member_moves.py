@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from queue_balancer.lock import LockLost
 from queue_balancer.member_changes import Change, MemberChangeError, MemberState
 from queue_balancer.member_moves import MemberMover, MemberPhase, MemberProgress, run_member_moves
 from queue_balancer.members import MemberMove, quorum_of
@@ -233,6 +234,21 @@ def test_interrupting_the_run_rolls_back_the_changes_under_way() -> None:
         )
     assert cluster.queue.members == ["a", "b", "c"]
     assert seen[-1].outcome == "interrupted; rolled back: removed d"
+
+
+def test_a_lost_lock_rolls_back_the_changes_under_way() -> None:
+    cluster = FakeCluster(FakeQueue(["a", "b", "c"], up=set("abcd"), leader="a"), catch_up_polls=10**6)
+    calls = iter([None, None])
+
+    def check() -> None:
+        if next(calls, "lost") == "lost":
+            raise LockLost("the lock of this cluster was taken over")
+
+    with pytest.raises(LockLost):
+        run_member_moves(
+            mover(cluster), [move(("a", "b", "c"), ("d",), ("c",))], sleep=lambda _: None, check=check
+        )
+    assert cluster.queue.members == ["a", "b", "c"]
 
 
 def test_progress_round_trips_through_json() -> None:
