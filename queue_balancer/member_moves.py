@@ -24,7 +24,6 @@ batch: on 3.x each is a ``rabbitmqctl eval``, whose start-up dominates its cost.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -393,6 +392,79 @@ class MemberRunResult:
         return sum(len(p.added) + len(p.removed) for p in self.moves)
 
 
+@dataclass
+class MemberBatch:
+    """Changes not started yet, under way and finished: plain JSON, so another process (the workflow's next
+    Lambda invocation) can resume them where this one stopped."""
+
+    pending: list[MemberMove] = field(default_factory=list)
+    active: list[MemberProgress] = field(default_factory=list)
+    finished: list[MemberProgress] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.pending and not self.active
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "pending": [m.to_dict() for m in self.pending],
+            "active": [p.to_dict() for p in self.active],
+            "finished": [p.to_dict() for p in self.finished],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MemberBatch:
+        return cls(
+            pending=[MemberMove.from_dict(m) for m in data.get("pending") or ()],
+            active=[MemberProgress.from_dict(p) for p in data.get("active") or ()],
+            finished=[MemberProgress.from_dict(p) for p in data.get("finished") or ()],
+        )
+
+
+def drive_members(
+    mover: MemberMover,
+    batch: MemberBatch,
+    *,
+    concurrency: int,
+    on_change: Callable[[MemberProgress], None] = lambda _: None,
+    sleep: Callable[[float], None] = time.sleep,
+    check: Callable[[], None] = lambda: None,
+    stop: Callable[[MemberBatch], bool] = lambda _: False,
+) -> MemberBatch:
+    """Start and step changes, up to ``concurrency`` queues at once, until the batch is complete or
+    ``stop(batch)`` says so (a time budget); ``batch`` is accurate at every step, so after an exception
+    the caller can roll back what is under way (``roll_back_members``)."""
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    while not batch.complete:
+        check()  # e.g. the cluster lock is still ours; raising leaves the changes under way to roll back
+        room = min(concurrency - len(batch.active), len(batch.pending))
+        starting, batch.pending = batch.pending[:room], batch.pending[room:]
+        batch.active.extend(mover.start(starting))
+        stepped = mover.step(batch.active)
+        for before, after in zip(batch.active, stepped, strict=True):
+            if after.phase is not before.phase or after.finished:
+                on_change(after)
+        batch.finished += [p for p in stepped if p.finished]
+        batch.active = [p for p in stepped if not p.finished]
+        if batch.complete or stop(batch):
+            break
+        if batch.active:
+            sleep(mover.settings.poll_interval)
+    return batch
+
+
+def roll_back_members(
+    mover: MemberMover, batch: MemberBatch, reason: str, on_change: Callable[[MemberProgress], None]
+) -> None:
+    """Abort every change under way (removing the members it added); they move to ``finished``."""
+    for progress in batch.active:
+        rolled = mover.abort(progress, reason)
+        on_change(rolled)
+        batch.finished.append(rolled)
+    batch.active = []
+
+
 def run_member_moves(
     mover: MemberMover,
     moves: Iterable[MemberMove],
@@ -404,30 +476,12 @@ def run_member_moves(
 ) -> MemberRunResult:
     """Carry the changes out, up to ``concurrency`` queues at once (one queue's changes one after another);
     interrupting (Ctrl-C, SIGTERM) or an error of ``check`` rolls back the changes under way first."""
-    if concurrency < 1:
-        raise ValueError("concurrency must be at least 1")
     began = time.monotonic()
-    pending: deque[MemberMove] = deque(moves)
-    active: list[MemberProgress] = []
-    finished: list[MemberProgress] = []
+    batch = MemberBatch(pending=list(moves))
     try:
-        while pending or active:
-            check()  # e.g. the cluster lock is still ours; raising rolls back the changes under way
-            room = concurrency - len(active)
-            batch = [pending.popleft() for _ in range(min(room, len(pending)))]
-            active.extend(mover.start(batch))
-            still: list[MemberProgress] = []
-            for before, after in zip(active, mover.step(active), strict=True):
-                if after.phase is not before.phase or after.finished:
-                    on_change(after)
-                (finished if after.finished else still).append(after)
-            active = still
-            if active:
-                sleep(mover.settings.poll_interval)
-    except BaseException:
-        for progress in active:
-            rolled = mover.abort(progress, "interrupted")
-            on_change(rolled)
-            finished.append(rolled)
+        drive_members(mover, batch, concurrency=concurrency, on_change=on_change, sleep=sleep, check=check)
+    except BaseException as exc:
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped: {exc}"
+        roll_back_members(mover, batch, reason, on_change)
         raise
-    return MemberRunResult(tuple(finished), time.monotonic() - began)
+    return MemberRunResult(tuple(batch.finished), time.monotonic() - began)

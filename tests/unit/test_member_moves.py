@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,14 @@ import pytest
 
 from queue_balancer.lock import LockLost
 from queue_balancer.member_changes import Change, MemberChangeError, MemberState
-from queue_balancer.member_moves import MemberMover, MemberPhase, MemberProgress, run_member_moves
+from queue_balancer.member_moves import (
+    MemberBatch,
+    MemberMover,
+    MemberPhase,
+    MemberProgress,
+    drive_members,
+    run_member_moves,
+)
 from queue_balancer.members import MemberMove, quorum_of
 from queue_balancer.model import QueueCount, QueueRef
 from queue_balancer.movers import MoveSettings
@@ -249,6 +257,19 @@ def test_a_lost_lock_rolls_back_the_changes_under_way() -> None:
             mover(cluster), [move(("a", "b", "c"), ("d",), ("c",))], sleep=lambda _: None, check=check
         )
     assert cluster.queue.members == ["a", "b", "c"]
+
+
+def test_a_batch_stopped_by_its_time_budget_resumes_from_json_in_another_process() -> None:
+    cluster = FakeCluster(FakeQueue(["a", "b", "c"], up=set("abcd"), leader="a"), catch_up_polls=3)
+    first = drive_members(
+        mover(cluster), MemberBatch(pending=[move(("a", "b", "c"), ("d",), ("c",))]), concurrency=4,
+        sleep=lambda _: None, stop=lambda _: True,
+    )  # fmt: skip
+    assert not first.complete and cluster.queue.members == ["a", "b", "c", "d"]
+    resumed = MemberBatch.from_dict(json.loads(json.dumps(first.to_dict())))
+    done = drive_members(mover(cluster), resumed, concurrency=4, sleep=lambda _: None)
+    assert done.complete and done.finished[0].phase is MemberPhase.DONE, done.finished[0].outcome
+    assert cluster.queue.members == ["a", "b", "d"]
 
 
 def test_progress_round_trips_through_json() -> None:
