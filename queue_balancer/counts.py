@@ -50,6 +50,8 @@ class AmqpCounter:
     timeout: float = 10.0
     """The deadline of every AMQP call: connecting, and each passive declare (a headless queue never
     answers one, and pika's blocking channel would wait for ever)."""
+    fallbacks: tuple[tuple[str, int], ...] = ()
+    """Other nodes' AMQP endpoints, tried in order when this one cannot be reached."""
     _connections: dict[str, Any] = field(default_factory=dict, repr=False)
     _channels: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -96,9 +98,19 @@ class AmqpCounter:
             return channel
         connection = self._connections.get(vhost)
         if connection is None or not connection.is_open:
+            connection = self._connect(vhost)
+            self._connections[vhost] = connection
+        channel = connection.channel()
+        self._channels[vhost] = channel
+        return channel
+
+    def _connect(self, vhost: str) -> Any:
+        """A connection to the first endpoint that answers: this one, then ``fallbacks`` (a node gone)."""
+        failures = []
+        for host, port in ((self.host, self.port), *self.fallbacks):
             params = pika.ConnectionParameters(
-                self.host,
-                self.port,
+                host,
+                port,
                 vhost,
                 pika.PlainCredentials(self.user, self.password),
                 socket_timeout=self.timeout,
@@ -109,13 +121,11 @@ class AmqpCounter:
             try:
                 connection = pika.BlockingConnection(params)
             except pika.exceptions.AMQPError as exc:
-                raise CountUnavailable(
-                    f"cannot open AMQP to {self.host}:{self.port} vhost '{vhost}': {exc!r}"
-                ) from exc
-            self._connections[vhost] = connection
-        channel = connection.channel()
-        self._channels[vhost] = channel
-        return channel
+                failures.append(f"{host}:{port}: {exc!r}")
+                continue
+            self.host, self.port = host, port
+            return connection
+        raise CountUnavailable(f"cannot open AMQP for vhost '{vhost}': {'; '.join(failures)}")
 
     def _drop(self, vhost: str) -> None:
         self._channels.pop(vhost, None)

@@ -8,7 +8,7 @@ method, the URL and the HTTP status, so a user can act on it.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -26,7 +26,11 @@ RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 
 
 def encode(segment: str) -> str:
-    """URL-encode one path segment: vhost "/" becomes %2F, spaces and unicode are escaped."""
+    """URL-encode one path segment: vhost "/" becomes %2F, spaces and unicode are escaped, and the dot
+    segments "." and ".." become %2E (a client would otherwise resolve them away: a queue named "." would
+    address the list of every queue of its vhost)."""
+    if segment in (".", ".."):
+        return "%2E" * len(segment)
     return quote(segment, safe="")
 
 
@@ -43,8 +47,11 @@ class ManagementClient:
         retries: int = 3,
         backoff: float = 0.5,
         session: requests.Session | None = None,
+        fallbacks: Sequence[str] = (),
     ) -> None:
         self.base_url = url.rstrip("/")
+        self.urls = (self.base_url, *(u.rstrip("/") for u in fallbacks if u.rstrip("/") != self.base_url))
+        """Every endpoint of the cluster's API this client may use: it fails over when one goes away."""
         self.user = user
         self.timeout = timeout
         self.retries = retries
@@ -57,7 +64,13 @@ class ManagementClient:
         """A client of its own for another thread (a requests Session is not thread-safe)."""
         user, password = self._session.auth  # type: ignore[misc]
         return ManagementClient(
-            self.base_url, user, password, timeout=self.timeout, retries=self.retries, backoff=self.backoff
+            self.base_url,
+            user,
+            password,
+            timeout=self.timeout,
+            retries=self.retries,
+            backoff=self.backoff,
+            fallbacks=self.urls,
         )
 
     def __repr__(self) -> str:  # never show the password
@@ -68,14 +81,24 @@ class ManagementClient:
     def request(
         self, method: str, path: str, *, params: Mapping[str, str] | None = None, body: Any = None
     ) -> Any:
-        """One API call; retries connection errors and 5xx answers (all our writes are idempotent)."""
-        url = f"{self.base_url}/api/{path}"
+        """One API call; retries connection errors and 5xx answers (all our writes are idempotent).
+
+        An endpoint that cannot be reached is first replaced by the next one of ``urls`` not tried in
+        this call (a node that went away), then retried with backoff. Every attempt has ``timeout``.
+        """
         attempt = 0
+        tried = set()
         while True:
             attempt += 1
+            url = f"{self.base_url}/api/{path}"
             try:
                 response = self._session.request(method, url, params=params, json=body, timeout=self.timeout)
             except requests.RequestException as exc:
+                tried.add(self.base_url)
+                untried = [u for u in self.urls if u not in tried]
+                if untried:
+                    self.base_url = untried[0]
+                    continue
                 if attempt <= self.retries:
                     time.sleep(self.backoff * attempt)
                     continue

@@ -58,9 +58,12 @@ def connect(args: argparse.Namespace) -> Connection:
                 f"credentials for {url} missing: set RABBITMQ_USER and RABBITMQ_PASSWORD (or --user)"
             )
         transfer = RaLeaderTransfer(CommandEval.parse(eval_command)) if eval_command else None
-        host, port = amqp_endpoint(url, args.amqp_port)
-        counter = AmqpCounter(host, port, user, password)
-        return Connection(ManagementClient(url, user, password, timeout=args.timeout), transfer, counter)
+        # Several URLs (comma-separated): the client fails over to the next when a node goes away.
+        urls = [u.strip() for u in url.split(",") if u.strip()]
+        (host, port), *amqp_fallbacks = [amqp_endpoint(u, args.amqp_port) for u in urls]
+        counter = AmqpCounter(host, port, user, password, fallbacks=tuple(amqp_fallbacks))
+        client = ManagementClient(urls[0], user, password, timeout=args.timeout, fallbacks=urls[1:])
+        return Connection(client, transfer, counter)
     from queue_balancer.local.cluster import LocalCluster, LocalClusterConfig, default_base_dir
 
     base_dir = default_base_dir()
@@ -73,10 +76,21 @@ def connect(args: argparse.Namespace) -> Connection:
             "or pass --url / set RABBITMQ_MANAGEMENT_URL"
         )
     cluster = LocalCluster(config)
+    node_one, *peers = cluster.nodes
     client = ManagementClient(
-        cluster.nodes[0].management_url, config.user, config.password, timeout=args.timeout
+        node_one.management_url,
+        config.user,
+        config.password,
+        timeout=args.timeout,
+        fallbacks=[n.management_url for n in peers],
     )
-    counter = AmqpCounter("127.0.0.1", cluster.nodes[0].amqp_port, config.user, config.password)
+    counter = AmqpCounter(
+        "127.0.0.1",
+        node_one.amqp_port,
+        config.user,
+        config.password,
+        fallbacks=tuple(("127.0.0.1", n.amqp_port) for n in peers),
+    )
     return Connection(client, RaLeaderTransfer(cluster.eval_erlang), counter)
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
-from queue_balancer import report
+from queue_balancer import arguments, report
 from queue_balancer.cli.connection import Connection, connect, plan_options
 from queue_balancer.cli.exit_codes import EXIT_MOVES_FAILED, EXIT_OK
 from queue_balancer.cli.members import add_member_flags, cmd_balance_members, cmd_plan_members
@@ -58,11 +59,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def load_snapshot(path: str) -> Snapshot:
+    """A file written by ``snapshot``; anything else (non-finite numbers, deep nesting, wrong shapes) is
+    one line of error."""
     try:
-        data = json.loads(sys.stdin.read() if path == "-" else Path(path).read_text())
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        data = json.loads(text, parse_float=_finite, parse_constant=_refuse_constant)
         return Snapshot.from_api(data["nodes"], data["queues"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigurationError(f"cannot read snapshot {path}: {exc}") from exc
+    except RecursionError:
+        raise ConfigurationError(f"cannot read snapshot {path}: nested too deeply") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+        raise ConfigurationError(f"cannot read snapshot {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
+def _refuse_constant(text: str) -> float:
+    raise ValueError(f"{text} is not a number a snapshot can hold")
 
 
 def plan_text(result: Plan) -> str:
@@ -182,7 +199,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     sub.add_argument("--concurrency", type=int, default=8, metavar="K", help="moves at once (default 8)")
     sub.add_argument(
         "--rounds",
-        type=int,
+        type=arguments.POSITIVE,
         default=3,
         metavar="R",
         help="re-plan after failed moves up to R rounds while that still improves (default 3)",

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import argparse
 
+from queue_balancer import arguments
+
 FORMATS = ("text", "json", "markdown")
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
     """How to reach RabbitMQ: flags or the environment; the local cluster when neither names one."""
     parser.add_argument(
-        "--url", help="management API URL, e.g. http://rabbit:15672 (env RABBITMQ_MANAGEMENT_URL)"
+        "--url",
+        help="management API URL, e.g. http://rabbit:15672, or several, comma-separated: the client fails "
+        "over to the next when a node goes away (env RABBITMQ_MANAGEMENT_URL)",
     )
     parser.add_argument(
         "--user", help="management user (env RABBITMQ_USER); the password only from RABBITMQ_PASSWORD"
@@ -28,11 +32,13 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--amqp-port",
-        type=int,
+        type=arguments.PORT,
         default=5672,
         help="AMQP port on the management URL's host, for exact message counts (default 5672)",
     )
-    parser.add_argument("--timeout", type=float, default=15.0, help="HTTP timeout in seconds (default 15)")
+    parser.add_argument(
+        "--timeout", type=arguments.seconds, default=15.0, help="HTTP timeout in seconds (default 15)"
+    )
 
 
 def add_scope_options(
@@ -51,7 +57,10 @@ def add_scope_options(
     )
     if max_moves:
         parser.add_argument(
-            "--max-moves", type=int, metavar="M", help="at most M moves in all (the most useful first)"
+            "--max-moves",
+            type=arguments.NON_NEGATIVE,
+            metavar="M",
+            help="at most M moves in all (the most useful first)",
         )
 
 
