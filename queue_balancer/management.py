@@ -15,7 +15,7 @@ from urllib.parse import quote
 import requests
 
 from queue_balancer.errors import ManagementError, NotFound
-from queue_balancer.model import Snapshot
+from queue_balancer.model import DOT_SEGMENTS, Snapshot
 
 # Columns of GET /api/queues the planner needs; asking for them keeps 10,000-queue answers small.
 QUEUE_COLUMNS = (
@@ -26,12 +26,14 @@ RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 
 
 def encode(segment: str) -> str:
-    """URL-encode one path segment: vhost "/" becomes %2F, spaces and unicode are escaped, and the dot
-    segments "." and ".." become %2E (a client would otherwise resolve them away: a queue named "." would
-    address the list of every queue of its vhost)."""
-    if segment in (".", ".."):
-        return "%2E" * len(segment)
+    """URL-encode one path segment: vhost "/" becomes %2F, spaces and unicode are escaped."""
     return quote(segment, safe="")
+
+
+def addressable(name: str) -> bool:
+    """Whether the API can address an object of this name: "." and ".." are dot segments, which HTTP
+    resolves away however they are encoded (RabbitMQ answers with the vhost's list, or 405)."""
+    return name not in DOT_SEGMENTS
 
 
 class ManagementClient:
@@ -182,16 +184,27 @@ class ManagementClient:
 
     def queue(self, vhost: str, name: str) -> dict[str, Any]:
         """One queue from the statistics view: message count and policy, a few seconds late."""
+        self._addressable(vhost, name)
         result: dict[str, Any] = self.get(f"queues/{encode(vhost)}/{encode(name)}")
         return result
 
     def queue_now(self, vhost: str, name: str) -> dict[str, Any]:
         """One queue as its process sees it right now (leader, mirrors, sync state; no counts)."""
+        self._addressable(vhost, name)
         result: dict[str, Any] = self.get(f"queues/{encode(vhost)}/{encode(name)}", disable_stats="true")
         return result
 
     def queue_action(self, vhost: str, name: str, action: str) -> None:
+        self._addressable(vhost, name)
         self.request("POST", f"queues/{encode(vhost)}/{encode(name)}/actions", body={"action": action})
+
+    @staticmethod
+    def _addressable(vhost: str, name: str) -> None:
+        if not (addressable(vhost) and addressable(name)):
+            raise ManagementError(
+                f"the management API cannot address queue '{name}' in vhost '{vhost}': '.' and '..' are "
+                "path segments HTTP resolves away"
+            )
 
     # ---- policies --------------------------------------------------------------------------------
 

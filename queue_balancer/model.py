@@ -13,6 +13,9 @@ from typing import Any
 
 JsonDict = dict[str, Any]
 
+DOT_SEGMENTS = frozenset({".", ".."})
+"""Names no HTTP API can address (clients and servers resolve these path segments away)."""
+
 
 class QueueType(StrEnum):
     CLASSIC = "classic"

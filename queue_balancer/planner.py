@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.flow import MinCostFlow, largest_feasible, smallest_feasible
-from queue_balancer.model import Move, Plan, Queue, QueueType, Skipped, Snapshot
+from queue_balancer.model import DOT_SEGMENTS, Move, Plan, Queue, QueueType, Skipped, Snapshot
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,8 @@ def classify(queue: Queue, running: frozenset[str], *, quorum_transfer: bool = T
         return skip("stream: streams are left alone")
     if queue.exclusive:
         return skip("exclusive: owned by one connection, it lives and dies with it")
+    if queue.name in DOT_SEGMENTS or queue.vhost in DOT_SEGMENTS:
+        return skip("named '.' or '..': the management API cannot address it (rename it to move it)")
     if queue.leader not in running:
         return skip(f"leader node {queue.leader or '(none)'} is not running")
     if queue.state not in ("running", "live", "idle", "flow"):

@@ -9,8 +9,8 @@ import pytest
 
 from queue_balancer.cli import build_parser
 from queue_balancer.cli.engine import load_snapshot
-from queue_balancer.errors import ConfigurationError
-from queue_balancer.management import encode
+from queue_balancer.errors import ConfigurationError, ManagementError
+from queue_balancer.management import ManagementClient
 
 
 @pytest.mark.parametrize(
@@ -60,8 +60,7 @@ def test_a_well_formed_snapshot_still_loads(tmp_path: Path) -> None:
     assert load_snapshot(str(path)).running_nodes == ("a",)
 
 
-@pytest.mark.parametrize(
-    ("name", "encoded"), [(".", "%2E"), ("..", "%2E%2E"), ("a.b", "a.b"), ("v/ü", "v%2F%C3%BC")]
-)
-def test_dot_segments_are_encoded_so_no_client_resolves_them_away(name: str, encoded: str) -> None:
-    assert encode(name) == encoded
+def test_a_queue_named_like_a_dot_segment_is_refused_before_any_request() -> None:
+    client = ManagementClient("http://127.0.0.1:1", "u", "p", retries=0)
+    with pytest.raises(ManagementError, match=r"cannot address queue '\.\.' in vhost '/'"):
+        client.queue_now("/", "..")
