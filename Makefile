@@ -16,10 +16,11 @@ help:
 	@echo "make bench  - queue-balancer vs rabbitmq-queues rebalance on identical workloads"
 
 system-deps:
-	@if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || ! command -v shellcheck >/dev/null; then \
-		echo "installing rabbitmq-server and shellcheck from Debian's packages"; \
+	@if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || ! command -v shellcheck >/dev/null \
+			|| [ ! -x /usr/sbin/debootstrap ]; then \
+		echo "installing rabbitmq-server, shellcheck and debootstrap (RabbitMQ 4's root file system) from Debian's packages"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
-			rabbitmq-server shellcheck >/dev/null; \
+			rabbitmq-server shellcheck debootstrap >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml

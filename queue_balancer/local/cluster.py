@@ -52,6 +52,8 @@ from queue_balancer.local.locking import exclusive_lock
 from queue_balancer.local.node_config import has_booted_before, node_dir, node_env, node_log, write_node_files
 from queue_balancer.local.procfs import UNKNOWN_OWNER, owned_pid, port_in_use, rss_bytes, wait_pid_exit
 from queue_balancer.local.rabbitmq_cli import RABBITMQ_BIN, RABBITMQ_SERVER, RabbitmqCli, require_rabbitmq
+from queue_balancer.local.rootfs import ensure_rootfs, rootfs_dir
+from queue_balancer.local.runtime import Runtime
 
 __all__ = [
     "ENV_BASE_DIR",
@@ -81,8 +83,13 @@ class LocalCluster:
         self.nodes: list[LocalNode] = config.all_nodes()
         self.base_dir = config.base_dir.expanduser().absolute()
         self.home = self.base_dir / "home"
+        self.runtime = Runtime(config.rabbitmq, rootfs_dir() if config.rabbitmq == "4" else None)
         self._cli = RabbitmqCli(
-            base_dir=self.base_dir, home=self.home, epmd_port=config.epmd_port, password=config.password
+            base_dir=self.base_dir,
+            home=self.home,
+            epmd_port=config.epmd_port,
+            password=config.password,
+            runtime=self.runtime,
         )
         # Processes this object started (epmd, node wrappers): polled so they never linger as zombies.
         self._children: list[subprocess.Popen[bytes]] = []
@@ -207,8 +214,11 @@ class LocalCluster:
     # ---- starting --------------------------------------------------------------------------------
 
     def _bring_up(self, wanted: Sequence[LocalNode], progress: Progress, timeout: float) -> None:
-        require_rabbitmq(RABBITMQ_SERVER)
         started_at = time.monotonic()
+        if self.runtime.root is None:
+            require_rabbitmq(RABBITMQ_SERVER)
+        else:
+            ensure_rootfs(progress, root=self.runtime.root)
         deadline = started_at + timeout
         self.base_dir.mkdir(parents=True, exist_ok=True)
         with self._lock():
@@ -222,6 +232,7 @@ class LocalCluster:
                 env = base_env(base_dir=self.base_dir, home=self.home, epmd_port=self.config.epmd_port)
                 self._children.append(start_epmd(self.base_dir, self.config.epmd_port, env, progress))
             self._write_layout()
+            self.runtime.prepare(self.base_dir)
             wrappers = self._start_nodes(to_start, deadline, progress)
             if to_start:
                 progress(f"waiting for {len(to_start)} node(s) to boot and cluster")
@@ -292,11 +303,13 @@ class LocalCluster:
         (directory / "node.pid").unlink(missing_ok=True)
         with open(directory / "stdout.log", "ab") as log:
             wrapper = subprocess.Popen(
-                [str(RABBITMQ_SERVER)],
+                self.runtime.command([str(RABBITMQ_SERVER)], base_dir=self.base_dir, cwd=directory),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                env=node_env(base_dir=self.base_dir, home=self.home, config=self.config, node=node),
+                env=self.runtime.environment(
+                    node_env(base_dir=self.base_dir, home=self.home, config=self.config, node=node)
+                ),
                 cwd=directory,
                 start_new_session=True,  # the node outlives `local up` and ignores its Ctrl-C
                 close_fds=True,
@@ -393,7 +406,13 @@ class LocalCluster:
         self._reap()
 
     def _owned_pid(self, pid_file: Path) -> int | None:
-        return owned_pid(pid_file, base_dir=self.base_dir, home=self.home, epmd_port=self.config.epmd_port)
+        return owned_pid(
+            pid_file,
+            base_dir=self.base_dir,
+            home=self.home,
+            epmd_port=self.config.epmd_port,
+            chroot=self.runtime.root,
+        )
 
     def _reap(self) -> None:
         self._children = [child for child in self._children if child.poll() is None]

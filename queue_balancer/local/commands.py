@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from queue_balancer.errors import BalancerError, ManagementError
 from queue_balancer.local.cluster import (
@@ -26,6 +27,7 @@ from queue_balancer.local.cluster import (
     default_base_dir,
 )
 from queue_balancer.local.endpoint import DEFAULT_PORT, start_endpoint, stop_endpoint
+from queue_balancer.local.runtime import RABBITMQ_VERSIONS
 from queue_balancer.local.seed import QUEUE_TYPES, seed
 
 EXIT_OK = 0
@@ -81,6 +83,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         type=_positive_int,
         default=None,
         help="number of nodes (default: as last started in this directory, else 3)",
+    )
+    up.add_argument(
+        "--rabbitmq",
+        choices=RABBITMQ_VERSIONS,
+        default=None,
+        help=(
+            "3: Debian's own rabbitmq-server (3.10 on Debian 12); 4: RabbitMQ 4.0.5 from a Debian 13 root "
+            "file system built once per machine with debootstrap (about a minute, 390 MB; needs root), "
+            "on its own port block (AMQP 5710+N, management 15710+N, distribution 25710+N, epmd 4711). "
+            "Default: as last started in this directory, else 3"
+        ),
     )
     up.add_argument(
         "--timeout", type=float, default=240.0, help="seconds to wait for the cluster (default 240)"
@@ -142,7 +155,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = LocalSettings.from_env()
     base_dir = default_base_dir()
     # Keep the ports of a cluster started here before (e.g. by a test with other ports); --nodes may grow it.
-    config = LocalClusterConfig.recorded(base_dir) or LocalClusterConfig(base_dir=base_dir)
+    config = LocalClusterConfig.recorded(base_dir) or _default_config(base_dir, args.rabbitmq or "3")
+    if args.rabbitmq and args.rabbitmq != config.rabbitmq:
+        raise LocalClusterError(
+            f"{base_dir} holds a RabbitMQ {config.rabbitmq} cluster; stop and delete it with "
+            f"`queue-balancer local down --purge`, or use another {ENV_BASE_DIR} for RabbitMQ {args.rabbitmq}"
+        )
     config = dataclasses.replace(
         config, nodes=args.nodes or config.nodes, user=settings.user, password=settings.password
     )
@@ -158,6 +176,20 @@ def cmd_up(args: argparse.Namespace) -> int:
         outputs = start_endpoint(cluster.base_dir, args.endpoint_port, cluster.config)
         print(f"local AWS endpoint {outputs.EndpointUrl}: state machine {outputs.StateMachineArn}")
     return EXIT_OK
+
+
+def _default_config(base_dir: Path, rabbitmq: str) -> LocalClusterConfig:
+    """The default layout; RabbitMQ 4 gets its own port block, so it never meets a RabbitMQ 3 cluster."""
+    if rabbitmq == "3":
+        return LocalClusterConfig(base_dir=base_dir)
+    return LocalClusterConfig(
+        base_dir=base_dir,
+        amqp_base=5711,
+        management_base=15711,
+        dist_base=25711,
+        epmd_port=4711,
+        rabbitmq=rabbitmq,
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -92,6 +92,7 @@ class LocalClusterConfig:
     dist_base: int = 25701
     epmd_port: int = 4701
     node_prefix: str = "qb"
+    rabbitmq: str = "3"  # "3": Debian's own rabbitmq-server; "4": trixie's 4.0.5 from a chroot (runtime.py)
     user: str = "admin"
     password: str = "admin"
     # Per node; RabbitMQ blocks publishers above it, so keep it well above what `local seed` needs.
@@ -166,6 +167,7 @@ class LocalClusterConfig:
             "dist_base": self.dist_base,
             "epmd_port": self.epmd_port,
             "node_prefix": self.node_prefix,
+            "rabbitmq": self.rabbitmq,
         }
 
     @classmethod
@@ -182,7 +184,11 @@ class LocalClusterConfig:
             raise LocalClusterError(f"cannot read {path}: {exc}; delete it if the cluster is down") from exc
         try:
             return cls(
-                base_dir=base_dir, user=user, password=password, **{k: data[k] for k in cls._layout_keys()}
+                base_dir=base_dir,
+                user=user,
+                password=password,
+                rabbitmq=str(data.get("rabbitmq", "3")),
+                **{k: data[k] for k in cls._layout_keys()},
             )
         except (KeyError, TypeError) as exc:
             raise LocalClusterError(f"{path} is not a layout written by `local up` ({exc})") from exc
@@ -195,6 +201,7 @@ class LocalClusterConfig:
 def describe_layout(layout: Mapping[str, Any]) -> str:
     """One line naming a recorded layout, for errors about a cluster with another layout."""
     return (
-        f"{layout['nodes']} node(s) {layout['node_prefix']}N, amqp from {layout['amqp_base']}, "
+        f"RabbitMQ {layout.get('rabbitmq', '3')}, {layout['nodes']} node(s) {layout['node_prefix']}N, "
+        f"amqp from {layout['amqp_base']}, "
         f"management from {layout['management_base']}, epmd {layout['epmd_port']}"
     )

@@ -65,6 +65,21 @@ def node_env(*, base_dir: Path, home: Path, config: LocalClusterConfig, node: Lo
     return env
 
 
+# RabbitMQ 3: fresh nodes booting together: the first to take the formation lock finds no peer with
+# tables (the others wait for the lock), so retrying discovery only delays it (default 10 x 500 ms).
+# Waiting nodes poll the lock every 200 ms instead of global's backoff of up to 8 s (default 10 internal
+# retries, then 30 s between attempts). Restarts skip all this. RabbitMQ 4 rewrote peer discovery: with a
+# single discovery attempt a node that boots slower than its peers forms a cluster of its own, so it keeps
+# the defaults.
+_FAST_FORMATION_3 = (
+    "cluster_formation.discovery_retry_limit = 1",
+    "cluster_formation.discovery_retry_interval = 200",
+    "cluster_formation.internal_lock_retries = 1",
+    "cluster_formation.lock_retry_limit = 600",
+    "cluster_formation.lock_retry_timeout = 200",
+)
+
+
 def rabbitmq_conf(config: LocalClusterConfig, node: LocalNode) -> str:
     """The node's rabbitmq.conf: loopback listeners on its ports, classic-config peer discovery."""
     lines = [
@@ -78,17 +93,10 @@ def rabbitmq_conf(config: LocalClusterConfig, node: LocalNode) -> str:
         "cluster_name = queue-balancer-local",
         # Leaders go where they are declared; `local seed` relies on it, and so does the default.
         "queue_master_locator = client-local",
+        *(["queue_leader_locator = client-local"] if config.rabbitmq == "4" else []),
         "cluster_formation.peer_discovery_backend = classic_config",
         *(f"cluster_formation.classic_config.nodes.{n.index} = {n.name}" for n in config.all_nodes()),
-        # Fresh nodes booting together: the first to take the formation lock finds no peer with
-        # tables (the others wait for the lock), so retrying discovery only delays it (default
-        # 10 x 500 ms). Waiting nodes poll the lock every 200 ms instead of global's backoff of up
-        # to 8 s (default 10 internal retries, then 30 s between attempts). Restarts skip all this.
-        "cluster_formation.discovery_retry_limit = 1",
-        "cluster_formation.discovery_retry_interval = 200",
-        "cluster_formation.internal_lock_retries = 1",
-        "cluster_formation.lock_retry_limit = 600",
-        "cluster_formation.lock_retry_timeout = 200",
+        *(_FAST_FORMATION_3 if config.rabbitmq == "3" else ()),
         f"vm_memory_high_watermark.absolute = {config.memory_high_watermark}",
         f"disk_free_limit.absolute = {config.disk_free_limit}",
         "log.file.level = info",

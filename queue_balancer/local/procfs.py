@@ -125,11 +125,14 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def owned_pid(pid_file: Path, *, base_dir: Path, home: Path, epmd_port: int) -> int | None:
+def owned_pid(
+    pid_file: Path, *, base_dir: Path, home: Path, epmd_port: int, chroot: Path | None = None
+) -> int | None:
     """The pid in ``pid_file`` if that process is alive and belongs to the cluster in ``base_dir``, else None.
 
     Ownership is checked on the command line (``-home <base_dir>/home`` for a node, our port for epmd,
-    our node directory for the wrapper script), so a recycled pid is never signalled.
+    our node directory for the wrapper script), so a recycled pid is never signalled. A process in the
+    ``chroot`` of RabbitMQ 4 reports its working directory below that root.
     """
     try:
         pid = int(pid_file.read_text().strip())
@@ -148,5 +151,9 @@ def owned_pid(pid_file: Path, *, base_dir: Path, home: Path, epmd_port: int) -> 
             and same_path(cwd_of(pid), base_dir)
         )
     else:  # wrapper.pid: the rabbitmq-server shell script, started with cwd = its node directory
-        owned = any("rabbitmq-server" in arg for arg in cmdline) and same_path(cwd_of(pid), pid_file.parent)
+        cwd = cwd_of(pid)
+        owned = any("rabbitmq-server" in arg for arg in cmdline) and (
+            same_path(cwd, pid_file.parent)
+            or (chroot is not None and same_path(cwd, chroot / pid_file.parent.relative_to("/")))
+        )
     return pid if owned else None

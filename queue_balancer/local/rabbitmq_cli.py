@@ -13,6 +13,7 @@ from pathlib import Path
 
 from queue_balancer.local.environment import cli_env
 from queue_balancer.local.layout import LocalClusterError
+from queue_balancer.local.runtime import Runtime
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 RABBITMQ_SERVER = RABBITMQ_BIN / "rabbitmq-server"
@@ -29,7 +30,10 @@ def require_rabbitmq(server: Path = RABBITMQ_SERVER) -> None:
 class RabbitmqCli:
     """The CLI tools bound to one cluster (its HOME, epmd port) and its admin password (masked in errors)."""
 
-    def __init__(self, *, base_dir: Path, home: Path, epmd_port: int, password: str) -> None:
+    def __init__(
+        self, *, base_dir: Path, home: Path, epmd_port: int, password: str, runtime: Runtime
+    ) -> None:
+        self._runtime = runtime
         self._base_dir = base_dir
         self._home = home
         self._epmd_port = epmd_port
@@ -40,15 +44,23 @@ class RabbitmqCli:
 
     def env(self) -> dict[str, str]:
         """The environment of a CLI call against this cluster."""
-        return cli_env(base_dir=self._base_dir, home=self._home, epmd_port=self._epmd_port)
+        return self._runtime.environment(
+            cli_env(base_dir=self._base_dir, home=self._home, epmd_port=self._epmd_port)
+        )
 
     def run(self, tool: str, args: tuple[str, ...], node_name: str, timeout: float) -> str:
         """Run ``<tool> -n <node_name> args...``; return stdout, or raise with the command and its output."""
-        require_rabbitmq()
+        if self._runtime.root is None:
+            require_rabbitmq()
         command = [str(RABBITMQ_BIN / tool), "-n", node_name, *args]
         try:
             done = subprocess.run(
-                command, env=self.env(), capture_output=True, text=True, timeout=timeout, check=False
+                self._runtime.command(command, base_dir=self._base_dir, cwd=self._base_dir),
+                env=self.env(),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
             )
         except subprocess.TimeoutExpired as exc:
             raise LocalClusterError(f"`{self._shell(command)}` did not finish within {timeout:g} s") from exc
@@ -66,7 +78,10 @@ class RabbitmqCli:
             for k, v in sorted(self.env().items())
             if k.startswith(("RABBITMQ_", "ERL_")) or k == "HOME"
         ]
-        return shlex.join(["env", *env, str(RABBITMQ_BIN / "rabbitmqctl"), "-n", node_name, "eval"])
+        command = [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", node_name, "eval"]
+        return shlex.join(
+            ["env", *env, *self._runtime.command(command, base_dir=self._base_dir, cwd=self._base_dir)]
+        )
 
     def _shell(self, command: list[str]) -> str:
         """The command as a user would type it, with the admin password masked."""

@@ -1,0 +1,69 @@
+"""The local RabbitMQ 4.0.5 cluster (Debian 13's package in a chroot) and the engine on it.
+
+What matters: `local up --rabbitmq 4` really runs 4.0 (classic mirroring removed, so no `ha-*` policy can
+exist), the nodes can be stopped, killed and restarted one by one like the 3.10 ones, nothing stays mounted
+on the host, and quorum leaders are balanced by the same CLI as on 3.10.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+
+from queue_balancer.cli import main
+from queue_balancer.local.cluster import ENV_BASE_DIR, LocalCluster
+from queue_balancer.local.seed import delete_seeded, seed
+from queue_balancer.management import ManagementClient
+from queue_balancer.model import Queue
+
+pytestmark = pytest.mark.integration
+
+
+def _client(cluster: LocalCluster) -> ManagementClient:
+    return ManagementClient(cluster.nodes[0].management_url, *cluster.credentials)
+
+
+def test_it_is_rabbitmq_4_with_classic_mirroring_removed(local_cluster_4: LocalCluster) -> None:
+    overview = _client(local_cluster_4).overview()
+    assert overview["rabbitmq_version"].startswith("4.0.")
+    deprecated = local_cluster_4.rabbitmqctl("list_deprecated_features", "--formatter", "json")
+    assert '"classic_queue_mirroring"' in deprecated and '"removed"' in deprecated
+    refused = requests.put(
+        f"{local_cluster_4.nodes[0].management_url}/api/policies/%2F/ha-test",
+        json={"pattern": "^nothing$", "definition": {"ha-mode": "all"}},
+        auth=local_cluster_4.credentials,
+        timeout=10,
+    )
+    assert refused.status_code == 400, "4.0 rejects ha-* keys: the engine must never write them"
+
+
+def test_nothing_is_mounted_on_the_host_and_nodes_restart_one_by_one(local_cluster_4: LocalCluster) -> None:
+    assert str(local_cluster_4.runtime.root) not in Path("/proc/self/mountinfo").read_text()
+    others = [s.pid for s in local_cluster_4.status()[:2]]
+    local_cluster_4.kill_node(3)
+    assert not local_cluster_4.status()[2].running
+    local_cluster_4.start_node(3)
+    assert [s.pid for s in local_cluster_4.status()[:2]] == others and local_cluster_4.status()[2].running
+    running = {n["name"] for n in _client(local_cluster_4).nodes() if n.get("running")}
+    assert running == {n.name for n in local_cluster_4.nodes}
+
+
+def test_balance_spreads_quorum_leaders_on_rabbitmq_4(
+    local_cluster_4: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_BASE_DIR, str(local_cluster_4.base_dir))
+    for name in ("RABBITMQ_MANAGEMENT_URL", "RABBITMQ_USER", "RABBITMQ_PASSWORD", "RABBITMQ_EVAL_COMMAND"):
+        monkeypatch.delenv(name, raising=False)
+    summary = seed(local_cluster_4, queues=9, messages=20, queue_type="quorum", prefix="four")
+    try:
+        assert dict(summary.leaders_per_node) == {local_cluster_4.nodes[0].name: 9}
+        assert main(["--local", "balance", "--pattern", r"^four\."]) == 0
+        client = _client(local_cluster_4)
+        queues = [Queue.from_api(q) for q in client.queues("/") if q["name"].startswith("four.")]
+        assert sorted(Counter(q.leader for q in queues).values()) == [3, 3, 3]
+        assert not [p for p in client.policies() if "ha-mode" in p.get("definition", {})]
+    finally:
+        delete_seeded(local_cluster_4, prefix="four")
