@@ -159,8 +159,8 @@ class ManagementClient:
         return result
 
     def snapshot(self) -> Snapshot:
-        """Nodes and queues: what the planner needs."""
-        return Snapshot.from_api(self.nodes(), self.queues())
+        """Nodes, queues and the version: what the planner needs."""
+        return Snapshot.from_api(self.nodes(), self.queues(), self.overview())
 
     def queues_now(self) -> list[dict[str, Any]]:
         """All queues as their processes see them now (quorum members and ``online`` included).
@@ -176,7 +176,7 @@ class ManagementClient:
         the statistics view (the real-time list lacks a classic queue's effective policy)."""
         quorum = [q for q in self.queues_now() if q.get("type") == "quorum"]
         others = [q for q in self.queues() if q.get("type") != "quorum"]
-        return Snapshot.from_api(self.nodes(), quorum + others)
+        return Snapshot.from_api(self.nodes(), quorum + others, self.overview())
 
     def version(self) -> str:
         """RabbitMQ's version, e.g. ``3.10.8`` or ``4.0.5``."""

@@ -7,7 +7,7 @@ cross the CLI, the Lambda handlers and the Step Functions payloads.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -41,12 +41,15 @@ class Node:
     partitions: tuple[str, ...] = ()
     memory_alarm: bool = False
     disk_alarm: bool = False
+    being_drained: bool = False
+    """In maintenance mode (``rabbitmq-upgrade drain``): never a target, as for the built-in rebalance."""
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> Node:
         return cls(
             name=str(data["name"]),
             running=bool(data.get("running", False)),
+            being_drained=bool(data.get("being_drained", False)),
             partitions=tuple(str(p) for p in data.get("partitions") or ()),
             memory_alarm=bool(data.get("mem_alarm", False)),
             disk_alarm=bool(data.get("disk_free_alarm", False)),
@@ -130,22 +133,61 @@ class QueueCount:
 
 
 @dataclass(frozen=True)
+class Platform:
+    """What the RabbitMQ version allows: 4.0 removed classic queue mirroring (``ha-*`` policies are refused
+    with HTTP 400, classic queues report no mirrors), so a classic queue can no longer be moved safely."""
+
+    version: str = ""
+    classic_mirroring: bool = True
+
+    @classmethod
+    def from_overview(cls, overview: Mapping[str, Any]) -> Platform:
+        """From ``GET /api/overview``'s ``rabbitmq_version`` (an unknown version keeps 3.x rules)."""
+        version = str(overview.get("rabbitmq_version") or "")
+        major = version.split(".", 1)[0]
+        return cls(version=version, classic_mirroring=not (major.isdigit() and int(major) >= 4))
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """What the planner needs to know about a cluster at one instant."""
 
     nodes: tuple[Node, ...]
     queues: tuple[Queue, ...]
+    platform: Platform = Platform()
 
     @property
     def running_nodes(self) -> tuple[str, ...]:
         return tuple(sorted(n.name for n in self.nodes if n.running))
 
+    @property
+    def serving_nodes(self) -> tuple[str, ...]:
+        """Running nodes not in maintenance mode: the only ones a leader may move to."""
+        return tuple(sorted(n.name for n in self.nodes if n.running and not n.being_drained))
+
+    @property
+    def drained_nodes(self) -> tuple[str, ...]:
+        """Running nodes in maintenance mode (``rabbitmq-upgrade drain``)."""
+        return tuple(sorted(n.name for n in self.nodes if n.running and n.being_drained))
+
+    def with_drained(self, names: Iterable[str]) -> Snapshot:
+        """The same snapshot with ``names`` marked as drained (3.x reports it only over the Erlang CLI)."""
+        drained = set(names)
+        nodes = tuple(replace(n, being_drained=n.being_drained or n.name in drained) for n in self.nodes)
+        return replace(self, nodes=nodes)
+
     @classmethod
-    def from_api(cls, nodes: Iterable[Mapping[str, Any]], queues: Iterable[Mapping[str, Any]]) -> Snapshot:
-        """From ``GET /api/nodes`` and ``GET /api/queues``."""
+    def from_api(
+        cls,
+        nodes: Iterable[Mapping[str, Any]],
+        queues: Iterable[Mapping[str, Any]],
+        overview: Mapping[str, Any] | None = None,
+    ) -> Snapshot:
+        """From ``GET /api/nodes``, ``GET /api/queues`` and (for the version) ``GET /api/overview``."""
         return cls(
             nodes=tuple(sorted((Node.from_api(n) for n in nodes), key=lambda n: n.name)),
             queues=tuple(sorted((Queue.from_api(q) for q in queues), key=lambda q: (q.vhost, q.name))),
+            platform=Platform.from_overview(overview or {}),
         )
 
 

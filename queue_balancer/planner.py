@@ -74,8 +74,19 @@ def select(snapshot: Snapshot, options: PlanOptions) -> list[Queue]:
     ]
 
 
-def classify(queue: Queue, running: frozenset[str], *, quorum_transfer: bool = True) -> Candidate | Skipped:
-    """Movable (with its possible targets) or skipped (with a reason an operator can act on)."""
+def classify(
+    queue: Queue,
+    running: frozenset[str],
+    *,
+    quorum_transfer: bool = True,
+    classic_mirroring: bool = True,
+    drained: frozenset[str] = frozenset(),
+) -> Candidate | Skipped:
+    """Movable (with its possible targets) or skipped (with a reason an operator can act on).
+
+    ``running`` are the nodes a leader may go to (running, not in maintenance mode); ``drained`` the
+    running nodes in maintenance mode; ``classic_mirroring`` False on RabbitMQ 4+, which removed it.
+    """
 
     def skip(reason: str) -> Skipped:
         return Skipped(queue.vhost, queue.name, queue.leader, reason)
@@ -86,12 +97,22 @@ def classify(queue: Queue, running: frozenset[str], *, quorum_transfer: bool = T
         return skip("exclusive: owned by one connection, it lives and dies with it")
     if queue.name in DOT_SEGMENTS or queue.vhost in DOT_SEGMENTS:
         return skip("named '.' or '..': the management API cannot address it (rename it to move it)")
+    if queue.leader in drained:
+        return skip(
+            f"its node {queue.leader} is in maintenance mode (rabbitmq-upgrade drain): "
+            "`rabbitmq-upgrade revive` it to have its queues balanced"
+        )
     if queue.leader not in running:
         return skip(f"leader node {queue.leader or '(none)'} is not running")
     if queue.state not in ("running", "live", "idle", "flow"):
         return skip(f"queue is {queue.state}")
     if queue.type is QueueType.QUORUM:
         return _classify_quorum(queue, running, quorum_transfer, skip)
+    if not classic_mirroring:
+        return skip(
+            "classic queue on RabbitMQ 4+, which removed classic mirroring: no move can keep a copy, so it "
+            "stays as fixed load (declare it as a quorum queue to have it balanced)"
+        )
     return _classify_classic(queue, running, skip)
 
 
@@ -135,20 +156,32 @@ class Survey:
     nodes: tuple[str, ...]
     counted: tuple[Queue, ...]
     """Selected queues whose leader runs on a running node: the load the distribution is made of."""
-    scopes: Mapping[str, _Scope]
+    scopes: Mapping[tuple[str, str], _Scope]
+    """(vhost, or "" for the whole cluster; queue type) -> its fixed load and candidates."""
     skipped: tuple[Skipped, ...]
 
 
 def survey(snapshot: Snapshot, options: PlanOptions) -> Survey:
-    """Select and classify; unmovable queues become fixed load of their scope."""
+    """Select and classify; unmovable queues become fixed load of their scope.
+
+    A scope is one queue type (of one vhost with ``per_vhost``): each type is made even on its own, since a
+    node that leads all quorum queues is hot even when the totals are even.
+    """
     check_vhosts(snapshot, options)
-    running = frozenset(snapshot.running_nodes)
-    scopes: dict[str, _Scope] = defaultdict(_Scope)
+    running = frozenset(snapshot.serving_nodes)
+    drained = frozenset(snapshot.drained_nodes)
+    scopes: dict[tuple[str, str], _Scope] = defaultdict(_Scope)
     skipped: list[Skipped] = []
     counted: list[Queue] = []
     for queue in select(snapshot, options):
-        verdict = classify(queue, running, quorum_transfer=options.quorum_transfer)
-        scope = scopes[queue.vhost if options.per_vhost else ""]
+        verdict = classify(
+            queue,
+            running,
+            quorum_transfer=options.quorum_transfer,
+            classic_mirroring=snapshot.platform.classic_mirroring,
+            drained=drained,
+        )
+        scope = scopes[(queue.vhost if options.per_vhost else "", queue.type.value)]
         if queue.leader in running:
             counted.append(queue)
         if isinstance(verdict, Skipped):
@@ -161,24 +194,30 @@ def survey(snapshot: Snapshot, options: PlanOptions) -> Survey:
 
 
 def plan(snapshot: Snapshot, options: PlanOptions | None = None) -> Plan:
-    """The fewest moves that make the leader distribution as even as the movable queues allow."""
+    """The fewest moves that make each queue type, then the total, as even as the movable queues allow.
+
+    With ``per_vhost`` each vhost is balanced on its own, one after the other (see ``balance``).
+    """
     options = options or PlanOptions()
     found = survey(snapshot, options)
     moves: list[Move] = []
-    placed: Counter[str] = Counter()  # leaders of the scopes planned so far, where they will end up
-    for key in sorted(found.scopes):
-        scope = found.scopes[key]
-        scope_moves = balance(found.nodes, scope.fixed, scope.candidates, placed)
+    placed: Counter[str] = Counter()  # leaders of the vhosts planned so far, where they will end up
+    for vhost in sorted({key[0] for key in found.scopes}):
+        scopes = {QueueType(t): scope for (v, t), scope in found.scopes.items() if v == vhost}
+        fixed = {t: scope.fixed for t, scope in scopes.items()}
+        candidates = [c for scope in scopes.values() for c in scope.candidates]
+        scope_moves = balance(found.nodes, fixed, candidates, placed)
         moves.extend(scope_moves)
-        placed.update(scope.fixed)
-        placed.update(c.queue.leader for c in scope.candidates)
+        for scope in scopes.values():
+            placed.update(scope.fixed)
+            placed.update(c.queue.leader for c in scope.candidates)
         for move in scope_moves:
             placed[move.source] -= 1
             placed[move.target] += 1
-    moves.sort(key=move_cost)
-    if options.max_moves is not None:
-        moves = moves[: options.max_moves]
     before = distribution(found.counted, found.nodes)
+    if options.max_moves is not None:
+        moves = most_even_first(moves, before, options.max_moves)
+    moves.sort(key=move_cost)
     after = Counter(before)
     for move in moves:
         after[move.source] -= 1
@@ -191,6 +230,33 @@ def plan(snapshot: Snapshot, options: PlanOptions | None = None) -> Plan:
         skipped=found.skipped,
         per_vhost=options.per_vhost,
     )
+
+
+def most_even_first(moves: Sequence[Move], before: Mapping[str, int], limit: int) -> list[Move]:
+    """``limit`` moves of the plan that leave the most even distribution: each next move goes from the most
+    loaded source to the least loaded target among the moves left (cheapest first on a tie), so 22/7/7 with
+    3 moves becomes 19/9/8, not 19/10/7."""
+    by_pair: dict[tuple[str, str], list[Move]] = defaultdict(list)
+    for move in sorted(moves, key=move_cost, reverse=True):
+        by_pair[(move.source, move.target)].append(move)  # cheapest last: popped first
+    load = Counter(before)
+    chosen: list[Move] = []
+    while len(chosen) < limit and by_pair:
+        source, target = max(
+            by_pair,
+            key=lambda pair: (
+                load[pair[0]] - load[pair[1]],
+                [-c for c in move_cost(by_pair[pair][-1])[:2]],
+                pair,
+            ),
+        )
+        pair_moves = by_pair[(source, target)]
+        chosen.append(pair_moves.pop())
+        if not pair_moves:
+            del by_pair[(source, target)]
+        load[source] -= 1
+        load[target] += 1
+    return chosen
 
 
 def check_vhosts(snapshot: Snapshot, options: PlanOptions) -> None:
@@ -210,99 +276,153 @@ def queue_cost(queue: Queue) -> tuple[int, int, str, str]:
     return (0 if queue.type is QueueType.QUORUM else 1, queue.messages, queue.vhost, queue.name)
 
 
+GroupKey = tuple[QueueType, str, frozenset[str]]
+"""Interchangeable queues: same type, same leader, same possible targets."""
+Bounds = tuple[int, int]
+
+
 def balance(
     nodes: Sequence[str],
-    fixed: Mapping[str, int],
+    fixed: Mapping[str, int] | Mapping[QueueType, Mapping[str, int]],
     candidates: Iterable[Candidate],
     elsewhere: Mapping[str, int] | None = None,
 ) -> list[Move]:
-    """The fewest moves reaching the most even distribution over ``nodes`` (see the module docstring).
+    """The fewest moves making every queue type, then the total, as even as reachable over ``nodes``.
+
+    ``fixed``: unmovable leaders per node, per queue type (a flat mapping counts as one type's). First each
+    type's own bounds: the smallest reachable maximum of its leaders on a node, then the largest minimum
+    under it. Then, with every type held within its bounds, the same for the total; then the fewest moves.
+    One min-cost flow holds all of it (see ``_Network``), so the result is exact, not a greedy pass per type.
 
     ``elsewhere`` (leaders per node outside this scope, e.g. other vhosts): when a node must get one queue
     more than another, it goes to the node with fewer leaders elsewhere, even at the price of more moves,
     so balancing every vhost on its own also keeps the cluster even.
     """
-    groups: dict[tuple[str, frozenset[str]], list[Queue]] = defaultdict(list)
+    fixed_by_type = _fixed_by_type(fixed)
+    groups: dict[GroupKey, list[Queue]] = defaultdict(list)
     for c in candidates:
-        groups[(c.queue.leader, c.targets)].append(c.queue)
+        groups[(c.queue.type, c.queue.leader, c.targets)].append(c.queue)
     if not groups or len(nodes) < 2:
         return []
-    network = _Network(nodes, fixed, groups, elsewhere or {})
-    current = [fixed.get(n, 0) + network.movable_on(n) for n in nodes]
-    total = sum(current)
-    hi = smallest_feasible(
-        max(math.ceil(total / len(nodes)), max(fixed.get(n, 0) for n in nodes)),
-        max(current),
-        lambda h: network.assign(0, h) is not None,
-    )
-    lo = largest_feasible(0, total // len(nodes), lambda low: network.assign(low, hi) is not None)
-    assignment = network.assign(lo, hi)
-    assert assignment is not None  # lo and hi were both found feasible together
+    type_bounds: dict[QueueType, Bounds] = {}
+    for queue_type in sorted({key[0] for key in groups}):
+        alone = _Network(
+            nodes,
+            {queue_type: fixed_by_type.get(queue_type, {})},
+            {k: v for k, v in groups.items() if k[0] == queue_type},
+            {},
+        )
+        type_bounds[queue_type] = alone.even_bounds({})
+    network = _Network(nodes, fixed_by_type, groups, elsewhere or {})
+    lo, hi = network.even_bounds(type_bounds)
+    assignment = network.assign((lo, hi), type_bounds)
+    assert assignment is not None  # the bounds were found feasible together
     return network.moves(assignment)
 
 
-class _Network:
-    """source → group of interchangeable queues → possible leader node → sink.
+def _fixed_by_type(
+    fixed: Mapping[str, int] | Mapping[QueueType, Mapping[str, int]],
+) -> dict[QueueType, Mapping[str, int]]:
+    if all(isinstance(v, int) for v in fixed.values()):
+        return {QueueType.CLASSIC: fixed} if fixed else {}  # type: ignore[dict-item]
+    return dict(fixed)  # type: ignore[arg-type]
 
-    A node's load must lie in [lo, hi]: its first ``lo - fixed`` units run over an arc with a large negative
-    cost (so every feasible solution fills them), the rest up to ``hi - fixed`` over an optional arc. Costs,
-    in decreasing order of weight: filling the mandatory arcs; a unit on an optional arc of a node that leads
-    more queues elsewhere (other vhosts) than the least loaded node; moving a queue (1).
+
+class _Network:
+    """source → group of interchangeable queues → (queue type, node) → node → sink.
+
+    Each (type, node) arc pair holds that type's load on the node within the type's bounds, each node → sink
+    pair the node's total within the total bounds: the first ``lo - fixed`` units over an arc with a large
+    negative cost (so every feasible solution fills them), the rest up to ``hi - fixed`` over an optional
+    arc. Costs, in decreasing order of weight: filling the mandatory arcs; a unit on an optional total arc of
+    a node that leads more queues elsewhere (other vhosts) than the least loaded node; moving a queue (1).
     """
 
     def __init__(
         self,
         nodes: Sequence[str],
-        fixed: Mapping[str, int],
-        groups: Mapping[tuple[str, frozenset[str]], list[Queue]],
+        fixed: Mapping[QueueType, Mapping[str, int]],
+        groups: Mapping[GroupKey, list[Queue]],
         elsewhere: Mapping[str, int],
     ) -> None:
         self.nodes = list(nodes)
-        self.fixed = [fixed.get(n, 0) for n in nodes]
-        self.keys = sorted(groups, key=lambda k: (k[0], sorted(k[1])))
+        self.types = sorted({key[0] for key in groups})
+        self.fixed_of_type = {t: [fixed.get(t, {}).get(n, 0) for n in nodes] for t in self.types}
+        self.fixed = [sum(f.get(n, 0) for f in fixed.values()) for n in nodes]
+        self.keys = sorted(groups, key=lambda k: (k[0], k[1], sorted(k[2])))
         self.groups = {k: sorted(groups[k], key=queue_cost) for k in self.keys}
         self.count = sum(len(g) for g in self.groups.values())
         # A queue more on a node that already leads more elsewhere outweighs any number of moves.
         least = min(elsewhere.get(n, 0) for n in nodes)
         self.excess_cost = [(elsewhere.get(n, 0) - least) * (self.count + 1) for n in nodes]
-        self.big = (max(self.excess_cost) + 1) * self.count + 1  # more than all other costs together
+        # Two mandatory arcs lie on a path: each weighs more than all other costs together.
+        self.big = (max(self.excess_cost) + 1) * self.count + 1
 
-    def movable_on(self, node: str) -> int:
-        return sum(len(self.groups[k]) for k in self.keys if k[0] == node)
+    def even_bounds(self, type_bounds: Mapping[QueueType, Bounds]) -> Bounds:
+        """(lo, hi) of the total: the smallest reachable maximum, then the largest minimum under it."""
+        current = [
+            self.fixed[i] + sum(len(self.groups[k]) for k in self.keys if k[1] == node)
+            for i, node in enumerate(self.nodes)
+        ]
+        total = sum(current)
+        # The current placement may break the type bounds; every placement is within count + max(fixed).
+        ceiling = max(current) if not type_bounds else self.count + max(self.fixed)
+        hi = smallest_feasible(
+            max(math.ceil(total / len(self.nodes)), max(self.fixed)),
+            ceiling,
+            lambda h: self.assign((0, h), type_bounds) is not None,
+        )
+        lo = largest_feasible(
+            0, total // len(self.nodes), lambda low: self.assign((low, hi), type_bounds) is not None
+        )
+        return lo, hi
 
-    def assign(self, lo: int, hi: int) -> dict[tuple[tuple[str, frozenset[str]], str], int] | None:
-        """Queues per (group, node) with every load in [lo, hi] and the fewest moves; None if impossible."""
+    def assign(
+        self, bounds: Bounds, type_bounds: Mapping[QueueType, Bounds]
+    ) -> dict[tuple[GroupKey, str], int] | None:
+        """Queues per (group, node) within every bound and with the fewest moves; None if impossible."""
         source, sink, first_group = 0, 1, 2
-        first_node = first_group + len(self.keys)
+        first_typed = first_group + len(self.keys)
+        first_node = first_typed + len(self.types) * len(self.nodes)
         network = MinCostFlow(first_node + len(self.nodes))
-        group_arcs: dict[tuple[tuple[str, frozenset[str]], str], int] = {}
+        mandatory: list[tuple[int, int]] = []
+
+        def bounded(tail: int, head: int, fixed: int, lo: int, hi: int, cost: int) -> None:
+            need = max(0, lo - fixed)
+            optional = max(0, hi - fixed) - need
+            if need:
+                mandatory.append((network.add_arc(tail, head, need, -self.big), need))
+            if optional > 0:
+                network.add_arc(tail, head, optional, cost)
+
+        def typed(t: int, n: int) -> int:
+            return first_typed + t * len(self.nodes) + n
+
+        group_arcs: dict[tuple[GroupKey, str], int] = {}
         for g, key in enumerate(self.keys):
             size = len(self.groups[key])
+            t = self.types.index(key[0])
             network.add_arc(source, first_group + g, size, 0)
             for n, node in enumerate(self.nodes):
-                if node in key[1]:
-                    cost = 0 if node == key[0] else 1
-                    group_arcs[(key, node)] = network.add_arc(first_group + g, first_node + n, size, cost)
-        mandatory_arcs: list[tuple[int, int]] = []
+                if node in key[2]:
+                    cost = 0 if node == key[1] else 1
+                    group_arcs[(key, node)] = network.add_arc(first_group + g, typed(t, n), size, cost)
+        for t, queue_type in enumerate(self.types):
+            lo, hi = type_bounds.get(queue_type, (0, self.count + max(self.fixed)))
+            for n in range(len(self.nodes)):
+                bounded(typed(t, n), first_node + n, self.fixed_of_type[queue_type][n], lo, hi, 0)
         for n, fixed in enumerate(self.fixed):
-            mandatory = max(0, lo - fixed)
-            optional = max(0, hi - fixed) - mandatory
-            if mandatory:
-                mandatory_arcs.append(
-                    (network.add_arc(first_node + n, sink, mandatory, -self.big), mandatory)
-                )
-            if optional > 0:
-                network.add_arc(first_node + n, sink, optional, self.excess_cost[n])
+            bounded(first_node + n, sink, fixed, bounds[0], bounds[1], self.excess_cost[n])
         flow, _cost = network.solve(source, sink, self.count)
-        if flow < self.count or any(network.flow_on(arc) < need for arc, need in mandatory_arcs):
+        if flow < self.count or any(network.flow_on(arc) < need for arc, need in mandatory):
             return None
         return {k: network.flow_on(a) for k, a in group_arcs.items() if network.flow_on(a)}
 
-    def moves(self, assignment: Mapping[tuple[tuple[str, frozenset[str]], str], int]) -> list[Move]:
+    def moves(self, assignment: Mapping[tuple[GroupKey, str], int]) -> list[Move]:
         """Turn per-group counts into named moves: the cheapest queues of each group move."""
         result: list[Move] = []
         for key in self.keys:
-            leader = key[0]
+            leader = key[1]
             leaving = iter(self.groups[key])
             for node in self.nodes:
                 if node == leader:

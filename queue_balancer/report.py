@@ -36,6 +36,11 @@ class Report:
         return spread(self.leaders)
 
     @property
+    def spread_by_type(self) -> dict[str, int]:
+        """Spread of each queue type on its own: a node leading all quorum queues is hot at even totals."""
+        return {t: spread(c) for t, c in self.by_type.items()}
+
+    @property
     def equilibrium(self) -> float:
         return equilibrium(self.leaders)
 
@@ -61,6 +66,7 @@ class Report:
             "by_type": {t: dict(c) for t, c in self.by_type.items()},
             "by_vhost": {v: {**c, "spread": spread(c)} for v, c in self.by_vhost.items()},
             "spread": self.spread,
+            "spread_by_type": self.spread_by_type,
             "equilibrium": round(self.equilibrium, 3),
             "skipped": [s.to_dict() for s in self.skipped],
         }
@@ -84,9 +90,10 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]
 
 def _figures(report: Report) -> str:
     bar = "meets" if report.equilibrium >= SEED_EQUILIBRIUM_BAR else "below"
+    by_type = ", ".join(f"{t} {s}" for t, s in report.spread_by_type.items())
     return (
-        f"spread (max - min): {report.spread}   equilibrium: {report.equilibrium:.0%} "
-        f"({bar} the seed's 70 % bar)"
+        f"spread (max - min): {report.spread}{f' ({by_type})' if by_type else ''}   "
+        f"equilibrium: {report.equilibrium:.0%} ({bar} the seed's 70 % bar)"
     )
 
 

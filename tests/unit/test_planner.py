@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from queue_balancer.errors import ConfigurationError
-from queue_balancer.model import Node, Queue, QueueType, Snapshot, spread
+from queue_balancer.model import Node, Plan, Platform, Queue, QueueType, Snapshot, spread
 from queue_balancer.planner import PlanOptions, classify, plan
 
 NODES = ("rabbit@a", "rabbit@b", "rabbit@c", "rabbit@d")
@@ -158,6 +158,49 @@ def test_max_moves_truncates_the_plan_and_its_after_figures() -> None:
     assert sum(result.after.values()) == 9 and result.after["rabbit@a"] == 7
 
 
+def test_max_moves_keeps_the_most_even_distribution_reachable_with_that_many_moves() -> None:
+    queues = [mirrored(f"q{i:02}", "rabbit@a") for i in range(22)]
+    queues += [mirrored(f"r{i}", "rabbit@b") for i in range(7)] + [
+        mirrored(f"s{i}", "rabbit@c") for i in range(7)
+    ]
+    result = plan(snapshot(queues), PlanOptions(max_moves=3))
+    assert sorted(result.after.values()) == [8, 9, 19]
+
+
+def test_every_type_is_even_and_the_total_as_even_as_that_allows() -> None:
+    """Issue 10's run on 4.0: 30 quorum queues, 3 classic and 2 streams, all led by node 1."""
+    members = NODES[:3]
+    queues = [quorum(f"q{i:02}", "rabbit@a", members) for i in range(30)]
+    queues += [unmirrored(f"c{i}", "rabbit@a", 5) for i in range(3)]
+    queues += [Queue("/", f"s{i}", QueueType.STREAM, "rabbit@a", ("rabbit@b", "rabbit@c")) for i in range(2)]
+    result = plan(snapshot(queues))
+    assert type_distribution(queues, result, QueueType.QUORUM, members) == dict.fromkeys(members, 10)
+    assert result.after == {"rabbit@a": 15, "rabbit@b": 10, "rabbit@c": 10}
+
+
+def test_on_rabbitmq_4_classic_queues_are_fixed_load_with_a_reason_that_works_there() -> None:
+    queues = [unmirrored(f"c{i}", "rabbit@a", 0) for i in range(3)] + [mirrored("m", "rabbit@a")]
+    four = Snapshot(
+        snapshot(queues).nodes, tuple(queues), Platform.from_overview({"rabbitmq_version": "4.0.5"})
+    )
+    result = plan(four)
+    assert not result.moves
+    assert {s.queue for s in result.skipped} == {"c0", "c1", "c2", "m"}
+    assert all("quorum queue" in s.reason and "HA policy" not in s.reason for s in result.skipped)
+    assert Platform.from_overview({"rabbitmq_version": "3.10.8"}).classic_mirroring
+    assert len(plan(snapshot(queues)).moves) == 2  # the same queues on 3.10 are movable: 2/1/1
+
+
+def test_a_drained_node_is_never_a_target_and_its_queues_say_why() -> None:
+    queues = [quorum(f"q{i}", "rabbit@a", NODES[:3]) for i in range(6)] + [quorum("d", "rabbit@c", NODES[:3])]
+    drained = snapshot(queues).with_drained(["rabbit@c"])
+    result = plan(drained)
+    assert {m.target for m in result.moves} == {"rabbit@b"}
+    assert sorted(result.after.values()) == [3, 3]
+    (skipped,) = result.skipped
+    assert skipped.queue == "d" and "maintenance mode" in skipped.reason and "revive" in skipped.reason
+
+
 def test_ten_thousand_queues_on_five_nodes_plan_in_under_a_second() -> None:
     nodes = tuple(f"rabbit@n{i}" for i in range(5))
     queues = [mirrored(f"q{i:05}", nodes[i % 2], nodes) for i in range(7000)]
@@ -165,30 +208,47 @@ def test_ten_thousand_queues_on_five_nodes_plan_in_under_a_second() -> None:
     began = time.process_time()
     result = plan(snapshot(queues, nodes))
     assert time.process_time() - began < 1.0
-    assert spread(result.after) <= 1
+    # Each type even on the nodes it may use (quorum members are on n0..n2 only): types come first.
+    assert spread(type_distribution(queues, result, QueueType.CLASSIC, nodes)) <= 1
+    assert spread(type_distribution(queues, result, QueueType.QUORUM, nodes[:3])) <= 1
 
 
 # ---- properties against brute force --------------------------------------------------------------
 
 
-def _brute_force(snap: Snapshot) -> tuple[int, int]:
-    """(best spread, fewest moves reaching it) by trying every placement of every movable queue."""
+def type_distribution(
+    queues: list[Queue], result: Plan, queue_type: QueueType, nodes: tuple[str, ...]
+) -> dict[str, int]:
+    """Leaders of one type per node after the plan."""
+    load = Counter({n: 0 for n in nodes})
+    load.update(q.leader for q in queues if q.type is queue_type)
+    for move in result.moves:
+        if move.type is queue_type:
+            load[move.source] -= 1
+            load[move.target] += 1
+    return dict(load)
+
+
+def _brute_force(snap: Snapshot) -> tuple[tuple[int, ...], int, int]:
+    """(best spread of each queue type, then best total spread, then fewest moves) over every placement."""
     running = frozenset(snap.running_nodes)
-    fixed = {n: 0 for n in sorted(running)}
-    options: list[tuple[str, list[str]]] = []
+    types = (QueueType.CLASSIC, QueueType.QUORUM, QueueType.STREAM)
+    fixed = {t: {n: 0 for n in sorted(running)} for t in types}
+    options: list[tuple[QueueType, str, list[str]]] = []
     for q in snap.queues:
         verdict = classify(q, running)
         if hasattr(verdict, "targets"):
-            options.append((q.leader, sorted(verdict.targets)))
+            options.append((q.type, q.leader, sorted(verdict.targets)))
         elif q.leader in running:
-            fixed[q.leader] += 1
-    best = (10**9, 10**9)
-    for choice in itertools.product(*(targets for _, targets in options)):
-        load = dict(fixed)
-        for node in choice:
-            load[node] += 1
-        moves = sum(1 for (leader, _), node in zip(options, choice, strict=True) if node != leader)
-        best = min(best, (spread(load), moves))
+            fixed[q.type][q.leader] += 1
+    best = ((10**9,), 10**9, 10**9)
+    for choice in itertools.product(*(targets for _, _, targets in options)):
+        load = {t: dict(fixed[t]) for t in types}
+        for (queue_type, _, _), node in zip(options, choice, strict=True):
+            load[queue_type][node] += 1
+        moves = sum(1 for (_, leader, _), node in zip(options, choice, strict=True) if node != leader)
+        total = {n: sum(load[t][n] for t in types) for n in running}
+        best = min(best, (tuple(spread(load[t]) for t in types), spread(total), moves))
     return best
 
 
@@ -211,9 +271,12 @@ def small_clusters(draw: st.DrawFn) -> Snapshot:
 
 @settings(max_examples=300, deadline=None)
 @given(small_clusters())
-def test_spread_is_optimal_and_moves_are_minimal(snap: Snapshot) -> None:
+def test_every_type_is_as_even_as_reachable_with_the_fewest_moves(snap: Snapshot) -> None:
     result = plan(snap)
-    assert (spread(result.after), len(result.moves)) == _brute_force(snap)
+    nodes = snap.running_nodes
+    queues = list(snap.queues)
+    spreads = tuple(spread(type_distribution(queues, result, t, nodes)) for t in QueueType)
+    assert (spreads, spread(result.after), len(result.moves)) == _brute_force(snap)
 
 
 @settings(max_examples=200, deadline=None)
