@@ -241,7 +241,7 @@ def _brute_force(snap: Snapshot) -> tuple[tuple[int, ...], int, int]:
             options.append((q.type, q.leader, sorted(verdict.targets)))
         elif q.leader in running:
             fixed[q.type][q.leader] += 1
-    best = ((10**9,), 10**9, 10**9)
+    best: tuple[tuple[int, ...], int, int] = ((10**9,), 10**9, 10**9)
     for choice in itertools.product(*(targets for _, _, targets in options)):
         load = {t: dict(fixed[t]) for t in types}
         for (queue_type, _, _), node in zip(options, choice, strict=True):
