@@ -155,6 +155,8 @@ class Snapshot:
     nodes: tuple[Node, ...]
     queues: tuple[Queue, ...]
     platform: Platform = Platform()
+    drain_reported: bool = True
+    """False when ``GET /api/nodes`` has no ``being_drained`` (3.10): maintenance mode must be asked elsewhere."""
 
     @property
     def running_nodes(self) -> tuple[str, ...]:
@@ -174,7 +176,7 @@ class Snapshot:
         """The same snapshot with ``names`` marked as drained (3.x reports it only over the Erlang CLI)."""
         drained = set(names)
         nodes = tuple(replace(n, being_drained=n.being_drained or n.name in drained) for n in self.nodes)
-        return replace(self, nodes=nodes)
+        return replace(self, nodes=nodes, drain_reported=True)
 
     @classmethod
     def from_api(
@@ -184,7 +186,9 @@ class Snapshot:
         overview: Mapping[str, Any] | None = None,
     ) -> Snapshot:
         """From ``GET /api/nodes``, ``GET /api/queues`` and (for the version) ``GET /api/overview``."""
+        nodes = list(nodes)
         return cls(
+            drain_reported=not nodes or any("being_drained" in n for n in nodes),
             nodes=tuple(sorted((Node.from_api(n) for n in nodes), key=lambda n: n.name)),
             queues=tuple(sorted((Queue.from_api(q) for q in queues), key=lambda q: (q.vhost, q.name))),
             platform=Platform.from_overview(overview or {}),

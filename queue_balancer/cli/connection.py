@@ -16,6 +16,7 @@ from queue_balancer.counts import AmqpCounter, amqp_endpoint
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.leader_transfer import CommandEval, RaLeaderTransfer
 from queue_balancer.lock import ClusterLock
+from queue_balancer.maintenance import drained_nodes
 from queue_balancer.management import ManagementClient
 from queue_balancer.model import Snapshot
 from queue_balancer.movers import Mover, MoveSettings
@@ -31,7 +32,12 @@ class Connection:
     counter: AmqpCounter | None
 
     def snapshot(self) -> Snapshot:
-        return self.client.snapshot()
+        """Nodes, queues and version; on 3.10 maintenance mode through the eval port, where configured."""
+        snapshot = self.client.snapshot()
+        if not snapshot.drain_reported and self.leader_transfer is not None:
+            drained = drained_nodes(self.leader_transfer.run_eval, snapshot.running_nodes)
+            snapshot = snapshot.with_drained(drained)
+        return snapshot
 
     run_id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(4))
     """This process's run: it owns the lock and names the temporary policies."""

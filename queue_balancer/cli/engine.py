@@ -64,7 +64,7 @@ def load_snapshot(path: str) -> Snapshot:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
         data = json.loads(text, parse_float=_finite, parse_constant=_refuse_constant)
-        return Snapshot.from_api(data["nodes"], data["queues"])
+        return Snapshot.from_api(data["nodes"], data["queues"], data.get("overview"))
     except RecursionError:
         raise ConfigurationError(f"cannot read snapshot {path}: nested too deeply") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:

@@ -196,6 +196,10 @@ class LocalCluster:
         """Run ``rabbitmq-queues -n <node> args...`` with this cluster's cookie and epmd; return stdout."""
         return self._cli.run("rabbitmq-queues", args, (node or self.nodes[0]).name, timeout)
 
+    def rabbitmq_upgrade(self, *args: str, node: LocalNode | None = None, timeout: float = 120) -> str:
+        """Run ``rabbitmq-upgrade -n <node> args...`` (``drain``, ``revive``: maintenance mode); return stdout."""
+        return self._cli.run("rabbitmq-upgrade", args, (node or self.nodes[0]).name, timeout)
+
     def eval_erlang(self, expression: str, node: LocalNode | None = None, timeout: float = 60) -> str:
         """Evaluate an Erlang expression on a node (``rabbitmqctl eval``); return what it printed."""
         expression = expression.strip()
