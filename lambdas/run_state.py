@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from queue_balancer.lifecycle import Counts, cluster_pk
+from queue_balancer.contract import PARTITION_KEY, cluster_pk
+from queue_balancer.lifecycle import Counts
 from queue_balancer.model import JsonDict
 
 
@@ -73,7 +74,7 @@ class RunState:
 
     def to_dict(self) -> JsonDict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["pk"] = self.pk  # for the ASL's direct DynamoDB tasks (lock key)
+        data[PARTITION_KEY] = self.pk  # for the ASL's direct DynamoDB tasks (lock key)
         return data
 
     @classmethod

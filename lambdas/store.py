@@ -1,15 +1,6 @@
 """The DynamoDB side of a run: the cluster's lifecycle item and lock, the run's plan batches and report.
 
-Key layout (table with partition key ``pk`` and sort key ``sk``, both strings):
-
-=====================  ==========================  =================================================
-pk                     sk                          holds
-=====================  ==========================  =================================================
-``cluster#<name>``     ``lifecycle``               state, counts, execution ARN, task token, request
-``cluster#<name>``     ``lock``                    run_id, execution_arn, expires_at (epoch seconds)
-``run#<run_id>``       ``meta``                    config, start time, the before report, the summary
-``run#<run_id>``       ``plan#<gen>#batch#<i>``    the moves of one batch, then their results
-=====================  ==========================  =================================================
+The key layout is ``queue_balancer.contract``'s (one module for the ASL, the stacks and the code).
 
 Moves, results and reports are stored as JSON strings: they hold floats, which DynamoDB's number type
 would need as Decimal, and nothing ever queries inside them. Run items carry ``expires_at`` (epoch
@@ -22,7 +13,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from decimal import Decimal
 from typing import Any
 
 import boto3
@@ -30,15 +20,20 @@ from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
 from lambdas.errors import LockLost, RequestChanged
-from queue_balancer.lifecycle import (
-    LIFECYCLE_SK,
-    LOCK_SK,
-    RUN_META_SK,
-    Lifecycle,
-    batch_sk,
-    cluster_pk,
+from queue_balancer.contract import (
+    EXPIRES_AT,
+    PARTITION_KEY,
+    SORT_KEY,
+    batch_key,
+    decode_meta_item,
+    encode_meta,
+    is_batch_sk,
+    lifecycle_key,
+    lock_key,
+    run_meta_key,
     run_pk,
 )
+from queue_balancer.lifecycle import Lifecycle
 from queue_balancer.model import JsonDict, Move
 from queue_balancer.movers import MoveProgress
 
@@ -54,7 +49,7 @@ class Store:
     # ---- lifecycle -----------------------------------------------------------------------------
 
     def lifecycle(self, cluster: str) -> Lifecycle:
-        item = self.table.get_item(Key={"pk": cluster_pk(cluster), "sk": LIFECYCLE_SK}, ConsistentRead=True)
+        item = self.table.get_item(Key=lifecycle_key(cluster), ConsistentRead=True)
         return Lifecycle.from_item(item.get("Item"), cluster)
 
     def start(self, record: Lifecycle) -> None:
@@ -69,7 +64,7 @@ class Store:
         (used when the run consumes a request). Raises LockLost when the item belongs to another run.
         """
         old, new = before.to_item(), after.to_item()
-        sets = {k: v for k, v in new.items() if k not in ("pk", "sk") and old.get(k) != v}
+        sets = {k: v for k, v in new.items() if k not in (PARTITION_KEY, SORT_KEY) and old.get(k) != v}
         removes = [k for k in old if k not in new]
         if not sets and not removes:
             return
@@ -91,7 +86,7 @@ class Store:
             expression += " REMOVE " + ", ".join(f"#{k}" for k in removes)
         try:
             self.table.update_item(
-                Key={"pk": cluster_pk(after.cluster), "sk": LIFECYCLE_SK},
+                Key=lifecycle_key(after.cluster),
                 UpdateExpression=expression.strip(),
                 ConditionExpression=condition,
                 ExpressionAttributeNames=names,
@@ -115,7 +110,7 @@ class Store:
         """Push the lock's expiry out; LockLost if it is no longer this run's."""
         try:
             self.table.update_item(
-                Key={"pk": cluster_pk(cluster), "sk": LOCK_SK},
+                Key=lock_key(cluster),
                 UpdateExpression="SET expires_at = :expires, execution_arn = :execution",
                 ConditionExpression="run_id = :run",
                 ExpressionAttributeValues={
@@ -130,7 +125,7 @@ class Store:
             raise
 
     def lock(self, cluster: str) -> JsonDict | None:
-        item = self.table.get_item(Key={"pk": cluster_pk(cluster), "sk": LOCK_SK}, ConsistentRead=True)
+        item = self.table.get_item(Key=lock_key(cluster), ConsistentRead=True)
         found: JsonDict | None = item.get("Item")
         return found
 
@@ -138,19 +133,19 @@ class Store:
 
     def put_meta(self, run_id: str, **fields: Any) -> None:
         """Set fields of the run's meta item (JSON-encoded, except plain strings and ints)."""
-        names = {f"#{k}": k for k in [*fields, "expires_at"]}
-        values = {f":{k}": _encode(v) for k, v in fields.items()}
-        values[":expires_at"] = _ttl()
+        names = {f"#{k}": k for k in [*fields, EXPIRES_AT]}
+        values = {f":{k}": encode_meta(v) for k, v in fields.items()}
+        values[f":{EXPIRES_AT}"] = _ttl()
         self.table.update_item(
-            Key={"pk": run_pk(run_id), "sk": RUN_META_SK},
-            UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in [*fields, "expires_at"]),
+            Key=run_meta_key(run_id),
+            UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in [*fields, EXPIRES_AT]),
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=values,
         )
 
     def meta(self, run_id: str) -> JsonDict:
-        item = self.table.get_item(Key={"pk": run_pk(run_id), "sk": RUN_META_SK}, ConsistentRead=True)
-        return {k: _decode(v) for k, v in (item.get("Item") or {}).items()}
+        item = self.table.get_item(Key=run_meta_key(run_id), ConsistentRead=True)
+        return decode_meta_item(item.get("Item"))
 
     def put_plan(self, run_id: str, generation: int, batches: Sequence[Sequence[Move]]) -> None:
         ttl = _ttl()
@@ -158,16 +153,14 @@ class Store:
             for index, moves in enumerate(batches):
                 writer.put_item(
                     Item={
-                        "pk": run_pk(run_id),
-                        "sk": batch_sk(generation, index),
+                        **batch_key(run_id, generation, index),
                         "moves": json.dumps([m.to_dict() for m in moves], ensure_ascii=False),
-                        "expires_at": ttl,
+                        EXPIRES_AT: ttl,
                     }
                 )
 
     def batch(self, run_id: str, generation: int, index: int) -> list[Move]:
-        key = {"pk": run_pk(run_id), "sk": batch_sk(generation, index)}
-        item = self.table.get_item(Key=key, ConsistentRead=True).get("Item")
+        item = self.table.get_item(Key=batch_key(run_id, generation, index), ConsistentRead=True).get("Item")
         if item is None:
             raise KeyError(f"batch {index} of plan {generation} of run {run_id} is not stored")
         return [Move.from_dict(m) for m in json.loads(str(item["moves"]))]
@@ -177,7 +170,7 @@ class Store:
     ) -> None:
         """Store the final state of a batch's moves (idempotent: a retry writes the same)."""
         self.table.update_item(
-            Key={"pk": run_pk(run_id), "sk": batch_sk(generation, index)},
+            Key=batch_key(run_id, generation, index),
             UpdateExpression="SET results = :results",
             ExpressionAttributeValues={
                 ":results": json.dumps([p.to_dict() for p in results], ensure_ascii=False)
@@ -189,13 +182,13 @@ class Store:
         return [
             MoveProgress.from_dict(p)
             for item in self._run_items(run_id)
-            if str(item["sk"]).startswith("plan#") and "results" in item
+            if is_batch_sk(str(item[SORT_KEY])) and "results" in item
             for p in json.loads(item["results"])
         ]
 
     def delete_run(self, run_id: str) -> int:
         """Remove every item of the run (``reset``); returns how many."""
-        keys = [{"pk": item["pk"], "sk": item["sk"]} for item in self._run_items(run_id)]
+        keys = [{k: item[k] for k in (PARTITION_KEY, SORT_KEY)} for item in self._run_items(run_id)]
         with self.table.batch_writer() as writer:
             for key in keys:
                 writer.delete_item(Key=key)
@@ -203,7 +196,7 @@ class Store:
 
     def _run_items(self, run_id: str) -> Iterator[Mapping[str, Any]]:
         query: dict[str, Any] = {
-            "KeyConditionExpression": Key("pk").eq(run_pk(run_id)),
+            "KeyConditionExpression": Key(PARTITION_KEY).eq(run_pk(run_id)),
             "ConsistentRead": True,
         }
         while True:
@@ -220,17 +213,3 @@ def _conditional(exc: ClientError) -> bool:
 
 def _ttl() -> int:
     return int(time.time()) + RUN_ITEM_DAYS * 86_400
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, str | int) and not isinstance(value, bool):
-        return value
-    return "json:" + json.dumps(value, ensure_ascii=False)
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith("json:"):
-        return json.loads(value[5:])
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    return value

@@ -9,8 +9,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
-SERVICE_NAME = "queue-balancer"
-METRICS_NAMESPACE = "QueueBalancer"
+from queue_balancer.contract import METRICS_NAMESPACE, SERVICE_NAME
 
 
 def failed_runs_alarm(

@@ -1,8 +1,9 @@
 """BalancerStack: the balancing workflow on AWS, against the ClusterStack or any existing cluster.
 
 The state machine comes from ``statemachine/balancer.asl.json``; its ``${<Name>FunctionArn}`` placeholders
-name the Lambda functions (``stacks.asl_functions``), all sharing one code asset (``stacks.lambda_asset``).
-See docs/aws-contract.md. What it is built from is one typed ``BalancerProps`` (``stacks.balancer_props``).
+name the Lambda functions (the contract: ``queue_balancer.contract``), all sharing one code asset
+(``stacks.lambda_asset``). See docs/aws-contract.md. What it is built from is one typed ``BalancerProps``
+(``stacks.balancer_props``).
 """
 
 from __future__ import annotations
@@ -23,14 +24,19 @@ from aws_cdk import aws_stepfunctions as sfn
 from cdk_nag import NagPackSuppression, NagSuppressions
 from constructs import Construct
 
-from stacks.asl_functions import TABLE_PLACEHOLDER, TOPIC_PLACEHOLDER, ContractError, discover_functions
-from stacks.balancer_iam import function_role, state_machine_role
-from stacks.balancer_monitoring import (
-    METRICS_NAMESPACE,
-    SERVICE_NAME,
-    balancer_dashboard,
-    failed_runs_alarm,
+from queue_balancer.contract import (
+    EXPIRES_AT,
+    PARTITION_KEY,
+    SORT_KEY,
+    TABLE_PLACEHOLDER,
+    TOPIC_PLACEHOLDER,
+    ContractError,
+    FunctionEnvironment,
+    discover_functions,
+    function_placeholder,
 )
+from stacks.balancer_iam import function_role, state_machine_role
+from stacks.balancer_monitoring import balancer_dashboard, failed_runs_alarm
 from stacks.balancer_props import BalancerProps
 from stacks.lambda_asset import ARCHITECTURE, RUNTIME, lambda_code, runtime_requirements
 from stacks.network import subnets_by_id
@@ -114,30 +120,28 @@ class BalancerStack(Stack):
         return dynamodb.Table(
             self,
             "LifecycleTable",
-            partition_key=dynamodb.Attribute(name="pk", type=dynamodb.AttributeType.STRING),
-            sort_key=dynamodb.Attribute(name="sk", type=dynamodb.AttributeType.STRING),
+            partition_key=dynamodb.Attribute(name=PARTITION_KEY, type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name=SORT_KEY, type=dynamodb.AttributeType.STRING),
             billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
                 point_in_time_recovery_enabled=True
             ),
-            time_to_live_attribute="expires_at",
+            time_to_live_attribute=EXPIRES_AT,
             encryption=dynamodb.TableEncryption.AWS_MANAGED,
             removal_policy=RemovalPolicy.RETAIN,
         )
 
     def _environment(self) -> dict[str, str]:
         cluster = self.props.cluster
-        return {
-            "CLUSTER_NAME": self.cluster_name,
-            "RABBITMQ_MANAGEMENT_URL": cluster.management_url,
-            "RABBITMQ_SECRET_ARN": self.secret.secret_arn,
-            "RABBITMQ_CLI_SSM_TAG_KEY": cluster.ssm_tag_key,
-            "RABBITMQ_CLI_SSM_TAG_VALUE": cluster.ssm_tag_value,
-            "LIFECYCLE_TABLE": self.table.table_name,
-            "NOTIFICATION_TOPIC_ARN": self.topic.topic_arn,
-            "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
-            "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
-        }
+        return FunctionEnvironment(
+            cluster_name=self.cluster_name,
+            management_url=cluster.management_url,
+            secret_arn=self.secret.secret_arn,
+            ssm_tag_key=cluster.ssm_tag_key,
+            ssm_tag_value=cluster.ssm_tag_value,
+            lifecycle_table=self.table.table_name,
+            notification_topic_arn=self.topic.topic_arn,
+        ).to_env()
 
     def _functions(self, code: lambda_.Code) -> dict[str, lambda_.Function]:
         role = function_role(self, self.props.cluster, self.secret, self.table)
@@ -200,7 +204,7 @@ class BalancerStack(Stack):
             log_group_name=f"/aws/vendedlogs/states/{self.state_machine_name}",
             retention=logs.RetentionDays.THREE_MONTHS,
         )
-        substitutions = {f"{name}FunctionArn": f.function_arn for name, f in self.functions.items()}
+        substitutions = {function_placeholder(name): f.function_arn for name, f in self.functions.items()}
         substitutions[TABLE_PLACEHOLDER] = self.table.table_name
         substitutions[TOPIC_PLACEHOLDER] = self.topic.topic_arn
         return sfn.StateMachine(

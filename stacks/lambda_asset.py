@@ -21,8 +21,8 @@ import jsii
 from aws_cdk import AssetHashType, BundlingOptions, ILocalBundling
 from aws_cdk import aws_lambda as lambda_
 
+from queue_balancer.contract import ContractError
 from stacks import REPO_ROOT
-from stacks.asl_functions import ContractError
 
 PYPROJECT = REPO_ROOT / "pyproject.toml"
 

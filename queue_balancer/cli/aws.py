@@ -18,19 +18,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from queue_balancer.contract import decode_meta_item, lifecycle_key, lock_key, run_meta_key
 from queue_balancer.errors import BalancerError
 from queue_balancer.lifecycle import (
-    LIFECYCLE_SK,
-    LOCK_SK,
-    RUN_META_SK,
     Control,
     Event,
     EventRefused,
     Lifecycle,
     RunInput,
     State,
-    cluster_pk,
-    run_pk,
 )
 
 ENDED = frozenset({"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"})
@@ -74,23 +70,17 @@ class Workflow:
     # ---- reads -----------------------------------------------------------------------------------
 
     def lifecycle(self) -> Lifecycle:
-        item = self.table.get_item(
-            Key={"pk": cluster_pk(self.cluster), "sk": LIFECYCLE_SK}, ConsistentRead=True
-        )
+        item = self.table.get_item(Key=lifecycle_key(self.cluster), ConsistentRead=True)
         return Lifecycle.from_item(item.get("Item"), self.cluster)
 
     def lock(self) -> dict[str, Any] | None:
-        item = self.table.get_item(Key={"pk": cluster_pk(self.cluster), "sk": LOCK_SK}, ConsistentRead=True)
+        item = self.table.get_item(Key=lock_key(self.cluster), ConsistentRead=True)
         found: dict[str, Any] | None = item.get("Item")
         return found
 
     def run_meta(self, run_id: str) -> dict[str, Any]:
-        item = self.table.get_item(Key={"pk": run_pk(run_id), "sk": RUN_META_SK}, ConsistentRead=True)
-        raw: dict[str, Any] = item.get("Item") or {}
-        return {
-            k: json.loads(v[5:]) if isinstance(v, str) and v.startswith("json:") else v
-            for k, v in raw.items()
-        }
+        item = self.table.get_item(Key=run_meta_key(run_id), ConsistentRead=True)
+        return decode_meta_item(item.get("Item"))
 
     def execution_status(self, arn: str | None) -> str | None:
         """RUNNING, SUCCEEDED, ...; None when there is no such execution (yet)."""
@@ -186,7 +176,7 @@ class Workflow:
             # No lock, or another run's: not ours to release.
             with contextlib.suppress(self.table.meta.client.exceptions.ConditionalCheckFailedException):
                 self.table.delete_item(
-                    Key={"pk": cluster_pk(self.cluster), "sk": LOCK_SK},
+                    Key=lock_key(self.cluster),
                     ConditionExpression="run_id = :run",
                     ExpressionAttributeValues={":run": record.run_id},
                 )
@@ -196,7 +186,7 @@ class Workflow:
     ) -> None:
         try:
             self.table.update_item(
-                Key={"pk": cluster_pk(self.cluster), "sk": LIFECYCLE_SK},
+                Key=lifecycle_key(self.cluster),
                 UpdateExpression=expression,
                 ConditionExpression="run_id = :run AND #state = :state" + extra_condition,
                 ExpressionAttributeNames={"#state": "state"},

@@ -19,6 +19,7 @@ from queue_balancer.cli.exit_codes import EXIT_MOVES_FAILED, EXIT_OK
 from queue_balancer.cli.options import add_format_option, add_run_options, add_workflow_target
 from queue_balancer.cli.output import print_json
 from queue_balancer.cli.stack import connect
+from queue_balancer.contract import PARTITION_KEY, SORT_KEY
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.lifecycle import Event, Lifecycle, RunInput, State
 
@@ -100,8 +101,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     data["waiting_for"] = _waiting_for(record)
     if record.run_id:
         data["config"] = workflow.run_meta(record.run_id).get("config")
-    data.pop("pk", None)
-    data.pop("sk", None)
+    data.pop(PARTITION_KEY, None)
+    data.pop(SORT_KEY, None)
     if args.format == "json":
         print_json(data)
     else:

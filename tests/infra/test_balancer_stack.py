@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from queue_balancer.cli.stack import REQUIRED_OUTPUTS
-from stacks.asl_functions import FUNCTION_PLACEHOLDER, asl_placeholders, snake_case, substitute
+from queue_balancer.contract import FUNCTION_PLACEHOLDER, asl_placeholders, snake_case, substitute
 from tests.infra.checks import (
     cfn_lint_errors,
     iam_statements,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import lambdas
-from queue_balancer.local.endpoint import function_names, handler_path, substitute
+from queue_balancer.contract import function_names, handler_path, substitute
 
 # States that may not lead to Cleanup: the ones before the lock is taken, the failure path itself, and
 # the ones after the lock is released (another run may own the cluster's policies by then).

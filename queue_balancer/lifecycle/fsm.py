@@ -1,9 +1,9 @@
-"""The balancer's lifecycle on a cluster: states, the events each state accepts, the workflow's input.
+"""The balancer's lifecycle on a cluster: states, the events each state accepts, the lifecycle item.
 
 This is the seed plugin's FSM (IDLE, READY, BALANCING, PAUSE) as pure data and functions, shared by the
-CLI (``queue_balancer.control``), which turns an operator's event into one AWS call, and the Lambda
-handlers, which write every transition of the Step Functions workflow into the lifecycle item. Nothing
-here touches AWS: the item is a plain ``dict`` that the adapters store in DynamoDB.
+CLI, which turns an operator's event into one AWS call, and the Lambda handlers, which write every
+transition of the Step Functions workflow into the lifecycle item. Nothing here touches AWS: the item is
+a plain ``dict`` (its key layout is ``queue_balancer.contract``'s) that the adapters store in DynamoDB.
 
 States (``LOADING`` is ours: preflight and planning are under way, no token to answer yet)::
 
@@ -15,25 +15,18 @@ Operator events and where each is accepted (everything else is refused with a me
 current state): ``load``, ``stop`` and ``reset`` in any state, as in the seed; ``run`` in IDLE; ``go``
 in READY; ``pause`` in BALANCING; ``continue`` in PAUSE (or in BALANCING while a pause is still pending,
 which withdraws it).
-
-The module also holds the workflow's pacing: how long the state machine waits between two checks of a
-move, and how many history events a batch of moves can cost in the worst case, which decides when a run
-continues in a fresh execution (Step Functions caps one execution's history at 25,000 events).
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from queue_balancer.errors import BalancerError, ConfigurationError
+from queue_balancer.contract import LIFECYCLE_SK, PARTITION_KEY, SORT_KEY, cluster_pk
+from queue_balancer.errors import BalancerError
 from queue_balancer.model import JsonDict
-from queue_balancer.movers import MoveSettings
-from queue_balancer.planner import PlanOptions
 
 
 class State(StrEnum):
@@ -108,25 +101,6 @@ class IllegalTransition(BalancerError):
 
 # ---- the lifecycle item ----------------------------------------------------------------------------
 
-LIFECYCLE_SK = "lifecycle"
-LOCK_SK = "lock"
-RUN_META_SK = "meta"
-
-
-def cluster_pk(cluster: str) -> str:
-    """Partition of a cluster's lifecycle item and lock."""
-    return f"cluster#{cluster}"
-
-
-def run_pk(run_id: str) -> str:
-    """Partition of one run's plan batches, results and report."""
-    return f"run#{run_id}"
-
-
-def batch_sk(generation: int, index: int) -> str:
-    """Sort key of one batch of one plan; a re-plan (next round or ``load``) is a new generation."""
-    return f"plan#{generation:04d}#batch#{index:05d}"
-
 
 @dataclass(frozen=True)
 class Counts:
@@ -182,8 +156,8 @@ class Lifecycle:
     def to_item(self) -> JsonDict:
         """The DynamoDB item (plain values; absent optionals are left out, as DynamoDB wants)."""
         item: JsonDict = {
-            "pk": cluster_pk(self.cluster),
-            "sk": LIFECYCLE_SK,
+            PARTITION_KEY: cluster_pk(self.cluster),
+            SORT_KEY: LIFECYCLE_SK,
             "cluster": self.cluster,
             "state": self.state.value,
             **self.counts.to_dict(),
@@ -409,263 +383,3 @@ def _continue(current: Lifecycle) -> Reaction:
     if current.state is State.BALANCING and current.requested is Control.PAUSE:
         return Reaction(Action.WITHDRAW, Control.PAUSE.value, "pause request withdrawn")
     raise _refuse(Event.CONTINUE, current, "; only a PAUSEd run can continue")
-
-
-# ---- the workflow's input ----------------------------------------------------------------------------
-
-ACTIONS = ("balance", "load")
-MAX_CONCURRENCY = 40  # an inline Map runs at most ~40 iterations at once anyway
-MAX_BATCH = 50
-MAX_ROUNDS = 10
-DEFAULT_POLL_SECONDS = 5
-
-
-@dataclass(frozen=True)
-class RunInput:
-    """The input of an execution (EventBridge sends ``{"action": "balance"}``), validated in one place.
-
-    ``concurrency`` is the Map's MaxConcurrency; ``batch_size`` moves run between two control checks
-    (where pause/stop/reset take effect); ``rounds`` bounds verify-and-replan; the rates (messages per
-    second, cluster-wide) gate the run on low traffic, as the seed asks.
-    """
-
-    action: str = "balance"
-    concurrency: int = 1
-    batch_size: int = 10
-    rounds: int = 3
-    vhosts: tuple[str, ...] = ()
-    pattern: str | None = None
-    per_vhost: bool = False
-    max_moves: int | None = None
-    max_publish_rate: float | None = None
-    max_deliver_rate: float | None = None
-    poll_seconds: int = DEFAULT_POLL_SECONDS
-
-    @classmethod
-    def parse(cls, data: Any) -> RunInput:
-        """Validate an execution input; raises ConfigurationError naming every problem found."""
-        if not isinstance(data, Mapping):
-            raise ConfigurationError(f"the input must be a JSON object, not {type(data).__name__}")
-        problems: list[str] = []
-        unknown = sorted(set(data) - _INPUT_FIELDS)
-        if unknown:
-            problems.append(
-                f"unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(_INPUT_FIELDS))})"
-            )
-        action = data.get("action", "balance")
-        if action not in ACTIONS:
-            problems.append(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
-        concurrency = _integer(data, "concurrency", 1, 1, MAX_CONCURRENCY, problems)
-        batch_default = max(10, concurrency)
-        batch_size = _integer(data, "batch_size", batch_default, 1, MAX_BATCH, problems)
-        if batch_size < concurrency:
-            problems.append(f"batch_size {batch_size} is below concurrency {concurrency}")
-        rounds = _integer(data, "rounds", 3, 1, MAX_ROUNDS, problems)
-        max_moves = data.get("max_moves")
-        if max_moves is not None:
-            max_moves = _integer(data, "max_moves", 0, 0, 10**9, problems)
-        poll = _integer(data, "poll_seconds", DEFAULT_POLL_SECONDS, 1, 300, problems)
-        vhosts = data.get("vhosts", [])
-        if not isinstance(vhosts, list) or not all(isinstance(v, str) and v for v in vhosts):
-            problems.append("vhosts must be a list of vhost names")
-            vhosts = []
-        pattern = data.get("pattern")
-        if pattern is not None:
-            if not isinstance(pattern, str):
-                problems.append("pattern must be a string")
-                pattern = None
-            else:
-                try:
-                    re.compile(pattern)
-                except re.error as exc:
-                    problems.append(f"invalid queue name pattern {pattern!r}: {exc}")
-        per_vhost = data.get("per_vhost", False)
-        if not isinstance(per_vhost, bool):
-            problems.append("per_vhost must be true or false")
-        rates = {k: _rate(data, k, problems) for k in ("max_publish_rate", "max_deliver_rate")}
-        if problems:
-            raise ConfigurationError("invalid input: " + "; ".join(problems))
-        return cls(
-            action=str(action),
-            concurrency=concurrency,
-            batch_size=batch_size,
-            rounds=rounds,
-            vhosts=tuple(vhosts),
-            pattern=pattern,
-            per_vhost=bool(per_vhost),
-            max_moves=max_moves,
-            max_publish_rate=rates["max_publish_rate"],
-            max_deliver_rate=rates["max_deliver_rate"],
-            poll_seconds=poll,
-        )
-
-    def to_dict(self) -> JsonDict:
-        data: JsonDict = {
-            "action": self.action,
-            "concurrency": self.concurrency,
-            "batch_size": self.batch_size,
-            "rounds": self.rounds,
-            "vhosts": list(self.vhosts),
-            "per_vhost": self.per_vhost,
-            "poll_seconds": self.poll_seconds,
-        }
-        optional = {
-            "pattern": self.pattern,
-            "max_moves": self.max_moves,
-            "max_publish_rate": self.max_publish_rate,
-            "max_deliver_rate": self.max_deliver_rate,
-        }
-        data.update({k: v for k, v in optional.items() if v is not None})
-        return data
-
-    def plan_options(self, *, quorum_transfer: bool = True) -> PlanOptions:
-        return PlanOptions(
-            vhosts=self.vhosts,
-            pattern=self.pattern,
-            per_vhost=self.per_vhost,
-            max_moves=self.max_moves,
-            quorum_transfer=quorum_transfer,
-        )
-
-
-_INPUT_FIELDS = frozenset(
-    {
-        "action",
-        "concurrency",
-        "batch_size",
-        "rounds",
-        "vhosts",
-        "pattern",
-        "per_vhost",
-        "max_moves",
-        "max_publish_rate",
-        "max_deliver_rate",
-        "poll_seconds",
-    }
-)
-
-
-def _integer(
-    data: Mapping[str, Any], key: str, default: int, low: int, high: int, problems: list[str]
-) -> int:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        problems.append(f"{key} must be an integer, not {value!r}")
-        return default
-    if not low <= value <= high:
-        problems.append(f"{key} must be between {low} and {high}, not {value}")
-        return default
-    return value
-
-
-def _rate(data: Mapping[str, Any], key: str, problems: list[str]) -> float | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        problems.append(f"{key} must be a number of messages per second (0 or more), not {value!r}")
-        return None
-    return float(value)
-
-
-# ---- pacing: waits between checks, history events, lock lifetime ----------------------------------------
-
-HISTORY_LIMIT = 25_000
-"""Step Functions fails an execution whose history would exceed this many events."""
-HISTORY_RESERVE = 300
-"""Events kept free for the run's start and end (lock, preflight, plan, report, notify, release, failure path)."""
-EVENTS_AT_START = 60
-"""What an execution has spent when its first control check runs (start, lock, preflight, plan, wait for go)."""
-EVENTS_PER_MOVE = 11
-"""Map iteration started/succeeded (2), StartMove task (5), its Choice (2), the closing Succeed (2)."""
-EVENTS_PER_CHECK = 9
-"""One more round of the move loop: Wait (2), CheckMove task (5), Choice (2)."""
-EVENTS_PER_RETRY = 3
-"""A failed attempt of a Lambda task before its retry: scheduled, started, failed."""
-EVENTS_PER_BATCH = 11
-"""ControlCheck task (5), its Choice (2), the Map state entered/started/succeeded/exited (4)."""
-EVENTS_PER_CONTROL = 15
-"""A control check that does not start a batch (5 + 2), plus a parked task (6) and 2 for margin."""
-PHASES_WORST = 5
-"""Most phases one move goes through: syncing, promoting, restoring, verifying, or a rollback instead."""
-MAX_WAIT_SECONDS = 300
-GROWTH = 1.5
-WAITS_PER_PHASE = 8
-"""The wait between checks grows until a phase is checked about this many times over its deadline."""
-LOCK_MARGIN_SECONDS = 600
-PARK_TIMEOUT_SECONDS = 86_400
-"""How long a run waits for `go` or `continue` (the parked task's TimeoutSeconds in the ASL)."""
-
-
-def phase_seconds(settings: MoveSettings, messages: int) -> float:
-    """The longest one phase of a move may take: its deadline plus the statistics' settle time."""
-    return settings.phase_timeout + messages / settings.messages_per_second + settings.settle_timeout
-
-
-def wait_seconds(poll: int, phase_checks: int, phase_length: float) -> int:
-    """Seconds before the next check of a move: ``poll``, growing by half within a phase, up to length / 8.
-
-    Quick phases (a quorum transfer, a small mirror sync, the statistics catching up) are seen within
-    a few ``poll``; a sync of millions of messages is checked about ``WAITS_PER_PHASE`` times instead of
-    thousands.
-    """
-    cap = max(poll, min(MAX_WAIT_SECONDS, math.ceil(phase_length / WAITS_PER_PHASE)))
-    return int(min(cap, math.ceil(poll * GROWTH ** min(phase_checks, 40))))
-
-
-def checks_per_phase(poll: int, phase_length: float) -> int:
-    """The most checks one phase can take: waits until its deadline has passed, plus the one that sees it."""
-    elapsed, checks = 0.0, 0
-    while elapsed < phase_length:
-        elapsed += wait_seconds(poll, checks, phase_length)
-        checks += 1
-    return checks + 1
-
-
-def worst_move_events(poll: int, messages: int, settings: MoveSettings | None = None) -> int:
-    """History events of a move that uses every phase up to its deadline (no retries)."""
-    length = phase_seconds(settings or MoveSettings(), messages)
-    return EVENTS_PER_MOVE + PHASES_WORST * checks_per_phase(poll, length) * EVENTS_PER_CHECK
-
-
-def worst_batch_events(poll: int, messages: list[int], settings: MoveSettings | None = None) -> int:
-    """History events of a batch whose every move runs into every deadline."""
-    return EVENTS_PER_BATCH + sum(worst_move_events(poll, m, settings) for m in messages)
-
-
-def fits_in_history(used: int, next_batch_events: int) -> bool:
-    """Whether the next batch can run in this execution, keeping the reserve for the run's end."""
-    return used + next_batch_events + HISTORY_RESERVE <= HISTORY_LIMIT
-
-
-def moves_per_execution(
-    poll: int, messages: int = 0, *, checks_per_move: int | None = None, batch: int = 10
-) -> int:
-    """How many moves of ``messages`` messages one execution holds, in batches of ``batch`` moves.
-
-    With ``checks_per_move`` None every move is assumed to run into every deadline (the guaranteed
-    minimum); otherwise each move costs that many checks (typical: 2-3 for a quorum queue, 4-6 for a
-    mirrored one). The last batch always has its worst case reserved.
-    """
-    worst = worst_move_events(poll, messages)
-    cost = worst if checks_per_move is None else EVENTS_PER_MOVE + checks_per_move * EVENTS_PER_CHECK
-    budget = HISTORY_LIMIT - HISTORY_RESERVE - EVENTS_AT_START - (EVENTS_PER_BATCH + batch * worst)
-    if budget < 0:
-        return 0
-    batches = budget // (EVENTS_PER_BATCH + batch * cost)
-    return int(batches * batch + batch)
-
-
-def worst_move_seconds(poll: int, messages: int, settings: MoveSettings | None = None) -> float:
-    """Wall-clock bound of one move: every phase up to its deadline, plus one wait of overshoot."""
-    length = phase_seconds(settings or MoveSettings(), messages)
-    return PHASES_WORST * (length + wait_seconds(poll, 40, length))
-
-
-def lock_seconds_for_batch(poll: int, messages: list[int], concurrency: int) -> int:
-    """How long the lock must live to cover a batch (moves run ``concurrency`` at a time)."""
-    if not messages:
-        return LOCK_MARGIN_SECONDS
-    longest = max(worst_move_seconds(poll, m) for m in messages)
-    waves = math.ceil(len(messages) / max(concurrency, 1))
-    return int(waves * longest + LOCK_MARGIN_SECONDS)

@@ -1,0 +1,292 @@
+"""The AWS contract, in one place: ASL placeholders, the functions' environment, the DynamoDB item layout.
+
+Three parties must agree on it: ``statemachine/balancer.asl.json`` (its ``${...}`` placeholders and the
+table keys its DynamoDB tasks write), the stacks that deploy it (``stacks/``), and the code that runs it
+(the handlers in ``lambdas/``, the CLI's workflow commands, the local endpoint). Each of them imports
+this module instead of keeping its own copy; ``tests/unit/test_contract.py`` checks the three against
+the ASL file. The module is pure (standard library only) so the CDK app may import it too.
+
+- **Placeholders**: ``${<Name>FunctionArn}`` names one Lambda function whose handler is
+  ``lambdas.<snake_case(Name)>.handler``; ``${LifecycleTableName}`` and ``${NotificationTopicArn}`` are
+  the table and the topic. Nothing else is substituted.
+- **Environment**: what every function finds in its environment (``FunctionEnvironment``).
+- **Items**: one table, partition key ``pk`` and sort key ``sk`` (both strings)::
+
+    pk                  sk                        holds
+    cluster#<name>      lifecycle                 state, counts, execution ARN, task token, request
+    cluster#<name>      lock                      run_id, execution_arn, expires_at, acquired_at
+    run#<run_id>        meta                      config, start time, the before report, the summary
+    run#<run_id>        plan#<gen>#batch#<i>      the moves of one batch, then their results
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+
+from queue_balancer.errors import ConfigurationError
+
+
+class ContractError(ConfigurationError, ValueError):
+    """The ASL, the handler modules or the environment disagree with the contract (docs/aws-contract.md)."""
+
+
+# ---- ASL placeholders ------------------------------------------------------------------------------
+
+# CloudFormation replaces exactly "${Key}" for each key of DefinitionSubstitutions and leaves any other
+# text alone (aws-cloudformation-resource-providers-stepfunctions, DefinitionProcessor.transformDefinition),
+# so a placeholder is "${" + identifier + "}"; prose such as "${...}" in a Comment passes through unchanged.
+PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+FUNCTION_SUFFIX = "FunctionArn"
+FUNCTION_PLACEHOLDER = re.compile(rf"^(\w+){FUNCTION_SUFFIX}$")
+TABLE_PLACEHOLDER = "LifecycleTableName"
+TOPIC_PLACEHOLDER = "NotificationTopicArn"
+RESOURCE_PLACEHOLDERS = frozenset({TABLE_PLACEHOLDER, TOPIC_PLACEHOLDER})
+HANDLER_PACKAGE = "lambdas"
+HANDLER_ATTRIBUTE = "handler"
+
+
+def snake_case(name: str) -> str:
+    """``StartMove`` -> ``start_move``; ``SSMCommand`` -> ``ssm_command``: the handler's module name."""
+    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+
+
+def asl_placeholders(asl_text: str) -> set[str]:
+    """Every ``${Name}`` of the ASL."""
+    return set(PLACEHOLDER.findall(asl_text))
+
+
+def function_names(asl_text: str) -> list[str]:
+    """The ``<Name>`` of every ``${<Name>FunctionArn}``, in order of first appearance."""
+    found = (FUNCTION_PLACEHOLDER.match(p) for p in PLACEHOLDER.findall(asl_text))
+    return list(dict.fromkeys(m.group(1) for m in found if m))
+
+
+def function_placeholder(name: str) -> str:
+    """``StartMove`` -> ``StartMoveFunctionArn`` (the key substituted with the function's ARN)."""
+    return f"{name}{FUNCTION_SUFFIX}"
+
+
+def handler_path(name: str, package: str = HANDLER_PACKAGE) -> str:
+    """``StartMove`` -> ``lambdas.start_move.handler``: the function's handler setting."""
+    return f"{package}.{snake_case(name)}.{HANDLER_ATTRIBUTE}"
+
+
+def function_resource_name(prefix: str, name: str) -> str:
+    """``(queue-balancer-local, StartMove)`` -> ``queue-balancer-local-start-move``."""
+    return f"{prefix}-{snake_case(name).replace('_', '-')}"
+
+
+def unknown_placeholders(asl_text: str) -> list[str]:
+    """Placeholders that are neither a function nor a known resource (nothing would substitute them)."""
+    return sorted(
+        p for p in asl_placeholders(asl_text) - RESOURCE_PLACEHOLDERS if not FUNCTION_PLACEHOLDER.match(p)
+    )
+
+
+def handler_modules(lambdas_dir: Path) -> set[str]:
+    """Modules of ``lambdas_dir`` defining a top-level ``handler`` (helper modules define none)."""
+    found = set()
+    for path in sorted(lambdas_dir.glob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in tree.body:
+            names: list[str] = []
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                names = [node.name]
+            elif isinstance(node, ast.Assign):
+                names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names = [node.target.id]
+            if HANDLER_ATTRIBUTE in names:
+                found.add(path.stem)
+                break
+    return found
+
+
+def discover_functions(asl_text: str, lambdas_dir: Path) -> dict[str, str]:
+    """``{Name: "lambdas.<snake>.handler"}`` for each ``${<Name>FunctionArn}``; ContractError on mismatch.
+
+    Every placeholder needs a handler module and every handler module a placeholder, so a renamed state
+    or a forgotten module stops the synth (and the local endpoint) instead of failing a run.
+    """
+    unknown = unknown_placeholders(asl_text)
+    if unknown:
+        raise ContractError(
+            f"the ASL uses placeholders nothing substitutes: {', '.join(unknown)} (known: <Name>"
+            f"{FUNCTION_SUFFIX}, {', '.join(sorted(RESOURCE_PLACEHOLDERS))}; see docs/aws-contract.md)"
+        )
+    names = sorted(function_names(asl_text))
+    if not lambdas_dir.is_dir():
+        raise ContractError(f"the ASL names functions {names} but {lambdas_dir} does not exist")
+    modules = handler_modules(lambdas_dir)
+    wanted = {snake_case(name): name for name in names}
+    without_module = sorted(f"${{{wanted[m]}{FUNCTION_SUFFIX}}} -> {m}.py" for m in set(wanted) - modules)
+    without_placeholder = sorted(f"{m}.py" for m in modules - set(wanted))
+    problems = []
+    if without_module:
+        problems.append(
+            f"placeholders without a handler module in {lambdas_dir}: {', '.join(without_module)}"
+        )
+    if without_placeholder:
+        problems.append(
+            f"handler modules no ${{<Name>{FUNCTION_SUFFIX}}} of the ASL names: {', '.join(without_placeholder)}"
+        )
+    if problems:
+        raise ContractError("; ".join(problems) + " (see docs/aws-contract.md)")
+    return {name: handler_path(name, lambdas_dir.name) for name in names}
+
+
+def substitute(asl_text: str, values: Mapping[str, str], *, strict: bool = True) -> str:
+    """Replace ``${Key}`` placeholders as CloudFormation does.
+
+    ``strict``: an unknown placeholder is a ContractError (what deploying would fail on); otherwise it
+    is left as written (to look at a partial substitution).
+    """
+
+    def value(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key in values:
+            return values[key]
+        if strict:
+            raise ContractError(f"the ASL has a placeholder ${{{key}}} that is not substituted")
+        return match.group(0)
+
+    return PLACEHOLDER.sub(value, asl_text)
+
+
+# ---- the functions' environment ----------------------------------------------------------------------
+
+SERVICE_NAME = "queue-balancer"
+METRICS_NAMESPACE = "QueueBalancer"
+DEFAULT_AMQP_PORT = 5672
+ENVIRONMENT_VARIABLES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "cluster_name": "CLUSTER_NAME",
+        "management_url": "RABBITMQ_MANAGEMENT_URL",
+        "secret_arn": "RABBITMQ_SECRET_ARN",
+        "ssm_tag_key": "RABBITMQ_CLI_SSM_TAG_KEY",
+        "ssm_tag_value": "RABBITMQ_CLI_SSM_TAG_VALUE",
+        "lifecycle_table": "LIFECYCLE_TABLE",
+        "notification_topic_arn": "NOTIFICATION_TOPIC_ARN",
+    }
+)
+"""The required variables, by field of ``FunctionEnvironment``."""
+AMQP_PORT_VARIABLE = "RABBITMQ_AMQP_PORT"
+POWERTOOLS_ENVIRONMENT: Final[Mapping[str, str]] = MappingProxyType(
+    {"POWERTOOLS_SERVICE_NAME": SERVICE_NAME, "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE}
+)
+
+
+@dataclass(frozen=True)
+class FunctionEnvironment:
+    """What every Lambda function of the workflow finds in its environment, parsed once per container."""
+
+    cluster_name: str
+    management_url: str
+    secret_arn: str
+    ssm_tag_key: str
+    ssm_tag_value: str
+    lifecycle_table: str
+    notification_topic_arn: str
+    amqp_port: int = DEFAULT_AMQP_PORT
+    """Where AMQP answers on the management URL's host (exact message counts); optional."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> FunctionEnvironment:
+        """Every variable of the contract, or one error naming all that are missing."""
+        missing = [var for var in ENVIRONMENT_VARIABLES.values() if not env.get(var)]
+        if missing:
+            raise ContractError(f"environment variable(s) not set: {', '.join(missing)}")
+        port = env.get(AMQP_PORT_VARIABLE) or str(DEFAULT_AMQP_PORT)
+        if not port.isdigit():
+            raise ContractError(f"{AMQP_PORT_VARIABLE} must be a port number, not {port!r}")
+        return cls(**{field: env[var] for field, var in ENVIRONMENT_VARIABLES.items()}, amqp_port=int(port))
+
+    def to_env(self, *, with_amqp_port: bool = False) -> dict[str, str]:
+        """The variables to set (the stacks pass CloudFormation tokens as the values)."""
+        env = {var: str(getattr(self, field)) for field, var in ENVIRONMENT_VARIABLES.items()}
+        if with_amqp_port:
+            env[AMQP_PORT_VARIABLE] = str(self.amqp_port)
+        return env | dict(POWERTOOLS_ENVIRONMENT)
+
+
+# ---- the DynamoDB item layout ------------------------------------------------------------------------
+
+PARTITION_KEY = "pk"
+SORT_KEY = "sk"
+LIFECYCLE_SK = "lifecycle"
+LOCK_SK = "lock"
+RUN_META_SK = "meta"
+EXPIRES_AT = "expires_at"
+"""The table's time-to-live attribute (epoch seconds): run items after 90 days, the lock at its lease."""
+LOCK_ATTRIBUTES = ("run_id", "execution_arn", EXPIRES_AT, "acquired_at")
+"""What the ASL's AcquireLock writes into the lock item."""
+JSON_PREFIX = "json:"
+"""Meta fields that are not a plain string or integer are stored as ``json:<text>``."""
+
+
+def cluster_pk(cluster: str) -> str:
+    """Partition of a cluster's lifecycle item and lock."""
+    return f"cluster#{cluster}"
+
+
+def run_pk(run_id: str) -> str:
+    """Partition of one run's plan batches, results and report."""
+    return f"run#{run_id}"
+
+
+def batch_sk(generation: int, index: int) -> str:
+    """Sort key of one batch of one plan; a re-plan (next round or ``load``) is a new generation."""
+    return f"plan#{generation:04d}#batch#{index:05d}"
+
+
+def is_batch_sk(sort_key: str) -> bool:
+    return sort_key.startswith("plan#")
+
+
+def item_key(pk: str, sk: str) -> dict[str, str]:
+    return {PARTITION_KEY: pk, SORT_KEY: sk}
+
+
+def lifecycle_key(cluster: str) -> dict[str, str]:
+    return item_key(cluster_pk(cluster), LIFECYCLE_SK)
+
+
+def lock_key(cluster: str) -> dict[str, str]:
+    return item_key(cluster_pk(cluster), LOCK_SK)
+
+
+def run_meta_key(run_id: str) -> dict[str, str]:
+    return item_key(run_pk(run_id), RUN_META_SK)
+
+
+def batch_key(run_id: str, generation: int, index: int) -> dict[str, str]:
+    return item_key(run_pk(run_id), batch_sk(generation, index))
+
+
+def encode_meta(value: Any) -> Any:
+    """A meta field as stored: plain strings and integers as they are, anything else as JSON text."""
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        return value
+    return JSON_PREFIX + json.dumps(value, ensure_ascii=False)
+
+
+def decode_meta(value: Any) -> Any:
+    """A meta field as read back (DynamoDB numbers come as ``Decimal``)."""
+    if isinstance(value, str) and value.startswith(JSON_PREFIX):
+        return json.loads(value[len(JSON_PREFIX) :])
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+def decode_meta_item(item: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: decode_meta(v) for k, v in (item or {}).items()}

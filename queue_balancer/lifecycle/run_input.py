@@ -1,0 +1,166 @@
+"""The workflow's input: what an execution may be started with, validated in one place."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from queue_balancer.errors import ConfigurationError
+from queue_balancer.model import JsonDict
+from queue_balancer.planner import PlanOptions
+
+ACTIONS = ("balance", "load")
+MAX_CONCURRENCY = 40  # an inline Map runs at most ~40 iterations at once anyway
+MAX_BATCH = 50
+MAX_ROUNDS = 10
+DEFAULT_POLL_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class RunInput:
+    """The input of an execution (EventBridge sends ``{"action": "balance"}``), validated in one place.
+
+    ``concurrency`` is the Map's MaxConcurrency; ``batch_size`` moves run between two control checks
+    (where pause/stop/reset take effect); ``rounds`` bounds verify-and-replan; the rates (messages per
+    second, cluster-wide) gate the run on low traffic, as the seed asks.
+    """
+
+    action: str = "balance"
+    concurrency: int = 1
+    batch_size: int = 10
+    rounds: int = 3
+    vhosts: tuple[str, ...] = ()
+    pattern: str | None = None
+    per_vhost: bool = False
+    max_moves: int | None = None
+    max_publish_rate: float | None = None
+    max_deliver_rate: float | None = None
+    poll_seconds: int = DEFAULT_POLL_SECONDS
+
+    @classmethod
+    def parse(cls, data: Any) -> RunInput:
+        """Validate an execution input; raises ConfigurationError naming every problem found."""
+        if not isinstance(data, Mapping):
+            raise ConfigurationError(f"the input must be a JSON object, not {type(data).__name__}")
+        problems: list[str] = []
+        unknown = sorted(set(data) - _INPUT_FIELDS)
+        if unknown:
+            problems.append(
+                f"unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(_INPUT_FIELDS))})"
+            )
+        action = data.get("action", "balance")
+        if action not in ACTIONS:
+            problems.append(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
+        concurrency = _integer(data, "concurrency", 1, 1, MAX_CONCURRENCY, problems)
+        batch_default = max(10, concurrency)
+        batch_size = _integer(data, "batch_size", batch_default, 1, MAX_BATCH, problems)
+        if batch_size < concurrency:
+            problems.append(f"batch_size {batch_size} is below concurrency {concurrency}")
+        rounds = _integer(data, "rounds", 3, 1, MAX_ROUNDS, problems)
+        max_moves = data.get("max_moves")
+        if max_moves is not None:
+            max_moves = _integer(data, "max_moves", 0, 0, 10**9, problems)
+        poll = _integer(data, "poll_seconds", DEFAULT_POLL_SECONDS, 1, 300, problems)
+        vhosts = data.get("vhosts", [])
+        if not isinstance(vhosts, list) or not all(isinstance(v, str) and v for v in vhosts):
+            problems.append("vhosts must be a list of vhost names")
+            vhosts = []
+        pattern = data.get("pattern")
+        if pattern is not None:
+            if not isinstance(pattern, str):
+                problems.append("pattern must be a string")
+                pattern = None
+            else:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    problems.append(f"invalid queue name pattern {pattern!r}: {exc}")
+        per_vhost = data.get("per_vhost", False)
+        if not isinstance(per_vhost, bool):
+            problems.append("per_vhost must be true or false")
+        rates = {k: _rate(data, k, problems) for k in ("max_publish_rate", "max_deliver_rate")}
+        if problems:
+            raise ConfigurationError("invalid input: " + "; ".join(problems))
+        return cls(
+            action=str(action),
+            concurrency=concurrency,
+            batch_size=batch_size,
+            rounds=rounds,
+            vhosts=tuple(vhosts),
+            pattern=pattern,
+            per_vhost=bool(per_vhost),
+            max_moves=max_moves,
+            max_publish_rate=rates["max_publish_rate"],
+            max_deliver_rate=rates["max_deliver_rate"],
+            poll_seconds=poll,
+        )
+
+    def to_dict(self) -> JsonDict:
+        data: JsonDict = {
+            "action": self.action,
+            "concurrency": self.concurrency,
+            "batch_size": self.batch_size,
+            "rounds": self.rounds,
+            "vhosts": list(self.vhosts),
+            "per_vhost": self.per_vhost,
+            "poll_seconds": self.poll_seconds,
+        }
+        optional = {
+            "pattern": self.pattern,
+            "max_moves": self.max_moves,
+            "max_publish_rate": self.max_publish_rate,
+            "max_deliver_rate": self.max_deliver_rate,
+        }
+        data.update({k: v for k, v in optional.items() if v is not None})
+        return data
+
+    def plan_options(self, *, quorum_transfer: bool = True) -> PlanOptions:
+        return PlanOptions(
+            vhosts=self.vhosts,
+            pattern=self.pattern,
+            per_vhost=self.per_vhost,
+            max_moves=self.max_moves,
+            quorum_transfer=quorum_transfer,
+        )
+
+
+_INPUT_FIELDS = frozenset(
+    {
+        "action",
+        "concurrency",
+        "batch_size",
+        "rounds",
+        "vhosts",
+        "pattern",
+        "per_vhost",
+        "max_moves",
+        "max_publish_rate",
+        "max_deliver_rate",
+        "poll_seconds",
+    }
+)
+
+
+def _integer(
+    data: Mapping[str, Any], key: str, default: int, low: int, high: int, problems: list[str]
+) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(f"{key} must be an integer, not {value!r}")
+        return default
+    if not low <= value <= high:
+        problems.append(f"{key} must be between {low} and {high}, not {value}")
+        return default
+    return value
+
+
+def _rate(data: Mapping[str, Any], key: str, problems: list[str]) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        problems.append(f"{key} must be a number of messages per second (0 or more), not {value!r}")
+        return None
+    return float(value)
