@@ -40,3 +40,7 @@ class LeaderTransferError(BalancerError):
 
 class MoveStateError(BalancerError):
     """A step was asked of a move whose progress does not allow it (a bug or a hand-edited progress)."""
+
+
+class NodeDown(BalancerError):
+    """A node a move needs (its source, its target, a mirror it keeps) is not running."""

@@ -101,7 +101,10 @@ def preparing(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProg
     """SYNCING and REORDERING: every kept mirror present and synchronised, the target the oldest."""
     move, kept = progress.move, progress.mirrors
     everything = (move.source, *kept)
-    if any(n not in live.replicas for n in kept):
+    missing = [n for n in kept if n not in live.replicas]
+    if missing:
+        if progress.asked == everything and waited(ctx, progress) > ctx.settings.sync_nudge_after:
+            ctx.check_running(missing)  # a node gone: abort now, not at the phase's deadline
         return ask(ctx, replace(progress, phase=Phase.SYNCING), everything)
     if any(n not in live.in_sync for n in kept):
         return nudge_sync(ctx, progress, live)
@@ -146,7 +149,10 @@ def rolling_back(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveP
     """Wait (bounded) for every kept copy to be synchronised, delete the temporary policy, then wait
     (bounded) for the queue's own mirrors to be back in sync."""
     if progress.policy is not None:
-        copies = [n for n in progress.asked if n != live.leader]
+        # Every copy asked for, synchronised; a node absent after a few seconds is down (or dropped by
+        # someone else): waiting for it would only hold the rollback until its deadline.
+        settled = waited(ctx, progress) > ctx.settings.sync_nudge_after
+        copies = [n for n in progress.asked if n != live.leader and (n in live.replicas or not settled)]
         if all(n in live.in_sync for n in copies) or ctx.clock() > progress.deadline:
             ctx.delete_policy(progress)
             return replace(progress, policy=None)
@@ -159,6 +165,11 @@ def rolling_back(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveP
         state = f"{len(live.in_sync)} of {missing} mirrors in sync"
         return ctx.finish(progress, Phase.FAILED, f"{progress.outcome}; {where}; NOT back in sync ({state})")
     return nudge_sync(ctx, progress, live)
+
+
+def waited(ctx: MoveContext, progress: MoveProgress) -> float:
+    """Seconds since the current step began."""
+    return ctx.clock() - progress.phase_started_at
 
 
 def restored(progress: MoveProgress, live: Queue) -> bool:
@@ -180,20 +191,20 @@ def nudge_sync(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MovePro
     - Mirrors present but not synchronised: with ``ha-sync-mode: manual`` they never sync by
       themselves, and now and then an automatic sync does not start; a sync request starts it.
     """
-    waited = ctx.clock() - progress.phase_started_at
-    if waited < ctx.settings.sync_nudge_after * progress.nudges:
+    waited_ = waited(ctx, progress)
+    if waited_ < ctx.settings.sync_nudge_after * progress.nudges:
         return progress
     handed_back = progress.policy is None and progress.phase in (Phase.RESTORING, Phase.ROLLING_BACK)
     wanted = expected_mirrors(progress.original_definition, progress.cluster_size, live.leader)
     if handed_back and len(live.replicas) < wanted:
-        if waited > ctx.settings.sync_nudge_after and progress.nudges < MAX_NUDGES:
+        if waited_ > ctx.settings.sync_nudge_after and progress.nudges < MAX_NUDGES:
             touch_own_policy(ctx, progress)
             return replace(progress, nudges=progress.nudges + 1)
         return progress
     if progress.nudges or set(live.replicas) <= set(live.in_sync):
         return progress
     manual = handed_back and progress.original_definition.get("ha-sync-mode", "manual") != "automatic"
-    if (manual and progress.messages_before) or waited > ctx.settings.sync_nudge_after:
+    if (manual and progress.messages_before) or waited_ > ctx.settings.sync_nudge_after:
         ctx.client.queue_action(progress.move.vhost, progress.move.queue, "sync")
         return replace(progress, nudges=1)
     return progress

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from queue_balancer.errors import BalancerError, MoveStateError
+from queue_balancer.errors import BalancerError, MoveStateError, NodeDown
 from queue_balancer.model import Move, Queue, QueueCount, QueueRef
 from queue_balancer.movers.policies import put_temporary_policy, temporary_policy_name
 from queue_balancer.movers.ports import LeaderTransfer, ManagementApi, MessageCounter
@@ -29,6 +29,13 @@ class MoveContext:
     def live(self, move: Move) -> Queue:
         """The queue as its process sees it now."""
         return Queue.from_api(self.client.queue_now(move.vhost, move.queue))
+
+    def check_running(self, nodes: Sequence[str]) -> None:
+        """Raise ``NodeDown`` for the first of ``nodes`` that is not running (one API call)."""
+        running = {str(n["name"]) for n in self.client.nodes() if n.get("running")}
+        down = [n for n in nodes if n not in running]
+        if down:
+            raise NodeDown(f"node {down[0]} is not running")
 
     def counts(self, refs: Sequence[QueueRef]) -> dict[QueueRef, QueueCount | None]:
         """Exact counts from the queue processes, or nothing (then the statistics view has to do)."""

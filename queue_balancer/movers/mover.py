@@ -66,6 +66,9 @@ class Mover(MoveContext):
             original_definition=dict(own[1]) if own else {},
             cluster_size=len(running),
         )
+        down = [n for n in (move.source, move.target) if n not in running]
+        if down:
+            return self.finish(progress, Phase.FAILED, f"node {down[0]} is not running")
         if live.leader == move.target:
             # A retried start (or a move RabbitMQ already made): finish the job instead of failing it.
             if move.type is QueueType.CLASSIC:

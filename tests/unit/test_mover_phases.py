@@ -280,3 +280,24 @@ def test_a_node_killed_at_any_step_of_a_move_loses_nothing(clock: Clock, victim:
     run(m, progress, clock, polls=200)
     assert not cluster.lost
     assert queue.leader in ("a", "b", "c") and cluster.running[queue.leader]
+
+
+def test_a_target_that_goes_down_aborts_the_move_within_seconds(cluster: FakeCluster, clock: Clock) -> None:
+    cluster.sync_on_read = False
+    m = mover(cluster, clock)
+    [progress] = m.start([classic(cluster)])
+    cluster.kill("c")
+    failed = run(m, progress, clock)
+    assert (failed.phase, failed.outcome) == (Phase.FAILED, "node c is not running; rolled back")
+    assert failed.finished_at is not None and failed.finished_at - progress.started_at < 15
+    assert temporary(cluster) == []
+
+
+def test_a_move_to_a_node_that_is_down_is_refused_before_any_change(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    move = classic(cluster)
+    cluster.running["c"] = False
+    [progress] = mover(cluster, clock).start([move])
+    assert (progress.phase, progress.outcome) == (Phase.FAILED, "node c is not running")
+    assert not [c for c in cluster.calls if c[0] == "put_policy" and c[2].startswith(POLICY_PREFIX)]
