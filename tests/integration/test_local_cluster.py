@@ -8,6 +8,8 @@ promises (every leader on node 1, the requested message counts, mirrors in sync)
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import socket
 import time
@@ -301,6 +303,18 @@ def test_cli_error_is_one_line_and_exit_code_1(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "queue-balancer local up" in err
     assert _cli("local", "status") == 3  # nothing running there
+
+
+def test_cli_up_refuses_another_rabbitmq_version_in_the_same_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    four = dataclasses.replace(_other_config(tmp_path), rabbitmq="4")
+    (tmp_path / "cluster.json").write_text(json.dumps(four.layout()))
+    monkeypatch.setenv("QUEUE_BALANCER_LOCAL_DIR", str(tmp_path))
+    assert _cli("local", "up", "--rabbitmq", "3", "--no-endpoint") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a RabbitMQ 4 cluster" in err and "down --purge" in err
+    assert LocalClusterConfig.recorded(tmp_path) == four
 
 
 # ---- down ----------------------------------------------------------------------------------------
