@@ -44,6 +44,7 @@ class MembersOptions:
     selection: PlanOptions = field(default_factory=PlanOptions)
     default_group_size: int = DEFAULT_GROUP_SIZE
     excluded: frozenset[str] = frozenset()
+    """Besides the nodes in maintenance mode, which the snapshot names."""
 
     def __post_init__(self) -> None:
         if self.default_group_size < 1:
@@ -146,9 +147,19 @@ def quorum_of(members: int) -> int:
     return members // 2 + 1
 
 
-def target_size(queue: Queue, options: MembersOptions, eligible: int) -> int:
-    """The replica count a queue should have: its declared size, else the default; at most one per node."""
-    return min(queue.group_size or options.default_group_size, eligible)
+def target_size(queue: Queue, options: MembersOptions, eligible: int, staying: int = 0) -> int:
+    """Members a queue should have on the eligible nodes: its declared size (else the default) less the
+    members that stay on drained nodes; at most one per node."""
+    return min((queue.group_size or options.default_group_size) - staying, eligible)
+
+
+def staying_members(
+    queue: Queue, options: MembersOptions, eligible: int, held: frozenset[str]
+) -> tuple[str, ...]:
+    """Members on running nodes in maintenance that stay: only as many as the eligible nodes cannot make up,
+    so draining a node for an upgrade never costs a queue a replica (its members leave only to a new home)."""
+    missing = (queue.group_size or options.default_group_size) - eligible
+    return tuple(sorted(n for n in queue.members if n in held))[: max(0, missing)]
 
 
 def classify_members(queue: Queue, running: frozenset[str]) -> Skipped | None:
@@ -172,7 +183,7 @@ def plan_members(snapshot: Snapshot, options: MembersOptions | None = None) -> M
     nodes, spread as evenly as reachable (see the module docstring)."""
     options = options or MembersOptions()
     running = frozenset(snapshot.running_nodes)
-    eligible = tuple(sorted(running - options.excluded))
+    eligible = tuple(sorted(frozenset(snapshot.serving_nodes) - options.excluded))  # never on a drained node
     known = {n.name for n in snapshot.nodes}
     unknown = sorted(options.excluded - known)
     if unknown:
@@ -189,7 +200,7 @@ def plan_members(snapshot: Snapshot, options: MembersOptions | None = None) -> M
         else:
             skipped.append(verdict)
             fixed.update(n for n in queue.members if n in eligible)
-    moves = _balance(eligible, fixed, movable, options)
+    moves = _balance(eligible, fixed, movable, options, running - frozenset(eligible))
     moves.sort(key=lambda m: (m.messages, m.vhost, m.queue))
     before = _members_per_node(queues, eligible)
     after = Counter(before)
@@ -232,16 +243,22 @@ _GroupKey = tuple[str, frozenset[str], int]  # (leader if eligible else "", elig
 
 
 def _balance(
-    nodes: Sequence[str], fixed: Mapping[str, int], queues: Sequence[Queue], options: MembersOptions
+    nodes: Sequence[str],
+    fixed: Mapping[str, int],
+    queues: Sequence[Queue],
+    options: MembersOptions,
+    held: frozenset[str],
 ) -> list[MemberMove]:
     eligible = frozenset(nodes)
     if not eligible:
         return []
     groups: dict[_GroupKey, list[Queue]] = defaultdict(list)
+    staying: dict[QueueRef, tuple[str, ...]] = {}
     for queue in queues:
         kept = frozenset(n for n in queue.members if n in eligible)
         leader = queue.leader if queue.leader in eligible else ""
-        groups[(leader, kept, target_size(queue, options, len(nodes)))].append(queue)
+        staying[queue.ref] = staying_members(queue, options, len(nodes), held)
+        groups[(leader, kept, target_size(queue, options, len(nodes), len(staying[queue.ref])))].append(queue)
     if not groups:
         return []
     network = _MembersNetwork(nodes, fixed, groups)
@@ -254,7 +271,9 @@ def _balance(
     lo = largest_feasible(0, total // len(nodes), lambda low: network.assign(low, hi) is not None)
     assignment = network.assign(lo, hi)
     assert assignment is not None  # lo and hi were both found feasible together
-    return [move for key in network.keys for move in _deal(key, network.groups[key], assignment, nodes)]
+    return [
+        move for key in network.keys for move in _deal(key, network.groups[key], assignment, nodes, staying)
+    ]
 
 
 def _deal(
@@ -262,6 +281,7 @@ def _deal(
     queues: Sequence[Queue],
     assignment: Mapping[tuple[_GroupKey, str], int],
     nodes: Sequence[str],
+    staying: Mapping[QueueRef, tuple[str, ...]],
 ) -> list[MemberMove]:
     """Hand each queue of a group ``size`` distinct nodes, the group's per-node counts being at most one per
     queue: the nodes laid out in a row (the leader's, then kept members, then new ones), dealt round-robin."""
@@ -275,7 +295,7 @@ def _deal(
         chosen = set(row[index::count])
         assert len(chosen) == size  # a node appears at most `count` times in a row, never twice per queue
         members = set(queue.members)
-        add, remove = chosen - members, members - chosen
+        add, remove = chosen - members, members - chosen - set(staying[queue.ref])
         if add or remove:
             moves.append(
                 MemberMove(

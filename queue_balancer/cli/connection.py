@@ -33,7 +33,13 @@ class Connection:
 
     def snapshot(self) -> Snapshot:
         """Nodes, queues and version; on 3.10 maintenance mode through the eval port, where configured."""
-        snapshot = self.client.snapshot()
+        return self._with_maintenance(self.client.snapshot())
+
+    def members_snapshot(self) -> Snapshot:
+        """The members plan's snapshot (quorum queues in the real-time view), maintenance mode as above."""
+        return self._with_maintenance(self.client.members_snapshot())
+
+    def _with_maintenance(self, snapshot: Snapshot) -> Snapshot:
         if not snapshot.drain_reported and self.leader_transfer is not None:
             drained = drained_nodes(self.leader_transfer.run_eval, snapshot.running_nodes)
             snapshot = snapshot.with_drained(drained)

@@ -44,7 +44,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if args.snapshot:
             return cmd_plan_members(args, load_snapshot(args.snapshot), plan_options(args, None))
         connection = connect(args)
-        return cmd_plan_members(args, connection.client.members_snapshot(), plan_options(args, connection))
+        return cmd_plan_members(args, connection.members_snapshot(), plan_options(args, connection))
     if args.snapshot:
         snapshot = load_snapshot(args.snapshot)
         result = plan(snapshot, plan_options(args, None))
@@ -99,13 +99,10 @@ def cmd_balance(args: argparse.Namespace) -> int:
     connection = connect(args)
     options = plan_options(args, connection)
     if args.members:
-        run_eval = connection.leader_transfer.run_eval if connection.leader_transfer else None
         if args.dry_run:
-            return cmd_balance_members(args, connection.client, run_eval, connection.counter, options)
+            return cmd_balance_members(args, connection, options)
         with holding(connection.lock("balance --members")) as heartbeat:
-            return cmd_balance_members(
-                args, connection.client, run_eval, connection.counter, options, heartbeat.check
-            )
+            return cmd_balance_members(args, connection, options, heartbeat.check)
     snapshot = connection.snapshot()
     before = report.Report.of(snapshot, options)
     if args.dry_run:

@@ -10,14 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 from queue_balancer import report
+from queue_balancer.cli.connection import Connection
 from queue_balancer.cli.exit_codes import EXIT_MOVES_FAILED, EXIT_OK
 from queue_balancer.errors import ConfigurationError
-from queue_balancer.management import ManagementClient
 from queue_balancer.member_changes import member_changer
 from queue_balancer.member_moves import MemberMover, MemberPhase, MemberProgress, run_member_moves
 from queue_balancer.members import DEFAULT_GROUP_SIZE, MembersOptions, MembersPlan, plan_members
 from queue_balancer.model import Snapshot, spread
-from queue_balancer.movers import MessageCounter
 from queue_balancer.planner import PlanOptions
 from queue_balancer.safety import preflight
 
@@ -84,21 +83,20 @@ def cmd_plan_members(args: argparse.Namespace, snapshot: Snapshot, selection: Pl
 
 def cmd_balance_members(
     args: argparse.Namespace,
-    client: ManagementClient,
-    run_eval: Callable[[str], str] | None,
-    counter: MessageCounter | None,
+    connection: Connection,
     selection: PlanOptions,
     check: Callable[[], None] = lambda: None,
 ) -> int:
     """Plan, carry out (add before remove, each change verified), re-read and report; exit 2 on failures."""
     options = members_options(args, selection)
-    snapshot = client.members_snapshot()
+    snapshot = connection.members_snapshot()
     current = plan_members(snapshot, options)
     if args.dry_run:
         print(plan_members_text(current))
         return EXIT_OK
     preflight(snapshot)
-    changer = member_changer(client, run_eval)
+    run_eval = connection.leader_transfer.run_eval if connection.leader_transfer else None
+    changer = member_changer(connection.client, run_eval)
     if changer is None:
         raise ConfigurationError(
             "RabbitMQ 3.x changes quorum members only through `rabbitmqctl eval`: give --eval-command"
@@ -106,13 +104,13 @@ def cmd_balance_members(
     began = time.monotonic()
     progress = _Printer(len(current.moves))
     result = run_member_moves(
-        MemberMover(client, changer, counter=counter),
+        MemberMover(connection.client, changer, counter=connection.counter),
         current.moves,
         concurrency=args.concurrency,
         on_change=progress,
         check=check,
     )
-    after = plan_members(client.members_snapshot(), options)
+    after = plan_members(connection.members_snapshot(), options)
     summary = _summary(current, after, result.moves, time.monotonic() - began)
     print(
         json.dumps(summary, indent=2, ensure_ascii=False) if args.format == "json" else _summary_text(summary)

@@ -19,7 +19,7 @@ from queue_balancer.cli import main
 from queue_balancer.counts import AmqpCounter
 from queue_balancer.local.cluster import ENV_BASE_DIR, LocalCluster, LocalClusterConfig
 from queue_balancer.management import ManagementClient
-from queue_balancer.member_changes import EvalMemberChanger
+from queue_balancer.member_changes import member_changer
 from queue_balancer.model import Queue, QueueRef
 from tests.conftest import TEST_PORTS, wait_until
 from tests.integration.test_balance import declare, publish
@@ -50,13 +50,28 @@ def run_cli(base_dir: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
     return main(["--local", *args, "--format", "json"])
 
 
+@pytest.fixture(params=["3.10", "4.0"])
+def versioned(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    """The session cluster of each version: 3.10 changes members through eval, 4.0 through the HTTP API."""
+    chosen: LocalCluster = request.getfixturevalue(
+        "clean_cluster" if request.param == "3.10" else "local_cluster_4"
+    )
+    yield chosen
+    user, password = chosen.credentials
+    client = ManagementClient(chosen.nodes[0].management_url, user, password)
+    for queue in client.queues_now():
+        if str(queue["name"]).startswith("members-"):
+            client.request("DELETE", f"queues/%2F/{queue['name']}")
+
+
 def test_balance_members_spreads_replicas_and_keeps_every_message(
-    clean_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    versioned: LocalCluster, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cluster = clean_cluster
+    cluster = versioned
     user, password = cluster.credentials
     client = ManagementClient(cluster.nodes[0].management_url, user, password)
-    changer = EvalMemberChanger(cluster.eval_erlang)
+    changer = member_changer(client, cluster.eval_erlang)
+    assert changer is not None
     names = [f"members-{i}" for i in range(6)]
     first, second, third = (n.name for n in cluster.nodes)
     for name in names:

@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from queue_balancer.errors import ConfigurationError
-from queue_balancer.members import MemberMove, MembersOptions, MembersPlan, plan_members
+from queue_balancer.members import (
+    MemberMove,
+    MembersOptions,
+    MembersPlan,
+    plan_members,
+    staying_members,
+    target_size,
+)
 from queue_balancer.model import Node, Queue, QueueType, Snapshot
 from queue_balancer.planner import PlanOptions
 
@@ -85,6 +92,22 @@ def test_no_member_lands_on_a_stopped_or_excluded_node() -> None:
     )
     assert result.nodes == ("rabbit@a", "rabbit@b")
     assert {n for m in result.moves for n in m.add} == {"rabbit@b"}  # the target is capped at 2 nodes
+
+
+def test_a_node_in_maintenance_mode_gets_no_member_and_sheds_its_own() -> None:
+    queues = [quorum(f"q{i}", NODES[:3], size=3) for i in range(3)]
+    drained = snapshot(queues, nodes=NODES[:4]).with_drained(["rabbit@c"])
+    result = plan_members(drained)
+    assert "rabbit@c" not in result.nodes
+    assert result.after["rabbit@c"] == 0 and result.after["rabbit@d"] == 3
+
+
+def test_draining_a_node_never_costs_a_queue_a_replica() -> None:
+    # 3 nodes, one in maintenance (an upgrade): queues of 3 have nowhere else to go, so nothing changes.
+    queues = [quorum(f"q{i}", NODES[:3], size=3) for i in range(3)]
+    result = plan_members(snapshot(queues).with_drained(["rabbit@c"]))
+    assert result.moves == ()
+    assert result.after == {"rabbit@a": 3, "rabbit@b": 3, "rabbit@c": 3}
 
 
 def test_members_on_an_excluded_node_move_off_it() -> None:
@@ -198,15 +221,24 @@ def test_plan_matches_brute_force(case: tuple[Snapshot, MembersOptions]) -> None
             kept_leaders += q.leader in nodes_
         return _score(loads, eligible, changes, kept_leaders)
 
+    held = frozenset(snap.running_nodes) - frozenset(eligible)
+    staying = {q.name: staying_members(q, options, len(eligible), held) for q in free}
     options_per_queue = [
-        list(itertools.combinations(eligible, min(q.group_size or options.default_group_size, len(eligible))))
+        [
+            (*c, *staying[q.name])
+            for c in itertools.combinations(
+                eligible, target_size(q, options, len(eligible), len(staying[q.name]))
+            )
+        ]
         for q in free
     ]
     best = min(evaluate(c) for c in itertools.product(*options_per_queue))
     planned = tuple(moved[q.name].after if q.name in moved else tuple(sorted(q.members)) for q in free)
     for q, members in zip(free, planned, strict=True):
-        assert set(members) <= set(eligible), f"{q.name} keeps a member off the eligible nodes"
-        assert len(members) == min(q.group_size or options.default_group_size, len(eligible))
+        off = set(members) - set(eligible)
+        assert off == set(staying[q.name]), f"{q.name} keeps a member off the eligible nodes"
+        desired = q.group_size or options.default_group_size
+        assert len(members) == min(desired, len(eligible) + len(off))
     assert evaluate(planned) == best
     untouched = Counter(n for q in snap.queues if q.name in skipped for n in q.members)
     expected = untouched + Counter(n for members in planned for n in members)
