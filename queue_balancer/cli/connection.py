@@ -11,6 +11,8 @@ import os
 import secrets
 import socket
 from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
 
 from queue_balancer.counts import AmqpCounter, amqp_endpoint
 from queue_balancer.errors import ConfigurationError
@@ -21,6 +23,9 @@ from queue_balancer.management import ManagementClient
 from queue_balancer.model import Snapshot
 from queue_balancer.movers import Mover, MoveSettings
 from queue_balancer.planner import PlanOptions
+
+if TYPE_CHECKING:
+    from queue_balancer.local.cluster import LocalCluster
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,20 @@ def connect(args: argparse.Namespace) -> Connection:
         config.password,
         fallbacks=tuple(("127.0.0.1", n.amqp_port) for n in peers),
     )
-    return Connection(client, RaLeaderTransfer(cluster.eval_erlang), counter)
+    return Connection(client, RaLeaderTransfer(partial(_eval_on_any_node, cluster)), counter)
+
+
+def _eval_on_any_node(cluster: LocalCluster, expression: str) -> str:
+    """``rabbitmqctl eval`` on the first node that answers: a node gone must not stop quorum moves."""
+    from queue_balancer.local.layout import LocalClusterError
+
+    failures = []
+    for node in cluster.nodes:
+        try:
+            return cluster.eval_erlang(expression, node=node)
+        except LocalClusterError as exc:
+            failures.append(str(exc).splitlines()[0][:200])
+    raise LocalClusterError("; ".join(failures))
 
 
 def plan_options(args: argparse.Namespace, connection: Connection | None) -> PlanOptions:

@@ -141,6 +141,7 @@ def test_an_interrupted_balance_loses_nothing_and_leaves_no_policy(
         )
     process.send_signal(signum)
     _out, err = process.communicate(timeout=120)
+    print(f"{signum!r} {when}: exit {process.returncode} after {time.monotonic() - began:.1f} s")
     assert process.returncode == 130, err
     assert time.monotonic() - began < 150
     assert temporary_policies(client) == [], err  # before any cleanup
@@ -370,6 +371,7 @@ def test_a_node_killed_mid_move_loses_nothing(
     try:
         _out, err = process.communicate(timeout=180)
         seconds = time.monotonic() - began
+        print(f"node {victim} killed ({role}): exit {process.returncode} after {seconds:.1f} s")
         assert process.returncode in (0, 2), err
         assert seconds < 180
         assert temporary_policies(survivor) == [], err  # before any cleanup
