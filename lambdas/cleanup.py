@@ -62,6 +62,8 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     lines.append(
         f"Moves: {run.done} done, {run.failed} failed, {max(run.plan_moves - run.attempted, 0)} not started."
     )
+    # The reason, for `last-report`, `status`, `info` and `run --wait` (the lifecycle keeps the error's name).
+    db.put_meta(run.run_id, outcome=f"{Outcome.FAILED.value}: {error}", error=error, reason=reason)
     record = db.lifecycle(run.cluster)
     if record.run_id == run.run_id:
         try:

@@ -10,7 +10,7 @@ from lambdas.planning import report_from_dict
 from lambdas.run_state import RunState
 from queue_balancer.lifecycle import RunInput
 from queue_balancer.model import JsonDict
-from queue_balancer.report import Report, RunSummary, summary_markdown
+from queue_balancer.report import Report, RunSummary, summary_markdown, summary_text
 
 SUBJECT_LIMIT = 100  # SNS: at most 100 printable ASCII characters, no line breaks
 
@@ -34,7 +34,18 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     subject = subject_line(
         f"queue-balancer: {run.cluster} {outcome}, spread {before.spread} -> {after.spread}"
     )
-    db.put_meta(run.run_id, outcome=outcome, summary=message, subject=subject, finished_at=int(now()))
+    rounds = f"{run.round} round{'s' if run.round != 1 else ''}"
+    text = f"run {run.run_id} on cluster {run.cluster}: {outcome} ({rounds})\n\n" + summary_text(summary)
+    brief = {"run_id": run.run_id, "cluster": run.cluster, "outcome": outcome, "rounds": run.round}
+    db.put_meta(
+        run.run_id,
+        outcome=outcome,
+        summary=message,  # Markdown, as the notification says it
+        summary_text=text,  # for a terminal
+        report={**brief, **summary.brief_dict()},  # for --format json, bounded for a DynamoDB item
+        subject=subject,
+        finished_at=int(now()),
+    )
     metrics.add_metric(name="MovesSkipped", unit=MetricUnit.Count, value=len(after.skipped))
     metrics.add_metric(name="SpreadAfter", unit=MetricUnit.Count, value=after.spread)
     metrics.add_metric(name="RunDuration", unit=MetricUnit.Seconds, value=round(summary.seconds, 1))

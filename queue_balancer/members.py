@@ -28,7 +28,7 @@ from typing import Any
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.flow import MinCostFlow, largest_feasible, smallest_feasible
 from queue_balancer.model import JsonDict, Queue, QueueRef, QueueType, Skipped, Snapshot
-from queue_balancer.planner import PlanOptions, check_vhosts, select
+from queue_balancer.planner import PlanOptions, check_filters, select
 
 DEFAULT_GROUP_SIZE = 3
 """RabbitMQ's ``quorum_cluster_size`` default: the members of a quorum queue declared without a size."""
@@ -188,7 +188,7 @@ def plan_members(snapshot: Snapshot, options: MembersOptions | None = None) -> M
     unknown = sorted(options.excluded - known)
     if unknown:
         raise ConfigurationError(f"cannot exclude {', '.join(unknown)}: not a node of this cluster")
-    check_vhosts(snapshot, options.selection)
+    check_filters(snapshot, options.selection)
     queues = [q for q in select(snapshot, options.selection) if q.type is QueueType.QUORUM]
     fixed: Counter[str] = Counter()
     movable: list[Queue] = []

@@ -64,7 +64,7 @@ class _Scope:
 
 
 def select(snapshot: Snapshot, options: PlanOptions) -> list[Queue]:
-    """The queues the options ask for; unknown vhosts are an error rather than an empty plan."""
+    """The queues the options ask for (``check_filters`` refuses filters that select none)."""
     wanted = set(options.vhosts)
     pattern = re.compile(options.pattern) if options.pattern is not None else None
     return [
@@ -167,7 +167,7 @@ def survey(snapshot: Snapshot, options: PlanOptions) -> Survey:
     A scope is one queue type (of one vhost with ``per_vhost``): each type is made even on its own, since a
     node that leads all quorum queues is hot even when the totals are even.
     """
-    check_vhosts(snapshot, options)
+    check_filters(snapshot, options)
     running = frozenset(snapshot.serving_nodes)
     drained = frozenset(snapshot.drained_nodes)
     scopes: dict[tuple[str, str], _Scope] = defaultdict(_Scope)
@@ -259,12 +259,17 @@ def most_even_first(moves: Sequence[Move], before: Mapping[str, int], limit: int
     return chosen
 
 
-def check_vhosts(snapshot: Snapshot, options: PlanOptions) -> None:
-    """Unknown vhosts are an error rather than an empty plan."""
+def check_filters(snapshot: Snapshot, options: PlanOptions) -> None:
+    """A filter that selects no queue is an input error, never an empty plan: ``--vhost`` naming a vhost
+    without queues (or none at all) and ``--pattern`` matching no queue name fail the same way, because
+    either is almost always a typo, and a run that balances nothing must not report success."""
     known = {q.vhost for q in snapshot.queues}
     missing = [v for v in options.vhosts if v not in known]
     if missing:
         raise ConfigurationError(f"no queues in vhost {', '.join(repr(v) for v in missing)} (does it exist?)")
+    if options.pattern is not None and not select(snapshot, options):
+        where = f" in vhost {', '.join(repr(v) for v in options.vhosts)}" if options.vhosts else ""
+        raise ConfigurationError(f"no queue name matches --pattern {options.pattern!r}{where}")
 
 
 def move_cost(move: Move) -> tuple[int, int, str, str]:

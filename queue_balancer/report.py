@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -11,8 +10,6 @@ from queue_balancer.model import JsonDict, Skipped, Snapshot, equilibrium, sprea
 from queue_balancer.movers import MoveProgress, Phase
 from queue_balancer.movers.verify import CHANGED_UNDER_TRAFFIC
 from queue_balancer.planner import PlanOptions, survey
-
-SEED_EQUILIBRIUM_BAR = 0.7  # the seed plugin called a cluster balanced at 70 %
 
 
 @dataclass(frozen=True)
@@ -89,15 +86,14 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]
 
 
 def _figures(report: Report) -> str:
-    bar = "meets" if report.equilibrium >= SEED_EQUILIBRIUM_BAR else "below"
     by_type = ", ".join(f"{t} {s}" for t, s in report.spread_by_type.items())
     return (
         f"spread (max - min): {report.spread}{f' ({by_type})' if by_type else ''}   "
-        f"equilibrium: {report.equilibrium:.0%} ({bar} the seed's 70 % bar)"
+        f"equilibrium (least-loaded node / even share): {report.equilibrium:.0%}"
     )
 
 
-def text(report: Report, *, skipped_limit: int = 20) -> str:
+def text(report: Report, *, skipped_limit: int = 20, per_vhost: bool = False) -> str:
     """The report for a terminal."""
     types = list(report.by_type)
     leaders = report.leaders
@@ -107,7 +103,7 @@ def text(report: Report, *, skipped_limit: int = 20) -> str:
         ([n, leaders[n], *(report.by_type[t][n] for t in types)] for n in report.nodes),
     )
     lines.append(_figures(report))
-    if len(report.by_vhost) > 1:
+    if per_vhost or len(report.by_vhost) > 1:
         lines += ["", "Per vhost"]
         lines += _table(
             ["vhost", *report.nodes, "spread"],
@@ -127,10 +123,6 @@ def skipped_lines(skipped: Sequence[Skipped], limit: int) -> list[str]:
     return lines
 
 
-def as_json(report: Report) -> str:
-    return json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
-
-
 def markdown(report: Report) -> str:
     """The report for SNS messages and tickets."""
     types = list(report.by_type)
@@ -145,10 +137,6 @@ def markdown(report: Report) -> str:
         lines += ["", f"Skipped: {len(report.skipped)} queues"]
         lines += [f"- `{s.vhost}` / `{s.queue}` on {s.node}: {s.reason}" for s in report.skipped[:50]]
     return "\n".join(lines)
-
-
-def render(report: Report, fmt: str) -> str:
-    return {"text": text, "json": as_json, "markdown": markdown}[fmt](report)
 
 
 @dataclass(frozen=True)
@@ -168,6 +156,25 @@ class RunSummary:
     def changed_under_traffic(self) -> tuple[MoveProgress, ...]:
         """Done, but the message count changed meanwhile (clients kept using the queue)."""
         return tuple(p for p in self.moves if p.outcome.startswith(CHANGED_UNDER_TRAFFIC))
+
+    def brief_dict(self, limit: int = 50) -> JsonDict:
+        """The figures of the run with at most ``limit`` failed moves and skipped queues listed (a stored
+        item has a size limit; the counts say how many there were)."""
+        return {
+            "before": self.before.leaders,
+            "after": self.after.leaders,
+            "spread": {"before": self.before.spread, "after": self.after.spread},
+            "equilibrium": {
+                "before": round(self.before.equilibrium, 3),
+                "after": round(self.after.equilibrium, 3),
+            },
+            "moves_done": len(self.moves) - len(self.failed),
+            "moves_failed": len(self.failed),
+            "skipped_count": len(self.after.skipped),
+            "seconds": round(self.seconds, 2),
+            "failed": [{**p.move.to_dict(), "outcome": p.outcome} for p in self.failed[:limit]],
+            "skipped": [s.to_dict() for s in self.after.skipped[:limit]],
+        }
 
     def to_dict(self) -> JsonDict:
         return {

@@ -16,7 +16,7 @@ from queue_balancer.cli.connection import Connection, connect, plan_options
 from queue_balancer.cli.exit_codes import EXIT_MOVES_FAILED, EXIT_OK
 from queue_balancer.cli.members import add_member_flags, cmd_balance_members, cmd_plan_members
 from queue_balancer.cli.options import FORMATS, add_format_option, add_scope_options
-from queue_balancer.cli.output import Progress, notice, print_json
+from queue_balancer.cli.output import Progress, emit, notice
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.lock import Heartbeat, holding
 from queue_balancer.model import Plan, Snapshot, spread
@@ -28,7 +28,13 @@ from queue_balancer.safety import preflight
 
 def cmd_report(args: argparse.Namespace) -> int:
     connection = connect(args)
-    print(report.render(report.Report.of(connection.snapshot(), plan_options(args, connection)), args.format))
+    found = report.Report.of(connection.snapshot(), plan_options(args, connection))
+    emit(
+        args.format,
+        found.to_dict(),
+        lambda: report.text(found, per_vhost=args.per_vhost),
+        lambda: report.markdown(found),
+    )
     return EXIT_OK
 
 
@@ -51,10 +57,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         connection = connect(args)
         result = plan(connection.snapshot(), plan_options(args, connection))
-    if args.format == "json":
-        print_json(result.to_dict())
-    else:
-        print(plan_text(result))
+    emit(args.format, result.to_dict(), lambda: plan_text(result))
     return EXIT_OK
 
 
@@ -106,7 +109,8 @@ def cmd_balance(args: argparse.Namespace) -> int:
     snapshot = connection.snapshot()
     before = report.Report.of(snapshot, options)
     if args.dry_run:
-        print(plan_text(plan(snapshot, options)))
+        dry = plan(snapshot, options)
+        emit(args.format, dry.to_dict(), lambda: plan_text(dry))
         return EXIT_OK
     preflight(snapshot)
     with holding(connection.lock("balance")) as heartbeat:
@@ -130,15 +134,17 @@ def _balance(
         if not current.moves:
             break
         progress = Progress(len(current.moves), sys.stderr, f"round {round_number}")
-        result = run_moves(
-            mover,
-            current.moves,
-            concurrency=args.concurrency,
-            on_change=progress.update,
-            notice=notice,
-            check=heartbeat.check,
-        )
-        progress.close()
+        try:
+            result = run_moves(
+                mover,
+                current.moves,
+                concurrency=args.concurrency,
+                on_change=progress.update,
+                notice=notice,
+                check=heartbeat.check,
+            )
+        finally:
+            progress.close()  # an interruption's report starts on a line of its own
         history.extend(result.moves)
         snapshot = connection.snapshot()
         if not result.failed:
@@ -152,10 +158,7 @@ def _balance(
     summary = report.RunSummary(
         before, report.Report.of(snapshot, options), tuple(history), time.monotonic() - began
     )
-    if args.format == "json":
-        print_json(summary.to_dict())
-    else:
-        print(report.summary_text(summary))
+    emit(args.format, summary.to_dict(), lambda: report.summary_text(summary))
     return EXIT_MOVES_FAILED if summary.failed else EXIT_OK
 
 
@@ -164,9 +167,9 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     lock = connection.lock("cleanup")
     with holding(lock):
         removed = cleanup(connection.client, lock.live_runs())
-    for vhost, name in removed:
-        print(f"removed temporary policy {name} in vhost {vhost}")
-    print(f"{len(removed)} temporary policies removed")
+    lines = [f"removed temporary policy {name} in vhost {vhost}" for vhost, name in removed]
+    data = {"removed": [{"vhost": vhost, "policy": name} for vhost, name in removed]}
+    emit(args.format, data, lambda: "\n".join([*lines, f"{len(removed)} temporary policies removed"]))
     return EXIT_OK
 
 
@@ -174,7 +177,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     """Add the engine commands to the main CLI's subparsers."""
     sub = commands.add_parser("report", help="leaders per node, by queue type and vhost, and skipped queues")
     add_format_option(sub, FORMATS)
-    add_scope_options(sub, max_moves=False)
+    add_scope_options(
+        sub,
+        max_moves=False,
+        per_vhost_help="show the per-vhost table (leaders per node and spread of each vhost) even for one "
+        "vhost; it is shown whenever the selection spans several",
+    )
     sub.set_defaults(func=cmd_report)
 
     sub = commands.add_parser(
@@ -207,4 +215,5 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     sub.set_defaults(func=cmd_balance)
 
     sub = commands.add_parser("cleanup", help="remove temporary policies left behind by an interrupted run")
+    add_format_option(sub)
     sub.set_defaults(func=cmd_cleanup)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from typing import Any
 from queue_balancer import report
 from queue_balancer.cli.connection import Connection
 from queue_balancer.cli.exit_codes import EXIT_MOVES_FAILED, EXIT_OK
+from queue_balancer.cli.output import emit
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.member_changes import member_changer
 from queue_balancer.member_moves import MemberMover, MemberPhase, MemberProgress, run_member_moves
@@ -73,11 +73,7 @@ def plan_members_text(result: MembersPlan) -> str:
 
 def cmd_plan_members(args: argparse.Namespace, snapshot: Snapshot, selection: PlanOptions) -> int:
     result = plan_members(snapshot, members_options(args, selection))
-    print(
-        json.dumps(result.to_dict(), indent=2, ensure_ascii=False)
-        if args.format == "json"
-        else plan_members_text(result)
-    )
+    emit(args.format, result.to_dict(), lambda: plan_members_text(result))
     return EXIT_OK
 
 
@@ -92,7 +88,7 @@ def cmd_balance_members(
     snapshot = connection.members_snapshot()
     current = plan_members(snapshot, options)
     if args.dry_run:
-        print(plan_members_text(current))
+        emit(args.format, current.to_dict(), lambda: plan_members_text(current))
         return EXIT_OK
     preflight(snapshot)
     run_eval = connection.leader_transfer.run_eval if connection.leader_transfer else None
@@ -112,9 +108,7 @@ def cmd_balance_members(
     )
     after = plan_members(connection.members_snapshot(), options)
     summary = _summary(current, after, result.moves, time.monotonic() - began)
-    print(
-        json.dumps(summary, indent=2, ensure_ascii=False) if args.format == "json" else _summary_text(summary)
-    )
+    emit(args.format, summary, lambda: _summary_text(summary))
     return EXIT_MOVES_FAILED if result.failed else EXIT_OK
 
 

@@ -41,8 +41,14 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+PER_VHOST_PLAN_HELP = "balance every vhost on its own (max - min <= 1 within each vhost)"
+
+
 def add_scope_options(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, max_moves: bool = True
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *,
+    max_moves: bool = True,
+    per_vhost_help: str = PER_VHOST_PLAN_HELP,
 ) -> None:
     """Which queues a command looks at (``--vhost``, ``--pattern``), how evenness is judged
     (``--per-vhost``) and, for commands that plan, how many moves at most (``--max-moves``)."""
@@ -53,7 +59,7 @@ def add_scope_options(
     parser.add_argument(
         "--per-vhost",
         action="store_true",
-        help="balance every vhost on its own (max - min <= 1 within each vhost)",
+        help=per_vhost_help,
     )
     if max_moves:
         parser.add_argument(
@@ -65,7 +71,14 @@ def add_scope_options(
 
 
 def add_format_option(parser: argparse.ArgumentParser, choices: tuple[str, ...] = FORMATS[:2]) -> None:
-    parser.add_argument("--format", choices=choices, default="text")
+    """``--format``: text (tables for people), json (one document for machines), markdown where offered."""
+    parser.add_argument(
+        "--format",
+        choices=choices,
+        default="text",
+        help="text: tables for people (default); json: one document for machines"
+        + ("; markdown: as the SNS notification says it" if "markdown" in choices else ""),
+    )
 
 
 def add_workflow_target(parser: argparse.ArgumentParser) -> None:

@@ -1,9 +1,12 @@
-"""What the commands print: results on stdout in the format asked for, progress on stderr."""
+"""What the commands print, the same way for every command: the result on stdout in the format asked for
+(``text`` for people: tables, no Markdown; ``json`` for machines; ``markdown`` where a command offers it,
+as SNS does), progress and notices on stderr, each on a line of its own."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from queue_balancer.movers import MoveProgress, Phase
@@ -13,6 +16,16 @@ from queue_balancer.runner import RunInterrupted
 def print_json(data: Any) -> None:
     """One JSON document on stdout (``--format json``)."""
     print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def emit(fmt: str, data: Any, text: Callable[[], str], markdown: Callable[[], str] | None = None) -> None:
+    """A command's result in the format asked for: ``data`` as JSON, else its text (or Markdown) form."""
+    if fmt == "json":
+        print_json(data)
+    elif fmt == "markdown" and markdown is not None:
+        print(markdown())
+    else:
+        print(text())
 
 
 class Progress:

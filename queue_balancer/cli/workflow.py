@@ -6,6 +6,7 @@ endpoint (``--local``, the default). ``info``, ``status``, ``last-report`` and `
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -15,50 +16,86 @@ from typing import Any
 
 from queue_balancer.cli.aws import ENDED, Workflow, WorkflowError, aws_errors
 from queue_balancer.cli.events import perform
-from queue_balancer.cli.exit_codes import EXIT_MOVES_FAILED, EXIT_OK
-from queue_balancer.cli.options import add_format_option, add_run_options, add_workflow_target
-from queue_balancer.cli.output import print_json
+from queue_balancer.cli.exit_codes import EXIT_INTERRUPTED, EXIT_MOVES_FAILED, EXIT_OK
+from queue_balancer.cli.options import FORMATS, add_format_option, add_run_options, add_workflow_target
+from queue_balancer.cli.output import emit
 from queue_balancer.cli.stack import connect
 from queue_balancer.contract import PARTITION_KEY, SORT_KEY
 from queue_balancer.errors import ConfigurationError
-from queue_balancer.lifecycle import Event, Lifecycle, RunInput, State
+from queue_balancer.lifecycle import Event, EventRefused, Lifecycle, Outcome, RunInput
 
 
 @aws_errors
 def cmd_event(args: argparse.Namespace) -> int:
     workflow = connect(args)
     event = Event(args.event)
-    config = _run_input(args, event) if event in (Event.RUN, Event.LOAD) else None
+    config = None
+    if event in (Event.RUN, Event.LOAD):
+        given = _given_run_options(args)
+        if event is Event.LOAD:
+            _refuse_new_options(workflow, given)
+        config = RunInput.parse({"action": "load" if event is Event.LOAD else "balance", **given})
     performed = perform(workflow, event, config)
-    print(performed)
-    if getattr(args, "wait", False) and performed.execution_arn:
-        return _wait(workflow, performed.execution_arn, args.wait_timeout)
+    print(performed, flush=True)
+    # `load` always follows its run to READY, so a plan that cannot be made fails here, not later.
+    if performed.execution_arn and (event is Event.LOAD or getattr(args, "wait", False)):
+        try:
+            return _wait(
+                workflow, performed.execution_arn, args.wait_timeout, getattr(args, "format", "text")
+            )
+        except KeyboardInterrupt:
+            run_id = performed.execution_arn.rsplit(":", 1)[-1]
+            print(
+                f"\nqueue-balancer: stopped following run {run_id}; the run goes on in the workflow: "
+                "`queue-balancer status` follows it, `queue-balancer stop` ends it after its current batch",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
     return EXIT_OK
 
 
-def _run_input(args: argparse.Namespace, event: Event) -> RunInput:
-    data: dict[str, Any] = {"action": "load" if event is Event.LOAD else "balance"}
-    for key in (
-        "concurrency",
-        "batch_size",
-        "rounds",
-        "pattern",
-        "max_moves",
-        "max_publish_rate",
-        "max_deliver_rate",
-        "poll_seconds",
-    ):
-        value = getattr(args, key, None)
-        if value is not None:
-            data[key] = value
-    if args.vhost:
-        data["vhosts"] = list(args.vhost)
-    if args.per_vhost:
-        data["per_vhost"] = True
-    return RunInput.parse(data)
+_RUN_OPTIONS = {  # option dest -> the run input's key
+    "concurrency": "concurrency",
+    "batch_size": "batch_size",
+    "rounds": "rounds",
+    "pattern": "pattern",
+    "max_moves": "max_moves",
+    "max_publish_rate": "max_publish_rate",
+    "max_deliver_rate": "max_deliver_rate",
+    "poll_seconds": "poll_seconds",
+    "vhost": "vhosts",
+    "per_vhost": "per_vhost",
+}
 
 
-def _wait(workflow: Workflow, execution_arn: str, timeout: float) -> int:
+def _given_run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The run options given on the command line, as the run input's keys (absent ones left out)."""
+    given: dict[str, Any] = {}
+    for dest, key in _RUN_OPTIONS.items():
+        value = getattr(args, dest, None)
+        if value not in (None, False):
+            given[key] = list(value) if isinstance(value, list) else value
+    return given
+
+
+def _refuse_new_options(workflow: Workflow, given: Mapping[str, Any]) -> None:
+    """A run under way keeps the options it started with: ``load`` with other ones is refused, clearly."""
+    record = workflow.lifecycle()
+    if not given or not record.active or not record.run_id:
+        return
+    stored = RunInput.parse(workflow.run_meta(record.run_id).get("config") or {}).to_dict()
+    wanted = RunInput.parse({**stored, **given}).to_dict()
+    changed = sorted(k for k in given if wanted.get(k) != stored.get(k))
+    if changed:
+        keeps = ", ".join(f"{k}={stored.get(k)}" for k in changed)
+        raise EventRefused(
+            f"cannot load with new options: the balancer is {record.state} with run {record.run_id}, which "
+            f"keeps its own ({keeps}); `queue-balancer reset` ends it, then `queue-balancer load` with the new "
+            "options plans afresh (`load` without options re-plans the run with its own)"
+        )
+
+
+def _wait(workflow: Workflow, execution_arn: str, timeout: float, fmt: str = "text") -> int:
     """Follow the run this execution started (across continuations) until it is IDLE again or parked."""
     run_id = execution_arn.rsplit(":", 1)[-1]
     deadline = time.monotonic() + timeout
@@ -71,7 +108,7 @@ def _wait(workflow: Workflow, execution_arn: str, timeout: float) -> int:
                 print(f"lifecycle: {shown}", file=sys.stderr, flush=True)
             if not record.active:
                 break
-            waiting = _waiting_for(record)
+            waiting = record.waiting_for
             if waiting:
                 print(f"the run waits in {record.state}: `queue-balancer {waiting}` goes on")
                 return EXIT_OK
@@ -84,33 +121,48 @@ def _wait(workflow: Workflow, execution_arn: str, timeout: float) -> int:
         if time.monotonic() > deadline:
             raise WorkflowError(f"the run was still {record.state} after {timeout:g} s; `status` follows it")
         time.sleep(0.5)
-    summary = workflow.run_meta(run_id).get("summary")
-    if summary:
-        print(summary)
-    print(f"run {run_id}: {record.outcome or 'finished'}")
-    return EXIT_MOVES_FAILED if record.outcome.startswith("failed") else EXIT_OK
+    meta = workflow.run_meta(run_id)
+    failure = _failure(record, meta)
+    if failure:
+        raise WorkflowError(failure)
+    _print_run_report(meta, fmt)
+    print(f"run {run_id}: {record.outcome or 'finished'}", file=sys.stderr)
+    return EXIT_MOVES_FAILED if record.counts.failed else EXIT_OK
+
+
+def _failure(record: Lifecycle, meta: Mapping[str, Any]) -> str | None:
+    """Why the last run failed (the error and its reason), or None when it did not fail."""
+    if not record.outcome.startswith(Outcome.FAILED.value):
+        return None
+    reason = meta.get("reason")
+    return f"run {record.run_id} {record.outcome}" + (f": {reason}" if reason else "")
+
+
+def _print_run_report(meta: Mapping[str, Any], fmt: str) -> None:
+    """The run's before/after as its ReportRun wrote it: text, JSON or the notification's Markdown."""
+    markdown = str(meta.get("summary") or "")
+    emit(fmt, meta.get("report") or {}, lambda: str(meta.get("summary_text") or markdown), lambda: markdown)
 
 
 @aws_errors
 def cmd_info(args: argparse.Namespace) -> int:
     workflow = connect(args)
     record = workflow.lifecycle()
-    lock = workflow.lock()
-    data = {**record.to_item(), "lock": _lock_view(lock)}
-    data.pop("task_token", None)
-    data["waiting_for"] = _waiting_for(record)
-    if record.run_id:
-        data["config"] = workflow.run_meta(record.run_id).get("config")
-    data.pop(PARTITION_KEY, None)
-    data.pop(SORT_KEY, None)
-    if args.format == "json":
-        print_json(data)
-    else:
-        for key, value in data.items():
-            if value not in (None, "", {}, []):
-                print(
-                    f"{key:<14}{json.dumps(value, default=str) if isinstance(value, dict | list) else value}"
-                )
+    meta = workflow.run_meta(record.run_id) if record.run_id else {}
+    record = _settled(record, meta)
+    data = {k: v for k, v in record.to_item().items() if k not in (PARTITION_KEY, SORT_KEY, "task_token")}
+    data.update(_run_facts(record, meta))
+    data["lock"] = _lock_view(workflow.lock())
+    data["config"] = meta.get("config")
+
+    def text() -> str:
+        shown = {k: v for k, v in data.items() if v not in (None, "", {}, [])}
+        return "\n".join(
+            f"{k:<14}{json.dumps(v, default=str) if isinstance(v, dict | list) else v}"
+            for k, v in shown.items()
+        )
+
+    emit(args.format, data, text)
     return EXIT_OK
 
 
@@ -120,45 +172,75 @@ def cmd_status(args: argparse.Namespace) -> int:
     record = workflow.lifecycle()
     status = workflow.execution_status(record.execution_arn) if record.execution_arn else None
     lock = _lock_view(workflow.lock())
-    if args.format == "json":
-        print(
-            json.dumps(
-                {
-                    "cluster": record.cluster,
-                    "state": record.state.value,
-                    "requested": record.requested.value if record.requested else None,
-                    **record.counts.to_dict(),
-                    "round": record.round,
-                    "run_id": record.run_id,
-                    "execution": record.execution_arn,
-                    "execution_status": status,
-                    "waiting_for": _waiting_for(record),
-                    "lock": lock,
-                    "outcome": record.outcome,
-                },
-                indent=2,
+    meta = workflow.run_meta(record.run_id) if record.run_id else {}
+    record = _settled(record, meta)
+    facts = _run_facts(record, meta)
+    data = {
+        "cluster": record.cluster,
+        "state": record.state.value,
+        "requested": record.requested.value if record.requested else None,
+        **record.counts.to_dict(),
+        **facts,
+        "round": record.round,
+        "run_id": record.run_id,
+        "execution": record.execution_arn,
+        "execution_status": status,
+        "lock": lock,
+        "outcome": record.outcome,
+    }
+
+    def text() -> str:
+        lines = [f"cluster {record.cluster}: {record.describe()}"]
+        if facts.get("reason"):
+            lines.append(f"reason: {facts['reason']}")
+        if record.run_id:
+            execution = (record.execution_arn or "").rsplit(":", 1)[-1]
+            lines.append(
+                f"run {record.run_id}: execution {execution} {status or 'not found'}, round {record.round}"
             )
-        )
-        return EXIT_OK
-    print(f"cluster {record.cluster}: {record.describe()}")
-    if record.run_id:
-        execution = (record.execution_arn or "").rsplit(":", 1)[-1]
-        print(f"run {record.run_id}: execution {execution} {status or 'not found'}, round {record.round}")
-    if lock:
-        print(f"lock held by run {lock['run_id']} until {lock['expires']}")
-    if record.active and status in ENDED:
-        print(
-            f"the execution has ended ({status}) without finishing the run: `queue-balancer reset` clears it"
-        )
+        lines += _skipped_lines(facts)
+        if lock:
+            lines.append(f"lock held by run {lock['run_id']} until {lock['expires']}")
+        if record.active and status in ENDED:
+            lines.append(
+                f"the execution has ended ({status}) without finishing the run: `queue-balancer reset` clears it"
+            )
+        return "\n".join(lines)
+
+    emit(args.format, data, text)
     return EXIT_OK
 
 
-def _waiting_for(record: Lifecycle) -> str | None:
-    if record.task_token and record.state is State.READY:
-        return "go"
-    if record.task_token and record.state is State.PAUSE:
-        return "continue"
-    return None
+def _settled(record: Lifecycle, meta: Mapping[str, Any]) -> Lifecycle:
+    """The lifecycle with the skipped count of the run's report once it has one (the same as
+    ``last-report``'s; while a run goes on, the count of its plan)."""
+    report = meta.get("report") or {}
+    if record.active or "skipped_count" not in report:
+        return record
+    return dataclasses.replace(
+        record, counts=dataclasses.replace(record.counts, skipped=int(report["skipped_count"]))
+    )
+
+
+def _run_facts(record: Lifecycle, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What the run's meta item adds to the lifecycle: why it failed, which queues it skipped and why."""
+    facts: dict[str, Any] = {"waiting_for": record.waiting_for}
+    if meta.get("reason"):
+        facts["reason"] = meta["reason"]
+    report = meta.get("report") or {}
+    if "skipped" in report:
+        facts["skipped_queues"] = report["skipped"]
+    return facts
+
+
+def _skipped_lines(facts: Mapping[str, Any], limit: int = 10) -> list[str]:
+    skipped = facts.get("skipped_queues") or []
+    lines = [
+        f"  {s['queue']!r} in vhost {s['vhost']!r} on {s['node']}: {s['reason']}" for s in skipped[:limit]
+    ]
+    if len(skipped) > limit:
+        lines.append(f"  ... and {len(skipped) - limit} more (`queue-balancer last-report` lists them)")
+    return [f"skipped ({len(skipped)}): these queues stay where they are", *lines] if skipped else []
 
 
 def _lock_view(lock: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -176,14 +258,25 @@ def _lock_view(lock: Mapping[str, Any] | None) -> dict[str, Any] | None:
 @aws_errors
 def cmd_last_report(args: argparse.Namespace) -> int:
     workflow = connect(args)
-    run_id = args.run or workflow.lifecycle().run_id
+    record = workflow.lifecycle()
+    run_id = args.run or record.run_id
     meta = workflow.run_meta(run_id) if run_id else {}
+    if meta.get("reason") and not meta.get("summary"):  # a failed run: why, in every format
+        failure = f"run {run_id} {meta.get('outcome') or 'failed'}: {meta['reason']}"
+        data = {
+            "run_id": run_id,
+            "outcome": meta.get("outcome"),
+            "error": meta.get("error"),
+            "reason": meta["reason"],
+        }
+        emit(args.format, data, lambda: failure, lambda: failure)
+        return EXIT_OK
     if not meta.get("summary"):
         raise WorkflowError(
             f"no report of {'run ' + run_id if run_id else 'any run'} on cluster {workflow.cluster} "
             "(a run writes it when it ends; `reset` deletes it)"
         )
-    print(meta["summary"])
+    _print_run_report(meta, args.format)
     return EXIT_OK
 
 
@@ -202,33 +295,65 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 @aws_errors
 def cmd_notifications(args: argparse.Namespace) -> int:
-    """Print (and consume) what the local workflow published to its SNS topic."""
+    """Print what the local workflow published to its SNS topic; delete them only with ``--consume``.
+
+    Every message is read first, printed, and only then deleted (``--consume``) or made visible again
+    (the default), so a reader that stops early (``| head``) never makes a message disappear unread.
+    """
     workflow = connect(args)
     queue_url = workflow.outputs.get("NotificationQueueUrl")
     if not queue_url:
         raise ConfigurationError("notifications are readable on the local endpoint only (on AWS: e-mail)")
     sqs = workflow.session.client("sqs", endpoint_url=workflow.endpoint_url)
-    count = 0
-    while True:
-        received = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
-        messages = received.get("Messages", [])
-        if not messages:
-            break
-        for message in messages:
-            envelope = json.loads(message["Body"])
-            print(f"--- SNS {envelope.get('Subject') or '(no subject)'} ({envelope.get('Timestamp', '')})")
-            print(envelope.get("Message", ""))
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-            count += 1
-    print(f"{count} notification(s)")
+    held: dict[str, Any] = {}  # message id -> message, each received once while it is invisible to others
+    try:
+        while messages := sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=1,
+            VisibilityTimeout=60,
+            AttributeNames=["SentTimestamp"],
+        ).get("Messages", []):
+            held.update((m["MessageId"], m) for m in messages)
+        ordered = sorted(held.values(), key=lambda m: int(m.get("Attributes", {}).get("SentTimestamp", 0)))
+        notes = [_notification(m) for m in ordered]
+        emit(args.format, notes, lambda: _notifications_text(notes))
+        sys.stdout.flush()
+        if args.consume:
+            for message in ordered:
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+                del held[message["MessageId"]]
+    finally:
+        for message in held.values():  # not consumed: visible again for the next reader
+            sqs.change_message_visibility(
+                QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
     return EXIT_OK
+
+
+def _notification(message: Mapping[str, Any]) -> dict[str, str]:
+    envelope = json.loads(message["Body"])
+    return {
+        "subject": str(envelope.get("Subject") or ""),
+        "timestamp": str(envelope.get("Timestamp") or ""),
+        "message": str(envelope.get("Message") or ""),
+    }
+
+
+def _notifications_text(notes: list[dict[str, str]]) -> str:
+    lines: list[str] = []
+    for note in notes:
+        lines += [f"--- SNS {note['subject'] or '(no subject)'} ({note['timestamp']})", note["message"]]
+    lines.append(f"{len(notes)} notification(s)")
+    return "\n".join(lines)
 
 
 # ---- parser --------------------------------------------------------------------------------------------
 
 _EVENTS = {
     "run": "start a balancing run now (IDLE only): plan, then move, verify, report",
-    "load": "plan a run and wait in READY for `go` (any state: re-plans a run under way)",
+    "load": "plan a run and wait in READY for `go`; returns once the plan is ready or has failed "
+    "(in READY or PAUSE: re-plans the run under way with its own options)",
     "go": "balance the loaded plan (READY only)",
     "pause": "pause the run after its current batch (BALANCING only)",
     "continue": "resume a paused run (PAUSE only; withdraws a pending pause)",
@@ -243,6 +368,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         if name in ("run", "load"):
             add_run_options(sub)
+            add_format_option(sub, FORMATS)
         add_workflow_target(sub)
         sub.set_defaults(func=cmd_event, event=name)
 
@@ -262,12 +388,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="before/after report of the last run (`report` shows the live distribution)",
     )
     sub.add_argument("--run", metavar="RUN_ID", help="a given run instead of the last one")
+    add_format_option(sub, FORMATS)
     add_workflow_target(sub)
     sub.set_defaults(func=cmd_last_report)
 
     sub = subparsers.add_parser(
-        "notifications", help="print and consume the SNS notifications the local workflow sent (local only)"
+        "notifications",
+        help="print the SNS notifications the local workflow sent (local only); they stay unless --consume",
     )
+    sub.add_argument("--consume", action="store_true", help="delete them once printed")
+    add_format_option(sub)
     add_workflow_target(sub)
     sub.set_defaults(func=cmd_notifications)
 

@@ -140,13 +140,22 @@ class Lifecycle:
     def active(self) -> bool:
         return self.state is not State.IDLE
 
+    @property
+    def waiting_for(self) -> str | None:
+        """The command a parked run waits for (``go`` in READY, ``continue`` in PAUSE), else None."""
+        if self.task_token and self.state is State.READY:
+            return "go"
+        if self.task_token and self.state is State.PAUSE:
+            return "continue"
+        return None
+
     def describe(self) -> str:
         """One line for an operator: state, pending request, counts."""
         parts = [self.state.value]
         if self.requested:
             parts.append(f"({self.requested.value} requested)")
-        if self.state in (State.READY, State.PAUSE) and self.task_token:
-            parts.append("- waiting for " + ("go" if self.state is State.READY else "continue"))
+        if self.waiting_for:
+            parts.append(f"- waiting for {self.waiting_for}")
         c = self.counts
         parts.append(f"- {c.pending} pending, {c.done} done, {c.failed} failed, {c.skipped} skipped")
         if not self.active and self.outcome:
@@ -336,7 +345,7 @@ def _end(current: Lifecycle, event: Event) -> Reaction:
 def _load(current: Lifecycle) -> Reaction:
     state = current.state
     if state is State.IDLE:
-        return Reaction(Action.START, "load", "loading: the run waits in READY for `go`")
+        return Reaction(Action.START, "load", "loading: planning a run")
     if state is State.LOADING:
         return Reaction(Action.NOTHING, message="the balancer is already LOADING")
     if state in (State.READY, State.PAUSE) and current.task_token:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from queue_balancer.cli.exit_codes import EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_OK
 from queue_balancer.errors import BalancerError, ManagementError
 from queue_balancer.local.cluster import (
     ENV_BASE_DIR,
@@ -26,13 +27,15 @@ from queue_balancer.local.cluster import (
     NodeStatus,
     default_base_dir,
 )
-from queue_balancer.local.endpoint import DEFAULT_PORT, start_endpoint, stop_endpoint
+from queue_balancer.local.endpoint import (
+    DEFAULT_PORT,
+    LocalEndpointError,
+    local_outputs,
+    start_endpoint,
+    stop_endpoint,
+)
 from queue_balancer.local.runtime import RABBITMQ_VERSIONS
 from queue_balancer.local.seed import QUEUE_TYPES, seed
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_NOT_RUNNING = 3  # `local status` when a node is down (the LSB convention for "not running")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -197,6 +200,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     cluster = _existing_cluster()
     statuses = cluster.status()
     print(_status_table(statuses))
+    try:
+        print(f"AWS endpoint: {local_outputs(cluster.base_dir).EndpointUrl} (running)")
+    except LocalEndpointError:
+        print("AWS endpoint: not running (`queue-balancer local up` starts it)")
     return EXIT_OK if all(s.running for s in statuses) else EXIT_NOT_RUNNING
 
 

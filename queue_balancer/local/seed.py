@@ -92,7 +92,8 @@ def seed(
 
     ``queue_type`` "classic" gets mirrored classic queues (policy ``<prefix>-ha``: ha-mode all, automatic
     sync), "quorum" quorum queues, "mixed" the first half classic and the rest quorum. Re-running is safe:
-    existing queues are reused as they are (whatever their type) and get ``messages`` more each. Returns
+    existing queues of the wanted type are reused and get ``messages`` more each; one of another type is
+    refused (SeedError), never silently counted as the type asked for. Returns
     once every leader is on ``on_node`` (stragglers are transferred, which needs a ``LocalCluster``) and
     every classic mirror is synchronised.
     """
@@ -115,6 +116,14 @@ def seed(
 
     _ensure_vhost(endpoint, vhost, deadline, progress)
     existing = {q["name"]: q for q in queues_now(endpoint.client, vhost) if q["name"] in wanted}
+    other_type = sorted(n for n, q in existing.items() if q.get("type", "classic") != wanted[n])
+    if other_type:
+        shown = ", ".join(f"{n} ({existing[n].get('type', 'classic')})" for n in other_type[:5])
+        more = f" and {len(other_type) - 5} more" if len(other_type) > 5 else ""
+        raise SeedError(
+            f"{len(other_type)} queue(s) of prefix {prefix!r} in vhost {vhost!r} exist with another type than "
+            f"{queue_type!r} asks for: {shown}{more}; choose another --prefix, or delete them first"
+        )
     missing = [name for name in names if name not in existing]
     # Reused queues keep their type, so a "quorum" re-run over classic queues still needs the policy.
     if any(wanted[n] == "classic" for n in missing) or any(

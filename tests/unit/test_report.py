@@ -6,7 +6,7 @@ import json
 
 from queue_balancer.model import Move, Node, Queue, QueueType, Snapshot
 from queue_balancer.movers import MoveProgress, Phase
-from queue_balancer.report import Report, RunSummary, as_json, markdown, summary_markdown, summary_text, text
+from queue_balancer.report import Report, RunSummary, markdown, summary_markdown, summary_text, text
 
 NODES = ("rabbit@a", "rabbit@b", "rabbit@c")
 
@@ -25,7 +25,7 @@ def test_report_counts_leaders_by_type_and_vhost_with_the_seed_figure() -> None:
     assert report.leaders == {"rabbit@a": 5, "rabbit@b": 2, "rabbit@c": 0}
     assert report.by_type["quorum"] == {"rabbit@a": 0, "rabbit@b": 2, "rabbit@c": 0}
     assert report.spread == 5 and report.equilibrium == 0.0
-    data = json.loads(as_json(report))
+    data = json.loads(json.dumps(report.to_dict()))
     assert data["by_vhost"]["shop"]["spread"] == 2
     reasons = {s["queue"]: s["reason"] for s in data["skipped"]}
     assert reasons["full"] == "unmirrored with 120 messages: add an HA policy first"

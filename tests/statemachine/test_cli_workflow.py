@@ -1,0 +1,118 @@
+"""What an operator sees from the workflow commands (issue 13): the real `queue-balancer` entry point
+(`main`) against the real ASL on the local endpoint and the session cluster, with exact exit codes and the
+words that say what happened and what to do. Only the discovery of the endpoint is pointed at the test's."""
+
+from __future__ import annotations
+
+import _thread
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from queue_balancer.cli import main
+from queue_balancer.lifecycle import State
+from queue_balancer.local import endpoint as local_endpoint
+from queue_balancer.local.seed import seed_unmirrored
+from tests.conftest import wait_until
+from tests.statemachine.conftest import Harness
+
+pytestmark = pytest.mark.integration
+
+FAST = ["--poll-seconds", "1"]
+
+
+@pytest.fixture
+def cli(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
+    """The harness, with the CLI's `--local` discovery finding the test's endpoint."""
+    monkeypatch.setattr(local_endpoint, "local_outputs", lambda base_dir: harness.outputs)
+    yield harness
+    _track(harness)  # the harness stops what still runs; the next test starts from a clean table
+
+
+def _track(harness: Harness) -> None:
+    """Let the harness stop what the CLI started if the test fails half way."""
+    arn = harness.lifecycle().execution_arn
+    if arn and arn not in harness.executions:
+        harness.executions.append(arn)
+
+
+def test_an_unknown_vhost_is_an_input_error_everywhere(
+    cli: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli.seed(3, "classic", "c")
+    assert main(["load", "--vhost", "nope", *FAST]) == 1
+    out, err = capsys.readouterr()
+    assert "READY" not in out and "no queues in vhost 'nope'" in err
+    assert main(["run", "--vhost", "nope", "--wait", *FAST]) == 1
+    out, err = capsys.readouterr()
+    assert "failed: InvalidInput" in err and "no queues in vhost 'nope'" in err
+    assert main(["status"]) == 0
+    assert "no queues in vhost 'nope'" in capsys.readouterr().out
+    assert main(["info", "--format", "json"]) == 0
+    assert "no queues in vhost 'nope'" in json.loads(capsys.readouterr().out)["reason"]
+    assert main(["last-report"]) == 0
+    assert "failed: InvalidInput: no queues in vhost 'nope'" in capsys.readouterr().out
+
+
+def test_a_run_reports_as_text_or_json_and_status_lists_what_it_skipped(
+    cli: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli.seed(4, "quorum", "q")
+    seed_unmirrored(cli.cluster, queues=1, with_messages=1, messages=1, prefix="solo")  # unmovable
+    wait_until(lambda: cli.client.queue("/", "solo.001").get("messages") == 1, timeout=30, what="its message")
+    assert main(["run", "--concurrency", "4", "--wait", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "Leaders per node, before -> after" in out and "**" not in out and "|---" not in out
+    assert main(["last-report", "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["skipped_count"] == 1 and report["skipped"][0]["queue"] == "solo.001"
+    assert main(["status"]) == 0
+    status = capsys.readouterr().out
+    assert "1 skipped" in status and "'solo.001' in vhost '/'" in status
+    assert main(["status", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == 1
+    assert main(["last-report", "--format", "markdown"]) == 0
+    assert "|---" in capsys.readouterr().out
+
+    # notifications: a peek by default, the same messages again; --consume deletes what it printed
+    for _ in range(2):
+        assert main(["notifications"]) == 0
+        assert "1 notification(s)" in capsys.readouterr().out
+    assert main(["notifications", "--consume", "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
+    assert main(["notifications"]) == 0
+    assert "0 notification(s)" in capsys.readouterr().out
+
+
+def test_load_with_new_options_while_ready_is_refused_clearly(
+    cli: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli.seed(3, "quorum", "q")
+    assert main(["load", "--concurrency", "2", *FAST]) == 0
+    assert "the run waits in READY: `queue-balancer go` goes on" in capsys.readouterr().out
+    assert main(["load", "--concurrency", "3", "--max-moves", "3"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "cannot load with new options" in err and "concurrency=2" in err and "`queue-balancer reset`" in err
+    )
+    assert main(["load"]) == 0  # without options: re-plans with the run's own
+    assert "re-planning" in capsys.readouterr().out
+
+
+def test_ctrl_c_on_run_wait_says_the_run_goes_on(cli: Harness, capsys: pytest.CaptureFixture[str]) -> None:
+    cli.seed(6, "classic", "c", messages=200)
+
+    def interrupt_once_balancing() -> None:
+        wait_until(lambda: cli.lifecycle().state is State.BALANCING, timeout=60, what="BALANCING")
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_once_balancing, daemon=True).start()
+    assert main(["run", "--wait", *FAST]) == 130
+    err = capsys.readouterr().err
+    assert "the run goes on in the workflow" in err and "`queue-balancer stop`" in err
+    assert "rolled back" not in err
+    assert cli.lifecycle().active  # it really goes on
+    wait_until(lambda: not cli.lifecycle().active, timeout=120, what="the run to end")
+    assert cli.lifecycle().outcome == "completed"
