@@ -73,7 +73,7 @@ def _given_run_options(args: argparse.Namespace) -> dict[str, Any]:
     given: dict[str, Any] = {}
     for dest, key in _RUN_OPTIONS.items():
         value = getattr(args, dest, None)
-        if value not in (None, False):
+        if value is not None and value is not False:  # 0 is a value (refused by the run input's rules)
             given[key] = list(value) if isinstance(value, list) else value
     return given
 
