@@ -4,8 +4,12 @@ session cluster: exact exit codes and the words that tell what happened and what
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
+import select
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +148,36 @@ def test_skipped_queues_are_listed_by_plan(
     assert main(["plan"]) == 0
     out = capsys.readouterr().out
     assert "1 queues skipped" in out and "'busy.001' in vhost '/'" in out
+
+
+def test_an_interrupt_on_a_terminal_starts_its_report_on_a_line_of_its_own(cluster: LocalCluster) -> None:
+    """On a terminal the progress bar has no newline; Ctrl-C's report must not be glued to it."""
+    seed(cluster, queues=6, messages=2000, queue_type="classic")
+    master, slave = pty.openpty()
+    env = {**os.environ, ENV_BASE_DIR: str(cluster.base_dir)}
+    process = subprocess.Popen(
+        [SCRIPT, "balance", "--concurrency", "1"], stdout=subprocess.PIPE, stderr=slave, env=env
+    )
+    os.close(slave)
+    seen = b""
+
+    def read_some() -> bytes:
+        nonlocal seen
+        if select.select([master], [], [], 0.2)[0]:
+            with contextlib.suppress(OSError):  # EIO once the process has closed the terminal
+                seen += os.read(master, 4096)
+        return seen
+
+    try:
+        wait_until(lambda: b"] 1/" in read_some(), timeout=120, what="the progress bar after a first move")
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+        wait_until(lambda: b"interrupted" in read_some(), timeout=10, what="the interrupt report")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(master)
+    assert process.returncode == 130
+    bar, report = seen.decode(errors="replace").split("queue-balancer: interrupted", 1)
+    assert bar.endswith("\n"), repr(bar[-80:])  # its own line, not glued to the bar
+    assert "moved" in report or "rolled back" in report or "->" in report
