@@ -19,7 +19,8 @@ from cdk_nag import AwsSolutionsChecks
 
 from stacks.balancer_props import BalancerProps, BalancerSettings, ExistingCluster
 from stacks.balancer_stack import BalancerStack
-from stacks.cluster_stack import ClusterSettings, ClusterStack
+from stacks.cluster_settings import ClusterSettings
+from stacks.cluster_stack import ClusterStack
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,6 +56,16 @@ class Context:
         except (TypeError, ValueError):
             raise ValueError(f"context {key}: expected an integer, got {value!r}") from None
 
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "false"):
+            return str(value).lower() == "true"
+        raise ValueError(f"context {key}: expected true or false, got {value!r}")
+
     def strings(self, key: str) -> tuple[str, ...]:
         value = self.raw(key)
         if value is None:
@@ -64,11 +75,14 @@ class Context:
         return tuple(str(item).strip() for item in value if str(item).strip())
 
 
-def cluster_settings(ctx: Context, region: str) -> ClusterSettings:
-    """ClusterStack's settings from the context (defaults in ClusterSettings and docs/deploy.md)."""
+def cluster_settings(ctx: Context) -> ClusterSettings:
+    """ClusterStack's settings from the context (defaults in ClusterSettings and docs/deploy.md).
+
+    Without availabilityZones the stack looks the account's zones up (never assumed letters).
+    """
     defaults = ClusterSettings()
     vpc_id = ctx.text("vpcId")
-    zones = ctx.strings("availabilityZones") or (() if vpc_id else tuple(f"{region}{z}" for z in "abc"))
+    zones = ctx.strings("availabilityZones")
     return ClusterSettings(
         cluster_name=ctx.text("clusterName", defaults.cluster_name) or defaults.cluster_name,
         node_count=ctx.integer("nodeCount", defaults.node_count),
@@ -82,6 +96,7 @@ def cluster_settings(ctx: Context, region: str) -> ClusterSettings:
         vpc_cidr=ctx.text("vpcCidr", defaults.vpc_cidr) or defaults.vpc_cidr,
         availability_zones=zones,
         nat_gateways=ctx.integer("natGateways", defaults.nat_gateways),
+        vpc_endpoints=ctx.flag("vpcEndpoints", defaults.vpc_endpoints),
         ssm_tag_key=ctx.text("ssmTagKey", defaults.ssm_tag_key) or defaults.ssm_tag_key,
         ssm_tag_value=ctx.text("ssmTagValue"),
         notification_email=ctx.text("notificationEmail"),
@@ -132,7 +147,7 @@ def build_app(context: Mapping[str, Any] | None = None, outdir: str | None = Non
         cluster = ClusterStack(
             app,
             ctx.text("clusterStackName", "RabbitMqCluster") or "RabbitMqCluster",
-            settings=cluster_settings(ctx, region),
+            settings=cluster_settings(ctx),
             env=env,
             description="rabbitmq-queue-balancer: an HA RabbitMQ cluster on EC2 behind an internal NLB",
         )

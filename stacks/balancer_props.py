@@ -112,7 +112,7 @@ class BalancerProps:
             cluster=BalancedCluster(
                 cluster_name=cluster.cluster_name,
                 management_url=cluster.management_url,
-                secret=cluster.admin_secret,
+                secret=cluster.balancer_secret,
                 ssm_tag_key=cluster.ssm_tag_key,
                 ssm_tag_value=cluster.ssm_tag_value,
             ),

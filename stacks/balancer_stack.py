@@ -215,7 +215,9 @@ class BalancerStack(Stack):
             definition_body=sfn.DefinitionBody.from_file(str(self.asl_path)),
             definition_substitutions=substitutions,
             role=role,
-            logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
+            # Without execution data: inputs and outputs carry task tokens (READY/PAUSE), which must not
+            # land in a log; the events, states and errors are still logged.
+            logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False),
             tracing_enabled=True,
         )
 

@@ -8,13 +8,15 @@ Manager, and CloudWatch alarms on the node count and on RabbitMQ's memory and di
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from aws_cdk import (
     Acknowledgment,
+    ArnFormat,
     Aws,
     CfnOutput,
     Duration,
@@ -24,8 +26,6 @@ from aws_cdk import (
     Validations,
 )
 from aws_cdk import aws_autoscaling as autoscaling
-from aws_cdk import aws_cloudwatch as cloudwatch
-from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_iam as iam
@@ -35,7 +35,8 @@ from aws_cdk import aws_sns as sns
 from cdk_nag import NagPackSuppression, NagSuppressions
 from constructs import Construct
 
-from stacks.names import check_cluster_name
+from stacks.cluster_monitoring import METRICS_NAMESPACE, cluster_alarms, cluster_dashboard
+from stacks.cluster_settings import ClusterSettings
 from stacks.network import subnets_by_id
 from stacks.topics import encrypted_topic
 
@@ -48,44 +49,26 @@ DIST_PORT = 25672
 CLI_PORTS = (35672, 35682)
 
 DATA_DEVICE = "/dev/sdf"
-METRICS_NAMESPACE = "RabbitMQ"
+LIFECYCLE_HOOK_NAME = "rabbitmq-leave-cluster"
+# Every AWS API the nodes (SSM agent, secrets, logs, metrics, peer discovery, cfn-signal) and the
+# balancer's Lambdas (secrets, SSM Run Command, EC2, SNS, X-Ray, Step Functions) call.
+INTERFACE_ENDPOINTS = {
+    "Ssm": ec2.InterfaceVpcEndpointAwsService.SSM,
+    "SsmMessages": ec2.InterfaceVpcEndpointAwsService.SSM_MESSAGES,
+    "Ec2Messages": ec2.InterfaceVpcEndpointAwsService.EC2_MESSAGES,
+    "Ec2": ec2.InterfaceVpcEndpointAwsService.EC2,
+    "SecretsManager": ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
+    "Logs": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
+    "Monitoring": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_MONITORING,
+    "AutoScaling": ec2.InterfaceVpcEndpointAwsService.AUTOSCALING,
+    "CloudFormation": ec2.InterfaceVpcEndpointAwsService.CLOUDFORMATION,
+    "Sns": ec2.InterfaceVpcEndpointAwsService.SNS,
+    "Sts": ec2.InterfaceVpcEndpointAwsService.STS,
+    "Kms": ec2.InterfaceVpcEndpointAwsService.KMS,
+    "XRay": ec2.InterfaceVpcEndpointAwsService.XRAY,
+    "StepFunctions": ec2.InterfaceVpcEndpointAwsService.STEP_FUNCTIONS,
+}
 USER_DATA_LIMIT = 16 * 1024  # EC2 rejects larger user data (before base64)
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    """What a deployment may choose about its cluster (cdk.json context, see the README, 'Deploy on AWS')."""
-
-    cluster_name: str = "rabbitmq"
-    node_count: int = 3
-    queue_type: str = "classic"
-    instance_type: str = "m6i.large"
-    rabbitmq_version: str = "3.13.7"
-    erlang_version: str = "26.2"
-    data_volume_gib: int = 50
-    vpc_id: str | None = None
-    subnet_ids: tuple[str, ...] = ()
-    vpc_cidr: str = "10.0.0.0/16"
-    availability_zones: tuple[str, ...] = ()
-    nat_gateways: int = 1
-    ssm_tag_key: str = "queue-balancer-cluster"
-    ssm_tag_value: str | None = None
-    notification_email: str | None = None
-    ami_id: str | None = None
-
-    def __post_init__(self) -> None:
-        check_cluster_name(self.cluster_name)
-        if self.queue_type not in ("classic", "quorum"):
-            raise ValueError(f"queueType must be 'classic' or 'quorum', not {self.queue_type!r}")
-        if not 1 <= self.node_count <= 9:
-            raise ValueError(f"nodeCount must be between 1 and 9, not {self.node_count}")
-        if self.vpc_id is None and self.availability_zones and len(self.availability_zones) < 2:
-            raise ValueError("availabilityZones: give at least two (three for the default HA layout)")
-
-    @property
-    def tag_value(self) -> str:
-        """The value of the SSM tag: the cluster's name unless chosen."""
-        return self.ssm_tag_value or self.cluster_name
 
 
 def node_settings(values: Mapping[str, str]) -> list[str]:
@@ -98,21 +81,28 @@ def node_settings(values: Mapping[str, str]) -> list[str]:
     return lines
 
 
+def packed_script(text: str) -> list[str]:
+    """``text`` gzipped (deterministically: no timestamp) and base64-encoded in lines of 76 characters."""
+    encoded = base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
+    return [encoded[i : i + 76] for i in range(0, len(encoded), 76)]
+
+
 def add_node_bootstrap(
     user_data: ec2.UserData, settings: Mapping[str, str], script: str | None = None
 ) -> None:
-    """Install node_bootstrap.sh as rabbitmq-node with its settings, then run it once (at first boot)."""
-    body = (script if script is not None else BOOTSTRAP_SCRIPT.read_text()).rstrip("\n")
-    if "\nRABBITMQ_NODE_SCRIPT\n" in f"\n{body}\n":
-        raise ValueError("node_bootstrap.sh must not contain the line RABBITMQ_NODE_SCRIPT")
+    """Install node_bootstrap.sh as rabbitmq-node with its settings, then run it once (at first boot).
+
+    The script travels gzipped and base64-encoded (``packed_script``): as text it outgrew EC2's 16 KB.
+    """
+    body = script if script is not None else BOOTSTRAP_SCRIPT.read_text()
     user_data.add_commands(
         "set -euo pipefail",
         "cat > /etc/rabbitmq-node.env <<'RABBITMQ_NODE_SETTINGS'",
         *node_settings(settings),
         "RABBITMQ_NODE_SETTINGS",
         "chmod 0644 /etc/rabbitmq-node.env",
-        "cat > /usr/local/sbin/rabbitmq-node <<'RABBITMQ_NODE_SCRIPT'",
-        body,
+        "base64 -d <<'RABBITMQ_NODE_SCRIPT' | gunzip > /usr/local/sbin/rabbitmq-node",
+        *packed_script(body),
         "RABBITMQ_NODE_SCRIPT",
         "chmod 0755 /usr/local/sbin/rabbitmq-node",
         "exec /usr/local/sbin/rabbitmq-node bootstrap",
@@ -135,7 +125,13 @@ class ClusterStack(Stack):
         self.node_security_group, self.load_balancer_security_group, self.client_security_group = (
             self._security_groups()
         )
-        self.cookie_secret, self.admin_secret = self._secrets()
+        self.cookie_secret, self.admin_secret, self.balancer_secret = self._secrets()
+        self.node_log_group = logs.LogGroup(
+            self,
+            "NodeLogs",
+            log_group_name=f"/rabbitmq/{self.cluster_name}",
+            retention=logs.RetentionDays.THREE_MONTHS,
+        )
         self.nodes = self._nodes()
         self.load_balancer, self.amqp_target_group, self.management_target_group = self._load_balancer()
         self.alarm_topic = self._alarms()
@@ -150,8 +146,14 @@ class ClusterStack(Stack):
 
     @property
     def availability_zones(self) -> list[str]:
-        """The configured AZs, so that no AZ lookup (which needs credentials) happens at synth time."""
+        """The zones named by the context (checked against the region), else the account's, looked up.
+
+        CDK looks the zones up at synth (cached in cdk.context.json): never assumed letters, which do not
+        exist in every account and region.
+        """
         if self.settings.availability_zones:
+            if not Token.is_unresolved(self.region):
+                self.settings.check_zones_in(self.region)
             return list(self.settings.availability_zones)
         return list(super().availability_zones)
 
@@ -190,10 +192,20 @@ class ClusterStack(Stack):
         Validations.of(vpc).acknowledge(
             Acknowledgment(
                 id="CloudFormation-Validate::W3010",
-                reason="The AZs are named on purpose (context availabilityZones): synth needs no AZ lookup.",
+                reason="The AZs come from the account's lookup or the context, checked against the region.",
             )
         )
+        if s.vpc_endpoints:
+            self._endpoints(vpc)
         return vpc, ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+
+    def _endpoints(self, vpc: ec2.Vpc) -> None:
+        """Private endpoints for every AWS API the nodes and the balancer's Lambdas call (context
+        vpcEndpoints): that traffic then stays off the NAT gateway."""
+        vpc.add_gateway_endpoint("DynamoDbEndpoint", service=ec2.GatewayVpcEndpointAwsService.DYNAMODB)
+        vpc.add_gateway_endpoint("S3Endpoint", service=ec2.GatewayVpcEndpointAwsService.S3)
+        for name, service in INTERFACE_ENDPOINTS.items():
+            vpc.add_interface_endpoint(f"{name}Endpoint", service=service, private_dns_enabled=True)
 
     def _security_groups(self) -> tuple[ec2.SecurityGroup, ec2.SecurityGroup, ec2.SecurityGroup]:
         nodes = ec2.SecurityGroup(
@@ -233,7 +245,22 @@ class ClusterStack(Stack):
 
     # --- secrets ----------------------------------------------------------------------------------------
 
-    def _secrets(self) -> tuple[secretsmanager.Secret, secretsmanager.Secret]:
+    def _user_secret(self, construct_id: str, username: str, who: str) -> secretsmanager.Secret:
+        """A generated ``{username, password}`` for a RabbitMQ user the nodes create."""
+        return secretsmanager.Secret(
+            self,
+            construct_id,
+            description=f"{who} of {self.cluster_name}: {{username, password}}",
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                secret_string_template=json.dumps({"username": username}),
+                generate_string_key="password",
+                password_length=32,
+                exclude_punctuation=True,
+                include_space=False,
+            ),
+        )
+
+    def _secrets(self) -> tuple[secretsmanager.Secret, secretsmanager.Secret, secretsmanager.Secret]:
         cookie = secretsmanager.Secret(
             self,
             "ErlangCookie",
@@ -242,28 +269,22 @@ class ClusterStack(Stack):
                 password_length=48, exclude_punctuation=True, include_space=False
             ),
         )
-        admin = secretsmanager.Secret(
-            self,
-            "AdminCredentials",
-            description=f"RabbitMQ administrator of {self.cluster_name}: {{username, password}}",
-            generate_secret_string=secretsmanager.SecretStringGenerator(
-                secret_string_template=json.dumps({"username": "admin"}),
-                generate_string_key="password",
-                password_length=32,
-                exclude_punctuation=True,
-                include_space=False,
-            ),
+        admin = self._user_secret("AdminCredentials", "admin", "RabbitMQ administrator")
+        # The queue balancer's own user (monitoring + policymaker, no message access): see
+        # ensure_balancer_user in node_bootstrap.sh.
+        balancer = self._user_secret(
+            "BalancerCredentials", "queue-balancer", "RabbitMQ user of the queue balancer"
         )
         reason = (
-            "Rotating the Erlang cookie needs a restart of every node at once, and rotating the admin "
+            "Rotating the Erlang cookie needs a restart of every node at once, and rotating a RabbitMQ "
             "password needs a rotation function that also changes it inside RabbitMQ; both are "
-            "operator-driven (README, 'Deploy on AWS'). Only the nodes' role and the balancer can read them."
+            "operator-driven (docs/deploy.md). Only the nodes' role and the balancer can read them."
         )
-        for secret in (cookie, admin):
+        for secret in (cookie, admin, balancer):
             NagSuppressions.add_resource_suppressions(
                 secret, [NagPackSuppression(id="AwsSolutions-SMG4", reason=reason)]
             )
-        return cookie, admin
+        return cookie, admin, balancer
 
     # --- nodes ------------------------------------------------------------------------------------------
 
@@ -278,8 +299,39 @@ class ClusterStack(Stack):
         role.add_to_policy(
             iam.PolicyStatement(
                 sid="PeerDiscovery",
-                actions=["autoscaling:DescribeAutoScalingInstances", "ec2:DescribeInstances"],
+                # The peer discovery plugin, and rabbitmq-node's list of the group's instances.
+                actions=[
+                    "autoscaling:DescribeAutoScalingInstances",
+                    "autoscaling:DescribeAutoScalingGroups",
+                    "ec2:DescribeInstances",
+                ],
                 resources=["*"],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="LeaveOnTermination",
+                # The termination hook's handler on the node completes its own lifecycle action. Scoped by
+                # the group's tag: naming the group's ARN here would make the group wait for this policy.
+                actions=["autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"],
+                resources=[
+                    self.format_arn(
+                        service="autoscaling",
+                        resource="autoScalingGroup",
+                        resource_name="*",
+                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                    )
+                ],
+                conditions={
+                    "StringEquals": {f"autoscaling:ResourceTag/{self.ssm_tag_key}": self.ssm_tag_value}
+                },
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="ShipLogs",
+                actions=["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+                resources=[self.node_log_group.log_group_arn],
             )
         )
         role.add_to_policy(
@@ -290,8 +342,8 @@ class ClusterStack(Stack):
                 conditions={"StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE}},
             )
         )
-        self.cookie_secret.grant_read(role)
-        self.admin_secret.grant_read(role)
+        for secret in (self.cookie_secret, self.admin_secret, self.balancer_secret):
+            secret.grant_read(role)
         NagSuppressions.add_resource_suppressions(
             role,
             [
@@ -303,10 +355,15 @@ class ClusterStack(Stack):
                 ),
                 NagPackSuppression(
                     id="AwsSolutions-IAM5",
-                    reason="autoscaling:DescribeAutoScalingInstances, ec2:DescribeInstances (the AWS peer "
-                    "discovery plugin) and cloudwatch:PutMetricData (limited to the RabbitMQ namespace by a "
-                    "condition) support no resource-level permissions.",
-                    applies_to=["Resource::*"],
+                    reason="autoscaling:Describe*, ec2:DescribeInstances (peer discovery and the group's "
+                    "node list) and cloudwatch:PutMetricData (limited to the RabbitMQ namespace by a "
+                    "condition) support no resource-level permissions; the lifecycle actions name every "
+                    "group but only the one tagged with this cluster's tag (a condition), because naming the "
+                    "group itself would make it wait for its own nodes' policy.",
+                    applies_to=[
+                        "Resource::*",
+                        {"regex": "/^Resource::arn:<AWS::Partition>:autoscaling:.*:autoScalingGroup:\\*$/"},
+                    ],
                 ),
             ],
             apply_to_children=True,
@@ -314,13 +371,13 @@ class ClusterStack(Stack):
         return role
 
     def _machine_image(self) -> ec2.IMachineImage:
-        # The latest Amazon Linux 2023 is resolved at each deploy, and a new AMI rolls the nodes one by one;
-        # context amiId pins an image instead.
+        # Pinned: the latest Amazon Linux 2023 is looked up once and kept in cdk.context.json, so a deploy
+        # never rolls the nodes by surprise. Rolling to a newer image is a deliberate step (docs/deploy.md,
+        # "Roll the AMI"): `cdk context --reset <key>` or context amiId, then deploy.
         if self.settings.ami_id:
             return ec2.MachineImage.generic_linux({self.region: self.settings.ami_id})
-        arm = ec2.InstanceType(self.settings.instance_type).architecture == ec2.InstanceArchitecture.ARM_64
         return ec2.MachineImage.latest_amazon_linux2023(
-            cpu_type=ec2.AmazonLinuxCpuType.ARM_64 if arm else ec2.AmazonLinuxCpuType.X86_64
+            cpu_type=ec2.AmazonLinuxCpuType.X86_64, cached_in_context=True
         )
 
     def _nodes(self) -> autoscaling.AutoScalingGroup:
@@ -366,18 +423,33 @@ class ClusterStack(Stack):
             vpc_subnets=self.node_subnets,
             launch_template=launch_template,
             min_capacity=s.node_count,
-            max_capacity=s.node_count,
+            # One more than needed only while a replacement launches before its predecessor terminates.
+            max_capacity=s.node_count + 1,
             health_checks=autoscaling.HealthChecks.with_additional_checks(
                 additional_types=[autoscaling.AdditionalHealthCheckType.ELB],
                 grace_period=Duration.minutes(15),
             ),
             group_metrics=[autoscaling.GroupMetrics.all()],
-            signals=autoscaling.Signals.wait_for_all(timeout=Duration.minutes(25)),
+            # A node signals only once it is a member of the cluster and losing any one node is safe
+            # again (node_bootstrap.sh, become_member): with one node per batch and every old node in
+            # service until its successor signalled, a rolling update never takes a second node before
+            # the first replacement joined and synchronised (launch before terminate).
+            signals=autoscaling.Signals.wait_for_all(timeout=Duration.minutes(45)),
             update_policy=autoscaling.UpdatePolicy.rolling_update(
                 max_batch_size=1,
-                min_instances_in_service=max(s.node_count - 1, 0),
-                pause_time=Duration.minutes(25),
+                min_instances_in_service=s.node_count,
+                pause_time=Duration.minutes(45),
+                wait_on_resource_signals=True,
             ),
+        )
+        # The leaving node's own rabbitmq-lifecycle service drains it and has it forgotten by a peer,
+        # then completes the action; a dead node is forgotten by the next node that boots.
+        group.add_lifecycle_hook(
+            "LeaveCluster",
+            lifecycle_hook_name=LIFECYCLE_HOOK_NAME,
+            lifecycle_transition=autoscaling.LifecycleTransition.INSTANCE_TERMINATING,
+            heartbeat_timeout=Duration.minutes(15),
+            default_result=autoscaling.DefaultResult.CONTINUE,
         )
         asg_resource = group.node.default_child
         assert isinstance(asg_resource, autoscaling.CfnAutoScalingGroup)
@@ -388,9 +460,13 @@ class ClusterStack(Stack):
                 "AWS_REGION": Aws.REGION,
                 "COOKIE_SECRET_ARN": self.cookie_secret.secret_arn,
                 "ADMIN_SECRET_ARN": self.admin_secret.secret_arn,
+                "BALANCER_SECRET_ARN": self.balancer_secret.secret_arn,
                 "RABBITMQ_VERSION": s.rabbitmq_version,
                 "ERLANG_VERSION": s.erlang_version,
                 "QUEUE_TYPE": s.queue_type,
+                "NODE_COUNT": str(s.node_count),
+                "LIFECYCLE_HOOK_NAME": LIFECYCLE_HOOK_NAME,
+                "LOG_GROUP_NAME": self.node_log_group.log_group_name,
                 "DATA_DEVICE": DATA_DEVICE,
                 "METRICS_NAMESPACE": METRICS_NAMESPACE,
                 "CFN_STACK_NAME": Aws.STACK_NAME,
@@ -481,56 +557,16 @@ class ClusterStack(Stack):
             purpose=f"alarms of the RabbitMQ cluster {self.cluster_name}",
             email=self.settings.notification_email,
         )
-        action = cloudwatch_actions.SnsAction(topic)
-        n = self.settings.node_count
-
-        healthy = self.amqp_target_group.metrics.healthy_host_count(
-            statistic="Minimum", period=Duration.minutes(1)
-        )
-        nodes_alarm = healthy.create_alarm(
+        self.alarms = cluster_alarms(
             self,
-            "NodesBelowExpected",
-            alarm_description=f"Fewer than {n} RabbitMQ nodes accept AMQP connections behind the load balancer",
-            threshold=n,
-            comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
-            evaluation_periods=3,
-            treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+            cluster_name=self.cluster_name,
+            node_count=self.settings.node_count,
+            amqp_targets=self.amqp_target_group,
+            topic=topic,
         )
-
-        def node_metric(name: str, statistic: str) -> cloudwatch.Metric:
-            return cloudwatch.Metric(
-                namespace=METRICS_NAMESPACE,
-                metric_name=name,
-                dimensions_map={"ClusterName": self.cluster_name},
-                statistic=statistic,
-                period=Duration.minutes(1),
-            )
-
-        memory_alarm = node_metric("MemoryUsedOfWatermark", "Maximum").create_alarm(
-            self,
-            "MemoryHigh",
-            alarm_description="A node uses 90% of its memory high watermark; at 100% RabbitMQ blocks publishers",
-            threshold=90,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            evaluation_periods=5,
-            datapoints_to_alarm=3,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        self.dashboard = cluster_dashboard(
+            self, cluster_name=self.cluster_name, node_count=self.settings.node_count, alarms=self.alarms
         )
-        disk_alarm = node_metric("DiskFreeOverLimit", "Minimum").create_alarm(
-            self,
-            "DiskLow",
-            alarm_description="A node's free disk is within 1.5x of its disk_free_limit; at 1x RabbitMQ "
-            "blocks publishers",
-            threshold=1.5,
-            comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_OR_EQUAL_TO_THRESHOLD,
-            evaluation_periods=5,
-            datapoints_to_alarm=3,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        )
-        for alarm in (nodes_alarm, memory_alarm, disk_alarm):
-            alarm.add_alarm_action(action)
-            alarm.add_ok_action(action)
-        self.alarms = (nodes_alarm, memory_alarm, disk_alarm)
         return topic
 
     # --- outputs ----------------------------------------------------------------------------------------

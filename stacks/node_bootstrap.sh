@@ -3,14 +3,25 @@
 #
 # The stack installs this file as /usr/local/sbin/rabbitmq-node, writes the node's settings to
 # /etc/rabbitmq-node.env and runs `rabbitmq-node bootstrap` once, at first boot. A systemd timer then
-# runs `rabbitmq-node metrics` every minute. No secret passes through user data: the node reads the
-# Erlang cookie and the admin credentials from Secrets Manager with its instance role.
+# runs `rabbitmq-node metrics` every minute, and a systemd service `rabbitmq-node watch-lifecycle`
+# waits for the Auto Scaling group's termination lifecycle hook. No secret passes through user data:
+# the node reads the Erlang cookie and the credentials from Secrets Manager with its instance role.
 #
-# Sourcing this file only defines functions: the infra tests source it and call the render_*
-# functions to check what a node would write, e.g. by starting a real node with the rendered conf.
+# A node's life (docs/deploy.md, "Replace or upgrade a node"):
+#   boot   -> join the existing cluster (explicitly if peer discovery left the node alone; only the
+#             first node by name of a group where no cluster runs forms one), forget members whose
+#             instance is gone, grow quorum queues that lost a member onto the new node, wait until
+#             losing any one node is safe again, and only then signal CloudFormation success.
+#   leave  -> (termination lifecycle hook) wait until this node is not quorum- or sync-critical,
+#             drain it, remove its quorum members, stop it, forget it from a peer, wait until the quorum
+#             queues that lost it regrew (onto the node with the fewest members), complete the action.
+#
+# Sourcing this file only defines functions: the infra tests source it and call the render_* functions
+# to check what a node would write, and run the membership steps against real local nodes.
 set -Eeuo pipefail
 
 readonly SETTINGS_FILE=${RABBITMQ_NODE_SETTINGS:-/etc/rabbitmq-node.env}
+BALANCER_USER_FILE=${BALANCER_USER_FILE:-/etc/rabbitmq-node.balancer-user}
 readonly DATA_DIR=/var/lib/rabbitmq
 readonly CONF_DIR=/etc/rabbitmq
 readonly IMDS=http://169.254.169.254/latest
@@ -30,7 +41,8 @@ load_settings() {
     : "${CLUSTER_NAME:?CLUSTER_NAME is not set}" "${AWS_REGION:?AWS_REGION is not set}"
     : "${COOKIE_SECRET_ARN:?COOKIE_SECRET_ARN is not set}" "${ADMIN_SECRET_ARN:?ADMIN_SECRET_ARN is not set}"
     : "${RABBITMQ_VERSION:?RABBITMQ_VERSION is not set}" "${ERLANG_VERSION:?ERLANG_VERSION is not set}"
-    QUEUE_TYPE=${QUEUE_TYPE:-classic}
+    QUEUE_TYPE=${QUEUE_TYPE:-quorum}
+    NODE_COUNT=${NODE_COUNT:-3}
     DATA_DEVICE=${DATA_DEVICE:-/dev/sdf}
     METRICS_NAMESPACE=${METRICS_NAMESPACE:-RabbitMQ}
     export AWS_DEFAULT_REGION=$AWS_REGION
@@ -51,7 +63,8 @@ cluster_formation.aws.use_autoscaling_group = true
 cluster_formation.aws.use_private_ip = false
 cluster_formation.discovery_retry_limit = 30
 cluster_formation.discovery_retry_interval = 10000
-## A replaced instance leaves a stale member behind: log it, an operator runs forget_cluster_node.
+## A leaving node is forgotten by its termination hook, a dead one by the next node that boots
+## (rabbitmq-node bootstrap), both after checking the Auto Scaling group: never automatically here.
 cluster_formation.node_cleanup.only_log_warning = true
 
 ## Three nodes in three availability zones: the minority side of a partition pauses.
@@ -64,6 +77,24 @@ loopback_users.guest = true
 vm_memory_high_watermark.relative = 0.4
 disk_free_limit.relative = 1.0
 EOF
+    if version_at_least 3.13; then
+        cat <<EOF
+
+## Quorum queues regain their replicas on their own after a member left (3.13+): the node grows any
+## queue below the target size onto a node that has none of its members.
+quorum_queue.continuous_membership_reconciliation.enabled = true
+quorum_queue.continuous_membership_reconciliation.target_group_size = 3
+EOF
+    fi
+}
+
+# Succeeds when RABBITMQ_VERSION is at least $1 (major.minor).
+version_at_least() {
+    local want_major=${1%%.*} want_minor=${1#*.} major minor rest
+    major=${RABBITMQ_VERSION%%.*}
+    rest=${RABBITMQ_VERSION#*.}
+    minor=${rest%%.*}
+    ((major > want_major || (major == want_major && minor >= want_minor)))
 }
 
 render_enabled_plugins() {
@@ -119,6 +150,23 @@ render_metric_data() {
         ] | map(. + {Dimensions: [{Name: "ClusterName", Value: $cluster}]})'
 }
 
+# stdin: `rabbitmqctl cluster_status --formatter json`. stdout: --metric-data with the cluster's view from
+# this node: running members, members that do not run (stale or stopped: dead votes in pause_minority),
+# partitions seen, and nodes in maintenance (drained).
+render_cluster_metric_data() {
+    jq -c --arg cluster "$CLUSTER_NAME" '
+        ((.disk_nodes // []) + (.ram_nodes // [])) as $members
+        | (.running_nodes // []) as $running
+        | [
+            {MetricName: "RunningNodes", Unit: "Count", Value: ($running | length)},
+            {MetricName: "ClusterMembers", Unit: "Count", Value: ($members | length)},
+            {MetricName: "MembersNotRunning", Unit: "Count", Value: ($members - $running | length)},
+            {MetricName: "Partitions", Unit: "Count", Value: ([.partitions // {} | .[]] | length)},
+            {MetricName: "NodesInMaintenance", Unit: "Count",
+             Value: ([.maintenance_status // {} | .[] | select(. != "not under maintenance")] | length)}
+          ] | map(. + {Dimensions: [{Name: "ClusterName", Value: $cluster}]})'
+}
+
 render_metrics_service() {
     cat <<'EOF'
 [Unit]
@@ -144,6 +192,257 @@ AccuracySec=5s
 [Install]
 WantedBy=timers.target
 EOF
+}
+
+# --- cluster membership: the steps of a node's boot and of its termination hook ----------------------
+# Every call names its node (-n): the same functions run on a node, against a peer, and in the tests
+# against local nodes. peer_nodes (the Auto Scaling group's instances as node names) is the only AWS
+# input; the tests replace it.
+
+ctl() {
+    local node=$1
+    shift
+    rabbitmqctl -q -n "$node" "$@"
+}
+
+queues_ctl() {
+    local node=$1
+    shift
+    rabbitmq-queues -q -n "$node" "$@"
+}
+
+upgrade_ctl() {
+    local node=$1
+    shift
+    rabbitmq-upgrade -q -n "$node" "$@"
+}
+
+majority() { echo $(($1 / 2 + 1)); }
+
+# stdin: `cluster_status --formatter json`; stdout: members (disk and RAM nodes), one a line.
+cluster_members() { jq -r '(.disk_nodes // []) + (.ram_nodes // []) | .[]'; }
+
+# stdin: `cluster_status --formatter json`; stdout: the number of running members.
+running_count() { jq '.running_nodes // [] | length'; }
+
+# A peer whose cluster this lone node should join: one whose cluster already runs two nodes or more, else
+# a lone peer whose name sorts first (lone nodes booting together then converge on one of them instead
+# of pairing off). Fails when no peer answers.
+cluster_to_join() {
+    local me=$1 peer status
+    while read -r peer; do
+        [[ -n $peer && $peer != "$me" ]] || continue
+        status=$(ctl "$peer" cluster_status --formatter json 2>/dev/null) || continue
+        if (($(running_count <<<"$status") > 1)) || [[ $peer < $me ]]; then
+            printf '%s\n' "$peer"
+            return 0
+        fi
+    done < <(peer_nodes)
+    return 1
+}
+
+# Makes node $1 a running member of a cluster with a majority of NODE_COUNT running members. A node that
+# is alone (peer discovery found nobody, or formed before its peers answered) joins a peer's cluster; a
+# fresh node has no data of its own, so the reset loses nothing. Fails after JOIN_TIMEOUT seconds.
+join_cluster() {
+    local me=$1 status peer needed deadline=$((SECONDS + ${JOIN_TIMEOUT:-900}))
+    needed=$(majority "$NODE_COUNT")
+    while :; do
+        status=$(ctl "$me" cluster_status --formatter json)
+        if (($(running_count <<<"$status") >= needed)); then
+            log "$me runs in a cluster of $(running_count <<<"$status") running node(s) (majority $needed)"
+            return 0
+        fi
+        if [[ $(cluster_members <<<"$status") == "$me" ]] && peer=$(cluster_to_join "$me"); then
+            log "$me is alone: joining the cluster of $peer"
+            ctl "$me" stop_app
+            ctl "$me" reset
+            ctl "$me" join_cluster "$peer"
+            ctl "$me" start_app
+            continue
+        fi
+        if ((SECONDS >= deadline)); then
+            log "$me did not reach a cluster with $needed running node(s): $(jq -c '.running_nodes' <<<"$status")"
+            return 1
+        fi
+        sleep "${POLL_SECONDS:-5}"
+    done
+}
+
+# Members that are neither running nor instances of the group any more (an instance that died without
+# running its termination hook): forgotten, because pause_minority counts them as votes. Refuses to act
+# when the group's list does not contain node $1 itself (an empty or failed lookup must forget nobody).
+forget_departed_members() {
+    local me=$1 status group gone
+    group=$(peer_nodes | jq -R . | jq -sc 'map(select(length > 0))')
+    if ! jq -e --arg me "$me" 'index($me) != null' <<<"$group" >/dev/null; then
+        log "the group's node list $group does not contain $me: forgetting nobody"
+        return 0
+    fi
+    status=$(ctl "$me" cluster_status --formatter json)
+    for gone in $(jq -r --argjson group "$group" \
+        '((.disk_nodes // []) + (.ram_nodes // [])) - (.running_nodes // []) - $group | .[]' <<<"$status"); do
+        log "forgetting $gone: not running and no longer an instance of the group"
+        queues_ctl "$me" shrink "$gone" >/dev/null
+        ctl "$me" forget_cluster_node "$gone"
+    done
+}
+
+vhost_names() { ctl "$1" list_vhosts name --formatter json | jq -r '.[].name'; }
+
+# Every queue as seen from node $1, one JSON object a line: vhost, name, type, members and online (quorum),
+# mirrors and synchronised mirrors (classic, 3.x: 4.x has no mirroring). One CLI call per vhost.
+queue_snapshot() {
+    local via=$1 vhost vhosts columns=(name type members online)
+    version_at_least 4.0 || columns+=(slave_pids synchronised_slave_pids)
+    vhosts=$(vhost_names "$via") || return 1
+    for vhost in $vhosts; do
+        ctl "$via" list_queues -p "$vhost" "${columns[@]}" --formatter json |
+            jq -c --arg vhost "$vhost" '.[] | . + {vhost: $vhost}' || return 1
+    done
+}
+
+# stdin: queue_snapshot; $1: the number of running nodes. stdout: vhost/name of every queue that losing one
+# more node would cost its quorum or its last synchronised copy, or that lost a member not yet regrown
+# (an even member count below the running nodes).
+queues_at_risk() {
+    jq -r --argjson running "$1" '
+        select(
+            (.type == "quorum"
+             and (((.members | length) >= 3 and (.online | length) < ((.members | length) / 2 | floor) + 2)
+                  or ((.members | length) % 2 == 0 and (.members | length) < $running)))
+            or (.type == "classic" and (.slave_pids | type) == "array"
+                and (.synchronised_slave_pids | length) < (.slave_pids | length)))
+        | "\(.vhost)/\(.name)"'
+}
+
+# stdin: queue_snapshot; $1: running nodes as a JSON array. stdout: the one holding the fewest quorum members.
+node_with_fewest_members() {
+    jq -s -r --argjson running "$1" '
+        [.[] | select(.type == "quorum") | .members[]] as $held
+        | $running | map(. as $node | {node: $node, held: ($held | map(select(. == $node)) | length)})
+        | sort_by(.held) | first | .node // empty'
+}
+
+# Waits (up to SYNC_TIMEOUT seconds) until no queue is at risk, growing quorum queues that lost a member
+# onto the running node with the fewest members (the new node, when it joined before the old one left):
+# the condition for taking the next node, and for a new node to signal success.
+await_replicas() {
+    local via=$1 deadline=$((SECONDS + ${SYNC_TIMEOUT:-1800})) running snapshot at_risk target
+    while :; do
+        running=$(ctl "$via" cluster_status --formatter json | jq -c '.running_nodes // []')
+        snapshot=$(queue_snapshot "$via")
+        at_risk=$(queues_at_risk "$(jq length <<<"$running")" <<<"$snapshot")
+        if [[ -z $at_risk ]]; then
+            log "every queue keeps its quorum and a synchronised copy if any one node goes"
+            return 0
+        fi
+        if ((SECONDS >= deadline)); then
+            log "queues still at risk: $(head -5 <<<"$at_risk" | tr '\n' ' ')"
+            return 1
+        fi
+        target=$(node_with_fewest_members "$running" <<<"$snapshot")
+        if [[ -n $target ]]; then
+            queues_ctl "$via" grow "$target" even --vhost-pattern '.*' --queue-pattern '.*' >/dev/null
+        fi
+        sleep "${POLL_SECONDS:-5}"
+    done
+}
+
+# The boot's cluster steps for node $1, after the broker started.
+become_member() {
+    local me=$1
+    join_cluster "$me"
+    forget_departed_members "$me"
+    await_replicas "$me"
+}
+
+# The termination hook's steps for node $1: leave the cluster without ever costing a queue its quorum or
+# its last synchronised copy. The last running node of a cluster does not leave (its data stays).
+leave_cluster() {
+    local me=$1 status peer
+    status=$(ctl "$me" cluster_status --formatter json)
+    peer=$(jq -r --arg me "$me" '[.running_nodes[] | select(. != $me)] | first // empty' <<<"$status")
+    if [[ -z $peer ]]; then
+        log "$me is the only running member: it keeps its data and does not leave"
+        return 0
+    fi
+    log "$me leaves the cluster (peer $peer): waiting until it is not quorum- or sync-critical"
+    upgrade_ctl "$me" await_online_quorum_plus_one -t "${LEAVE_WAIT_SECONDS:-600}"
+    if ! version_at_least 4.0; then
+        upgrade_ctl "$me" await_online_synchronized_mirror -t "${LEAVE_WAIT_SECONDS:-600}"
+    fi
+    upgrade_ctl "$me" drain
+    queues_ctl "$me" shrink "$me" >/dev/null
+    ctl "$me" stop_app
+    ctl "$peer" forget_cluster_node "$me"
+    log "$me left; $peer forgot it"
+    await_replicas "$peer"
+}
+
+# --- the node's AWS side: its name, its group, the lifecycle hook ---------------------------------------
+
+this_node() { printf 'rabbit@%s\n' "$(imds local-hostname)"; }
+
+# The node names of every instance of this node's Auto Scaling group (itself included).
+peer_nodes() {
+    local group ids
+    group=$(auto_scaling_group)
+    ids=$(aws autoscaling describe-auto-scaling-groups --auto-scaling-group-names "$group" \
+        --query 'AutoScalingGroups[0].Instances[].InstanceId' --output text)
+    [[ -n $ids && $ids != None ]] || return 1
+    # shellcheck disable=SC2086 # one word per instance id
+    aws ec2 describe-instances --instance-ids $ids \
+        --query 'Reservations[].Instances[].PrivateDnsName' --output text |
+        tr '\t' '\n' | sed '/^$/d; s/^/rabbit@/'
+}
+
+auto_scaling_group() {
+    aws autoscaling describe-auto-scaling-instances --instance-ids "$(imds instance-id)" \
+        --query 'AutoScalingInstances[0].AutoScalingGroupName' --output text
+}
+
+lifecycle_action() {
+    local action=$1
+    shift
+    aws autoscaling "$action" --auto-scaling-group-name "$(auto_scaling_group)" \
+        --lifecycle-hook-name "$LIFECYCLE_HOOK_NAME" --instance-id "$(imds instance-id)" "$@"
+}
+
+# Runs as the rabbitmq-lifecycle service: waits until the group moves this instance to Terminated (the
+# termination lifecycle hook holds it in Terminating:Wait), leaves the cluster, completes the action.
+watch_lifecycle() {
+    local me heartbeat
+    me=$(this_node)
+    until [[ $(imds autoscaling/target-lifecycle-state 2>/dev/null || true) == Terminated ]]; do
+        sleep 5
+    done
+    log "the Auto Scaling group terminates this instance: $me leaves the cluster"
+    (while sleep 60; do lifecycle_action record-lifecycle-action-heartbeat || true; done) &
+    heartbeat=$!
+    if ! leave_cluster "$me"; then
+        log "leaving failed; the next node to boot forgets $me (forget_departed_members)"
+    fi
+    kill "$heartbeat" 2>/dev/null || true
+    lifecycle_action complete-lifecycle-action --lifecycle-action-result CONTINUE
+}
+
+render_lifecycle_service() {
+    cat <<'UNIT'
+[Unit]
+Description=Leave the RabbitMQ cluster when the Auto Scaling group terminates this instance
+After=rabbitmq-server.service
+Requires=rabbitmq-server.service
+
+[Service]
+Type=simple
+ExecStart=/usr/local/sbin/rabbitmq-node watch-lifecycle
+Restart=on-failure
+RestartSec=10
+
+[Install]
+WantedBy=multi-user.target
+UNIT
 }
 
 # --- side effects -----------------------------------------------------------------------------------
@@ -219,56 +518,116 @@ start_rabbitmq() {
     systemctl daemon-reload
     systemctl enable rabbitmq-server
     systemctl start rabbitmq-server
-    rabbitmqctl -q await_startup --timeout 900
+    ctl "$(this_node)" await_startup --timeout 900
+}
+
+# Creates or updates user $2 from the JSON secret $1 ({username, password}); the password goes through
+# stdin, never through a command line.
+ensure_user() {
+    local me=$1 secret=$2 user
+    user=$(printf '%s' "$secret" | jq -r .username)
+    [[ -n $user && $user != null && $user != guest ]] || die "a credentials secret has no usable username"
+    if ctl "$me" list_users --formatter json | jq -e --arg u "$user" 'any(.[]; .user == $u)' >/dev/null; then
+        printf '%s' "$secret" | jq -j .password | ctl "$me" change_password "$user"
+    elif ! printf '%s' "$secret" | jq -j .password | ctl "$me" add_user "$user"; then
+        # Another node of a cluster booting in parallel created it first.
+        printf '%s' "$secret" | jq -j .password | ctl "$me" change_password "$user"
+    fi
+    printf '%s\n' "$user"
 }
 
 ensure_admin_user() {
-    local secret user
-    secret=$(secret_string "$ADMIN_SECRET_ARN")
-    user=$(printf '%s' "$secret" | jq -r .username)
-    [[ -n $user && $user != null && $user != guest ]] || die "the admin secret has no usable username"
-    # The password goes through stdin, never through a command line.
-    if rabbitmqctl -q list_users --formatter json | jq -e --arg u "$user" 'any(.[]; .user == $u)' >/dev/null; then
-        printf '%s' "$secret" | jq -j .password | rabbitmqctl -q change_password "$user"
-    elif ! printf '%s' "$secret" | jq -j .password | rabbitmqctl -q add_user "$user"; then
-        # Another node of a cluster booting in parallel created it first.
-        printf '%s' "$secret" | jq -j .password | rabbitmqctl -q change_password "$user"
-    fi
-    rabbitmqctl -q set_user_tags "$user" administrator
-    rabbitmqctl -q set_permissions -p / "$user" '.*' '.*' '.*'
-    if rabbitmqctl -q list_users --formatter json | jq -e 'any(.[]; .user == "guest")' >/dev/null; then
-        rabbitmqctl -q delete_user guest || true
+    local me=$1 user
+    user=$(ensure_user "$me" "$(secret_string "$ADMIN_SECRET_ARN")")
+    ctl "$me" set_user_tags "$user" administrator
+    ctl "$me" set_permissions -p / "$user" '.*' '.*' '.*'
+    if ctl "$me" list_users --formatter json | jq -e 'any(.[]; .user == "guest")' >/dev/null; then
+        ctl "$me" delete_user guest || true
     fi
 }
 
+# The queue balancer's own user: it reads every queue and node (monitoring), writes its temporary move
+# policies (policymaker) and declares queues passively, on every vhost; it cannot publish, consume, delete
+# or manage users (tests/infra/test_node_bootstrap.py checks this on a real node).
+ensure_balancer_user() {
+    local me=$1 user
+    [[ -n ${BALANCER_SECRET_ARN:-} ]] || return 0
+    user=$(ensure_user "$me" "$(secret_string "$BALANCER_SECRET_ARN")")
+    ctl "$me" set_user_tags "$user" monitoring policymaker
+    printf '%s\n' "$user" >"$BALANCER_USER_FILE"
+    grant_balancer_vhosts "$me"
+}
+
+# Empty permission patterns on every vhost that lacks them; the metrics timer runs this each minute, so
+# vhosts created later are covered.
+grant_balancer_vhosts() {
+    local me=$1 user granted all vhost
+    [[ -s $BALANCER_USER_FILE ]] || return 0
+    user=$(<"$BALANCER_USER_FILE")
+    granted=$(ctl "$me" list_user_permissions "$user" --formatter json)
+    all=$(ctl "$me" list_vhosts name --formatter json | jq -c 'map(.name)')
+    # A user without any permission may be listed as nothing at all rather than [].
+    for vhost in $(jq -r --argjson all "$all" '$all - map(.vhost) | .[]' <<<"${granted:-[]}"); do
+        log "granting $user its (empty) permissions on vhost $vhost"
+        ctl "$me" set_permissions -p "$vhost" "$user" '^$' '^$' '^$'
+    done
+}
+
 apply_default_policy() {
+    local me=$1
     case $QUEUE_TYPE in
         classic)
             # The seed's mirroring policy; an existing ha-all (perhaps tuned by an operator) is kept.
-            if ! rabbitmqctl -q list_policies -p / --formatter json |
+            version_at_least 4.0 && die "queueType classic needs RabbitMQ 3.x: 4.x removed classic mirroring"
+            if ! ctl "$me" list_policies -p / --formatter json |
                 jq -e 'any(.[]; .name == "ha-all")' >/dev/null; then
-                rabbitmqctl -q set_policy -p / --apply-to queues --priority 0 \
+                ctl "$me" set_policy -p / --apply-to queues --priority 0 \
                     ha-all '.*' '{"ha-mode":"all","ha-sync-mode":"automatic"}'
             fi
             ;;
         quorum)
-            rabbitmqctl -q update_vhost_metadata / --default-queue-type quorum
+            ctl "$me" update_vhost_metadata / --default-queue-type quorum
             ;;
         *) die "QUEUE_TYPE must be classic or quorum, not '$QUEUE_TYPE'" ;;
     esac
 }
 
-install_metrics_timer() {
+install_services() {
     render_metrics_service >/etc/systemd/system/rabbitmq-metrics.service
     render_metrics_timer >/etc/systemd/system/rabbitmq-metrics.timer
+    render_lifecycle_service >/etc/systemd/system/rabbitmq-lifecycle.service
     systemctl daemon-reload
-    systemctl enable --now rabbitmq-metrics.timer
+    systemctl enable --now rabbitmq-metrics.timer rabbitmq-lifecycle.service
+}
+
+# Ships the broker's and this script's logs to CloudWatch Logs (the log group the stack made).
+install_log_shipping() {
+    [[ -n ${LOG_GROUP_NAME:-} ]] || return 0
+    dnf -y -q install amazon-cloudwatch-agent
+    render_cloudwatch_agent_config >/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json
+    /opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -s \
+        -c file:/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json
+}
+
+render_cloudwatch_agent_config() {
+    jq -n --arg group "$LOG_GROUP_NAME" '{logs: {logs_collected: {files: {collect_list: [
+        {file_path: "/var/log/rabbitmq/*.log", log_group_name: $group,
+         log_stream_name: "{instance_id}/rabbitmq", timestamp_format: "%Y-%m-%d %H:%M:%S"},
+        {file_path: "/var/log/rabbitmq-node.log", log_group_name: $group,
+         log_stream_name: "{instance_id}/rabbitmq-node"},
+        {file_path: "/var/log/cloud-init-output.log", log_group_name: $group,
+         log_stream_name: "{instance_id}/cloud-init"}
+    ]}}}}'
 }
 
 publish_metrics() {
-    local data
-    data=$(rabbitmq-diagnostics -q status --formatter json | render_metric_data)
+    local data me
+    me=$(this_node)
+    data=$(rabbitmq-diagnostics -q -n "$me" status --formatter json | render_metric_data)
     aws cloudwatch put-metric-data --namespace "$METRICS_NAMESPACE" --metric-data "$data"
+    data=$(ctl "$me" cluster_status --formatter json | render_cluster_metric_data)
+    aws cloudwatch put-metric-data --namespace "$METRICS_NAMESPACE" --metric-data "$data"
+    grant_balancer_vhosts "$me"
 }
 
 signal_cloudformation() {
@@ -280,23 +639,33 @@ signal_cloudformation() {
 on_error() {
     local status=$?
     log "bootstrap failed (exit $status) at line $1"
+    # A node that is not a member of the cluster must not take client traffic behind the load balancer.
+    systemctl stop rabbitmq-server || true
     signal_cloudformation 1
     exit "$status"
 }
 
 bootstrap() {
+    local me
     trap 'on_error $LINENO' ERR
+    exec > >(tee -a /var/log/rabbitmq-node.log) 2>&1
     log "bootstrapping RabbitMQ $RABBITMQ_VERSION (Erlang $ERLANG_VERSION) for cluster $CLUSTER_NAME"
     systemctl enable --now amazon-ssm-agent || log "amazon-ssm-agent is not installed"
     prepare_data_volume
     install_packages
+    install_log_shipping
     write_configuration
     install_cookie
     start_rabbitmq
-    ensure_admin_user
-    apply_default_policy
-    install_metrics_timer
-    log "node $(imds local-hostname) is up"
+    me=$(this_node)
+    # Success is signalled only once this node is a member of the cluster and any one node may go again:
+    # the rolling update takes the next node only then.
+    become_member "$me"
+    ensure_admin_user "$me"
+    ensure_balancer_user "$me"
+    apply_default_policy "$me"
+    install_services
+    log "node $me is up, a member of the cluster, and every queue has its replicas"
     signal_cloudformation 0
 }
 
@@ -310,7 +679,11 @@ main() {
             load_settings
             publish_metrics
             ;;
-        *) die "usage: ${0##*/} [bootstrap|metrics]" ;;
+        watch-lifecycle)
+            load_settings
+            watch_lifecycle
+            ;;
+        *) die "usage: ${0##*/} [bootstrap|metrics|watch-lifecycle]" ;;
     esac
 }
 

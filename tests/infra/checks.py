@@ -13,10 +13,12 @@ from cfnlint.api import lint
 from tests.infra.conftest import REGION
 
 # Actions that support no resource-level permissions (IAM: "Resource": "*" is the only form), or, for
-# ssm:SendCommand on instance/*, are limited by a tag condition (checked separately).
+# ssm:SendCommand on instance/* and the lifecycle actions on autoScalingGroup:*, are limited by a tag
+# condition (checked separately).
 WILDCARD_ONLY_ACTIONS = frozenset(
     {
         "autoscaling:DescribeAutoScalingInstances",
+        "autoscaling:DescribeAutoScalingGroups",
         "ec2:DescribeInstances",
         "cloudwatch:PutMetricData",
         "xray:PutTraceSegments",
@@ -71,10 +73,18 @@ def wildcard_violations(template: dict[str, Any]) -> list[str]:
             if extra:
                 problems.append(f"{logical_id}: {sorted(extra)} on '*'")
         elif any(r.endswith('*"]]}') or r.endswith('*"') for r in rendered):
-            tagged = any(
-                "ssm:resourceTag/" in k for k in statement.get("Condition", {}).get("StringEquals", {})
-            )
-            if actions != {"ssm:SendCommand"} or not tagged:
+            conditions = statement.get("Condition", {}).get("StringEquals", {})
+            tag_scoped = {
+                "ssm:resourceTag/": {"ssm:SendCommand"},
+                "autoscaling:ResourceTag/": {
+                    "autoscaling:CompleteLifecycleAction",
+                    "autoscaling:RecordLifecycleActionHeartbeat",
+                },
+            }
+            if not any(
+                actions <= allowed and any(k.startswith(prefix) for k in conditions)
+                for prefix, allowed in tag_scoped.items()
+            ):
                 problems.append(f"{logical_id}: {sorted(actions)} on {rendered}")
         if any(action.endswith("*") for action in actions):
             problems.append(f"{logical_id}: wildcard action in {sorted(actions)}")

@@ -22,6 +22,13 @@ ASL = ROOT / "statemachine" / "balancer.asl.json"
 ACCOUNT = "123456789012"
 REGION = "eu-west-1"
 NO_BUNDLING: dict[str, list[str]] = {"aws:cdk:bundling-stacks": []}
+# What `cdk synth` with credentials caches in cdk.context.json for the zone and AMI lookups of the
+# ClusterStack: supplied here, so they resolve offline exactly as they would after a real lookup.
+CLUSTER_LOOKUPS: dict[str, object] = {
+    f"availability-zones:account={ACCOUNT}:region={REGION}": [f"{REGION}a", f"{REGION}b", f"{REGION}c"],
+    f"ssm:account={ACCOUNT}:parameterName=/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-x86_64"
+    f":region={REGION}": "ami-0123456789abcdef0",
+}
 
 NO_ASL = (
     "statemachine/balancer.asl.json does not exist yet (written in parallel); the BalancerStack reads the "
@@ -64,9 +71,12 @@ class Synthesized:
 @pytest.fixture(scope="session")
 def cluster_synth(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
     """The ClusterStack alone (it needs no ASL), with cdk-nag as in app.py."""
-    from stacks.cluster_stack import ClusterSettings, ClusterStack
+    from stacks.cluster_settings import ClusterSettings
+    from stacks.cluster_stack import ClusterStack
 
-    app = cdk.App(context=NO_BUNDLING, outdir=str(tmp_path_factory.mktemp("cluster-cdk-out")))
+    app = cdk.App(
+        context={**NO_BUNDLING, **CLUSTER_LOOKUPS}, outdir=str(tmp_path_factory.mktemp("cluster-cdk-out"))
+    )
     ClusterStack(
         app,
         "RabbitMqCluster",
@@ -87,6 +97,7 @@ def app_synth(tmp_path_factory: pytest.TempPathFactory, asl_text: str) -> Iterat
 
     context = {
         **NO_BUNDLING,
+        **CLUSTER_LOOKUPS,
         "account": ACCOUNT,
         "region": REGION,
         "scheduleCron": "0 3 * * ? *",

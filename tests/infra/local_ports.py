@@ -2,7 +2,8 @@
 
 The session cluster of tests/conftest.py takes the first slots of each block (5801.., 15801.., 25801..,
 epmd 4801) shifted by QUEUE_BALANCER_TEST_PORT_OFFSET (a multiple of 100 per engineer or CI job); the
-infra suites take slots 50 and up of the same shifted block, so they never meet that cluster or another run.
+infra suites take slots 85..99 of the same shifted block (the integration suites use 50..84), so they never
+meet another suite's nodes or another run.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ class NodePorts:
 
 
 def node_ports(slot: int) -> NodePorts:
-    """Ports of slot ``slot`` (50..99 of the block): the bootstrap test uses 50, the replacement test 60+."""
-    if not 50 <= slot <= 99:
-        raise ValueError(f"slot {slot}: the infra suites own slots 50..99 of each port block")
+    """Ports of slot ``slot`` (85..99 of the block): the bootstrap test uses 85, the replacement test 88+."""
+    if not 85 <= slot <= 99:
+        raise ValueError(f"slot {slot}: the infra suites own slots 85..99 of each port block")
     return NodePorts(
         amqp=5801 + OFFSET + slot - 1,
         management=15801 + OFFSET + slot - 1,

@@ -94,7 +94,8 @@ def test_function_environment_is_the_contracts(app_synth: Synthesized) -> None:
         assert variables["CLUSTER_NAME"] == "rabbitmq"
         assert variables["RABBITMQ_CLI_SSM_TAG_KEY"] == "queue-balancer-cluster"
         assert ":15672" in json.dumps(variables["RABBITMQ_MANAGEMENT_URL"])
-        assert "AdminCredentials" in json.dumps(variables["RABBITMQ_SECRET_ARN"])
+        # The balancer's own RabbitMQ user (monitoring + policymaker), not the administrator.
+        assert "BalancerCredentials" in json.dumps(variables["RABBITMQ_SECRET_ARN"])
 
 
 # --- state machine -----------------------------------------------------------------------------------------
@@ -155,6 +156,8 @@ def test_state_machine_has_a_fixed_name_logging_and_tracing(app_synth: Synthesiz
     assert props["StateMachineName"] == "queue-balancer-rabbitmq"
     assert props["LoggingConfiguration"]["Level"] == "ALL"
     assert props["LoggingConfiguration"]["Destinations"]
+    # Inputs and outputs carry task tokens: never in the log.
+    assert props["LoggingConfiguration"]["IncludeExecutionData"] is False
     assert props["TracingConfiguration"] == {"Enabled": True}
 
 
@@ -179,7 +182,7 @@ def test_functions_reach_the_secret_the_table_and_tagged_nodes_only(app_synth: S
     statements = statements_of(app_synth, "FunctionRole")
     sids = by_sid(statements)
     (secret,) = [s for s in statements if "secretsmanager:GetSecretValue" in s["Action"]]
-    assert "AdminCredentials" in json.dumps(secret["Resource"])
+    assert "BalancerCredentials" in json.dumps(secret["Resource"])
     assert sids["RunShellScriptOnClusterNodes"]["Condition"] == {
         "StringEquals": {"ssm:resourceTag/queue-balancer-cluster": "rabbitmq"}
     }

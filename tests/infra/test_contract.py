@@ -173,13 +173,12 @@ def test_context_values_from_the_command_line_are_parsed() -> None:
     ctx = Context(app)
     assert ctx.integer("nodeCount", 3) == 5
     assert ctx.strings("subnetIds") == ("subnet-a", "subnet-b")
-    settings = cluster_settings(ctx, "x1")
-    assert settings.node_count == 5 and settings.availability_zones == ("x1a", "x1b")
-    assert cluster_settings(Context(cdk.App()), "eu-central-1").availability_zones == (
-        "eu-central-1a",
-        "eu-central-1b",
-        "eu-central-1c",
-    )
+    assert ctx.strings("availabilityZones") == ("x1a", "x1b")
+    with pytest.raises(ValueError, match="availabilityZones: give three"):
+        cluster_settings(ctx)
+    # No zones named: none assumed; the stack looks the account's up.
+    assert cluster_settings(Context(cdk.App())).availability_zones == ()
+    assert Context(cdk.App(context={"vpcEndpoints": "true"})).flag("vpcEndpoints", False) is True
 
 
 def test_the_wildcard_check_catches_an_unscoped_grant() -> None:

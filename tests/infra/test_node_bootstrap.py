@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pika
+import pika.exceptions
 import pytest
 
 from stacks.cluster_stack import BOOTSTRAP_SCRIPT
@@ -28,17 +30,18 @@ from tests.infra.local_ports import node_ports
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 NODE = "qbconf@localhost"
-AMQP_PORT, MANAGEMENT_PORT, DIST_PORT, EPMD_PORT = node_ports(50).all()
+AMQP_PORT, MANAGEMENT_PORT, DIST_PORT, EPMD_PORT = node_ports(85).all()
 SETTINGS = {
     "CLUSTER_NAME": "conf-test",
     "AWS_REGION": "eu-west-1",
     "COOKIE_SECRET_ARN": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:cookie-AbCdEf",
     "ADMIN_SECRET_ARN": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:admin-AbCdEf",
-    "RABBITMQ_VERSION": "3.13.7",
+    "RABBITMQ_VERSION": "3.10.8",  # the node these tests start (Debian 12's)
     "ERLANG_VERSION": "26.2",
     "QUEUE_TYPE": "classic",
 }
 ADMIN = {"username": "admin", "password": "Bootstrap-Test-Pw-1"}
+BALANCER = {"username": "queue-balancer", "password": "Balancer-Test-Pw-2"}
 
 
 def render(function: str, *args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> str:
@@ -98,6 +101,78 @@ def test_packages_come_from_the_team_rabbitmq_repositories_pinned_to_the_version
     assert '"rabbitmq-server-${RABBITMQ_VERSION}"' in script and '"erlang-${ERLANG_VERSION}*"' in script
 
 
+def test_quorum_queues_reconcile_their_membership_from_3_13_on() -> None:
+    assert "continuous_membership_reconciliation" not in render("render_rabbitmq_conf")  # 3.10
+    conf = render("render_rabbitmq_conf", env={"RABBITMQ_VERSION": "4.1.7"})
+    assert "quorum_queue.continuous_membership_reconciliation.enabled = true" in conf
+    assert "quorum_queue.continuous_membership_reconciliation.target_group_size = 3" in conf
+
+
+def queue_line(name: str, kind: str, **fields: object) -> str:
+    return json.dumps({"vhost": "/", "name": name, "type": kind, **fields})
+
+
+def test_queues_at_risk_are_those_one_more_loss_would_hurt_or_that_lost_a_member() -> None:
+    three, two = ["a", "b", "c"], ["a", "b"]
+    lines = [
+        queue_line("healthy", "quorum", members=three, online=three),
+        queue_line("one-member-down", "quorum", members=three, online=two),
+        queue_line("lost-a-member", "quorum", members=two, online=two),
+        queue_line("in-sync", "classic", slave_pids=["p1", "p2"], synchronised_slave_pids=["p1", "p2"]),
+        queue_line("syncing", "classic", slave_pids=["p1", "p2"], synchronised_slave_pids=["p1"]),
+        queue_line("unmirrored", "classic", slave_pids="", synchronised_slave_pids=""),
+    ]
+    at_risk = render("queues_at_risk", "3", stdin="\n".join(lines) + "\n").split()
+    assert at_risk == ["//one-member-down", "//lost-a-member", "//syncing"]
+    # Two running nodes: a two-member queue is all the cluster can hold.
+    assert render("queues_at_risk", "2", stdin=lines[2] + "\n") == ""
+
+
+def test_the_successor_grows_queues_onto_the_node_with_the_fewest_members() -> None:
+    lines = [
+        queue_line("q1", "quorum", members=["a", "b"], online=["a", "b"]),
+        queue_line("q2", "quorum", members=["a", "c"], online=["a", "c"]),
+    ]
+    running = json.dumps(["a", "b", "c", "new"])
+    assert render("node_with_fewest_members", running, stdin="\n".join(lines)).strip() == "new"
+
+
+def test_cluster_figures_count_members_not_running_and_partitions() -> None:
+    status = {
+        "disk_nodes": ["a", "b", "c", "gone"],
+        "running_nodes": ["a", "b", "c"],
+        "partitions": {"a": ["c"]},
+        "maintenance_status": {"a": "not under maintenance", "b": "under maintenance"},
+    }
+    data = json.loads(render("render_cluster_metric_data", stdin=json.dumps(status)))
+    values = {d["MetricName"]: d["Value"] for d in data}
+    assert values == {
+        "RunningNodes": 3,
+        "ClusterMembers": 4,
+        "MembersNotRunning": 1,
+        "Partitions": 1,
+        "NodesInMaintenance": 1,
+    }
+    assert all(d["Dimensions"] == [{"Name": "ClusterName", "Value": "conf-test"}] for d in data)
+
+
+def test_logs_are_shipped_to_the_stacks_log_group() -> None:
+    config = json.loads(render("render_cloudwatch_agent_config", env={"LOG_GROUP_NAME": "/rabbitmq/x"}))
+    files = config["logs"]["logs_collected"]["files"]["collect_list"]
+    assert {f["file_path"] for f in files} == {
+        "/var/log/rabbitmq/*.log",
+        "/var/log/rabbitmq-node.log",
+        "/var/log/cloud-init-output.log",
+    }
+    assert {f["log_group_name"] for f in files} == {"/rabbitmq/x"}
+
+
+def test_the_lifecycle_service_runs_the_hook_handler() -> None:
+    unit = render("render_lifecycle_service")
+    assert "ExecStart=/usr/local/sbin/rabbitmq-node watch-lifecycle" in unit
+    assert "Restart=on-failure" in unit
+
+
 def test_the_metrics_timer_runs_the_installed_script_every_minute() -> None:
     assert "ExecStart=/usr/local/sbin/rabbitmq-node metrics" in render("render_metrics_service")
     assert "OnUnitActiveSec=1min" in render("render_metrics_timer")
@@ -126,12 +201,24 @@ class LocalNode:
         assert done.returncode == 0, f"{tool} {' '.join(args)}: {done.stdout}{done.stderr}"
         return done.stdout
 
-    def api(self, path: str, user: str = ADMIN["username"], password: str = ADMIN["password"]) -> object:
-        request = urllib.request.Request(f"http://127.0.0.1:{MANAGEMENT_PORT}{path}")
+    def api(
+        self,
+        path: str,
+        user: str = ADMIN["username"],
+        password: str = ADMIN["password"],
+        method: str = "GET",
+        body: object = None,
+    ) -> object:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{MANAGEMENT_PORT}{path}", data=data, method=method
+        )
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
+        request.add_header("content-type", "application/json")
         with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)
+            raw = response.read()
+            return json.loads(raw) if raw else None
 
 
 def _port_in_use(port: int) -> bool:
@@ -231,16 +318,15 @@ def test_rendered_conf_boots_a_node_with_the_aws_keys_parsed(node: LocalNode) ->
 
 
 def test_admin_user_and_ha_policy_are_applied_by_the_script(node: LocalNode) -> None:
-    ctl = f'"{RABBITMQ_BIN}/rabbitmqctl" -n {NODE}'
     secret = json.dumps(ADMIN)
     # The script's own functions against the node; only the Secrets Manager read is stubbed.
     steps = f"""
-        rabbitmqctl() {{ {ctl} "$@"; }}
+        rabbitmqctl() {{ "{RABBITMQ_BIN}/rabbitmqctl" "$@"; }}
         secret_string() {{ printf '%s' '{secret}'; }}
-        ensure_admin_user
-        ensure_admin_user
-        apply_default_policy
-        apply_default_policy
+        ensure_admin_user {NODE}
+        ensure_admin_user {NODE}
+        apply_default_policy {NODE}
+        apply_default_policy {NODE}
     """
     done = subprocess.run(
         ["bash", "-c", f'source "$1"; {steps}', "bash", str(BOOTSTRAP_SCRIPT)],
@@ -272,3 +358,77 @@ def test_metric_data_from_the_real_node_status(node: LocalNode) -> None:
     assert values["DiskFreeOverLimit"] > 0
     assert values["MemoryAlarm"] == 0 and values["DiskAlarm"] in (0, 1)
     assert all(d["Dimensions"] == [{"Name": "ClusterName", "Value": "conf-test"}] for d in data)
+
+
+def test_the_balancer_user_reads_and_writes_policies_but_touches_no_message(
+    node: LocalNode, tmp_path: Path
+) -> None:
+    admin, balancer = json.dumps(ADMIN), json.dumps(BALANCER)
+    steps = f"""
+        rabbitmqctl() {{ "{RABBITMQ_BIN}/rabbitmqctl" "$@"; }}
+        secret_string() {{ if [[ $1 == balancer ]]; then printf '%s' '{balancer}'; else printf '%s' '{admin}'; fi; }}
+        ensure_admin_user {NODE}
+        ensure_balancer_user {NODE}
+        ctl {NODE} add_vhost later
+        grant_balancer_vhosts {NODE}  # what the metrics timer runs each minute
+        grant_balancer_vhosts {NODE}
+    """
+    done = subprocess.run(
+        ["bash", "-c", f'source "$1"; {steps}', "bash", str(BOOTSTRAP_SCRIPT)],
+        capture_output=True,
+        text=True,
+        env={
+            **node.env,
+            **SETTINGS,
+            "BALANCER_SECRET_ARN": "balancer",
+            "BALANCER_USER_FILE": str(tmp_path / "balancer-user"),
+        },
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert BALANCER["password"] not in done.stdout + done.stderr
+    user, password = BALANCER["username"], BALANCER["password"]
+    node.api("/api/queues/%2F/orders", method="PUT", body={"durable": True})
+    # Every vhost, the one created after the user too; every queue; its own policies.
+    permissions = node.api(f"/api/users/{user}/permissions")
+    assert isinstance(permissions, list) and {p["vhost"] for p in permissions} == {"/", "later"}
+    queues = node.api("/api/queues", user, password)
+    assert isinstance(queues, list) and [q["name"] for q in queues] == ["orders"]
+    policy = {"pattern": "^orders$", "definition": {"ha-mode": "all"}, "apply-to": "queues", "priority": 9}
+    node.api("/api/policies/%2F/queue-balancer-test", user, password, method="PUT", body=policy)
+    node.api("/api/policies/%2F/queue-balancer-test", user, password, method="DELETE")
+    # Exact counts by a passive declare work; publishing and consuming are refused.
+    parameters = pika.ConnectionParameters(
+        "127.0.0.1", AMQP_PORT, credentials=pika.PlainCredentials(user, password)
+    )
+    with pika.BlockingConnection(parameters) as connection:
+        channel = connection.channel()
+        assert channel.queue_declare("orders", passive=True).method.message_count == 0
+        channel.confirm_delivery()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="ACCESS_REFUSED"):
+            channel.basic_publish("", "orders", b"not allowed")
+    with (
+        pika.BlockingConnection(parameters) as connection,
+        pytest.raises(pika.exceptions.ChannelClosedByBroker, match="ACCESS_REFUSED"),
+    ):
+        connection.channel().basic_get("orders")
+
+
+def test_a_lone_node_never_counts_as_a_member(node: LocalNode) -> None:
+    """The signal condition: alone (no peer answers), a node of a 3-node cluster fails instead of forming."""
+    steps = f"""
+        rabbitmqctl() {{ "{RABBITMQ_BIN}/rabbitmqctl" "$@"; }}
+        peer_nodes() {{ printf '%s\\n' {NODE} rabbit@nowhere-1 rabbit@nowhere-2; }}
+        join_cluster {NODE}
+    """
+    done = subprocess.run(
+        ["bash", "-c", f'source "$1"; {steps}', "bash", str(BOOTSTRAP_SCRIPT)],
+        capture_output=True,
+        text=True,
+        env={**node.env, **SETTINGS, "NODE_COUNT": "3", "JOIN_TIMEOUT": "2", "POLL_SECONDS": "1"},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"{NODE} did not reach a cluster with 2 running node(s)" in done.stderr
