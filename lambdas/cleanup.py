@@ -74,7 +74,7 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
             logger.info("a new run took the lifecycle meanwhile")
     logger.error("run failed", extra={"error": error, "reason": reason})
     subject = subject_line(f"queue-balancer: {run.cluster} run FAILED ({error})")
-    return {"subject": subject, "message": "\n".join(lines), "run": replace(run, next="", moves=[]).to_dict()}
+    return {"subject": subject, "message": "\n".join(lines), "run": replace(run, next="").to_dict()}
 
 
 def describe_error(error: dict[str, Any]) -> tuple[str, str]:

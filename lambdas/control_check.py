@@ -1,11 +1,10 @@
-"""ControlCheck: after planning and between two batches, record what happened and decide what comes next.
+"""ControlCheck: after planning, between two batches and whenever a batch stops early, decide what comes next.
 
-In order: store the finished batch's results (and count them); honour the operator (the answer a
-parked run got, or a request recorded meanwhile: stop, reset, load, pause); park in READY while a
-loaded plan waits for ``go``; then either hand the next batch to the Map (renewing the lock for as
-long as that batch can take), continue the run in a fresh execution when the worst case of the next
-batch would not fit in this one's history, or verify the round once the plan is done. The route is
-``$.run.next``.
+In order: honour the operator (the answer a parked run got, or a request recorded meanwhile: stop,
+reset, load, pause); park in READY while a loaded plan waits for ``go``; then resume the batch under way
+(RunBatch stopped for a request) or hand the next one to RunBatch, continue the run in a fresh execution
+when this one's history could not hold another slice, or verify the round once the plan is done. The
+route is ``$.run.next``; the batch's moves never travel in the payload (RunBatch reads them).
 """
 
 from __future__ import annotations
@@ -13,16 +12,18 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from lambdas.common import iso, logger, metrics, now, store, task
+from lambdas.common import iso, logger, now, store, task
 from lambdas.errors import LockLost, RequestChanged
 from lambdas.run_state import Route, RunState
 from lambdas.store import Store
+from queue_balancer.batch_slice import BUDGET_SECONDS
 from queue_balancer.lifecycle import (
     EVENTS_PER_BATCH,
     EVENTS_PER_CONTROL,
+    EVENTS_PER_SLICE,
+    LOCK_MARGIN_SECONDS,
     Control,
     Decision,
     Lifecycle,
@@ -31,11 +32,8 @@ from queue_balancer.lifecycle import (
     Step,
     advance,
     fits_in_history,
-    lock_seconds_for_batch,
-    worst_batch_events,
 )
 from queue_balancer.model import JsonDict
-from queue_balancer.movers import MoveProgress, Phase
 
 _ENDINGS = {
     Decision.STOP.value: Outcome.STOPPED,
@@ -51,8 +49,6 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     raw: dict[str, Any] = event["run"]
     run = RunState.from_dict(raw)
     db = store()
-    if raw.get("finished") is not None:
-        run = record_batch(db, run, raw["finished"])
     record = db.lifecycle(run.cluster)
     if record.run_id != run.run_id:
         raise LockLost(f"the lifecycle of cluster {run.cluster} belongs to run {record.run_id} now")
@@ -61,42 +57,23 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
         db.save(record, updated)
         record = updated
     answer = (raw.get("answer") or {}).get("decision")
-    run = replace(run, next="", moves=[], current={}, continuation_name="")
+    run = replace(run, next="", wait=0, continuation_name="")
     try:
         routed = honour(db, run, record, answer)
     except RequestChanged:
         record = db.lifecycle(run.cluster)
         routed = honour(db, run, record, answer)
     if routed is not None:
+        if routed.next != Route.PAUSE:  # a paused batch resumes on continue; the others are dropped
+            routed = replace(routed, current={})
         return routed.spend(EVENTS_PER_CONTROL).to_dict()
     if answer == Decision.GO.value:
         run = replace(run, awaiting_go=False)
     if run.awaiting_go:
         return replace(run, next=Route.WAIT_FOR_GO).spend(EVENTS_PER_CONTROL).to_dict()
-    if run.batch >= run.batches:
+    if not run.current and run.batch >= run.batches:
         return replace(run, next=Route.VERIFY).spend(EVENTS_PER_CONTROL).to_dict()
     return next_batch(db, run, record, config, event).to_dict()
-
-
-def record_batch(db: Store, run: RunState, finished: list[JsonDict]) -> RunState:
-    """Keep the final state of each move of the batch the Map just ran; count them."""
-    results = [MoveProgress.from_dict(f["progress"]) for f in finished]
-    if run.current:
-        db.record_results(run.run_id, int(run.current["generation"]), int(run.current["index"]), results)
-    done = sum(1 for p in results if p.phase is Phase.DONE)
-    failed = len(results) - done
-    metrics.add_metric(name="MovesDone", unit=MetricUnit.Count, value=done)
-    metrics.add_metric(name="MovesFailed", unit=MetricUnit.Count, value=failed)
-    for p in results:
-        if p.phase is Phase.FAILED:
-            logger.warning("move failed", extra={"move": p.move.to_dict(), "outcome": p.outcome})
-    return replace(
-        run,
-        done=run.done + done,
-        failed=run.failed + failed,
-        attempted=run.attempted + len(results),
-        events=run.events + sum(int(f.get("events") or 0) for f in finished),
-    )
 
 
 def honour(db: Store, run: RunState, record: Lifecycle, answer: str | None) -> RunState | None:
@@ -117,26 +94,18 @@ def honour(db: Store, run: RunState, record: Lifecycle, answer: str | None) -> R
 
 
 def next_batch(db: Store, run: RunState, record: Lifecycle, config: RunInput, event: JsonDict) -> RunState:
-    moves = db.batch(run.run_id, run.generation, run.batch)
-    sizes = [m.messages for m in moves]
-    if not fits_in_history(run.events, worst_batch_events(config.poll_seconds, sizes)):
+    """Hand RunBatch the batch under way (resumed after a request) or the next one of the plan."""
+    if not fits_in_history(run.events, EVENTS_PER_BATCH + EVENTS_PER_SLICE):
         return continue_as_new(db, run, record, event)
-    expires = int(now()) + lock_seconds_for_batch(config.poll_seconds, sizes, config.concurrency)
+    expires = int(now() + BUDGET_SECONDS + config.poll_seconds + LOCK_MARGIN_SECONDS)
     db.renew_lock(run.cluster, run.run_id, event["execution_arn"], expires)
     db.save(
         record, advance(record, Step.BATCH, now=iso(), counts=run.counts, round=run.round, task_token=None)
     )
-    logger.info(
-        "batch",
-        extra={"generation": run.generation, "batch": run.batch, "moves": len(moves), "events": run.events},
-    )
-    return replace(
-        run,
-        next=Route.BATCH,
-        moves=[m.to_dict() for m in moves],
-        current={"generation": run.generation, "index": run.batch},
-        batch=run.batch + 1,
-    ).spend(EVENTS_PER_BATCH)
+    if not run.current:
+        run = replace(run, current={"generation": run.generation, "index": run.batch}, batch=run.batch + 1)
+    logger.info("batch", extra={**run.current, "events": run.events})
+    return replace(run, next=Route.BATCH).spend(EVENTS_PER_BATCH)
 
 
 def continue_as_new(db: Store, run: RunState, record: Lifecycle, event: JsonDict) -> RunState:

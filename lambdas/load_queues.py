@@ -48,4 +48,4 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
         },
     )
     awaiting = config.action == "load" or reload
-    return replace(run, next="", moves=[], awaiting_go=awaiting).spend(EVENTS).to_dict()
+    return replace(run, next="", awaiting_go=awaiting).spend(EVENTS).to_dict()

@@ -12,10 +12,13 @@ from queue_balancer.planner import plan
 from queue_balancer.report import Report
 
 
-def plan_and_store(db: Store, run: RunState, config: RunInput, current: Snapshot) -> tuple[RunState, Plan]:
-    """Plan from ``current``, store it as a new generation of batches, point the run at its first batch."""
+def plan_and_store(
+    db: Store, run: RunState, config: RunInput, current: Snapshot, result: Plan | None = None
+) -> tuple[RunState, Plan]:
+    """Plan from ``current`` (unless ``result`` is that plan already), store it as a new generation of
+    batches, point the run at its first batch."""
     options = config.plan_options(quorum_transfer=True)
-    result = plan(current, options)
+    result = result or plan(current, options)
     generation = run.generation + 1
     batches = [
         result.moves[i : i + config.batch_size] for i in range(0, len(result.moves), config.batch_size)
@@ -28,6 +31,7 @@ def plan_and_store(db: Store, run: RunState, config: RunInput, current: Snapshot
         batches=len(batches),
         plan_moves=len(result.moves),
         attempted=0,
+        current={},
         skipped=len(result.skipped),
         round_spread=Report.of(current, options).spread,
     )

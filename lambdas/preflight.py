@@ -6,16 +6,13 @@ this execution.
 
 from __future__ import annotations
 
-from typing import Any
-
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lambdas.common import cluster, iso, store, task
 from lambdas.run_state import RunState
-from queue_balancer.errors import ClusterNotReady
 from queue_balancer.lifecycle import RunInput, Step, advance, started
 from queue_balancer.model import JsonDict, Snapshot
-from queue_balancer.safety import preflight
+from queue_balancer.safety import preflight, traffic_gate
 
 
 @task
@@ -38,20 +35,5 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
         )
     client = cluster().client
     preflight(Snapshot.from_api(client.nodes(), []))
-    gate(config, client.overview())
+    traffic_gate(client.overview(), config.max_publish_rate, config.max_deliver_rate)
     return run.to_dict()
-
-
-def gate(config: RunInput, overview: dict[str, Any]) -> None:
-    """The seed's low-traffic window: cluster-wide publish and deliver rates under the input's limits."""
-    stats = overview.get("message_stats") or {}
-    limits = {"publish": config.max_publish_rate, "deliver_get": config.max_deliver_rate}
-    over = []
-    for key, limit in limits.items():
-        if limit is None:
-            continue
-        rate = float((stats.get(f"{key}_details") or {}).get("rate") or 0.0)
-        if rate > limit:
-            over.append(f"{key.replace('_get', '')} rate {rate:.1f}/s is above {limit:g}/s")
-    if over:
-        raise ClusterNotReady("traffic gate closed: " + "; ".join(over))

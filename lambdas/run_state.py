@@ -20,6 +20,8 @@ class Route:
     """Values of ``$.run.next`` that the ASL's Choice states test."""
 
     BATCH = "batch"
+    WAIT_BATCH = "wait_batch"
+    CONTROL = "control"
     WAIT_FOR_GO = "wait_for_go"
     PAUSE = "pause"
     LOAD = "load"
@@ -49,8 +51,10 @@ class RunState:
     events: int = 0
     next: str = ""
     outcome: str = ""
-    moves: list[JsonDict] = field(default_factory=list)
     current: JsonDict = field(default_factory=dict)
+    """The batch under way (``generation``, ``index``) until RunBatch completes it; empty between batches."""
+    wait: int = 0
+    """Seconds the state machine waits before the next slice of the batch (long syncs)."""
     lock: dict[str, str] = field(default_factory=dict)
     continuation_name: str = ""
     awaiting_go: bool = False

@@ -36,6 +36,7 @@ from queue_balancer.contract import (
 from queue_balancer.lifecycle import Lifecycle
 from queue_balancer.model import JsonDict, Move
 from queue_balancer.movers import MoveProgress
+from queue_balancer.runner import BatchState
 
 RUN_ITEM_DAYS = 90
 
@@ -159,11 +160,22 @@ class Store:
                     }
                 )
 
-    def batch(self, run_id: str, generation: int, index: int) -> list[Move]:
+    def batch_state(self, run_id: str, generation: int, index: int) -> BatchState:
+        """Where a batch stands: its stored progress, or all of its moves still to start."""
         item = self.table.get_item(Key=batch_key(run_id, generation, index), ConsistentRead=True).get("Item")
         if item is None:
             raise KeyError(f"batch {index} of plan {generation} of run {run_id} is not stored")
-        return [Move.from_dict(m) for m in json.loads(str(item["moves"]))]
+        if "progress" in item:
+            return BatchState.from_dict(json.loads(str(item["progress"])))
+        return BatchState(pending=[Move.from_dict(m) for m in json.loads(str(item["moves"]))])
+
+    def save_batch_state(self, run_id: str, generation: int, index: int, state: BatchState) -> None:
+        """Keep an unfinished batch's progress for the next slice (idempotent)."""
+        self.table.update_item(
+            Key=batch_key(run_id, generation, index),
+            UpdateExpression="SET progress = :progress",
+            ExpressionAttributeValues={":progress": json.dumps(state.to_dict(), ensure_ascii=False)},
+        )
 
     def record_results(
         self, run_id: str, generation: int, index: int, results: Sequence[MoveProgress]

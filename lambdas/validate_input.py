@@ -52,4 +52,4 @@ def _continuation(raw: JsonDict) -> tuple[RunInput, RunState]:
         raise InvalidInput(
             f"the continuation is for cluster {run.cluster}, this balancer serves {settings().cluster_name}"
         )
-    return config, RunState.from_dict({**run.to_dict(), "continuation": True, "next": "", "moves": []})
+    return config, RunState.from_dict({**run.to_dict(), "continuation": True, "next": ""})

@@ -166,7 +166,6 @@ def substitute(asl_text: str, values: Mapping[str, str], *, strict: bool = True)
 
 SERVICE_NAME = "queue-balancer"
 METRICS_NAMESPACE = "QueueBalancer"
-DEFAULT_AMQP_PORT = 5672
 ENVIRONMENT_VARIABLES: Final[Mapping[str, str]] = MappingProxyType(
     {
         "cluster_name": "CLUSTER_NAME",
@@ -196,8 +195,9 @@ class FunctionEnvironment:
     ssm_tag_value: str
     lifecycle_table: str
     notification_topic_arn: str
-    amqp_port: int = DEFAULT_AMQP_PORT
-    """Where AMQP answers on the management URL's host (exact message counts); optional."""
+    amqp_port: int | None = None
+    """Where AMQP answers on the management URL's host (exact message counts); optional: by default
+    the handlers ask the management API for its node's AMQP listener."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FunctionEnvironment:
@@ -205,15 +205,16 @@ class FunctionEnvironment:
         missing = [var for var in ENVIRONMENT_VARIABLES.values() if not env.get(var)]
         if missing:
             raise ContractError(f"environment variable(s) not set: {', '.join(missing)}")
-        port = env.get(AMQP_PORT_VARIABLE) or str(DEFAULT_AMQP_PORT)
-        if not port.isdigit():
+        port = env.get(AMQP_PORT_VARIABLE) or None
+        if port is not None and not port.isdigit():
             raise ContractError(f"{AMQP_PORT_VARIABLE} must be a port number, not {port!r}")
-        return cls(**{field: env[var] for field, var in ENVIRONMENT_VARIABLES.items()}, amqp_port=int(port))
+        amqp_port = int(port) if port else None
+        return cls(**{field: env[var] for field, var in ENVIRONMENT_VARIABLES.items()}, amqp_port=amqp_port)
 
-    def to_env(self, *, with_amqp_port: bool = False) -> dict[str, str]:
+    def to_env(self) -> dict[str, str]:
         """The variables to set (the stacks pass CloudFormation tokens as the values)."""
         env = {var: str(getattr(self, field)) for field, var in ENVIRONMENT_VARIABLES.items()}
-        if with_amqp_port:
+        if self.amqp_port is not None:
             env[AMQP_PORT_VARIABLE] = str(self.amqp_port)
         return env | dict(POWERTOOLS_ENVIRONMENT)
 

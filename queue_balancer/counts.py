@@ -11,7 +11,7 @@ the count may legitimately change and the mover says so instead of failing the m
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,12 +31,43 @@ class CountTimeout(CountUnavailable):
     """AMQP did not answer in time (a queue whose leader is gone never answers a declare)."""
 
 
-def amqp_endpoint(management_url: str, port: int = 5672) -> tuple[str, int]:
+DEFAULT_AMQP_PORT = 5672
+WILDCARD_OR_LOOPBACK = frozenset({"::", "0.0.0.0", "127.0.0.1", "::1", "localhost"})
+
+
+def amqp_endpoint(management_url: str, port: int = DEFAULT_AMQP_PORT) -> tuple[str, int]:
     """Where AMQP listens when only the management URL is known: same host, the AMQP port."""
     host = urlsplit(management_url).hostname
     if not host:
         raise CountUnavailable(f"no host in management URL {management_url!r}")
     return host, port
+
+
+def amqp_listeners(overview: Mapping[str, Any]) -> dict[str, tuple[str, int]]:
+    """Each node's plain AMQP listener (address, port), from ``GET /api/overview``'s ``listeners``."""
+    found: dict[str, tuple[str, int]] = {}
+    for listener in overview.get("listeners") or ():
+        if listener.get("protocol") == "amqp" and listener.get("port"):
+            found.setdefault(
+                str(listener.get("node")), (str(listener.get("ip_address") or ""), int(listener["port"]))
+            )
+    return found
+
+
+def discover_amqp(
+    management_url: str, overview: Mapping[str, Any], port: int | None = None
+) -> tuple[str, int]:
+    """Where to count messages, with no configuration: the AMQP listener of the node that answers the
+    management API (``overview['node']``), reached at the management URL's host when it listens on every
+    interface or on loopback, else at its own address. ``port`` (a flag or setting) overrides the port."""
+    host, _ = amqp_endpoint(management_url)
+    if port is not None:
+        return host, port
+    listeners = amqp_listeners(overview)
+    address, found = listeners.get(
+        str(overview.get("node")), next(iter(listeners.values()), ("", DEFAULT_AMQP_PORT))
+    )
+    return (host if not address or address in WILDCARD_OR_LOOPBACK else address), found
 
 
 @dataclass
@@ -52,8 +83,11 @@ class AmqpCounter:
     answers one, and pika's blocking channel would wait for ever)."""
     fallbacks: tuple[tuple[str, int], ...] = ()
     """Other nodes' AMQP endpoints, tried in order when this one cannot be reached."""
+    on_unreachable: Callable[[str], None] = field(default=lambda _: None, repr=False)
+    """Told once, the first time AMQP cannot be reached (counts then come from the statistics view)."""
     _connections: dict[str, Any] = field(default_factory=dict, repr=False)
     _channels: dict[str, Any] = field(default_factory=dict, repr=False)
+    _warned: bool = field(default=False, repr=False)
 
     def message_counts(self, refs: Sequence[QueueRef]) -> dict[QueueRef, QueueCount | None]:
         """Ready messages and consumers per queue; None for a queue that does not exist."""
@@ -125,7 +159,14 @@ class AmqpCounter:
                 continue
             self.host, self.port = host, port
             return connection
-        raise CountUnavailable(f"cannot open AMQP for vhost '{vhost}': {'; '.join(failures)}")
+        problem = f"cannot open AMQP for vhost '{vhost}': {'; '.join(failures)}"
+        if not self._warned:
+            self._warned = True
+            self.on_unreachable(
+                f"{problem}; exact message counts are off and every move waits for the statistics "
+                "view instead (~5 s slower): check the port with --amqp-port"
+            )
+        raise CountUnavailable(problem)
 
     def _drop(self, vhost: str) -> None:
         self._channels.pop(vhost, None)

@@ -16,6 +16,7 @@ import requests
 
 from queue_balancer.errors import ManagementError, NotFound
 from queue_balancer.model import DOT_SEGMENTS, Snapshot
+from queue_balancer.observe import refresh_unsettled
 
 # Columns of GET /api/queues the planner needs; asking for them keeps 10,000-queue answers small.
 QUEUE_COLUMNS = (
@@ -159,8 +160,10 @@ class ManagementClient:
         return result
 
     def snapshot(self) -> Snapshot:
-        """Nodes, queues and the version: what the planner needs."""
-        return Snapshot.from_api(self.nodes(), self.queues(), self.overview())
+        """Nodes, queues and the version: what the planner needs. Queues the statistics show syncing or
+        out of sync are re-read in the real-time view (``observe.refresh_unsettled``): never judged on
+        stale data."""
+        return refresh_unsettled(self, Snapshot.from_api(self.nodes(), self.queues(), self.overview()))
 
     def queues_now(self) -> list[dict[str, Any]]:
         """All queues as their processes see them now (quorum members and ``online`` included).

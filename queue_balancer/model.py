@@ -95,8 +95,9 @@ class Queue:
         queue_type = QueueType(data.get("type") or "classic")
         if queue_type is QueueType.CLASSIC:
             leader = str(data.get("node") or "")
-            replicas = tuple(str(n) for n in data.get("slave_nodes") or ())
-            in_sync = tuple(str(n) for n in data.get("synchronised_slave_nodes") or ())
+            # The statistics view can list a just-promoted master among its own mirrors: not a replica.
+            replicas = tuple(str(n) for n in data.get("slave_nodes") or () if n != leader)
+            in_sync = tuple(str(n) for n in data.get("synchronised_slave_nodes") or () if n != leader)
         else:
             leader = str(data.get("leader") or data.get("node") or "")
             replicas = tuple(str(n) for n in data.get("members") or () if n != leader)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
-from queue_balancer.counts import AmqpCounter, amqp_endpoint
+from queue_balancer.cli.output import notice
+from queue_balancer.counts import AmqpCounter, amqp_endpoint, discover_amqp
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.leader_transfer import CommandEval, RaLeaderTransfer
 from queue_balancer.lock import ClusterLock
@@ -77,9 +78,10 @@ def connect(args: argparse.Namespace) -> Connection:
         transfer = RaLeaderTransfer(CommandEval.parse(eval_command)) if eval_command else None
         # Several URLs (comma-separated): the client fails over to the next when a node goes away.
         urls = [u.strip() for u in url.split(",") if u.strip()]
-        (host, port), *amqp_fallbacks = [amqp_endpoint(u, args.amqp_port) for u in urls]
-        counter = AmqpCounter(host, port, user, password, fallbacks=tuple(amqp_fallbacks))
         client = ManagementClient(urls[0], user, password, timeout=args.timeout, fallbacks=urls[1:])
+        host, port = discover_amqp(urls[0], client.overview(), args.amqp_port)
+        amqp_fallbacks = tuple(amqp_endpoint(u, port) for u in urls[1:])
+        counter = AmqpCounter(host, port, user, password, fallbacks=amqp_fallbacks, on_unreachable=notice)
         return Connection(client, transfer, counter)
     from queue_balancer.local.cluster import LocalCluster, LocalClusterConfig, default_base_dir
 

@@ -16,19 +16,32 @@ from queue_balancer.cli.connection import Connection, connect, plan_options
 from queue_balancer.cli.exit_codes import EXIT_MOVES_FAILED, EXIT_OK
 from queue_balancer.cli.members import add_member_flags, cmd_balance_members, cmd_plan_members
 from queue_balancer.cli.options import FORMATS, add_format_option, add_scope_options
-from queue_balancer.cli.output import Progress, emit, notice
+from queue_balancer.cli.output import Progress, emit, notice, stderr_line
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.lock import Heartbeat, holding
-from queue_balancer.model import Plan, Snapshot, spread
+from queue_balancer.model import Plan, QueueType, Snapshot
 from queue_balancer.movers import MoveProgress, cleanup
+from queue_balancer.observe import settle
 from queue_balancer.planner import PlanOptions, plan
 from queue_balancer.runner import run_moves
-from queue_balancer.safety import preflight
+from queue_balancer.safety import another_round, preflight
+
+
+def quorum_notice(connection: Connection, snapshot: Snapshot) -> None:
+    """One line before the output when quorum queues are there but cannot be moved, and how to fix it."""
+    count = sum(1 for q in snapshot.queues if q.type is QueueType.QUORUM)
+    if connection.leader_transfer is None and count:
+        stderr_line(
+            f"queue-balancer: {count} quorum queues cannot be moved: no leader-transfer command; pass "
+            "--eval-command 'rabbitmqctl -n rabbit@<node> eval' (or set RABBITMQ_EVAL_COMMAND)"
+        )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     connection = connect(args)
-    found = report.Report.of(connection.snapshot(), plan_options(args, connection))
+    snapshot = connection.snapshot()
+    quorum_notice(connection, snapshot)
+    found = report.Report.of(snapshot, plan_options(args, connection))
     emit(
         args.format,
         found.to_dict(),
@@ -56,7 +69,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         result = plan(snapshot, plan_options(args, None))
     else:
         connection = connect(args)
-        result = plan(connection.snapshot(), plan_options(args, connection))
+        snapshot = connection.snapshot()
+        quorum_notice(connection, snapshot)
+        result = plan(snapshot, plan_options(args, connection))
     emit(args.format, result.to_dict(), lambda: plan_text(result))
     return EXIT_OK
 
@@ -107,6 +122,7 @@ def cmd_balance(args: argparse.Namespace) -> int:
         with holding(connection.lock("balance --members")) as heartbeat:
             return cmd_balance_members(args, connection, options, heartbeat.check)
     snapshot = connection.snapshot()
+    quorum_notice(connection, snapshot)
     before = report.Report.of(snapshot, options)
     if args.dry_run:
         dry = plan(snapshot, options)
@@ -146,14 +162,13 @@ def _balance(
         finally:
             progress.close()  # an interruption's report starts on a line of its own
         history.extend(result.moves)
-        snapshot = connection.snapshot()
-        if not result.failed:
-            break
-        # Some moves failed: another round only while it still makes the distribution more even.
+        # Re-read (waiting a bounded time for queues still syncing) and re-plan: failed moves and
+        # queues skipped as syncing get another round while that improves the spread.
+        snapshot = settle(connection.client, sleep=time.sleep, clock=time.monotonic)
         if options.max_moves is not None:
             options = dataclasses.replace(options, max_moves=max(options.max_moves - len(history), 0))
         current = plan(snapshot, options)
-        if spread(current.after) >= spread(current.before):
+        if not another_round(current, round_number, args.rounds):
             break
     summary = report.RunSummary(
         before, report.Report.of(snapshot, options), tuple(history), time.monotonic() - began
@@ -207,7 +222,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         type=arguments.POSITIVE,
         default=3,
         metavar="R",
-        help="re-plan after failed moves up to R rounds while that still improves (default 3)",
+        help="rounds: re-read and re-plan after each (failed moves, queues that were syncing) while "
+        "that still improves the spread (default 3)",
     )
     add_format_option(sub)
     add_scope_options(sub)

@@ -33,8 +33,9 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--amqp-port",
         type=arguments.PORT,
-        default=5672,
-        help="AMQP port on the management URL's host, for exact message counts (default 5672)",
+        default=None,
+        help="AMQP port on the management URL's host, for exact message counts (default: the port "
+        "the management API lists for its node's AMQP listener)",
     )
     parser.add_argument(
         "--timeout", type=arguments.seconds, default=15.0, help="HTTP timeout in seconds (default 15)"
@@ -101,13 +102,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     """The settings of a workflow run (the execution's input)."""
     run = parser.add_argument_group("the run (the execution's input; see the README, 'The workflow')")
     run.add_argument(
-        "--concurrency", type=int, metavar="K", help="moves at once, the Map's MaxConcurrency (default 1)"
+        "--concurrency", type=int, metavar="K", help="classic moves at once, as in `balance` (default 8)"
     )
     run.add_argument(
         "--batch-size",
         type=int,
         metavar="B",
-        help="moves between two control checks, where pause/stop take effect (default max(10, K))",
+        help="moves stored and recorded together; pause/stop take effect within seconds anyway "
+        "(default max(100, K))",
     )
     run.add_argument(
         "--rounds", type=int, metavar="R", help="verify-and-replan rounds while that improves (default 3)"
@@ -126,7 +128,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="refuse to start while the cluster delivers more than N msg/s",
     )
     run.add_argument(
-        "--poll-seconds", type=int, metavar="S", help="first wait between two checks of a move (default 5)"
+        "--poll-seconds",
+        type=int,
+        metavar="S",
+        help="wait between two slices of a long mirror sync, 1-3 (default 3)",
     )
     run.add_argument("--wait", action="store_true", help="follow the run until it ends and print its report")
     run.add_argument(

@@ -12,24 +12,34 @@ from queue_balancer.model import JsonDict
 from queue_balancer.planner import PlanOptions
 
 ACTIONS = ("balance", "load")
-MAX_CONCURRENCY = 40  # an inline Map runs at most ~40 iterations at once anyway
-MAX_BATCH = 50
+MAX_CONCURRENCY = 40
+DEFAULT_CONCURRENCY = 8
+"""The CLI's ``--concurrency`` default: the same engine, the same default."""
+DEFAULT_BATCH = 100
+MAX_BATCH = 500
 MAX_ROUNDS = 10
-DEFAULT_POLL_SECONDS = 5
+DEFAULT_POLL_SECONDS = 3
+MAX_POLL_SECONDS = 3
+"""The Wait between two slices of a long sync: a request is seen at the next slice, so pause, stop and
+reset take effect within this plus the slice's grace period (about 5 s)."""
+IGNORED_FIELDS = frozenset({"Comment"})
+"""The Step Functions console pre-fills ``{"Comment": "Insert your JSON here"}``: that starts a balance."""
 
 
 @dataclass(frozen=True)
 class RunInput:
     """The input of an execution (EventBridge sends ``{"action": "balance"}``), validated in one place.
 
-    ``concurrency`` is the Map's MaxConcurrency; ``batch_size`` moves run between two control checks
-    (where pause/stop/reset take effect); ``rounds`` bounds verify-and-replan; the rates (messages per
-    second, cluster-wide) gate the run on low traffic, as the seed asks.
+    ``concurrency`` is how many classic moves run at once (quorum transfers go in batches, as in the CLI);
+    ``batch_size`` moves are stored and recorded together (pause/stop/reset take effect within seconds
+    inside a batch too); ``rounds`` bounds verify-and-replan; ``poll_seconds`` is the wait between two
+    slices of a long mirror sync; the rates (messages per second, cluster-wide) gate the run on low
+    traffic, as the seed asks.
     """
 
     action: str = "balance"
-    concurrency: int = 1
-    batch_size: int = 10
+    concurrency: int = DEFAULT_CONCURRENCY
+    batch_size: int = DEFAULT_BATCH
     rounds: int = 3
     vhosts: tuple[str, ...] = ()
     pattern: str | None = None
@@ -45,7 +55,7 @@ class RunInput:
         if not isinstance(data, Mapping):
             raise ConfigurationError(f"the input must be a JSON object, not {type(data).__name__}")
         problems: list[str] = []
-        unknown = sorted(set(data) - _INPUT_FIELDS)
+        unknown = sorted(set(data) - _INPUT_FIELDS - IGNORED_FIELDS)
         if unknown:
             problems.append(
                 f"unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(_INPUT_FIELDS))})"
@@ -53,16 +63,14 @@ class RunInput:
         action = data.get("action", "balance")
         if action not in ACTIONS:
             problems.append(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
-        concurrency = _integer(data, "concurrency", 1, 1, MAX_CONCURRENCY, problems)
-        batch_default = max(10, concurrency)
+        concurrency = _integer(data, "concurrency", DEFAULT_CONCURRENCY, 1, MAX_CONCURRENCY, problems)
+        batch_default = max(DEFAULT_BATCH, concurrency)
         batch_size = _integer(data, "batch_size", batch_default, 1, MAX_BATCH, problems)
-        if batch_size < concurrency:
-            problems.append(f"batch_size {batch_size} is below concurrency {concurrency}")
         rounds = _integer(data, "rounds", 3, 1, MAX_ROUNDS, problems)
         max_moves = data.get("max_moves")
         if max_moves is not None:
             max_moves = _integer(data, "max_moves", 0, 0, 10**9, problems)
-        poll = _integer(data, "poll_seconds", DEFAULT_POLL_SECONDS, 1, 300, problems)
+        poll = _integer(data, "poll_seconds", DEFAULT_POLL_SECONDS, 1, MAX_POLL_SECONDS, problems)
         vhosts = data.get("vhosts", [])
         if not isinstance(vhosts, list) or not all(isinstance(v, str) and v for v in vhosts):
             problems.append("vhosts must be a list of vhost names")

@@ -155,9 +155,8 @@ class LocalEndpoint:
             ssm_tag_value=CLUSTER_NAME,
             lifecycle_table=NAME,
             notification_topic_arn=topic_arn,
-            amqp_port=node.amqp_port,
-        )
-        return contract.to_env(with_amqp_port=True) | {"POWERTOOLS_TRACE_DISABLED": "true"}
+        )  # no AMQP port: the handlers find the node's listener through the management API
+        return contract.to_env() | {"POWERTOOLS_TRACE_DISABLED": "true"}
 
     def _provision(self, definition: str, names: list[str]) -> Outputs:
         import boto3

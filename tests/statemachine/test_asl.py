@@ -83,20 +83,12 @@ def test_only_known_placeholders(asl_path: Path) -> None:
     assert {p for p in found if not p.endswith("FunctionArn")} == set(PLACEHOLDER_VALUES)
 
 
-def _all_states(states: dict[str, Any]) -> dict[str, Any]:
-    found = dict(states)
-    for state in states.values():
-        if state["Type"] == "Map":
-            found.update(_all_states(state["ItemProcessor"]["States"]))
-    return found
-
-
-def test_every_task_and_map_is_caught_and_every_catch_of_a_locked_state_cleans_up(asl_path: Path) -> None:
+def test_every_task_is_caught_and_every_catch_of_a_locked_state_cleans_up(asl_path: Path) -> None:
     machine = definition(asl_path)
     assert machine["QueryLanguage"] == "JSONPath"
     top = machine["States"]
     for name, state in top.items():
-        if state["Type"] not in ("Task", "Map"):
+        if state["Type"] != "Task":
             continue
         catchers = state.get("Catch", [])
         assert catchers and catchers[-1]["ErrorEquals"] == ["States.ALL"], f"{name} has no catch-all"
@@ -105,17 +97,22 @@ def test_every_task_and_map_is_caught_and_every_catch_of_a_locked_state_cleans_u
             assert "Cleanup" in targets, f"{name} must lead to Cleanup"
         else:
             assert "Cleanup" not in targets or name == "ReleaseLock", f"{name} must not run Cleanup"
-    inner = _all_states(top["RunBatch"]["ItemProcessor"]["States"])
-    assert all("Catch" not in s for s in inner.values()), "a failed move fails the Map, whose Catch cleans up"
+    assert not [n for n, s in top.items() if s["Type"] in ("Map", "Parallel")], "moves run inside RunBatch"
 
 
-def test_the_map_takes_its_concurrency_from_the_input_and_moves_loop_without_sleeping(asl_path: Path) -> None:
-    batch = definition(asl_path)["States"]["RunBatch"]
-    assert batch["MaxConcurrencyPath"] == "$.config.concurrency"
-    loop = batch["ItemProcessor"]["States"]
-    assert loop["StartMove"]["Next"] == "MoveFinished"
-    assert loop["WaitForMove"] == {"Type": "Wait", "SecondsPath": "$.pacing.wait", "Next": "CheckMove"}
-    assert loop["CheckMove"]["Next"] == "MoveFinished"
+def test_a_batch_runs_in_slices_and_only_long_syncs_loop_through_a_wait(asl_path: Path) -> None:
+    states = definition(asl_path)["States"]
+    assert states["RunBatch"]["Next"] == "BatchRoute"
+    assert states["RunBatch"]["ResultPath"] == "$.run"
+    route = states["BatchRoute"]
+    assert route["Choices"] == [
+        {"Variable": "$.run.next", "StringEquals": "wait_batch", "Next": "WaitForBatch"}
+    ]
+    assert route["Default"] == "ControlCheck"
+    assert states["WaitForBatch"]["SecondsPath"] == "$.run.wait"
+    assert states["WaitForBatch"]["Next"] == "RunBatch"
+    waits = [n for n, s in states.items() if s["Type"] == "Wait"]
+    assert waits == ["WaitForBatch"]
 
 
 def test_direct_integrations_for_lock_notification_and_continuation(asl_path: Path) -> None:

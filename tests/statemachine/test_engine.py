@@ -39,8 +39,13 @@ def _wait_durations(events: list[dict[str, Any]]) -> list[float]:
     return durations
 
 
-def test_local_engine_smoke_dispatcher_retry_wait_token_and_history(harness: Harness) -> None:
-    harness.seed(2, "quorum", "q")
+def test_local_engine_smoke_dispatcher_retry_wait_token_and_history(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lambdas.run_batch
+
+    monkeypatch.setattr(lambdas.run_batch, "BUDGET_SECONDS", 0.0)  # one poll per slice: Wait between them
+    harness.seed(2, "classic", "c")  # a classic move takes several polls: the slices need the Wait
     preflight = _handler(harness, "preflight")
     original = harness.endpoint.dispatcher.handlers[preflight]
     seen: list[int] = []
@@ -76,10 +81,10 @@ def test_local_engine_smoke_dispatcher_retry_wait_token_and_history(harness: Har
         if e["type"] == "TaskSucceeded" and "decision" in e["taskSucceededEventDetails"]["output"]
     )
     assert json.loads(answered["taskSucceededEventDetails"]["output"]) == {"decision": "go"}
-    # Wait: each WaitForMove waited the seconds CheckMove asked for (>= poll_seconds = 1).
+    # Wait: each WaitForBatch waited the seconds RunBatch asked for (poll_seconds = 1).
     waits = _wait_durations(history)
     assert waits and all(w >= 0.9 for w in waits)
-    # The history has the shape the budget counts: 5 events per Lambda task, 2 per Wait/Choice, Map 4 + 2n.
+    # The history has the shape the budget counts: 5 events per Lambda task, 2 per Wait/Choice.
     run = json.loads(done["output"])["run"]
     before_report = next(
         i
@@ -88,10 +93,9 @@ def test_local_engine_smoke_dispatcher_retry_wait_token_and_history(harness: Har
     )
     assert before_report <= run["events"] <= before_report + 60  # counted, never undercounted
     assert len(history) - before_report < HISTORY_RESERVE  # the end of a run fits in the reserve
-    assert types.count("MapIterationStarted") == types.count("MapIterationSucceeded") == 1
     assert types.count("LambdaFunctionScheduled") == types.count("LambdaFunctionStarted")
     calls = [name.rsplit("-", 2)[-2:] for name, result in harness.endpoint.dispatcher.calls if result == "ok"]
-    assert ["start", "move"] in calls and ["check", "move"] in calls
+    assert calls.count(["run", "batch"]) >= 2
 
 
 def test_ssm_run_command_reaches_the_local_nodes_and_only_for_rabbitmqctl_eval(harness: Harness) -> None:

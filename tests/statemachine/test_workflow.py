@@ -71,14 +71,14 @@ def test_load_waits_in_ready_until_go(harness: Harness) -> None:
     assert harness.lifecycle().counts.done == 2
 
 
-def test_pause_parks_the_run_after_its_batch_and_continue_resumes_it(harness: Harness) -> None:
+def test_pause_parks_the_run_and_continue_resumes_it(harness: Harness) -> None:
     harness.seed(3, "quorum", "q")
     arn = harness.start({"action": "balance", "batch_size": 1, **FAST})
     harness.wait_state(State.BALANCING)
     assert "pause requested" in str(perform(harness.workflow, Event.PAUSE))
 
     paused = harness.wait_state(State.PAUSE, token=True)
-    assert (paused.counts.done, paused.counts.pending) == (1, 1)
+    assert paused.counts.done + paused.counts.pending == 2 and paused.counts.pending >= 1
     assert harness.describe(arn)["status"] == "RUNNING"
     with pytest.raises(EventRefused, match="PAUSE"):
         perform(harness.workflow, Event.GO)
@@ -102,7 +102,7 @@ def test_load_during_a_run_replans_after_the_batch_and_waits_for_go(harness: Har
     assert spread(harness.leaders()) == 0
 
 
-def test_stop_ends_after_the_current_batch_and_keeps_the_counts(harness: Harness) -> None:
+def test_stop_ends_the_run_within_seconds_and_keeps_the_counts(harness: Harness) -> None:
     harness.seed(3, "quorum", "q")
     arn = harness.start({"action": "balance", "batch_size": 1, **FAST})
     harness.wait_state(State.BALANCING)
@@ -111,12 +111,8 @@ def test_stop_ends_after_the_current_batch_and_keeps_the_counts(harness: Harness
     done = harness.finished(arn)
     assert done["status"] == "SUCCEEDED", done.get("cause")
     record = harness.lifecycle()
-    assert (record.state, record.outcome, record.counts.done, record.counts.pending) == (
-        State.IDLE,
-        "stopped",
-        1,
-        1,
-    )
+    assert (record.state, record.outcome) == (State.IDLE, "stopped")
+    assert record.counts.done + record.counts.pending == 2 and record.counts.pending >= 1
     assert harness.lock() is None
     [note] = harness.notifications()
     assert "stopped" in note["subject"]
@@ -180,15 +176,26 @@ def test_reset_clears_a_run_whose_execution_died(harness: Harness) -> None:
     assert harness.lock() is None
 
 
-def test_a_failure_mid_move_cleans_up_notifies_and_releases_the_lock(harness: Harness) -> None:
+def test_a_failure_mid_move_cleans_up_notifies_and_releases_the_lock(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lambdas.run_batch
+
+    monkeypatch.setattr(
+        lambdas.run_batch, "BUDGET_SECONDS", 0.0
+    )  # the first slice leaves the moves under way
     harness.seed(2, "classic", "c", messages=50)
-    check = next(k for k in harness.endpoint.dispatcher.handlers if k.endswith("check-move"))
+    name = next(k for k in harness.endpoint.dispatcher.handlers if k.endswith("run-batch"))
+    slices = [harness.endpoint.dispatcher.handlers[name]]
 
     def broken(event: dict[str, Any], context: object) -> dict[str, Any]:
-        raise RuntimeError("injected: the check of the move crashed")
+        if slices:
+            result: dict[str, Any] = slices.pop()(event, context)
+            return result
+        raise RuntimeError("injected: the batch's slice crashed")
 
-    harness.endpoint.dispatcher.handlers[check] = broken
-    arn = harness.start({"action": "balance", **FAST})
+    harness.endpoint.dispatcher.handlers[name] = broken
+    arn = harness.start({"action": "balance", "concurrency": 1, **FAST})
     wait_until(lambda: harness.temporary_policies(), timeout=30, what="the move's temporary policy")
 
     done = harness.finished(arn)
@@ -199,7 +206,7 @@ def test_a_failure_mid_move_cleans_up_notifies_and_releases_the_lock(harness: Ha
     assert (record.state, record.outcome) == (State.IDLE, "failed: RuntimeError")
     [note] = harness.notifications()
     assert "FAILED" in note["subject"]
-    assert "injected: the check of the move crashed" in note["message"]
+    assert "injected: the batch's slice crashed" in note["message"]
     assert "Cleanup removed 1 temporary policy" in note["message"]
     mirrored = wait_until(
         lambda: all(

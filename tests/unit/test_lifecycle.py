@@ -5,11 +5,14 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.lifecycle import (
+    EVENTS_AT_START,
+    EVENTS_PER_BATCH,
+    EVENTS_PER_SLICE,
     HISTORY_LIMIT,
     HISTORY_RESERVE,
     Action,
@@ -23,18 +26,12 @@ from queue_balancer.lifecycle import (
     State,
     Step,
     advance,
-    checks_per_phase,
     decide,
+    executions_for,
     finished,
     fits_in_history,
-    lock_seconds_for_batch,
-    moves_per_execution,
-    phase_seconds,
     started,
-    wait_seconds,
-    worst_move_events,
 )
-from queue_balancer.movers import MoveSettings
 
 NOW = "2026-01-01T00:00:00+00:00"
 
@@ -211,7 +208,8 @@ def test_no_item_is_an_idle_cluster() -> None:
 
 def test_defaults_and_round_trip() -> None:
     parsed = RunInput.parse({"action": "balance"})
-    assert (parsed.concurrency, parsed.batch_size, parsed.rounds) == (1, 10, 3)
+    assert (parsed.concurrency, parsed.batch_size, parsed.rounds, parsed.poll_seconds) == (8, 100, 3, 3)
+    assert RunInput.parse({}) == parsed == RunInput.parse({"Comment": "Insert your JSON here"})
     full = RunInput.parse(
         {
             "action": "load",
@@ -226,7 +224,7 @@ def test_defaults_and_round_trip() -> None:
         }
     )
     assert RunInput.parse(full.to_dict()) == full
-    assert RunInput.parse({"concurrency": 20}).batch_size == 20
+    assert RunInput.parse({"concurrency": 20, "batch_size": 20}).batch_size == 20
 
 
 @pytest.mark.parametrize(
@@ -239,7 +237,8 @@ def test_defaults_and_round_trip() -> None:
         ({"concurrency": True}, "concurrency must be an integer"),
         ({"pattern": "(unclosed"}, "invalid queue name pattern"),
         ({"concurency": 2}, "unknown field(s) concurency"),
-        ({"concurrency": 8, "batch_size": 4}, "batch_size 4 is below concurrency 8"),
+        ({"Comment": "x", "comment": "y"}, "unknown field(s) comment"),
+        ({"poll_seconds": 10}, "poll_seconds must be between 1 and 3"),
         ({"vhosts": "/"}, "vhosts must be a list"),
         ({"max_publish_rate": -1}, "max_publish_rate must be a number"),
         ([1, 2], "must be a JSON object"),
@@ -254,33 +253,31 @@ def test_invalid_input_is_refused_with_every_problem_named(data: object, problem
 # ---- pacing ------------------------------------------------------------------------------------------
 
 
-@given(poll=st.integers(1, 60), messages=st.integers(0, 5_000_000))
-def test_waits_grow_from_poll_to_a_cap_and_a_phase_has_a_bounded_number_of_checks(
-    poll: int, messages: int
-) -> None:
-    length = phase_seconds(MoveSettings(), messages)
-    waits = [wait_seconds(poll, k, length) for k in range(60)]
-    assert waits[0] == poll
-    assert waits == sorted(waits)
-    assert max(waits) <= max(poll, 300)
-    checks = checks_per_phase(poll, length)
-    assert sum(waits[: checks - 1]) >= length  # the last check really sees the deadline
-    assert checks <= 40
+def test_ten_thousand_moves_fit_one_execution_when_each_batch_takes_one_slice() -> None:
+    """100 batches of 100: a control check and a slice each, 1,660 events in all."""
+    assert executions_for(10_000, 100) == 1
+    assert EVENTS_AT_START + 100 * (EVENTS_PER_BATCH + EVENTS_PER_SLICE) < HISTORY_LIMIT - HISTORY_RESERVE
 
 
-def test_one_execution_holds_at_least_40_moves_and_typically_hundreds() -> None:
-    assert moves_per_execution(5) >= 40
-    assert moves_per_execution(5, checks_per_move=5) >= 300
-    assert moves_per_execution(1, 1_000_000) >= 30
-    assert worst_move_events(5, 1_000_000) > worst_move_events(5, 0)
+def test_long_syncs_continue_the_run_before_the_history_limit() -> None:
+    """30 slices per batch: 100 x 277 = 27,700 events, so the run needs a second execution."""
+    assert executions_for(10_000, 100, slices_per_batch=30) == 2
+    assert executions_for(10_000, 1, slices_per_batch=1) == 7  # 10,000 batches of one move
 
 
-def test_the_next_batch_runs_only_if_its_worst_case_fits() -> None:
+@settings(deadline=None, max_examples=60)
+@given(moves=st.integers(1, 10_000), batch=st.integers(1, 500), slices=st.integers(1, 40))
+def test_executions_hold_everything_and_only_as_many_as_needed(moves: int, batch: int, slices: int) -> None:
+    batches = -(-moves // batch)
+    total = batches * (EVENTS_PER_BATCH + slices * EVENTS_PER_SLICE)
+    usable = HISTORY_LIMIT - HISTORY_RESERVE - EVENTS_AT_START
+    executions = executions_for(moves, batch, slices)
+    assert executions >= -(-total // usable)
+    assert executions <= 2 * -(-total // (usable // 2)) + 1
+    if total + 30 <= usable:
+        assert executions == 1
+
+
+def test_the_next_step_runs_only_if_it_fits() -> None:
     assert fits_in_history(0, 1000)
     assert not fits_in_history(HISTORY_LIMIT - HISTORY_RESERVE - 999, 1000)
-
-
-def test_the_lock_covers_a_batch_run_in_waves() -> None:
-    one = lock_seconds_for_batch(5, [0], 1)
-    assert lock_seconds_for_batch(5, [0] * 4, 1) > lock_seconds_for_batch(5, [0] * 4, 4) >= one
-    assert lock_seconds_for_batch(5, [], 1) > 0

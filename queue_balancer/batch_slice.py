@@ -1,0 +1,130 @@
+"""One slice of a workflow batch: the CLI's runner, driven for a bounded time inside one Lambda invocation.
+
+A move of a small queue takes 0.3-0.5 s; a Step Functions Wait has 1 s granularity and each state
+transition costs history, so the workflow does not loop per move. Its RunBatch task drives the batch
+with ``runner.drive`` (sub-second polling, bounded concurrency) until one of:
+
+- the batch is complete;
+- the operator asked for something (pause, stop, reset, load): no new move starts, moves under way get
+  ``GRACE_SECONDS`` to finish and are otherwise rolled back and put back in front of the queue, so the
+  request takes effect within seconds whatever the batch size;
+- only long phases are left (a mirror sync of a large queue): handed to the state machine's Wait loop,
+  which calls RunBatch again every few seconds instead of keeping a Lambda busy;
+- the time budget of the invocation is spent (well under the Lambda timeout).
+
+The ``BatchState`` is plain JSON: the handler keeps it in DynamoDB between two slices.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from queue_balancer.model import QueueType
+from queue_balancer.movers import Mover, Phase
+from queue_balancer.runner import BatchState, Listener, drive, roll_back
+
+CONTROL_INTERVAL = 0.5
+"""Seconds between two reads of the operator's request while a slice runs."""
+GRACE_SECONDS = 2.0
+"""How long moves under way may take to finish once a request is seen, before they are rolled back."""
+LONG_PHASE_SECONDS = 5.0
+"""A sync or re-mirroring phase older than this is long: it waits in the state machine, not in a Lambda."""
+BUDGET_SECONDS = 120.0
+"""The longest slice; the handler also keeps a margin to the Lambda timeout."""
+LONG_PHASES = frozenset({Phase.SYNCING, Phase.RESTORING, Phase.ROLLING_BACK})
+
+
+class SliceEnd(StrEnum):
+    COMPLETE = "complete"  # every move of the batch has finished
+    REQUESTED = "requested"  # the operator asked for something; nothing is under way any more
+    HANDOFF = "handoff"  # only long phases are left: wait in the state machine, then resume
+    BUDGET = "budget"  # the slice's time is spent: resume in the next invocation
+
+
+@dataclass(frozen=True)
+class SliceLimits:
+    concurrency: int
+    budget_seconds: float = BUDGET_SECONDS
+
+
+def drive_slice(
+    mover: Mover,
+    state: BatchState,
+    limits: SliceLimits,
+    requested: Callable[[], bool],
+    *,
+    on_change: Listener = lambda _: None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> SliceEnd:
+    """Drive ``state`` (updated in place) until the batch is complete or the slice must end."""
+    began = clock()
+    watch = _RequestWatch(requested, clock)
+    watch.poll(force=True)
+
+    def stop(current: BatchState) -> bool:
+        watch.poll()
+        if watch.seen_at is not None:
+            return not current.active or clock() - watch.seen_at >= GRACE_SECONDS
+        return clock() - began >= limits.budget_seconds or _only_long_phases(mover, current, limits)
+
+    drive(
+        mover,
+        state,
+        concurrency=limits.concurrency,
+        on_change=on_change,
+        sleep=sleep,
+        may_start=lambda: watch.seen_at is None,  # the budget ends a slice after a wave, never before
+        stop=stop,
+    )
+    if state.complete:
+        return SliceEnd.COMPLETE
+    if watch.seen_at is not None:
+        _put_back(mover, state, on_change, sleep)
+        return SliceEnd.REQUESTED
+    return SliceEnd.BUDGET if clock() - began >= limits.budget_seconds else SliceEnd.HANDOFF
+
+
+@dataclass
+class _RequestWatch:
+    """Reads the operator's request at most every ``CONTROL_INTERVAL`` and remembers when it was seen."""
+
+    requested: Callable[[], bool]
+    clock: Callable[[], float]
+    seen_at: float | None = None
+    checked_at: float | None = None
+
+    def poll(self, *, force: bool = False) -> None:
+        now = self.clock()
+        if self.seen_at is not None:
+            return
+        if force or self.checked_at is None or now - self.checked_at >= CONTROL_INTERVAL:
+            self.checked_at = now
+            if self.requested():
+                self.seen_at = now
+
+
+def _only_long_phases(mover: Mover, state: BatchState, limits: SliceLimits) -> bool:
+    """Whether every move under way is in a long phase and no other move can start meanwhile."""
+    if not state.active:
+        return False
+    now = mover.clock()
+    if not all(
+        p.phase in LONG_PHASES and now - p.phase_started_at >= LONG_PHASE_SECONDS for p in state.active
+    ):
+        return False
+    classic_busy = sum(1 for p in state.active if p.move.type is not QueueType.QUORUM)
+    return not state.pending or classic_busy >= limits.concurrency
+
+
+def _put_back(mover: Mover, state: BatchState, on_change: Listener, sleep: Callable[[float], None]) -> None:
+    """Roll back what is still under way after the grace period; those moves go back to the front."""
+    if not state.active:
+        return
+    interrupted = [p.move for p in state.active]
+    roll_back(mover, state.active, on_change, sleep, reason="interrupted by a request")
+    state.active = []
+    state.pending = interrupted + state.pending  # rolled back, not failed: they run again on resume
