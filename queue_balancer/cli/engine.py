@@ -53,7 +53,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
     client = connect(args).client
-    json.dump({"nodes": client.nodes(), "queues": client.queues()}, sys.stdout, indent=1, ensure_ascii=False)
+    # The version travels with the snapshot: `plan --snapshot` of a 4.x cluster must not move classic queues.
+    snapshot = {
+        "nodes": client.nodes(),
+        "queues": client.queues(),
+        "overview": {"rabbitmq_version": client.version()},
+    }
+    json.dump(snapshot, sys.stdout, indent=1, ensure_ascii=False)
     print()
     return EXIT_OK
 

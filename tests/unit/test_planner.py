@@ -299,3 +299,15 @@ def test_no_queue_moves_twice_skipped_never_move_and_targets_are_allowed(snap: S
 def test_planning_is_deterministic() -> None:
     queues = [mirrored(f"q{i}", "rabbit@a") for i in range(12)]
     assert plan(snapshot(queues)) == plan(snapshot(list(reversed(queues))))
+
+
+def test_a_snapshot_file_with_the_version_plans_by_that_version() -> None:
+    nodes = [{"name": n, "running": True} for n in NODES[:3]]
+    queues = [
+        {"vhost": "/", "name": f"c{i}", "type": "classic", "node": "rabbit@a", "messages": 0}
+        for i in range(3)
+    ]
+    assert len(plan(Snapshot.from_api(nodes, queues)).moves) == 2  # no version: 3.x rules, empty ones move
+    four = Snapshot.from_api(nodes, queues, {"rabbitmq_version": "4.0.5"})
+    assert (four.platform.classic_mirroring, four.drain_reported) == (False, False)
+    assert not plan(four).moves
