@@ -45,7 +45,7 @@ class LocalSettings:
     """The environment, read once: where the cluster lives and which administrator it has."""
 
     user: str
-    password: str
+    password: str = dataclasses.field(repr=False)
 
     @classmethod
     def from_env(cls) -> LocalSettings:

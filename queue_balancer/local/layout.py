@@ -94,7 +94,7 @@ class LocalClusterConfig:
     node_prefix: str = "qb"
     rabbitmq: str = "3"  # "3": Debian's own rabbitmq-server; "4": trixie's 4.0.5 from a chroot (runtime.py)
     user: str = "admin"
-    password: str = "admin"
+    password: str = dataclasses.field(default="admin", repr=False)
     # Per node; RabbitMQ blocks publishers above it, so keep it well above what `local seed` needs.
     memory_high_watermark: str = "1GB"
     disk_free_limit: str = "50MB"

@@ -4,7 +4,7 @@ resolved once into the management client, node names and the seeding node's AMQP
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from queue_balancer.errors import BalancerError
@@ -26,7 +26,7 @@ class SeedTarget:
 
     management_url: str
     user: str
-    password: str
+    password: str = field(repr=False)
     amqp_host: str = "127.0.0.1"
 
     def __repr__(self) -> str:  # never show the password
@@ -44,7 +44,7 @@ class SeedEndpoint:
     amqp_host: str
     amqp_port: int
     user: str
-    password: str
+    password: str = field(repr=False)
 
 
 def check_prefix(prefix: str) -> None:
