@@ -36,7 +36,7 @@ demo: system-deps venv
 	$(QB) local seed --queues 21 --messages 100 --type classic
 	$(QB) report
 	@echo "--- balancing through the state machine (the real ASL on the local AWS endpoint)"
-	$(QB) run --concurrency 8 --poll-seconds 1 --wait
+	$(QB) run --wait
 	@echo "--- the SNS notification the run published"
 	$(QB) notifications
 	@echo
