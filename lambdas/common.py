@@ -26,6 +26,7 @@ from lambdas.errors import InvalidInput, ManagementUnavailable
 from lambdas.settings import settings
 from lambdas.ssm_eval import SsmEval
 from lambdas.store import Store
+from queue_balancer import eval_document
 from queue_balancer.counts import AmqpCounter, discover_amqp
 from queue_balancer.errors import ConfigurationError, ManagementError
 from queue_balancer.leader_transfer import RaLeaderTransfer
@@ -120,7 +121,8 @@ def cluster() -> ClusterAccess:
         raise ConfigurationError(f"secret {config.secret_arn} must be JSON with 'username' and 'password'")
     user, password = str(secret["username"]), str(secret["password"])
     client = ManagementClient(config.management_url, user, password, timeout=10)
-    run_eval = SsmEval(aws("ssm"), aws("ec2"), config.ssm_tag_key, config.ssm_tag_value)
+    document = eval_document.document_name(config.cluster_name)
+    run_eval = SsmEval(aws("ssm"), aws("ec2"), config.ssm_tag_key, config.ssm_tag_value, document)
     host, port = discover_amqp(config.management_url, client.overview(), config.amqp_port)
     counter = AmqpCounter(host, port, user, password, on_unreachable=logger.warning)
     return ClusterAccess(client, RaLeaderTransfer(run_eval), counter)

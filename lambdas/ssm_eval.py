@@ -1,15 +1,14 @@
 """``rabbitmqctl eval`` on one cluster node through SSM Run Command: the Lambdas' leader-transfer port.
 
 The Lambdas run in the cluster's VPC but not on a node, and RabbitMQ 3.10's HTTP API cannot move a
-quorum leader (see ``queue_balancer.leader_transfer``). So the expression goes to one running instance
-carrying the cluster's tag as an ``AWS-RunShellScript`` command, and its output comes back through
-``GetCommandInvocation``. The expression is shell-quoted as one word; the names inside it are already
-base64, so nothing an operator named a queue can reach the shell.
+quorum leader (see ``queue_balancer.leader_transfer``). So the operation goes to one running instance
+carrying the cluster's tag through the balancer's own command document (``queue_balancer.eval_document``:
+an operation name and base64 items, validated by SSM; the document builds the ``rabbitmqctl eval`` line),
+never as a shell line, and its output comes back through ``GetCommandInvocation``.
 """
 
 from __future__ import annotations
 
-import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,40 +17,38 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from queue_balancer.errors import LeaderTransferError
+from queue_balancer.eval_document import parameters
 
 TERMINAL = frozenset({"Success", "Failed", "Cancelled", "TimedOut", "Cancelling"})
 
 
-def shell_command(expression: str) -> str:
-    """The one line the instance runs (as root, where ``rabbitmqctl`` finds the node's cookie)."""
-    return "rabbitmqctl eval " + shlex.quote(expression)
-
-
 @dataclass
 class SsmEval:
-    """``run_eval`` for ``RaLeaderTransfer``: one Run Command on one tagged, running instance."""
+    """``run_eval`` for ``RaLeaderTransfer``: one Run Command of ``document`` on one tagged, running instance."""
 
     ssm: Any
     ec2: Any
     tag_key: str
     tag_value: str
+    document: str
     timeout: float = 90.0
     poll: float = 0.5
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
     def __call__(self, expression: str) -> str:
+        document_parameters = parameters(expression)  # refuses anything but the document's operations
         instance = self.instance()
         try:
             sent = self.ssm.send_command(
                 InstanceIds=[instance],
-                DocumentName="AWS-RunShellScript",
-                Parameters={"commands": [shell_command(expression)]},
+                DocumentName=self.document,
+                Parameters=document_parameters,
                 TimeoutSeconds=max(30, int(self.timeout)),
-                Comment="queue-balancer quorum leader transfer",
+                Comment=f"queue-balancer {document_parameters['operation'][0]}",
             )
         except ClientError as exc:
-            raise LeaderTransferError(f"SSM refused the command for {instance}: {exc}") from exc
+            raise LeaderTransferError(f"SSM refused {self.document} for {instance}: {exc}") from exc
         return self._output(sent["Command"]["CommandId"], instance)
 
     def instance(self) -> str:

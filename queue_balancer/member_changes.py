@@ -18,40 +18,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from queue_balancer.errors import BalancerError, ManagementError, NotFound
+from queue_balancer.eval_document import ADD_FUN, DELETE_FUN, STATUS_FUN
 from queue_balancer.leader_transfer import run_batch
 from queue_balancer.management import ManagementClient, encode
 from queue_balancer.model import QueueRef
-
-# add_member/4 waits up to 30 s (in ms) for Ra to commit the new membership.
-ADD_FUN = """
-fun({V, N, T}) ->
-    R = (catch rabbit_quorum_queue:add_member(base64:decode(V), base64:decode(N),
-                                              binary_to_atom(base64:decode(T), utf8), 30000)),
-    #{vhost => base64:decode(V), queue => base64:decode(N), node => base64:decode(T),
-      result => iolist_to_binary(io_lib:format("~p", [R]))}
-end
-"""
-
-DELETE_FUN = """
-fun({V, N, T}) ->
-    R = (catch rabbit_quorum_queue:delete_member(base64:decode(V), base64:decode(N),
-                                                 binary_to_atom(base64:decode(T), utf8))),
-    #{vhost => base64:decode(V), queue => base64:decode(N), node => base64:decode(T),
-      result => iolist_to_binary(io_lib:format("~p", [R]))}
-end
-"""
-
-# rabbit_quorum_queue:status/2: one proplist per member; integers stay numbers, atoms become text.
-STATUS_FUN = """
-fun({V, N, _}) ->
-    Text = fun(X) when is_integer(X) -> X; (X) -> iolist_to_binary(io_lib:format("~p", [X])) end,
-    R = case (catch rabbit_quorum_queue:status(base64:decode(V), base64:decode(N))) of
-        L when is_list(L) -> [maps:from_list([{K, Text(X)} || {K, X} <- P]) || P <- L];
-        Other -> Text(Other)
-    end,
-    #{vhost => base64:decode(V), queue => base64:decode(N), node => <<>>, result => R}
-end
-"""
 
 OK = "ok"
 

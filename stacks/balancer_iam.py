@@ -17,9 +17,14 @@ from stacks.balancer_props import BalancedCluster
 
 
 def function_role(
-    stack: Stack, cluster: BalancedCluster, secret: secretsmanager.ISecret, table: dynamodb.ITable
+    stack: Stack,
+    cluster: BalancedCluster,
+    secret: secretsmanager.ISecret,
+    table: dynamodb.ITable,
+    eval_document_name: str,
 ) -> iam.Role:
-    """The Lambdas' role: the admin secret, the lifecycle items, Run Command on the cluster's nodes."""
+    """The Lambdas' role: the admin secret, the lifecycle items, the balancer's own command document on the
+    cluster's nodes (never ``AWS-RunShellScript``: that would be any shell line as root on every broker)."""
     role = iam.Role(
         stack,
         "FunctionRole",
@@ -39,15 +44,16 @@ def function_role(
     )  # fmt: skip
     role.add_to_policy(
         iam.PolicyStatement(
-            sid="RunShellScriptDocument",
+            sid="EvalDocumentOnly",
             actions=["ssm:SendCommand"],
-            resources=[stack.format_arn(service="ssm", account="", resource="document",
-                                        resource_name="AWS-RunShellScript")],
+            resources=[
+                stack.format_arn(service="ssm", resource="document", resource_name=eval_document_name)
+            ],
         )
-    )  # fmt: skip
+    )
     role.add_to_policy(
         iam.PolicyStatement(
-            sid="RunShellScriptOnClusterNodes",
+            sid="EvalDocumentOnClusterNodes",
             actions=["ssm:SendCommand"],
             resources=[stack.format_arn(service="ec2", resource="instance", resource_name="*")],
             conditions={"StringEquals": {f"ssm:resourceTag/{cluster.ssm_tag_key}": cluster.ssm_tag_value}},

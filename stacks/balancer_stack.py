@@ -20,10 +20,12 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_ssm as ssm
 from aws_cdk import aws_stepfunctions as sfn
 from cdk_nag import NagPackSuppression, NagSuppressions
 from constructs import Construct
 
+from queue_balancer import eval_document
 from queue_balancer.contract import (
     EXPIRES_AT,
     PARTITION_KEY,
@@ -131,6 +133,18 @@ class BalancerStack(Stack):
             removal_policy=RemovalPolicy.RETAIN,
         )
 
+    def _eval_document(self) -> ssm.CfnDocument:
+        """The only command the Lambdas may send to a node (``queue_balancer.eval_document``)."""
+        return ssm.CfnDocument(
+            self,
+            "EvalDocument",
+            name=eval_document.document_name(self.cluster_name),
+            document_type="Command",
+            document_format="JSON",
+            content=eval_document.content(),
+            update_method="NewVersion",
+        )
+
     def _environment(self) -> dict[str, str]:
         cluster = self.props.cluster
         return FunctionEnvironment(
@@ -144,7 +158,8 @@ class BalancerStack(Stack):
         ).to_env()
 
     def _functions(self, code: lambda_.Code) -> dict[str, lambda_.Function]:
-        role = function_role(self, self.props.cluster, self.secret, self.table)
+        document = self._eval_document()
+        role = function_role(self, self.props.cluster, self.secret, self.table, document.ref)
         environment = self._environment()
         functions = {}
         log_groups = []

@@ -425,10 +425,12 @@ class ClusterStack(Stack):
             min_capacity=s.node_count,
             # One more than needed only while a replacement launches before its predecessor terminates.
             max_capacity=s.node_count + 1,
-            health_checks=autoscaling.HealthChecks.with_additional_checks(
-                additional_types=[autoscaling.AdditionalHealthCheckType.ELB],
-                grace_period=Duration.minutes(15),
-            ),
+            # EC2 status checks only, never the load balancer's: under pause_minority a node on the
+            # minority side of a partition closes its listeners and waits to rejoin; an ELB health check
+            # would have the group terminate it (its data volume deleted, its member left stale) and, in a
+            # whole-cluster pause, replace every node. The NodesBelowExpected alarm (cluster_monitoring)
+            # tells a human instead; a dead instance still fails its EC2 checks and is replaced.
+            health_checks=autoscaling.HealthChecks.ec2(grace_period=Duration.minutes(15)),
             group_metrics=[autoscaling.GroupMetrics.all()],
             # A node signals only once it is a member of the cluster and losing any one node is safe
             # again (node_bootstrap.sh, become_member): with one node per batch and every old node in

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import traceback
 import uuid
@@ -116,6 +117,28 @@ class LocalRunCommand:
         return "Success", "\n".join(out) + "\n", ""
 
 
+def render_run_command(document: Mapping[str, Any], parameters: Mapping[str, Any]) -> list[str]:
+    """The ``runCommand`` lines of a schemaVersion 2.2 command document with ``{{ name }}`` filled in, after
+    SSM's own checks (``allowedValues``, ``allowedPattern``): a value that fails them is refused, as
+    ``SendCommand`` refuses it on AWS, before anything runs."""
+    declared = document.get("parameters", {})
+    values: dict[str, str] = {}
+    for name, spec in declared.items():
+        given = parameters.get(name, [spec.get("default", "")])
+        value = given[0] if isinstance(given, list) else str(given)
+        allowed, pattern = spec.get("allowedValues"), spec.get("allowedPattern")
+        if (allowed is not None and value not in allowed) or (pattern and not re.fullmatch(pattern, value)):
+            raise ValueError(f"parameter {name} of the document does not allow {value[:80]!r}")
+        values[name] = value
+    if unknown := set(parameters) - set(declared):
+        raise ValueError(f"the document has no parameter(s) {', '.join(sorted(unknown))}")
+    lines: list[str] = []
+    for step in document["mainSteps"]:
+        for line in step["inputs"]["runCommand"]:
+            lines.append(re.sub(r"\{\{ *(\w+) *\}\}", lambda m: values[m.group(1)], line))
+    return lines
+
+
 # ---- moto, configured and patched ------------------------------------------------------------------
 
 
@@ -125,6 +148,7 @@ class MotoPatches:
     def __init__(self, port: int, dispatcher: Dispatcher, run_command: LocalRunCommand) -> None:
         from moto.awslambda_simple.models import LambdaSimpleBackend
         from moto.core.config import default_user_config
+        from moto.ssm.exceptions import ValidationException
         from moto.ssm.models import SimpleSystemManagerBackend
 
         self._undo: list[Callable[[], None]] = []
@@ -157,22 +181,29 @@ class MotoPatches:
         original_send = SimpleSystemManagerBackend.send_command
 
         def send_command(backend: Any, **kwargs: Any) -> Any:
+            name, given = kwargs.get("document_name"), kwargs.get("parameters") or {}
+            if name == "AWS-RunShellScript":
+                script = [str(c) for c in given.get("commands", [])]
+            else:
+                document = json.loads(backend.get_document(name, "", "", "JSON")["Content"])
+                try:
+                    script = render_run_command(document, given)
+                except ValueError as exc:  # what SendCommand answers for a parameter the document forbids
+                    raise ValidationException(str(exc)) from exc
             command = original_send(backend, **kwargs)
-            if command.document_name == "AWS-RunShellScript":
-                script = [str(c) for c in (command.parameters or {}).get("commands", [])]
-                for invocation in command.invocations:
-                    status, out, err = run_command.run(invocation["InstanceId"], script)
-                    invocation.update(
-                        {
-                            "Status": status,
-                            "StatusDetails": status,
-                            "ResponseCode": 0 if status == "Success" else 1,
-                            "StandardOutputContent": out,
-                            "StandardErrorContent": err,
-                        }
-                    )
-                    if status != "Success":
-                        command.status = "Failed"
+            for invocation in command.invocations:
+                status, out, err = run_command.run(invocation["InstanceId"], script)
+                invocation.update(
+                    {
+                        "Status": status,
+                        "StatusDetails": status,
+                        "ResponseCode": 0 if status == "Success" else 1,
+                        "StandardOutputContent": out,
+                        "StandardErrorContent": err,
+                    }
+                )
+                if status != "Success":
+                    command.status = "Failed"
             return command
 
         setattr(SimpleSystemManagerBackend, "send_command", send_command)  # noqa: B010

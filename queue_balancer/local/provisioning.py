@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from queue_balancer import eval_document
 from queue_balancer.contract import (
     PARTITION_KEY,
     SORT_KEY,
@@ -193,6 +194,12 @@ class LocalEndpoint:
             Name=f"{NAME}/rabbitmq-admin", SecretString=json.dumps({"username": user, "password": password})
         )["ARN"]
         self._register_nodes(client("ec2"))
+        client("ssm").create_document(
+            Name=eval_document.document_name(CLUSTER_NAME),
+            Content=json.dumps(eval_document.content()),
+            DocumentType="Command",
+            DocumentFormat="JSON",
+        )
         environment = self.function_environment(secret_arn=secret, topic_arn=topic)
         assert self._patches is not None
         self._patches.set_env(environment)

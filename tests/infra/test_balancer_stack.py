@@ -4,11 +4,14 @@ with the app's own ClusterStack and pointed at an existing cluster by the contex
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from queue_balancer import eval_document
 from queue_balancer.cli.stack import REQUIRED_OUTPUTS
 from queue_balancer.contract import FUNCTION_PLACEHOLDER, asl_placeholders, snake_case, substitute
 from tests.infra.checks import (
@@ -183,14 +186,37 @@ def test_functions_reach_the_secret_the_table_and_tagged_nodes_only(app_synth: S
     sids = by_sid(statements)
     (secret,) = [s for s in statements if "secretsmanager:GetSecretValue" in s["Action"]]
     assert "BalancerCredentials" in json.dumps(secret["Resource"])
-    assert sids["RunShellScriptOnClusterNodes"]["Condition"] == {
+    assert sids["EvalDocumentOnClusterNodes"]["Condition"] == {
         "StringEquals": {"ssm:resourceTag/queue-balancer-cluster": "rabbitmq"}
     }
-    assert "document/AWS-RunShellScript" in json.dumps(sids["RunShellScriptDocument"]["Resource"])
+    assert ":document/" in json.dumps(sids["EvalDocumentOnly"]["Resource"])
+    assert "EvalDocument" in json.dumps(sids["EvalDocumentOnly"]["Resource"])
+    assert "AWS-RunShellScript" not in json.dumps(statements)
+    sends = [s for s in statements if "ssm:SendCommand" in s["Action"]]
+    assert {s["Sid"] for s in sends} == {"EvalDocumentOnly", "EvalDocumentOnClusterNodes"}
     assert "LifecycleTable" in json.dumps(sids["LifecycleItems"]["Resource"])
     # lambdas/store.py writes and deletes plan batches with batch_writer; ssm_eval.py finds a node by tag.
     assert "dynamodb:BatchWriteItem" in sids["LifecycleItems"]["Action"]
     assert "ec2:DescribeInstances" in sids["CommandResultsAndNodeLookup"]["Action"]
+
+
+def test_the_eval_document_takes_only_an_operation_and_base64_items(app_synth: Synthesized) -> None:
+    _, document = only(app_synth.resources(STACK, "AWS::SSM::Document"))
+    props = document["Properties"]
+    assert props["DocumentType"] == "Command" and props["Name"] == eval_document.document_name("rabbitmq")
+    content = props["Content"]
+    assert content["schemaVersion"] == "2.2"
+    parameters = content["parameters"]
+    assert set(parameters) == {"operation", "items"}
+    assert parameters["operation"]["allowedValues"] == list(eval_document.OPERATIONS)
+    pattern = parameters["items"]["allowedPattern"]
+    assert re.fullmatch(pattern, "Lw==,cQ==,;Lw==,cjI=,cmFiYml0QGE=")
+    for injection in ("a'; reboot", 'a">>, os:cmd("x")', "a,b", "a,b,c\nd"):
+        assert not re.fullmatch(pattern, injection)
+    (step,) = content["mainSteps"]
+    (line,) = step["inputs"]["runCommand"]
+    assert step["action"] == "aws:runShellScript" and line.startswith("rabbitmqctl eval '")
+    assert shlex.split(line)[:2] == ["rabbitmqctl", "eval"] and len(shlex.split(line)) == 3
 
 
 # --- table, topic, schedule, dashboard, alarm, outputs --------------------------------------------------------
@@ -297,7 +323,7 @@ def test_existing_cluster_iam_names_the_given_secret_and_tag(existing_synth: Syn
     statements = statements_of(existing_synth, "FunctionRole")
     (secret,) = [s for s in statements if "secretsmanager:GetSecretValue" in s["Action"]]
     assert secret["Resource"] == EXISTING["secretArn"]
-    assert by_sid(statements)["RunShellScriptOnClusterNodes"]["Condition"] == {
+    assert by_sid(statements)["EvalDocumentOnClusterNodes"]["Condition"] == {
         "StringEquals": {"ssm:resourceTag/rabbitmq-cluster": "prod-brokers"}
     }
     assert wildcard_violations(existing_synth.templates[STACK]) == []

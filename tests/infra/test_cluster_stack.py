@@ -60,7 +60,8 @@ def test_nodes_are_an_autoscaling_group_over_the_three_private_subnets(cluster_s
     assert props["MinSize"] == "3" and "DesiredCapacity" not in props  # a deploy never resets the size
     assert len(props["VPCZoneIdentifier"]) == 3
     assert all("nodes" in ref["Ref"] for ref in props["VPCZoneIdentifier"])
-    assert props["HealthCheckType"] == "ELB"
+    # A node paused by pause_minority fails the NLB's checks but must not be replaced (volume deleted).
+    assert props["HealthCheckType"] == "EC2"
     assert len(props["TargetGroupARNs"]) == 2
     assert {"Key": "queue-balancer-cluster", "Value": "rabbitmq", "PropagateAtLaunch": True} in props["Tags"]
 

@@ -11,13 +11,17 @@ import json
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from lambdas.errors import ManagementUnavailable
 from lambdas.ssm_eval import SsmEval
+from queue_balancer import eval_document
 from queue_balancer.errors import LeaderTransferError
 from queue_balancer.leader_transfer import RESULT_MARKER
 from queue_balancer.lifecycle import HISTORY_RESERVE, State
 from queue_balancer.local.endpoint import CLUSTER_NAME, SSM_TAG_KEY
+from queue_balancer.member_changes import EvalMemberChanger
+from queue_balancer.model import QueueRef
 from tests.statemachine.conftest import Harness, spread
 
 pytestmark = pytest.mark.integration
@@ -98,13 +102,25 @@ def test_local_engine_smoke_dispatcher_retry_wait_token_and_history(
     assert calls.count(["run", "batch"]) >= 2
 
 
-def test_ssm_run_command_reaches_the_local_nodes_and_only_for_rabbitmqctl_eval(harness: Harness) -> None:
+def test_ssm_runs_only_the_balancers_document_and_its_validated_operations_on_the_local_nodes(
+    harness: Harness,
+) -> None:
     ssm, ec2 = harness.aws("ssm"), harness.aws("ec2")
-    run_eval = SsmEval(ssm, ec2, SSM_TAG_KEY, CLUSTER_NAME, timeout=30)
-    output = run_eval(f'io:format("~s~s~n", ["{RESULT_MARKER}", "[]"]).')
-    assert f"{RESULT_MARKER}[]" in output
+    document = eval_document.document_name(CLUSTER_NAME)
+    run_eval = SsmEval(ssm, ec2, SSM_TAG_KEY, CLUSTER_NAME, document, timeout=30)
+    # The document's own Erlang, run by rabbitmqctl on a real node: a queue that is not there answers per queue.
+    answers = EvalMemberChanger(run_eval).status([QueueRef("/", "no 'such' queue")])
+    assert "not_found" in str(answers[QueueRef("/", "no 'such' queue")])
 
+    with pytest.raises(LeaderTransferError, match="refusing another expression"):
+        run_eval(f'io:format("~s~s~n", ["{RESULT_MARKER}", "[]"]).')
     instance = run_eval.instance()
+    for forbidden in (
+        {"operation": ["os_cmd"], "items": [""]},
+        {"operation": ["member_status"], "items": ["a'"]},
+    ):
+        with pytest.raises(ClientError, match="does not allow"):
+            ssm.send_command(InstanceIds=[instance], DocumentName=document, Parameters=forbidden)
     sent = ssm.send_command(
         InstanceIds=[instance], DocumentName="AWS-RunShellScript", Parameters={"commands": ["rm -rf /"]}
     )["Command"]["CommandId"]
@@ -112,4 +128,4 @@ def test_ssm_run_command_reaches_the_local_nodes_and_only_for_rabbitmqctl_eval(h
     assert refused["Status"] == "Failed" and "only `rabbitmqctl eval" in refused["StandardErrorContent"]
 
     with pytest.raises(LeaderTransferError, match="no running instance tagged"):
-        SsmEval(ssm, ec2, SSM_TAG_KEY, "another-cluster").instance()
+        SsmEval(ssm, ec2, SSM_TAG_KEY, "another-cluster", document).instance()

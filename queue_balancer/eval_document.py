@@ -1,0 +1,140 @@
+"""The SSM command document that runs only the balancer's ``rabbitmqctl eval`` operations on a node.
+
+On AWS the ``run_eval`` port (``queue_balancer.leader_transfer``) reaches a node through SSM Run Command.
+``AWS-RunShellScript`` would let whoever may invoke the Lambdas' role run any shell line as root on every
+broker; this document instead holds the Erlang of the four operations itself (the same funs the core
+applies locally; the member funs live here so the stacks may import them) and takes only an operation
+name (``allowedValues``) and the items as base64 triples (``allowedPattern``: base64 letters, ``,`` and
+``;``), which SSM checks before anything runs. The document builds the ``rabbitmqctl eval`` line; no
+parameter can reach the shell or Erlang's syntax.
+
+``parameters`` turns an expression the core built (``leader_transfer.expression``) back into those
+parameters, so the port keeps its ``run_eval(expression)`` shape; an expression that is not one of the
+operations is refused before anything is sent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
+from queue_balancer.errors import LeaderTransferError
+from queue_balancer.leader_transfer import RESULT_MARKER, TRANSFER_FUN, expression
+
+# add_member/4 waits up to 30 s (in ms) for Ra to commit the new membership.
+ADD_FUN = """
+fun({V, N, T}) ->
+    R = (catch rabbit_quorum_queue:add_member(base64:decode(V), base64:decode(N),
+                                              binary_to_atom(base64:decode(T), utf8), 30000)),
+    #{vhost => base64:decode(V), queue => base64:decode(N), node => base64:decode(T),
+      result => iolist_to_binary(io_lib:format("~p", [R]))}
+end
+"""
+
+DELETE_FUN = """
+fun({V, N, T}) ->
+    R = (catch rabbit_quorum_queue:delete_member(base64:decode(V), base64:decode(N),
+                                                 binary_to_atom(base64:decode(T), utf8))),
+    #{vhost => base64:decode(V), queue => base64:decode(N), node => base64:decode(T),
+      result => iolist_to_binary(io_lib:format("~p", [R]))}
+end
+"""
+
+# rabbit_quorum_queue:status/2: one proplist per member; integers stay numbers, atoms become text.
+STATUS_FUN = """
+fun({V, N, _}) ->
+    Text = fun(X) when is_integer(X) -> X; (X) -> iolist_to_binary(io_lib:format("~p", [X])) end,
+    R = case (catch rabbit_quorum_queue:status(base64:decode(V), base64:decode(N))) of
+        L when is_list(L) -> [maps:from_list([{K, Text(X)} || {K, X} <- P]) || P <- L];
+        Other -> Text(Other)
+    end,
+    #{vhost => base64:decode(V), queue => base64:decode(N), node => <<>>, result => R}
+end
+"""
+
+OPERATIONS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "transfer_leader": TRANSFER_FUN,
+        "add_member": ADD_FUN,
+        "delete_member": DELETE_FUN,
+        "member_status": STATUS_FUN,
+    }
+)
+"""The Erlang fun of each operation the document runs, by the name its ``operation`` parameter takes."""
+
+_B64 = "[A-Za-z0-9+/=]*"
+_TRIPLE = f"{_B64},{_B64},{_B64}"
+ITEMS_PATTERN = f"^{_TRIPLE}(;{_TRIPLE})*$"
+"""``vhost,name,node;...``, each base64: nothing that could close a shell or Erlang string."""
+_ITEM = re.compile(f'\\{{<<"({_B64})">>, <<"({_B64})">>, <<"({_B64})">>\\}}')
+_ITEMS_SLOT = "R <- []"
+
+
+def document_name(cluster_name: str) -> str:
+    """One document per cluster (SSM names are per account and region; ``AWS``/``Amazon`` prefixes are reserved)."""
+    return f"QueueBalancer-{cluster_name}-RabbitmqctlEval"
+
+
+def _one_line(fun: str) -> str:
+    return " ".join(line.strip() for line in fun.strip().splitlines())
+
+
+def eval_expression(operation: str, items: str) -> str:
+    """The Erlang the document evaluates: the operation's fun over the parsed items, one JSON line out."""
+    funs = ", ".join(f'<<"{name}">> => {_one_line(fun)}' for name, fun in OPERATIONS.items())
+    return (
+        f'Funs = #{{{funs}}}, F = maps:get(<<"{operation}">>, Funs), '
+        'Items = [list_to_tuple(binary:split(I, <<",">>, [global])) '
+        f'|| I <- binary:split(<<"{items}">>, <<";">>, [global])], '
+        f'io:format("~s~s~n", ["{RESULT_MARKER}", rabbit_json:encode([F(R) || R <- Items])]).'
+    )
+
+
+def content() -> dict[str, Any]:
+    """The document (schemaVersion 2.2): one ``rabbitmqctl eval`` line, as root (where the cookie is)."""
+    line = f"rabbitmqctl eval '{eval_expression('{{ operation }}', '{{ items }}')}'"
+    if line.count("'") != 2:
+        raise AssertionError("an operation's Erlang contains a single quote; it would end the shell word")
+    return {
+        "schemaVersion": "2.2",
+        "description": "queue-balancer: quorum leader transfer and member changes through rabbitmqctl eval",
+        "parameters": {
+            "operation": {"type": "String", "allowedValues": list(OPERATIONS)},
+            "items": {
+                "type": "String",
+                "description": "vhost,queue,node triples separated by ';', each base64",
+                "allowedPattern": ITEMS_PATTERN,
+            },
+        },
+        "mainSteps": [
+            {
+                "action": "aws:runShellScript",
+                "name": "rabbitmqctlEval",
+                "inputs": {"runCommand": [line], "timeoutSeconds": "120"},
+            }
+        ],
+    }
+
+
+def parameters(expression_: str) -> dict[str, list[str]]:
+    """The document's parameters for an expression built by ``leader_transfer.expression``."""
+    for operation, fun in OPERATIONS.items():
+        head, tail = expression(fun, []).split(_ITEMS_SLOT)
+        head += _ITEMS_SLOT[:-1]
+        tail = _ITEMS_SLOT[-1] + tail
+        if expression_.startswith(head) and expression_.endswith(tail):
+            listed = expression_[len(head) : len(expression_) - len(tail)]
+            triples = _ITEM.findall(listed)
+            if triples and ", ".join(_triple(t) for t in triples) == listed:
+                return {"operation": [operation], "items": [";".join(",".join(t) for t in triples)]}
+            break
+    raise LeaderTransferError(
+        "the SSM document runs only the balancer's leader-transfer and member operations; "
+        f"refusing another expression: {expression_[:80]!r}"
+    )
+
+
+def _triple(parts: tuple[str, ...]) -> str:
+    return "{" + ", ".join(f'<<"{p}">>' for p in parts) + "}"
