@@ -12,7 +12,8 @@ import functools
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lambdas.errors import InvalidInput, ManagementUnavailable
+from lambdas.ports import ClosableCounter, ClusterApi, LifecycleStore
 from lambdas.settings import settings
 from lambdas.ssm_eval import SsmEval
 from lambdas.store import Store
@@ -33,6 +35,7 @@ from queue_balancer.leader_transfer import RaLeaderTransfer
 from queue_balancer.management import ManagementClient
 from queue_balancer.model import JsonDict
 from queue_balancer.movers import Mover, MoveSettings
+from queue_balancer.movers.ports import LeaderTransfer
 
 # The stack sets POWERTOOLS_SERVICE_NAME/POWERTOOLS_METRICS_NAMESPACE (docs/aws-contract.md); the same
 # values are the defaults here, so a handler imported before its environment is set still names them.
@@ -89,19 +92,14 @@ def aws(service: AwsService) -> Any:
     return boto3.client(service)
 
 
-@functools.cache
-def store() -> Store:
-    return Store(settings().lifecycle_table)
-
-
 @dataclass(frozen=True)
 class ClusterAccess:
     """The cluster: its management API, ``rabbitmqctl eval`` on one node (via SSM) and exact message
     counts over AMQP. A context manager: the AMQP connections close when the handler is done."""
 
-    client: ManagementClient
-    leader_transfer: RaLeaderTransfer
-    counter: AmqpCounter
+    client: ClusterApi
+    leader_transfer: LeaderTransfer
+    counter: ClosableCounter
 
     def mover(self, settings_: MoveSettings | None = None) -> Mover:
         return Mover(self.client, self.leader_transfer, settings_ or MoveSettings(), self.counter)
@@ -113,7 +111,20 @@ class ClusterAccess:
         self.counter.close()
 
 
-def cluster() -> ClusterAccess:
+@dataclass
+class Dependencies:
+    """Where every handler gets the store and the cluster from: AWS by default, fakes in unit tests."""
+
+    store: Callable[[], LifecycleStore]
+    cluster: Callable[[], ClusterAccess]
+
+
+@functools.cache
+def _dynamodb_store() -> LifecycleStore:
+    return Store(settings().lifecycle_table)
+
+
+def _aws_cluster() -> ClusterAccess:
     """Credentials from Secrets Manager (cached 5 minutes by powertools), never logged."""
     config = settings()
     secret = parameters.get_secret(config.secret_arn, transform="json", max_age=300)
@@ -126,6 +137,30 @@ def cluster() -> ClusterAccess:
     host, port = discover_amqp(config.management_url, client.overview(), config.amqp_port)
     counter = AmqpCounter(host, port, user, password, on_unreachable=logger.warning)
     return ClusterAccess(client, RaLeaderTransfer(run_eval), counter)
+
+
+_serving = [Dependencies(store=_dynamodb_store, cluster=_aws_cluster)]
+"""The dependencies in use: the last one; ``inject`` pushes and pops."""
+
+
+def store() -> LifecycleStore:
+    """The lifecycle table of this balancer."""
+    return _serving[-1].store()
+
+
+def cluster() -> ClusterAccess:
+    """A fresh connection to the balanced cluster (close it with ``with``)."""
+    return _serving[-1].cluster()
+
+
+@contextmanager
+def inject(dependencies: Dependencies) -> Iterator[None]:
+    """Serve ``dependencies`` to the handlers while the block runs (the unit tests' fakes)."""
+    _serving.append(dependencies)
+    try:
+        yield
+    finally:
+        _serving.remove(dependencies)
 
 
 # ---- time ----------------------------------------------------------------------------------------
@@ -143,6 +178,6 @@ def iso(moment: float | None = None) -> str:
 def reset() -> None:
     """Forget everything cached from the environment (the local endpoint rebinds it between runs)."""
     settings.cache_clear()
-    store.cache_clear()
+    _dynamodb_store.cache_clear()
     aws.cache_clear()
     parameters.clear_caches()

@@ -16,8 +16,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lambdas.common import iso, logger, now, store, task
 from lambdas.errors import LockLost, RequestChanged
+from lambdas.ports import LifecycleStore
 from lambdas.run_state import Route, RunState
-from lambdas.store import Store
 from queue_balancer.batch_slice import BUDGET_SECONDS
 from queue_balancer.lifecycle import (
     EVENTS_PER_BATCH,
@@ -76,7 +76,7 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     return next_batch(db, run, record, config, event).to_dict()
 
 
-def honour(db: Store, run: RunState, record: Lifecycle, answer: str | None) -> RunState | None:
+def honour(db: LifecycleStore, run: RunState, record: Lifecycle, answer: str | None) -> RunState | None:
     """The operator's word, if any: the answer of a parked run first, then a recorded request."""
     if answer in _ENDINGS:
         return replace(run, next=Route.FINISH, outcome=_ENDINGS[answer].value)
@@ -93,7 +93,9 @@ def honour(db: Store, run: RunState, record: Lifecycle, answer: str | None) -> R
     return None
 
 
-def next_batch(db: Store, run: RunState, record: Lifecycle, config: RunInput, event: JsonDict) -> RunState:
+def next_batch(
+    db: LifecycleStore, run: RunState, record: Lifecycle, config: RunInput, event: JsonDict
+) -> RunState:
     """Hand RunBatch the batch under way (resumed after a request) or the next one of the plan."""
     if not fits_in_history(run.events, EVENTS_PER_BATCH + EVENTS_PER_SLICE):
         return continue_as_new(db, run, record, event)
@@ -108,7 +110,7 @@ def next_batch(db: Store, run: RunState, record: Lifecycle, config: RunInput, ev
     return replace(run, next=Route.BATCH).spend(EVENTS_PER_BATCH)
 
 
-def continue_as_new(db: Store, run: RunState, record: Lifecycle, event: JsonDict) -> RunState:
+def continue_as_new(db: LifecycleStore, run: RunState, record: Lifecycle, event: JsonDict) -> RunState:
     """Hand the run to a fresh execution; the lifecycle and the lock name it before it starts."""
     name = f"{run.run_id[:70]}-c{run.execution_seq + 1}"
     child = child_execution_arn(str(event["state_machine_arn"]), name)

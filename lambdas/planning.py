@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from lambdas.ports import LifecycleStore
 from lambdas.run_state import RunState
-from lambdas.store import Store
 from queue_balancer.lifecycle import RunInput
 from queue_balancer.model import Plan, Snapshot
 from queue_balancer.planner import plan
@@ -13,7 +13,7 @@ from queue_balancer.report import Report
 
 
 def plan_and_store(
-    db: Store, run: RunState, config: RunInput, current: Snapshot, result: Plan | None = None
+    db: LifecycleStore, run: RunState, config: RunInput, current: Snapshot, result: Plan | None = None
 ) -> tuple[RunState, Plan]:
     """Plan from ``current`` (unless ``result`` is that plan already), store it as a new generation of
     batches, point the run at its first batch."""

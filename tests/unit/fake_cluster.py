@@ -12,11 +12,12 @@ after a change, and ``lost`` the queues whose messages went with an unsynchronis
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from queue_balancer.errors import ManagementError, NotFound
+from queue_balancer.model import Move, QueueCount, QueueRef, Snapshot
 
 Key = tuple[str, str]
 
@@ -50,6 +51,8 @@ class FakeCluster:
         self.fewest_copies: dict[Key, int] = {}
         self.lost: set[Key] = set()
         self.failures: dict[str, list[Exception]] = {}
+        self.publish_rate = 0.0
+        """The cluster-wide publish rate ``overview`` reports (the traffic gate's input)."""
         """Errors to raise, in order, from the next calls of a method (by name)."""
 
     # ---- set-up -------------------------------------------------------------------------------------
@@ -75,6 +78,20 @@ class FakeCluster:
             raise pending.pop(0)
 
     # ---- ManagementApi ------------------------------------------------------------------------------
+
+    def overview(self) -> dict[str, Any]:
+        self._call("overview")
+        return {
+            "rabbitmq_version": "3.10.8",
+            "message_stats": {
+                "publish_details": {"rate": self.publish_rate},
+                "deliver_get_details": {"rate": 0.0},
+            },
+        }
+
+    def snapshot(self) -> Snapshot:
+        """Nodes and queues as ``ManagementClient.snapshot`` gives them (no lag here: nothing to re-read)."""
+        return Snapshot.from_api(self.nodes(), [self._view(q) for q in self.queues.values()], self.overview())
 
     def nodes(self) -> list[dict[str, Any]]:
         self._call("nodes")
@@ -241,3 +258,36 @@ class FakeCluster:
                 self._drop(queue, node)
                 key = (queue.vhost, queue.name)
                 self.fewest_copies[key] = min(self.fewest_copies[key], queue.copies)
+
+
+@dataclass
+class Counter:
+    """Exact counts straight from the fake queues (what a passive declare answers)."""
+
+    cluster: FakeCluster
+
+    def message_counts(self, refs: Sequence[QueueRef]) -> dict[QueueRef, QueueCount | None]:
+        result: dict[QueueRef, QueueCount | None] = {}
+        for ref in refs:
+            queue = self.cluster.queues.get((ref.vhost, ref.name))
+            result[ref] = QueueCount(queue.messages, queue.consumers) if queue else None
+        return result
+
+    def close(self) -> None:
+        """Nothing to close: no AMQP connection here."""
+
+
+@dataclass
+class Transfer:
+    """Ra's leader transfer: answers ``answer`` and, when it is ``ok``, moves the leader."""
+
+    cluster: FakeCluster
+    answer: str = "ok"
+
+    def transfer(self, moves: Sequence[Move]) -> dict[QueueRef, str]:
+        for move in moves:
+            queue = self.cluster.queues[(move.vhost, move.queue)]
+            if self.answer == "ok":
+                queue.mirrors = [n for n in (queue.leader, *queue.mirrors) if n != move.target]
+                queue.leader = move.target
+        return {m.ref: self.answer for m in moves}

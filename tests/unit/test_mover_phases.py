@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import pytest
 
 from queue_balancer.errors import ManagementError, MoveStateError
-from queue_balancer.model import Move, QueueCount, QueueRef, QueueType
+from queue_balancer.model import Move, QueueType
 from queue_balancer.movers import POLICY_PREFIX, MoveContext, MoveProgress, Mover, MoveSettings, Phase
 from queue_balancer.movers.policies import temporary_policy_name
-from tests.unit.fake_cluster import FakeCluster, FakeQueue
+from tests.unit.fake_cluster import Counter, FakeCluster, FakeQueue, Transfer
 
 HA_TWO = {"ha-mode": "exactly", "ha-params": 2, "ha-sync-mode": "automatic"}
 
@@ -22,36 +21,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@dataclass
-class Counter:
-    """Exact counts straight from the fake queues (what a passive declare answers)."""
-
-    cluster: FakeCluster
-
-    def message_counts(self, refs: Sequence[QueueRef]) -> dict[QueueRef, QueueCount | None]:
-        result: dict[QueueRef, QueueCount | None] = {}
-        for ref in refs:
-            queue = self.cluster.queues.get((ref.vhost, ref.name))
-            result[ref] = QueueCount(queue.messages, queue.consumers) if queue else None
-        return result
-
-
-@dataclass
-class Transfer:
-    """Ra's leader transfer: answers ``answer`` and, when it is ``ok``, moves the leader."""
-
-    cluster: FakeCluster
-    answer: str = "ok"
-
-    def transfer(self, moves: Sequence[Move]) -> dict[QueueRef, str]:
-        for move in moves:
-            queue = self.cluster.queues[(move.vhost, move.queue)]
-            if self.answer == "ok":
-                queue.mirrors = [n for n in (queue.leader, *queue.mirrors) if n != move.target]
-                queue.leader = move.target
-        return {m.ref: self.answer for m in moves}
 
 
 @pytest.fixture

@@ -1,0 +1,64 @@
+"""What the handlers need from the outside, as small protocols: the unit tier swaps in in-memory fakes.
+
+``LifecycleStore`` is the DynamoDB side of a run (``lambdas.store.Store`` implements it); ``ClusterApi``
+is the part of the management API the handlers use beyond a move's (``ManagementClient`` implements it);
+``ClosableCounter`` counts messages exactly and is closed when the handler is done (``AmqpCounter``).
+``lambdas.common`` hands them out, and ``lambdas.common.inject`` lets a test put fakes in their place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from queue_balancer.lifecycle import Lifecycle
+from queue_balancer.model import JsonDict, Move, Snapshot
+from queue_balancer.movers import MoveProgress
+from queue_balancer.movers.ports import ManagementApi, MessageCounter
+from queue_balancer.runner import BatchState
+
+
+class LifecycleStore(Protocol):
+    """The cluster's lifecycle item and lock, and the run's plan batches, results and report."""
+
+    def lifecycle(self, cluster: str) -> Lifecycle: ...
+
+    def start(self, record: Lifecycle) -> None: ...
+
+    def save(self, before: Lifecycle, after: Lifecycle, *, expect_requested: bool = False) -> None:
+        """Write what changed while the item belongs to ``after.run_id``; LockLost/RequestChanged else."""
+        ...
+
+    def renew_lock(self, cluster: str, run_id: str, execution_arn: str, expires_at: int) -> None: ...
+
+    def lock(self, cluster: str) -> JsonDict | None: ...
+
+    def put_meta(self, run_id: str, **fields: Any) -> None: ...
+
+    def meta(self, run_id: str) -> JsonDict: ...
+
+    def put_plan(self, run_id: str, generation: int, batches: Sequence[Sequence[Move]]) -> None: ...
+
+    def batch_state(self, run_id: str, generation: int, index: int) -> BatchState: ...
+
+    def save_batch_state(self, run_id: str, generation: int, index: int, state: BatchState) -> None: ...
+
+    def record_results(
+        self, run_id: str, generation: int, index: int, results: Sequence[MoveProgress]
+    ) -> None: ...
+
+    def results(self, run_id: str) -> list[MoveProgress]: ...
+
+    def delete_run(self, run_id: str) -> int: ...
+
+
+class ClusterApi(ManagementApi, Protocol):
+    """The management API as the handlers use it: a move's calls, the overview and a snapshot."""
+
+    def overview(self) -> dict[str, Any]: ...
+
+    def snapshot(self) -> Snapshot: ...
+
+
+class ClosableCounter(MessageCounter, Protocol):
+    def close(self) -> None: ...
