@@ -15,21 +15,23 @@ from queue_balancer.contract import METRICS_NAMESPACE, SERVICE_NAME
 def failed_runs_alarm(
     scope: Construct, state_machine: sfn.StateMachine, topic: sns.ITopic, cluster_name: str
 ) -> cloudwatch.Alarm:
-    """Alarm (to the topic) when a run fails or times out."""
+    """Alarm (to the topic) when a run fails, times out or is aborted: an aborted run (StopExecution) leaves
+    the lifecycle item, the lock and any temporary policy behind, which a human must clear."""
     period = Duration.minutes(5)
     failed = cloudwatch.MathExpression(
-        expression="FILL(failed, 0) + FILL(timedOut, 0)",
+        expression="FILL(failed, 0) + FILL(timedOut, 0) + FILL(aborted, 0)",
         using_metrics={
             "failed": state_machine.metric_failed(statistic="Sum", period=period),
             "timedOut": state_machine.metric_timed_out(statistic="Sum", period=period),
+            "aborted": state_machine.metric_aborted(statistic="Sum", period=period),
         },
-        label="Failed or timed-out runs",
+        label="Failed, timed-out or aborted runs",
         period=period,
     )
     alarm = failed.create_alarm(
         scope,
         "FailedRuns",
-        alarm_description=f"A queue balancer run of {cluster_name} failed or timed out",
+        alarm_description=f"A queue balancer run of {cluster_name} failed, timed out or was aborted",
         threshold=1,
         comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
         evaluation_periods=1,

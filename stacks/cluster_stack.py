@@ -278,7 +278,9 @@ class ClusterStack(Stack):
         reason = (
             "Rotating the Erlang cookie needs a restart of every node at once, and rotating a RabbitMQ "
             "password needs a rotation function that also changes it inside RabbitMQ; both are "
-            "operator-driven (docs/deploy.md). Only the nodes' role and the balancer can read them."
+            "operator-driven (docs/deploy.md). The secrets carry no resource policy: the stacks grant "
+            "secretsmanager:GetSecretValue to the nodes' role and the balancer's function role only, but any "
+            "principal of this account whose own IAM policy allows it can read them too."
         )
         for secret in (cookie, admin, balancer):
             NagSuppressions.add_resource_suppressions(

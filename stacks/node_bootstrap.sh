@@ -471,7 +471,10 @@ prepare_data_volume() {
     fi
     mkdir -p "$DATA_DIR"
     if ! grep -q '^LABEL=rabbitmq-data ' /etc/fstab; then
-        printf 'LABEL=rabbitmq-data %s xfs defaults,noatime,nofail 0 2\n' "$DATA_DIR" >>/etc/fstab
+        # No nofail: the node's identity and the Erlang cookie live on this volume. If it is missing at a
+        # reboot the instance must not come up as an empty broker on the root disk (rabbitmq-server also
+        # RequiresMountsFor it); it fails its EC2 checks instead and is replaced.
+        printf 'LABEL=rabbitmq-data %s xfs defaults,noatime 0 2\n' "$DATA_DIR" >>/etc/fstab
     fi
     mountpoint -q "$DATA_DIR" || mount "$DATA_DIR"
 }
@@ -498,7 +501,7 @@ write_configuration() {
     chmod 0640 "$CONF_DIR"/rabbitmq.conf "$CONF_DIR"/enabled_plugins "$CONF_DIR"/rabbitmq-env.conf
 
     install -d -m 0755 /etc/systemd/system/rabbitmq-server.service.d
-    printf '[Service]\nLimitNOFILE=65536\nTimeoutStartSec=900\n' \
+    printf '[Unit]\nRequiresMountsFor=%s\n[Service]\nLimitNOFILE=65536\nTimeoutStartSec=900\n' "$DATA_DIR" \
         >/etc/systemd/system/rabbitmq-server.service.d/limits.conf
 }
 

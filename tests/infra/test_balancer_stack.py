@@ -269,6 +269,8 @@ def test_dashboard_and_failed_run_alarm(app_synth: Synthesized) -> None:
     _, alarm = only(app_synth.resources(STACK, "AWS::CloudWatch::Alarm"))
     metrics = json.dumps(alarm["Properties"]["Metrics"])
     assert "ExecutionsFailed" in metrics and "AWS/States" in metrics
+    # An aborted run leaves its lock and temporary policies behind: it pages like a failed one.
+    assert "ExecutionsAborted" in metrics and "ExecutionsTimedOut" in metrics
     topic_id, _ = only(app_synth.resources(STACK, "AWS::SNS::Topic"))
     assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic_id}]
 

@@ -167,6 +167,16 @@ def test_logs_are_shipped_to_the_stacks_log_group() -> None:
     assert {f["log_group_name"] for f in files} == {"/rabbitmq/x"}
 
 
+def test_the_data_volume_is_required_never_optional() -> None:
+    # The cookie and the node's identity live on it: without it the broker must not start on the root disk.
+    script = BOOTSTRAP_SCRIPT.read_text()
+    assert "nofail" not in script.replace("No nofail", "")
+    assert "defaults,noatime 0 2" in script
+    assert (
+        "RequiresMountsFor=%s" in script and '"$DATA_DIR"' in script.split("RequiresMountsFor=%s", 1)[1][:80]
+    )
+
+
 def test_the_lifecycle_service_runs_the_hook_handler() -> None:
     unit = render("render_lifecycle_service")
     assert "ExecStart=/usr/local/sbin/rabbitmq-node watch-lifecycle" in unit
