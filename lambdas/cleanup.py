@@ -1,9 +1,11 @@
 """Cleanup: where every Catch of the workflow leads. Undo, verify, write IDLE, word the notification.
 
-Removes every temporary ``queue-balancer-*`` policy (``movers.cleanup``), so each queue falls back to
-its own policy; lists the queues whose mirrors are not (yet) in sync; marks the lifecycle IDLE with the
-failure; returns the subject and message of the failure notification. Policies are only touched while
-this run still holds the lock: otherwise they may belong to the run that holds it now.
+Removes the temporary ``queue-balancer-*`` policies of dead runs, this one's included
+(``movers.cleanup``; the live holder of the cluster's lock keeps its own), so each queue falls back to
+its own policy; gives back the cluster's lock (the CLI's, ``queue_balancer.lock``); lists the queues
+whose mirrors are not (yet) in sync; marks the lifecycle IDLE with the failure; returns the subject and
+message of the failure notification. Policies are only touched while this run still holds the DynamoDB
+lock: otherwise they may belong to the run that holds it now.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from lambdas.common import cluster, iso, logger, store, task
+from lambdas.common import cluster, cluster_lock, iso, logger, store, task
 from lambdas.errors import LockLost
 from lambdas.report_run import subject_line
 from lambdas.run_state import RunState
@@ -39,7 +41,11 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     ]
     if lock.get("run_id") == run.run_id:
         client = cluster().client
-        removed = cleanup(client)
+        held = cluster_lock(run.run_id, client=client)
+        # This run's policies are leftovers now; another live holder's (a CLI run that took an expired
+        # lock) are moves under way.
+        removed = cleanup(client, held.live_runs() - {held.run_id})
+        held.release()
         lines.append(
             f"Cleanup removed {len(removed)} temporary polic{'y' if len(removed) == 1 else 'ies'}"
             + (": " + ", ".join(f"`{v}`/`{n}`" for v, n in removed[:LISTED]) if removed else ".")

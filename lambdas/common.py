@@ -32,9 +32,10 @@ from queue_balancer import eval_document
 from queue_balancer.counts import AmqpCounter, discover_amqp
 from queue_balancer.errors import ConfigurationError, ManagementError
 from queue_balancer.leader_transfer import RaLeaderTransfer
+from queue_balancer.lock import ClusterLock
 from queue_balancer.management import ManagementClient
 from queue_balancer.model import JsonDict
-from queue_balancer.movers import Mover, MoveSettings
+from queue_balancer.movers import Mover, MoveSettings, derived_run_id
 from queue_balancer.movers.ports import LeaderTransfer
 
 # The stack sets POWERTOOLS_SERVICE_NAME/POWERTOOLS_METRICS_NAMESPACE (docs/aws-contract.md); the same
@@ -101,8 +102,11 @@ class ClusterAccess:
     leader_transfer: LeaderTransfer
     counter: ClosableCounter
 
-    def mover(self, settings_: MoveSettings | None = None) -> Mover:
-        return Mover(self.client, self.leader_transfer, settings_ or MoveSettings(), self.counter)
+    def mover(self, run_id: str, settings_: MoveSettings | None = None) -> Mover:
+        """A Mover whose temporary policies carry ``run_id`` (``derived_run_id``), as the CLI's do."""
+        return Mover(
+            self.client, self.leader_transfer, settings_ or MoveSettings(), self.counter, run_id=run_id
+        )
 
     def __enter__(self) -> ClusterAccess:
         return self
@@ -161,6 +165,32 @@ def inject(dependencies: Dependencies) -> Iterator[None]:
         yield
     finally:
         _serving.remove(dependencies)
+
+
+# ---- the cluster's lock (shared with the CLI) ------------------------------------------------------
+
+
+def cluster_lock(run_id: str, *, until: float | None = None, client: ClusterApi | None = None) -> ClusterLock:
+    """The in-cluster lock the CLI takes too (``queue_balancer.lock``), for this workflow run; a take or
+    a renewal holds it ``until`` the DynamoDB lock's expiry. One lock for every run that changes the
+    cluster; its id is the one in this run's temporary policies' names."""
+    if client is None:
+        with cluster() as access:
+            client = access.client
+    return ClusterLock(
+        client,
+        owner=f"workflow run {run_id} (Step Functions)",
+        run_id=derived_run_id(run_id),
+        lease_seconds=max((until or 0) - now(), 60.0),
+    )
+
+
+def renew_leases(
+    db: LifecycleStore, run_id: str, cluster_name: str, execution_arn: str, expires_at: int
+) -> None:
+    """Push out both locks, DynamoDB's and the cluster's; ``LockLost`` if either is another run's now."""
+    db.renew_lock(cluster_name, run_id, execution_arn, expires_at)
+    cluster_lock(run_id, until=expires_at).renew()
 
 
 # ---- time ----------------------------------------------------------------------------------------

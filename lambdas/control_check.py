@@ -14,7 +14,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from lambdas.common import iso, logger, now, store, task
+from lambdas.common import iso, logger, now, renew_leases, store, task
 from lambdas.errors import LockLost, RequestChanged
 from lambdas.ports import LifecycleStore
 from lambdas.run_state import Route, RunState
@@ -100,7 +100,7 @@ def next_batch(
     if not fits_in_history(run.events, EVENTS_PER_BATCH + EVENTS_PER_SLICE):
         return continue_as_new(db, run, record, event)
     expires = int(now() + BUDGET_SECONDS + config.poll_seconds + LOCK_MARGIN_SECONDS)
-    db.renew_lock(run.cluster, run.run_id, event["execution_arn"], expires)
+    renew_leases(db, run.run_id, run.cluster, event["execution_arn"], expires)
     db.save(
         record, advance(record, Step.BATCH, now=iso(), counts=run.counts, round=run.round, task_token=None)
     )
@@ -114,7 +114,7 @@ def continue_as_new(db: LifecycleStore, run: RunState, record: Lifecycle, event:
     """Hand the run to a fresh execution; the lifecycle and the lock name it before it starts."""
     name = f"{run.run_id[:70]}-c{run.execution_seq + 1}"
     child = child_execution_arn(str(event["state_machine_arn"]), name)
-    db.renew_lock(run.cluster, run.run_id, child, int(now()) + 900)
+    renew_leases(db, run.run_id, run.cluster, child, int(now()) + 900)
     db.save(record, advance(record, Step.CONTINUED, now=iso(), execution_arn=child, task_token=None))
     logger.info("continuing in a new execution", extra={"events": run.events, "execution": name})
     return replace(

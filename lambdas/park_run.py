@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from lambdas.common import iso, logger, now, store, task
+from lambdas.common import iso, logger, now, renew_leases, store, task
 from lambdas.run_state import RunState
 from queue_balancer.lifecycle import LOCK_MARGIN_SECONDS, PARK_TIMEOUT_SECONDS, State, Step, advance
 from queue_balancer.model import JsonDict
@@ -20,9 +20,10 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     run = RunState.from_dict(event["run"])
     state = State(event["state"])
     db = store()
-    db.renew_lock(
-        run.cluster,
+    renew_leases(
+        db,
         run.run_id,
+        run.cluster,
         event["execution_arn"],
         int(now()) + PARK_TIMEOUT_SECONDS + LOCK_MARGIN_SECONDS,
     )

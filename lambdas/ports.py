@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from queue_balancer.lifecycle import Lifecycle
+from queue_balancer.lock import GlobalParameters
 from queue_balancer.model import JsonDict, Move, Snapshot
 from queue_balancer.movers import MoveProgress
 from queue_balancer.movers.ports import ManagementApi, MessageCounter
@@ -52,7 +53,7 @@ class LifecycleStore(Protocol):
     def delete_run(self, run_id: str) -> int: ...
 
 
-class ClusterApi(ManagementApi, Protocol):
+class ClusterApi(ManagementApi, GlobalParameters, Protocol):
     """The management API as the handlers use it: a move's calls, the overview and a snapshot."""
 
     def overview(self) -> dict[str, Any]: ...

@@ -1,6 +1,8 @@
 """Preflight: refuse to start while a node is down, partitioned or in alarm, or traffic is above the gate.
 
-Also the run's first lifecycle write (LOADING), or, for a continuation, the hand-over of the run to
+First it takes the cluster's own lock, the one the CLI takes (``queue_balancer.lock``): while a CLI run
+holds it, this run is refused (``LockHeld``, naming the holder and its age) before it writes anything.
+Then the run's first lifecycle write (LOADING), or, for a continuation, the hand-over of the run to
 this execution.
 """
 
@@ -8,7 +10,7 @@ from __future__ import annotations
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from lambdas.common import cluster, iso, store, task
+from lambdas.common import cluster, cluster_lock, iso, store, task
 from lambdas.run_state import RunState
 from queue_balancer.lifecycle import RunInput, Step, advance, started
 from queue_balancer.model import JsonDict, Snapshot
@@ -20,10 +22,14 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     config = RunInput.parse(event["config"])
     run = RunState.from_dict(event["run"])
     db = store()
+    client = cluster().client
+    lock = cluster_lock(run.run_id, until=float(run.lock["expires_at"]), client=client)
     if run.continuation:
+        lock.renew()
         before = db.lifecycle(run.cluster)
         db.save(before, advance(before, Step.CONTINUED, now=iso(), execution_arn=event["execution_arn"]))
     else:
+        lock.acquire()
         db.start(
             started(
                 run.cluster,
@@ -33,7 +39,6 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
                 now=iso(),
             )
         )
-    client = cluster().client
     preflight(Snapshot.from_api(client.nodes(), []))
     traffic_gate(client.overview(), config.max_publish_rate, config.max_deliver_rate)
     return run.to_dict()

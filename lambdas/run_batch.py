@@ -15,7 +15,7 @@ from dataclasses import replace
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from lambdas.common import cluster, logger, metrics, now, store, task
+from lambdas.common import cluster, logger, metrics, now, renew_leases, store, task
 from lambdas.errors import LockLost
 from lambdas.run_state import Route, RunState
 from queue_balancer.batch_slice import BUDGET_SECONDS, SliceEnd, SliceLimits, drive_slice
@@ -28,7 +28,7 @@ from queue_balancer.lifecycle import (
     fits_in_history,
 )
 from queue_balancer.model import JsonDict
-from queue_balancer.movers import MoveProgress, Phase
+from queue_balancer.movers import MoveProgress, Phase, derived_run_id
 
 TIMEOUT_MARGIN_SECONDS = 30.0
 """Time left to the Lambda timeout when a slice ends at the latest (rollbacks, the final write)."""
@@ -43,7 +43,7 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     db = store()
     budget = min(BUDGET_SECONDS, context.get_remaining_time_in_millis() / 1000 - TIMEOUT_MARGIN_SECONDS)
     expires = int(now() + budget + config.poll_seconds + LOCK_MARGIN_SECONDS)
-    db.renew_lock(run.cluster, run.run_id, str(event["execution_arn"]), expires)
+    renew_leases(db, run.run_id, run.cluster, str(event["execution_arn"]), expires)
 
     def requested() -> bool:
         record = db.lifecycle(run.cluster)
@@ -55,7 +55,7 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     counted = len(state.finished)
     with cluster() as access:
         end = drive_slice(
-            access.mover(),
+            access.mover(derived_run_id(run.run_id)),
             state,
             SliceLimits(concurrency=config.concurrency, budget_seconds=max(budget, 0.0)),
             requested,

@@ -10,7 +10,13 @@
 from queue_balancer.movers.classic import MAX_NUDGES, expected_mirrors
 from queue_balancer.movers.context import MoveContext
 from queue_balancer.movers.mover import PHASES, Mover
-from queue_balancer.movers.policies import POLICY_PREFIX, cleanup, exact_pattern, temporary_policy_name
+from queue_balancer.movers.policies import (
+    POLICY_PREFIX,
+    cleanup,
+    derived_run_id,
+    exact_pattern,
+    temporary_policy_name,
+)
 from queue_balancer.movers.ports import LeaderTransfer, ManagementApi, MessageCounter
 from queue_balancer.movers.progress import TERMINAL, MoveProgress, MoveSettings, Phase
 
@@ -28,6 +34,7 @@ __all__ = [
     "Mover",
     "Phase",
     "cleanup",
+    "derived_run_id",
     "exact_pattern",
     "expected_mirrors",
     "temporary_policy_name",

@@ -31,6 +31,12 @@ def temporary_policy_name(ref: QueueRef, run_id: str = "") -> str:
     return POLICY_PREFIX + (f"{run_id}-" if run_id else "") + digest
 
 
+def derived_run_id(name: str) -> str:
+    """A policy-safe run id for a run named elsewhere (a workflow run's execution name): stable for
+    the run, so its lock and its temporary policies stay its own across retries and continuations."""
+    return "w" + hashlib.sha256(name.encode()).hexdigest()[:12]
+
+
 def is_temporary(name: str) -> bool:
     return name.startswith(POLICY_PREFIX)
 

@@ -20,10 +20,12 @@ import boto3
 import pytest
 
 from queue_balancer.cli.aws import Workflow
+from queue_balancer.errors import NotFound
 from queue_balancer.lifecycle import Lifecycle, State, cluster_pk
 from queue_balancer.local.cluster import LocalCluster
 from queue_balancer.local.endpoint import LocalEndpoint, Outputs
 from queue_balancer.local.seed import QueueType, seed
+from queue_balancer.lock import LOCK_PARAMETER, LockHolder
 from queue_balancer.management import ManagementClient
 from queue_balancer.model import Queue
 from queue_balancer.movers import POLICY_PREFIX
@@ -117,6 +119,13 @@ class Harness:
     def lifecycle(self) -> Lifecycle:
         return self.workflow.lifecycle()
 
+    def cluster_lock(self) -> LockHolder | None:
+        """The in-cluster lock (the CLI's, which the workflow takes too)."""
+        try:
+            return LockHolder.from_value(self.client.global_parameter(LOCK_PARAMETER)["value"])
+        except NotFound:
+            return None
+
     def lock(self) -> dict[str, Any] | None:
         return self.workflow.lock()
 
@@ -198,6 +207,7 @@ def _clean(h: Harness) -> None:
         h.client.request("DELETE", f"queues/{quote(q['vhost'], safe='')}/{quote(q['name'], safe='')}")
     for p in h.client.policies():
         h.client.delete_policy(p["vhost"], p["name"])
+    h.client.delete_global_parameter(LOCK_PARAMETER)  # a stopped execution's, a test's CLI lock
     table = h.table
     for item in table.scan(ProjectionExpression="pk, sk")["Items"]:
         table.delete_item(Key={"pk": item["pk"], "sk": item["sk"]})

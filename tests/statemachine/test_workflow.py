@@ -9,11 +9,14 @@ from typing import Any
 
 import pytest
 
-from queue_balancer.cli import workflow
+from queue_balancer.cli import main, workflow
 from queue_balancer.cli.events import perform
-from queue_balancer.cli.exit_codes import EXIT_OK
+from queue_balancer.cli.exit_codes import EXIT_ERROR, EXIT_OK
 from queue_balancer.errors import BalancerError
 from queue_balancer.lifecycle import Counts, Event, EventRefused, Lifecycle, RunInput, State, cluster_pk
+from queue_balancer.lock import ClusterLock
+from queue_balancer.model import QueueRef
+from queue_balancer.movers import derived_run_id, exact_pattern, temporary_policy_name
 from tests.conftest import wait_until
 from tests.statemachine.conftest import Harness, spread
 
@@ -41,6 +44,7 @@ def test_balance_spreads_leaders_reports_and_releases_the_lock(
     assert spread(harness.leaders()) == 0
     assert harness.temporary_policies() == []
     assert harness.lock() is None
+    assert harness.cluster_lock() is None
     record = harness.lifecycle()
     assert (record.state, record.outcome, record.counts.done, record.counts.failed) == (
         State.IDLE,
@@ -138,6 +142,62 @@ def test_a_second_run_fails_fast_while_one_holds_the_lock_and_reset_clears_every
     record = harness.lifecycle()
     assert (record.state, record.outcome, record.counts.pending) == (State.IDLE, "reset", 0)
     assert harness.lock() is None
+    assert harness.cluster_lock() is None
+
+
+def _temporary_policy(harness: Harness, run_id: str) -> str:
+    """A temporary policy of ``run_id`` (a move under way), on a queue name nothing else uses."""
+    name = temporary_policy_name(QueueRef("/", "lock-probe"), run_id)
+    harness.client.put_policy(
+        "/", name, pattern=exact_pattern("lock-probe"), definition={"max-length": 10**6}, priority=9
+    )
+    return name
+
+
+def test_a_cli_run_holding_the_cluster_lock_refuses_a_workflow_run_that_then_changes_nothing(
+    harness: Harness,
+) -> None:
+    harness.seed(3, "quorum", "q")
+    ClusterLock(harness.client, "ops@bastion (queue-balancer balance)", "c1i0run", settle=0).acquire()
+    policy = _temporary_policy(harness, "c1i0run")
+
+    done = harness.finished(harness.start({"action": "balance", **FAST}), timeout=30)
+
+    assert (done["status"], done["error"]) == ("FAILED", "AlreadyRunning")
+    assert "another balancer run holds this cluster: run c1i0run of ops@bastion" in done["cause"]
+    assert "holding it for" in done["cause"]
+    assert harness.temporary_policies() == [policy]  # the CLI's move under way is left alone
+    assert spread(harness.leaders()) == 3  # nothing moved
+    assert harness.lock() is None  # the DynamoDB lock it took is given back
+    assert harness.lifecycle().run_id is None
+    held = harness.cluster_lock()
+    assert held is not None and held.run_id == "c1i0run"
+
+
+def test_a_workflow_run_holding_the_cluster_lock_refuses_cli_balance_and_cleanup(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    harness.seed(3, "quorum", "q")
+    arn = harness.start({"action": "load", **FAST})
+    record = harness.wait_state(State.READY, token=True)
+    held = harness.cluster_lock()
+    assert held is not None and held.run_id == derived_run_id(record.run_id or "")
+    assert held.owner.startswith("workflow run ")
+    policy = _temporary_policy(harness, held.run_id)
+
+    user, password = harness.cluster.credentials
+    monkeypatch.setenv("RABBITMQ_PASSWORD", password)
+    target = ["--url", harness.cluster.nodes[0].management_url, "--user", user]
+    for command in (["balance"], ["cleanup"]):
+        assert main([*target, *command]) == EXIT_ERROR
+        err = capsys.readouterr().err
+        assert f"another balancer run holds this cluster: run {held.run_id} of workflow run" in err
+    assert harness.temporary_policies() == [policy]
+    assert spread(harness.leaders()) == 3
+
+    perform(harness.workflow, Event.RESET)
+    assert harness.finished(arn)["status"] == "SUCCEEDED"
+    assert harness.cluster_lock() is None  # released on the way out (stop/reset/finish)
     assert harness.workflow.run_meta(record.run_id or "") == {}  # the run's plan and report are gone
     assert harness.leaders()[harness.cluster.nodes[0].name] == 3
 
@@ -202,6 +262,7 @@ def test_a_failure_mid_move_cleans_up_notifies_and_releases_the_lock(
     assert (done["status"], done["error"]) == ("FAILED", "RuntimeError")
     assert harness.temporary_policies() == []
     assert harness.lock() is None
+    assert harness.cluster_lock() is None
     record = harness.lifecycle()
     assert (record.state, record.outcome) == (State.IDLE, "failed: RuntimeError")
     [note] = harness.notifications()

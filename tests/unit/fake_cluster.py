@@ -46,6 +46,7 @@ class FakeCluster:
         self.running = dict.fromkeys(nodes, True)
         self.queues: dict[Key, FakeQueue] = {}
         self.policy_store: dict[Key, dict[str, Any]] = {}
+        self.global_parameters: dict[str, Any] = {}
         self.sync_on_read = True
         self.calls: list[tuple[str, ...]] = []
         self.fewest_copies: dict[Key, int] = {}
@@ -154,6 +155,17 @@ class FakeCluster:
         existed = self.policy_store.pop((vhost, name), None) is not None
         self._apply_all(vhost)
         return existed
+
+    def global_parameter(self, name: str) -> dict[str, Any]:
+        if name not in self.global_parameters:
+            raise NotFound(f"global parameter {name} not found", status=404)
+        return {"name": name, "value": self.global_parameters[name]}
+
+    def put_global_parameter(self, name: str, value: Mapping[str, Any]) -> None:
+        self.global_parameters[name] = dict(value)
+
+    def delete_global_parameter(self, name: str) -> bool:
+        return self.global_parameters.pop(name, None) is not None
 
     # ---- RabbitMQ's mirroring rules -----------------------------------------------------------------
 

@@ -11,7 +11,8 @@ import pytest
 from queue_balancer.errors import NotFound
 from queue_balancer.lock import LOCK_PARAMETER, ClusterLock, LockHeld, LockHolder, LockLost
 from queue_balancer.model import QueueRef
-from queue_balancer.movers import cleanup, temporary_policy_name
+from queue_balancer.movers import cleanup, derived_run_id, temporary_policy_name
+from queue_balancer.movers.policies import owning_run
 from tests.unit.fake_cluster import FakeCluster
 
 
@@ -90,3 +91,23 @@ def test_cleanup_removes_only_the_policies_of_dead_runs() -> None:
     assert sorted(name for _, name in cluster.policy_store) == sorted(
         ["own", temporary_policy_name(ref, "live")]
     )
+
+
+def test_a_workflow_run_id_names_its_lock_and_policies_stably_and_validly() -> None:
+    execution = "balance-2026-11-27T14:50:00Z-3f9a"
+    run_id = derived_run_id(execution)
+    assert run_id == derived_run_id(execution) != derived_run_id(execution + "x")
+    name = temporary_policy_name(QueueRef("/", "q"), run_id)  # raises on an invalid run id
+    assert owning_run(name) == run_id
+
+
+def test_a_live_workflow_holder_keeps_its_policies_from_a_cli_cleanup() -> None:
+    api, now = Parameters(), [1000.0]
+    workflow = derived_run_id("execution-1")
+    lock(api, workflow, now).acquire()
+    cluster = FakeCluster()
+    ref = QueueRef("/", "q")
+    cluster.add_policy("/", temporary_policy_name(ref, workflow), "^q$", {"ha-mode": "all"})
+    with pytest.raises(LockHeld, match=f"run {workflow} of tester"):
+        lock(api, "cli", now).acquire()
+    assert cleanup(cluster, lock(api, "cli", now).live_runs()) == []
