@@ -25,6 +25,7 @@ NO_CLEANUP = {
     "NotifyCleanupFailed",
     "MarkFailed",
     "ReleaseLockAfterFailure",
+    "ReleaseLockAfterRefusal",  # a CLI run holds the cluster: its policies are not this run's
     "ReleaseLock",
 }
 PLACEHOLDER_VALUES = {
