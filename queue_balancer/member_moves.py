@@ -7,11 +7,14 @@ One queue's change (a ``MemberMove``) is a small state machine driven by observa
    promotes once it has the log), ``online`` in the real-time view, and its log has reached the leader's
    commit index of the moment it was added (its own commit index may only learn of that with the next
    command, which an idle queue may not get for seconds).
-2. **Quorum at every step.** An add is made only while the members online already form a quorum of the
-   grown group (on 3.x a new member votes before it has caught up); when they do not, a member on a node
-   that is down is removed first, which drops no copy. A member that is online is removed only when the
-   rest still form a quorum, and only after the adds, so the queue never holds fewer in-sync copies than
-   before the change.
+2. **Quorum at every step.** Decisions are made on observed Raft states only (a round whose status call
+   failed changes nothing), counting only voting members (a 4.x non-voter holds no vote). An add is made
+   only while the voters in sync already form a quorum of the grown group (on 3.x a new member votes
+   before it has caught up); when they do not, a member on a node gone from the cluster (no longer in
+   ``/api/nodes``) is removed first, which drops no copy. A member on a node merely stopped still holds its
+   data on disk and may come back: the change waits for it (until its deadline) instead. A member that is
+   online is removed only when the rest still form a quorum, and only after the adds, so the queue never
+   holds fewer in-sync copies than before the change.
 3. **Verify** as a leader move is verified: the members are exactly the planned ones, all online, and the
    exact message count (passive declare over AMQP) is unchanged.
 4. **Roll back** on failure or interruption: the members this change added and no longer needs are
@@ -111,7 +114,8 @@ class _Observed:
 
 
 UNKNOWN_MARK = -1
-"""The commit index a new member must reach, not known yet (a member found added, see ``_adopt``)."""
+"""The commit index a new member must reach, not known yet (a member found added, see ``_adopt``, or the
+status call right after the add failed): measured at the next successful status call, never caught up."""
 
 TRANSIENT = ("port failure", "cluster_change_not_permitted", "timeout")
 """Answers after which a change is retried next round: Ra refuses a membership change while the previous
@@ -137,6 +141,22 @@ def _adopt(progress: MemberProgress, seen: _Observed) -> MemberProgress:
     )
 
 
+def _leader_commit(states: Mapping[str, MemberState]) -> int:
+    """The leader's commit index, ``UNKNOWN_MARK`` without the leader's state (the status call failed)."""
+    marks = [
+        s.commit_index for s in states.values() if s.raft_state == "leader" and s.commit_index is not None
+    ]
+    return max(marks, default=UNKNOWN_MARK)
+
+
+def _voters_in_sync(seen: _Observed, catching_up: Mapping[str, int]) -> tuple[int, int]:
+    """How many members vote (one without a state counts: the larger quorum) and how many of those are in
+    sync (observed voting, online and caught up): a 4.x non-voter counts for neither."""
+    voting = {n for n in seen.members if (state := seen.states.get(n)) is None or state.voter}
+    in_sync = {n for n in voting & seen.online if n in seen.states and n not in catching_up}
+    return len(voting), len(in_sync)
+
+
 @dataclass
 class MemberMover:
     """Member changes through a ``MemberChanger`` (eval on 3.x, HTTP on 4.x), observed through the API."""
@@ -146,6 +166,7 @@ class MemberMover:
     settings: MoveSettings = field(default_factory=MoveSettings)
     counter: MessageCounter | None = None
     clock: Callable[[], float] = time.time
+    _cluster_nodes: frozenset[str] | None = field(default=None, init=False, repr=False)
 
     def start(self, moves: Sequence[MemberMove]) -> list[MemberProgress]:
         """Record each queue's message count; the first changes are made by the next ``step``."""
@@ -177,7 +198,8 @@ class MemberMover:
             _adopt(p, seen) if isinstance(seen := observed.get(p.move.ref), _Observed) else p
             for p in progresses
         ]
-        states = self._status([p.move.ref for p in progresses if p.catching_up and not p.finished])
+        self._cluster_nodes = None  # /api/nodes, read at most once a round and only when needed
+        states = self._status([p.move.ref for p in progresses if p.phase is MemberPhase.CHANGING])
         result: list[MemberProgress] = []
         adds: list[tuple[int, Change]] = []
         removes: list[tuple[int, Change]] = []
@@ -213,19 +235,15 @@ class MemberMover:
             return progress, None
         if progress.phase is MemberPhase.VERIFYING:
             return self._verify(progress, seen), None
+        if not seen.states:  # no Raft states this round (the status call failed): decide next round
+            return progress, None
         progress = self._caught_up(progress, seen)
         to_add = [n for n in move.add if n not in seen.members]
         to_remove = [n for n in move.remove if n in seen.members]
-        voters = len(seen.members)
-        up = len((seen.online & seen.members) - set(progress.catching_up))  # in sync: online and caught up
+        voters, up = _voters_in_sync(seen, progress.catching_up)
         offline = [n for n in to_remove if n not in seen.online]
         if to_add:
-            if up >= quorum_of(voters + 1):
-                return progress, ("add", to_add[0])
-            if offline:  # a member on a down node holds no copy: dropping it first keeps the quorum
-                return progress, ("remove", offline[0])
-            reason = f"adding a member would leave no quorum until it catches up ({up} of {voters} in sync)"
-            return self.abort(progress, reason), None
+            return self._grow(progress, to_add[0], offline, voters, up)
         if progress.catching_up:
             return progress, None
         if to_remove:
@@ -235,6 +253,20 @@ class MemberMover:
                 return self.abort(progress, reason), None
             return progress, ("remove", node)
         return self._verify(replace(progress, phase=MemberPhase.VERIFYING), seen), None
+
+    def _grow(
+        self, progress: MemberProgress, node: str, offline: list[str], voters: int, up: int
+    ) -> tuple[MemberProgress, tuple[str, str] | None]:
+        """Add ``node`` while the voters in sync form a quorum of the grown group; else make room."""
+        if up >= quorum_of(voters + 1):
+            return progress, ("add", node)
+        gone = self._gone(offline)
+        if gone:  # a member on a node gone from the cluster holds no copy: dropping it keeps the quorum
+            return progress, ("remove", gone[0])
+        if offline:  # a stopped node keeps its member's data on disk and may come back: wait for it
+            return progress, None
+        reason = f"adding a member would leave no quorum until it catches up ({up} of {voters} in sync)"
+        return self.abort(progress, reason), None
 
     def _caught_up(self, progress: MemberProgress, seen: _Observed) -> MemberProgress:
         """Drop the new members that have caught up from ``catching_up``."""
@@ -342,21 +374,23 @@ class MemberMover:
                 if not succeeded(answer):
                     result[index] = self.abort(progress, f"{kind} {node} refused: {answer}")
                 elif kind == "add":
-                    leader_index = max(
-                        (
-                            s.commit_index or 0
-                            for s in marks.get(ref, {}).values()
-                            if s.raft_state == "leader"
-                        ),
-                        default=0,
-                    )
                     result[index] = replace(
                         progress,
                         added=(*progress.added, node),
-                        catching_up={**progress.catching_up, node: leader_index},
+                        catching_up={**progress.catching_up, node: _leader_commit(marks.get(ref, {}))},
                     )
                 else:
                     result[index] = replace(progress, removed=(*progress.removed, node))
+
+    def _gone(self, nodes: Sequence[str]) -> list[str]:
+        """Those of ``nodes`` the cluster no longer knows (``/api/nodes`` lists stopped nodes too); none
+        when ``/api/nodes`` cannot be read."""
+        if nodes and self._cluster_nodes is None:
+            try:
+                self._cluster_nodes = frozenset(str(n.get("name", "")) for n in self.client.nodes())
+            except BalancerError:
+                return []
+        return [n for n in nodes if self._cluster_nodes is not None and n not in self._cluster_nodes]
 
     def _counts(self, refs: Sequence[QueueRef]) -> dict[QueueRef, Any]:
         if not refs or self.counter is None:

@@ -35,12 +35,14 @@ class FakeQueue:
     leader: str
     commit: int = 10
     lag: dict[str, int] = field(default_factory=dict)
+    non_voters: set[str] = field(default_factory=set)
+    """Members that hold no vote (4.x) and so count for no quorum."""
     messages: int = 7
     history: list[tuple[str, str, int, int]] = field(default_factory=list)
     """(action, node, members in sync, members) after every change."""
 
     def in_sync(self) -> list[str]:
-        return [m for m in self.members if m in self.up and not self.lag.get(m)]
+        return [m for m in self.members if m in self.up and not self.lag.get(m) and m not in self.non_voters]
 
 
 @dataclass
@@ -56,10 +58,26 @@ class FakeCluster:
     """How many add calls make the change and then fail in the port (a lost answer)."""
     election_polls: int = 0
     """Observations without a leader after the leader's member is removed."""
+    failing_status: int = 0
+    """How many status calls right after an add fail in the port (an eval timeout)."""
+    _just_added: bool = False
+    departed: set[str] = field(default_factory=set)
+    """Nodes forgotten by the cluster: gone from /api/nodes. Every other node of the queue is listed."""
+    restart_after: int = 0
+    """Observations after which the stopped nodes come back (0: never)."""
     _electing: int = 0
+    _observations: int = 0
+
+    def nodes(self) -> list[dict[str, Any]]:
+        q = self.queue
+        known = (set(q.members) | q.up) - self.departed
+        return [{"name": n, "running": n in q.up} for n in sorted(known)]
 
     def queue_now(self, vhost: str, name: str) -> dict[str, Any]:
         q = self.queue
+        self._observations += 1
+        if self._observations == self.restart_after:
+            q.up |= set(q.members) - self.departed
         if self._electing:
             self._electing -= 1
             leader = "" if self._electing else q.in_sync()[0]
@@ -86,6 +104,7 @@ class FakeCluster:
             self.queue.lag[node] = self.catch_up_polls
             self._record("add", node)
             answers[change] = "ok"
+        self._just_added = True
         if self.lose_answers > 0:
             self.lose_answers -= 1
             raise MemberChangeError("rabbitmqctl eval timed out")
@@ -102,6 +121,10 @@ class FakeCluster:
         return dict.fromkeys(changes, "ok")
 
     def status(self, refs: Sequence[QueueRef]) -> dict[QueueRef, list[MemberState] | str]:
+        just_added, self._just_added = self._just_added, False
+        if just_added and self.failing_status > 0:
+            self.failing_status -= 1
+            raise MemberChangeError("rabbitmqctl eval timed out")
         q = self.queue
         states = []
         for m in q.members:
@@ -109,7 +132,8 @@ class FakeCluster:
             if lag:
                 q.lag[m] = lag - 1
             index = q.commit - lag * 5
-            states.append(MemberState(m, "leader" if m == q.leader else "follower", q.commit, index))
+            role = "leader" if m == q.leader else "follower"
+            states.append(MemberState(m, role, q.commit, index, voter=m not in q.non_voters))
         return dict.fromkeys(refs, states)
 
     def message_counts(self, refs: Sequence[QueueRef]) -> dict[QueueRef, QueueCount | None]:
@@ -117,9 +141,8 @@ class FakeCluster:
 
     def _check_quorum(self, grown: bool) -> None:
         q = self.queue
-        assert len(q.in_sync()) >= quorum_of(len(q.members) + grown), (
-            "a change left the queue without a quorum"
-        )
+        voters = len([m for m in q.members if m not in q.non_voters])
+        assert len(q.in_sync()) >= quorum_of(voters + grown), "a change left the queue without a quorum"
 
     def _record(self, action: str, node: str) -> None:
         self.queue.history.append((action, node, len(self.queue.in_sync()), len(self.queue.members)))
@@ -150,11 +173,49 @@ def test_replacement_adds_waits_for_catch_up_then_removes() -> None:
     assert cluster.queue.history[1][2] == 3  # removed only once the new member was in sync: 3 of 3 after
 
 
-def test_member_on_a_down_node_goes_first_when_an_add_would_break_the_quorum() -> None:
-    cluster = FakeCluster(FakeQueue(["a", "b", "old"], up={"a", "b", "new"}, leader="a"))
+def test_member_on_a_departed_node_goes_first_when_an_add_would_break_the_quorum() -> None:
+    cluster = FakeCluster(FakeQueue(["a", "b", "old"], up={"a", "b", "new"}, leader="a"), departed={"old"})
     done = run(cluster, move(("a", "b", "old"), ("new",), ("old",)))
     assert done.phase is MemberPhase.DONE, done.outcome
     assert [h[:2] for h in cluster.queue.history] == [("remove", "old"), ("add", "new")]
+
+
+def test_member_on_a_stopped_node_that_restarts_is_kept_until_its_replacement_caught_up() -> None:
+    """A stopped node still in /api/nodes keeps its member's data on disk: never removed before the add."""
+    cluster = FakeCluster(FakeQueue(["a", "b", "old"], up={"a", "b", "new"}, leader="a"), restart_after=4)
+    done = run(cluster, move(("a", "b", "old"), ("new",), ("old",)))
+    assert done.phase is MemberPhase.DONE, done.outcome
+    assert [h[:2] for h in cluster.queue.history] == [("add", "new"), ("remove", "old")]
+    assert cluster.queue.history[1][2] == 3  # old went only once new was in sync
+
+
+def test_member_on_a_stopped_node_that_stays_down_is_never_removed_first() -> None:
+    cluster = FakeCluster(FakeQueue(["a", "b", "old"], up={"a", "b", "new"}, leader="a"))
+    failed = run(cluster, move(("a", "b", "old"), ("new",), ("old",)), phase_timeout=0.05)
+    assert failed.phase is MemberPhase.FAILED and failed.outcome == "timed out"
+    assert cluster.queue.members == ["a", "b", "old"] and not cluster.queue.history
+
+
+def test_a_failed_status_call_after_an_add_never_counts_the_new_member_as_caught_up() -> None:
+    """The catch-up mark is unknown until a status call answers; the new member's log starts far behind."""
+    cluster = FakeCluster(
+        FakeQueue(["a", "b", "c"], up=set("abcd"), leader="a", commit=1000),
+        catch_up_polls=3,
+        failing_status=1,
+    )
+    done = run(cluster, move(("a", "b", "c"), ("d",), ("c",)))
+    assert done.phase is MemberPhase.DONE, done.outcome
+    assert [h[:2] for h in cluster.queue.history] == [("add", "d"), ("remove", "c")]
+    assert cluster.queue.history[1][2] == 3  # d was in sync before c went
+
+
+def test_a_non_voting_member_counts_for_no_quorum() -> None:
+    """4.x: an online non-voter (n) must not make up for a voter that is down (c)."""
+    cluster = FakeCluster(FakeQueue(["a", "b", "c", "n"], up={"a", "b", "n"}, leader="a", non_voters={"n"}))
+    failed = run(cluster, move(("a", "b", "c", "n"), (), ("b",)))
+    assert failed.phase is MemberPhase.FAILED
+    assert failed.outcome == "removing b would leave no quorum (2 of 3 in sync)"
+    assert cluster.queue.members == ["a", "b", "c", "n"]
 
 
 def test_a_refused_add_fails_the_change_and_removes_nothing() -> None:
