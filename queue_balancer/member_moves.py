@@ -235,8 +235,8 @@ class MemberMover:
             return progress, None
         if progress.phase is MemberPhase.VERIFYING:
             return self._verify(progress, seen), None
-        if not seen.states:  # no Raft states this round (the status call failed): decide next round
-            return progress, None
+        if not seen.states or (seen.online & seen.members) - set(seen.states):
+            return progress, None  # an online member's Raft state unread (the status call failed): next round
         progress = self._caught_up(progress, seen)
         to_add = [n for n in move.add if n not in seen.members]
         to_remove = [n for n in move.remove if n in seen.members]
