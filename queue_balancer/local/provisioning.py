@@ -45,7 +45,7 @@ NODE_TAG_KEY = "queue-balancer:node"
 ASL_PATH = Path(__file__).resolve().parents[2] / "statemachine" / "balancer.asl.json"
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
 ProvisionedService = Literal[
-    "dynamodb", "ec2", "events", "iam", "lambda", "secretsmanager", "sns", "sqs", "stepfunctions"
+    "dynamodb", "ec2", "events", "iam", "lambda", "secretsmanager", "sns", "sqs", "ssm", "stepfunctions"
 ]
 """What the endpoint provisions; boto3's stubs type a client by its service name."""
 
