@@ -13,22 +13,10 @@ from typing import Any
 
 from queue_balancer.contract import PARTITION_KEY, cluster_pk
 from queue_balancer.lifecycle import Counts
+from queue_balancer.lifecycle.routing import Route
 from queue_balancer.model import JsonDict
 
-
-class Route:
-    """Values of ``$.run.next`` that the ASL's Choice states test."""
-
-    BATCH = "batch"
-    WAIT_BATCH = "wait_batch"
-    CONTROL = "control"
-    WAIT_FOR_GO = "wait_for_go"
-    PAUSE = "pause"
-    LOAD = "load"
-    VERIFY = "verify"
-    CONTINUE_AS_NEW = "continue_as_new"
-    FINISH = "finish"
-    NEXT_ROUND = "next_round"
+__all__ = ["Route", "RunState"]
 
 
 @dataclass(frozen=True)
