@@ -1,4 +1,5 @@
-"""Preflight: refuse to start while a node is down, partitioned or in alarm, or traffic is above the gate.
+"""Preflight: refuse to start while a node is down, partitioned or in alarm; skip the run while traffic
+is above the gate (the run ends as ``skipped`` with the reason: a busy hour is not a failure).
 
 First it takes the cluster's own lock, the one the CLI takes (``queue_balancer.lock``): while a CLI run
 holds it, this run is refused (``LockHeld``, naming the holder and its age) before it writes anything.
@@ -8,11 +9,14 @@ this execution.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from lambdas.common import cluster, cluster_lock, iso, store, task
-from lambdas.run_state import RunState
-from queue_balancer.lifecycle import RunInput, Step, advance, started
+from lambdas.common import cluster, cluster_lock, iso, logger, store, task
+from lambdas.run_state import Route, RunState
+from queue_balancer.errors import TrafficGateClosed
+from queue_balancer.lifecycle import Outcome, RunInput, Step, advance, started
 from queue_balancer.model import JsonDict, Snapshot
 from queue_balancer.safety import preflight, traffic_gate
 
@@ -40,5 +44,9 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
             )
         )
     preflight(Snapshot.from_api(client.nodes(), []))
-    traffic_gate(client.overview(), config.max_publish_rate, config.max_deliver_rate)
+    try:
+        traffic_gate(client.overview(), config.max_publish_rate, config.max_deliver_rate)
+    except TrafficGateClosed as closed:
+        logger.info("run skipped", extra={"reason": str(closed)})
+        return replace(run, next=Route.FINISH, outcome=f"{Outcome.SKIPPED.value}: {closed}").to_dict()
     return run.to_dict()

@@ -34,6 +34,10 @@ class ClusterNotReady(BalancerError):
     """The cluster is not in a state where moving leaders is safe (node down, partition, alarm)."""
 
 
+class TrafficGateClosed(ClusterNotReady):
+    """Traffic is above the run's limits: not a fault, the workflow skips the run (the CLI refuses it)."""
+
+
 class LeaderTransferError(BalancerError):
     """The Erlang-eval port used for quorum leader transfers failed."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from queue_balancer.errors import ClusterNotReady
+from queue_balancer.errors import ClusterNotReady, TrafficGateClosed
 from queue_balancer.model import Node, Plan, Snapshot, spread
 
 
@@ -48,7 +48,7 @@ def traffic_gate(
         if rate > limit:
             over.append(f"{key.replace('_get', '')} rate {rate:.1f}/s is above {limit:g}/s")
     if over:
-        raise ClusterNotReady("traffic gate closed: " + "; ".join(over))
+        raise TrafficGateClosed("traffic gate closed: " + "; ".join(over))
 
 
 def another_round(replanned: Plan, finished_rounds: int, rounds: int) -> bool:

@@ -89,6 +89,7 @@ class Outcome(StrEnum):
     STOPPED = "stopped"
     RESET = "reset"
     FAILED = "failed"
+    SKIPPED = "skipped"  # the traffic gate was closed: nothing was moved, the run is not a failure
 
 
 class EventRefused(BalancerError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -168,7 +169,8 @@ def _rate(data: Mapping[str, Any], key: str, problems: list[str]) -> float | Non
     value = data.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    # 1e999 in the input JSON parses as infinity: a limit, like a count, must be a finite number
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
         problems.append(f"{key} must be a number of messages per second (0 or more), not {value!r}")
         return None
     return float(value)

@@ -4,6 +4,8 @@ operator's commands through ``queue_balancer.cli`` (what ``queue-balancer go|pau
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from typing import Any
 
@@ -307,20 +309,46 @@ def test_a_run_continues_in_a_fresh_execution_when_the_next_batch_would_not_fit(
     assert "moves: 2 done" in note["message"]  # one report for the whole run, across both executions
 
 
+DEEP = 100
+"""Nesting of the deeply nested input: far past any real input. The local endpoint's ASL interpreter (moto)
+fails an execution nested 500 deep with ``States.Runtime`` (a RecursionError) before ValidateInput runs."""
+
+
 @pytest.mark.parametrize(
-    ("data", "problem"),
+    ("text", "problem"),
     [
-        ({"action": "rebalance"}, "unknown action"),
-        ({"action": "balance", "concurrency": 0}, "concurrency must be between 1 and 40"),
-        ({"action": "balance", "pattern": "(oops"}, "invalid queue name pattern"),
+        ('{"action": "rebalance"}', "unknown action"),
+        ('{"action": "balance", "concurrency": 0}', "concurrency must be between 1 and 40"),
+        ('{"action": "balance", "pattern": "(oops"}', "invalid queue name pattern"),
+        ('{"concurrency": "4"}', "concurrency must be an integer, not '4'"),
+        ('{"concurrency": 2.5}', "concurrency must be an integer"),
+        ('{"vhosts": "/"}', "vhosts must be a list of vhost names"),
+        ('{"vhosts": [""]}', "vhosts must be a list of vhost names"),
+        ('{"per_vhost": 1}', "per_vhost must be true or false"),
+        ('{"pattern": 7}', "pattern must be a string"),
+        ('{"max_publish_rate": "fast"}', "max_publish_rate must be a number"),
+        ('{"max_deliver_rate": -1}', "max_deliver_rate must be a number of messages per second (0 or more)"),
+        ('{"rounds": -3}', "rounds must be between 1"),
+        ('{"max_moves": -1}', "max_moves must be between 0"),
+        ('{"batch_size": 1000000000000000000000000000000}', "batch_size must be between 1"),
+        ('{"poll_seconds": 99999999}', "poll_seconds must be between 1"),
+        ('{"max_publish_rate": 1e999}', "max_publish_rate must be a number"),
+        ('{"pattern": ' + "[" * DEEP + "]" * DEEP + "}", "pattern must be a string"),
+        ('{"concurency": 2}', "unknown field(s) concurency"),
+        ('["balance"]', "the input must be a JSON object, not list"),
+        ('"balance"', "the input must be a JSON object, not str"),
+        ("42", "the input must be a JSON object, not int"),
+        ("null", "the input must be a JSON object, not NoneType"),
     ],
+    ids=lambda value: value[:40] if isinstance(value, str) else None,
 )
 def test_invalid_input_fails_with_a_named_error_and_changes_nothing(
-    harness: Harness, data: dict[str, Any], problem: str
+    harness: Harness, text: str, problem: str
 ) -> None:
-    done = harness.finished(harness.start(data), timeout=30)
-    assert (done["status"], done["error"]) == ("FAILED", "InvalidInput")
+    """Refused by ValidateInput, before the lock: no lifecycle, no lock, nothing in the table."""
+    done = harness.finished(harness.start(text=text), timeout=30)
+    assert (done["status"], done["error"]) == ("FAILED", "InvalidInput"), done.get("cause", "")[-600:]
     assert problem in done["cause"]
     assert harness.table.scan()["Items"] == []
-    with pytest.raises(BalancerError, match=problem):
-        RunInput.parse(data)  # the CLI refuses the same input before starting anything
+    with pytest.raises(BalancerError, match=re.escape(problem)):
+        RunInput.parse(json.loads(text))  # the CLI refuses the same input before starting anything

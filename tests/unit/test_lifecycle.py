@@ -241,6 +241,8 @@ def test_defaults_and_round_trip() -> None:
         ({"poll_seconds": 10}, "poll_seconds must be between 1 and 3"),
         ({"vhosts": "/"}, "vhosts must be a list"),
         ({"max_publish_rate": -1}, "max_publish_rate must be a number"),
+        ({"max_deliver_rate": float("inf")}, "max_deliver_rate must be a number"),  # 1e999 in JSON
+        ({"max_publish_rate": float("nan")}, "max_publish_rate must be a number"),
         ([1, 2], "must be a JSON object"),
     ],
 )
