@@ -38,11 +38,15 @@ def publishing(harness: Harness) -> Iterator[Harness]:
     thread.start()
     try:
         wait_until(
-            lambda: float(
-                (harness.client.overview().get("message_stats") or {}).get("publish_details", {}).get("rate")
-                or 0
-            )
-            > 0,
+            lambda: (
+                float(
+                    (harness.client.overview().get("message_stats") or {})
+                    .get("publish_details", {})
+                    .get("rate")
+                    or 0
+                )
+                > 0
+            ),
             timeout=60,
             what="a publish rate in the overview",
         )
