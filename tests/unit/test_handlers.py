@@ -163,10 +163,12 @@ def test_preflight_refuses_while_a_node_is_down(world: World) -> None:
         started(world)
 
 
-def test_preflight_closes_the_traffic_gate_above_the_limit(world: World) -> None:
+def test_preflight_skips_the_run_when_the_traffic_gate_is_closed(world: World) -> None:
+    """A busy hour is not a failure: the run goes to its report as skipped (no exception, no alarm)."""
     world.cluster.publish_rate = 500.0
-    with pytest.raises(ClusterNotReady, match=r"traffic gate closed: publish rate 500\.0/s"):
-        started(world, {"max_publish_rate": 100})
+    run = started(world, {"max_publish_rate": 100})["run"]
+    assert run["next"] == "finish"
+    assert run["outcome"] == "skipped: traffic gate closed: publish rate 500.0/s is above 100/s"
 
 
 def test_a_management_5xx_is_named_for_the_state_machines_retry(world: World) -> None:
