@@ -18,11 +18,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lambdas.common import cluster, cluster_lock, iso, logger, store, task
 from lambdas.errors import LockLost
-from lambdas.report_run import subject_line
 from lambdas.run_state import RunState
 from queue_balancer.lifecycle import Outcome, finished
 from queue_balancer.model import JsonDict, QueueType
 from queue_balancer.movers import cleanup
+from queue_balancer.report import subject_line
 
 LISTED = 20
 

@@ -10,9 +10,7 @@ from lambdas.planning import report_from_dict
 from lambdas.run_state import RunState
 from queue_balancer.lifecycle import RunInput
 from queue_balancer.model import JsonDict
-from queue_balancer.report import Report, RunSummary, summary_markdown, summary_text
-
-SUBJECT_LIMIT = 100  # SNS: at most 100 printable ASCII characters, no line breaks
+from queue_balancer.report import Report, RunSummary, subject_line, summary_markdown, summary_text
 
 
 @task
@@ -50,8 +48,3 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     metrics.add_metric(name="SpreadAfter", unit=MetricUnit.Count, value=after.spread)
     metrics.add_metric(name="RunDuration", unit=MetricUnit.Seconds, value=round(summary.seconds, 1))
     return {"subject": subject, "message": message}
-
-
-def subject_line(text: str) -> str:
-    printable = "".join(c if 32 <= ord(c) < 127 else "?" for c in text)
-    return printable[:SUBJECT_LIMIT]

@@ -236,3 +236,13 @@ def summary_markdown(run: RunSummary) -> str:
     ]
     lines += [f"- failed: `{p.move.vhost}` / `{p.move.queue}`: {p.outcome}" for p in run.failed[:50]]
     return "\n".join(lines)
+
+
+SUBJECT_LIMIT = 100
+"""SNS: a subject has at most 100 printable ASCII characters and no line breaks."""
+
+
+def subject_line(text: str) -> str:
+    """A notification subject SNS accepts, whatever the cluster or error names contain."""
+    printable = "".join(c if 32 <= ord(c) < 127 else "?" for c in text)
+    return printable[:SUBJECT_LIMIT]

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from queue_balancer.contract import handler_modules
+
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "queue_balancer"
 # The edges of queue_balancer: the terminal with the AWS client code (cli/), and the local default.
@@ -105,6 +107,14 @@ def test_the_core_imports_no_aws_no_cli_no_local_no_handlers() -> None:
 
 def test_handlers_import_no_cli_no_local_no_stacks() -> None:
     forbidden = (*CLI, *LOCAL, *CDK, "stacks", "app", "bench", "tests")
+    assert _violations(_sources(ROOT / "lambdas"), forbidden) == []
+
+
+def test_no_handler_imports_another_handler() -> None:
+    """A rule two handlers share lives in the core or in a helper module of ``lambdas/``, not in a handler."""
+    handlers = handler_modules(ROOT / "lambdas")
+    assert len(handlers) >= 5
+    forbidden = tuple(f"lambdas.{name}" for name in handlers)
     assert _violations(_sources(ROOT / "lambdas"), forbidden) == []
 
 
