@@ -301,6 +301,18 @@ def test_three_replacements_keep_the_majority_the_replicas_and_every_message(gro
         publisher.stop.set()
         thread.join(timeout=30)
 
+    def counts_in_range() -> dict[str, int] | None:
+        """Every queue holds its confirmed messages (and at most the ones in doubt); None until then:
+        a quorum queue's `messages` comes from metrics its leader refreshes every few seconds."""
+        found = {str(r["name"]): int(str(r["messages"])) for r in queue_rows(group)}
+        for name in QUORUM + MIRRORED:
+            low = PREFILLED + publisher.confirmed[name]
+            if not low <= found[name] <= low + publisher.in_doubt[name]:
+                return None
+        return found
+
+    with contextlib.suppress(pytest.fail.Exception):
+        wait_until(counts_in_range, timeout=30, what="queue counts to settle")
     counts = {str(r["name"]): int(str(r["messages"])) for r in queue_rows(group)}
     confirmed = sum(publisher.confirmed.values())
     print(
