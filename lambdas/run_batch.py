@@ -1,11 +1,9 @@
-"""RunBatch: drive the current batch's moves for one slice of time, with the runner the CLI uses.
+"""RunBatch: one slice of the current batch (``queue_balancer.batch_run.run_slice`` does the work).
 
-The batch's progress lives in DynamoDB between slices (``Store.batch_state``); the payload carries only
-the route: ``wait_batch`` (long syncs left: the state machine waits ``$.run.wait`` seconds and calls
-this again) or ``control`` (the batch is complete, the operator asked for something, or this
-execution's history needs a continuation; ControlCheck decides). Every move that fails is rolled back
-by the Mover and the batch goes on. Idempotent under retries: the Mover resumes a move that already
-happened, and the stored progress is only replaced by a later one.
+The batch's progress lives in DynamoDB between slices; the payload carries only the route:
+``wait_batch`` (long syncs left: the state machine waits ``$.run.wait`` seconds and calls this again)
+or ``control`` (ControlCheck decides). This handler parses the event, makes the one call, and turns
+the result into the run's counts, its logs and metrics.
 """
 
 from __future__ import annotations
@@ -15,23 +13,12 @@ from dataclasses import replace
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from lambdas.common import cluster, logger, metrics, now, renew_leases, store, task
-from lambdas.errors import LockLost
-from lambdas.run_state import Route, RunState
-from queue_balancer.batch_slice import BUDGET_SECONDS, SliceEnd, SliceLimits, drive_slice
-from queue_balancer.lifecycle import (
-    EVENTS_PER_CONTROL,
-    EVENTS_PER_RETRY,
-    EVENTS_PER_SLICE,
-    LOCK_MARGIN_SECONDS,
-    RunInput,
-    fits_in_history,
-)
+from lambdas.common import cluster, logger, metrics, renew_leases, store, task
+from lambdas.run_state import RunState
+from queue_balancer.batch_run import BatchSlice, SliceResult, run_slice
+from queue_balancer.lifecycle import EVENTS_PER_RETRY, EVENTS_PER_SLICE, RunInput
 from queue_balancer.model import JsonDict
 from queue_balancer.movers import MoveProgress, Phase, derived_run_id
-
-TIMEOUT_MARGIN_SECONDS = 30.0
-"""Time left to the Lambda timeout when a slice ends at the latest (rollbacks, the final write)."""
 
 
 @task
@@ -39,58 +26,51 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     config = RunInput.parse(event["config"])
     run = RunState.from_dict(event["run"])
     run = run.spend(EVENTS_PER_SLICE + EVENTS_PER_RETRY * int(event.get("retry") or 0))
-    generation, index = int(run.current["generation"]), int(run.current["index"])
+    batch = BatchSlice(
+        run_id=run.run_id,
+        cluster=run.cluster,
+        generation=int(run.current["generation"]),
+        index=int(run.current["index"]),
+        concurrency=config.concurrency,
+        poll_seconds=config.poll_seconds,
+        events=run.events,
+        remaining_seconds=context.get_remaining_time_in_millis() / 1000,
+    )
     db = store()
-    budget = min(BUDGET_SECONDS, context.get_remaining_time_in_millis() / 1000 - TIMEOUT_MARGIN_SECONDS)
-    expires = int(now() + budget + config.poll_seconds + LOCK_MARGIN_SECONDS)
-    renew_leases(db, run.run_id, run.cluster, str(event["execution_arn"]), expires)
-
-    def requested() -> bool:
-        record = db.lifecycle(run.cluster)
-        if record.run_id != run.run_id:
-            raise LockLost(f"the lifecycle of cluster {run.cluster} belongs to run {record.run_id} now")
-        return record.requested is not None
-
-    state = db.batch_state(run.run_id, generation, index)
-    counted = len(state.finished)
+    execution_arn = str(event["execution_arn"])
     with cluster() as access:
-        end = drive_slice(
+        result = run_slice(
+            db,
             access.mover(derived_run_id(run.run_id)),
-            state,
-            SliceLimits(concurrency=config.concurrency, budget_seconds=max(budget, 0.0)),
-            requested,
+            batch,
+            renew=lambda until: renew_leases(db, run.run_id, run.cluster, execution_arn, until),
             on_change=_log_finished,
         )
+    return _after(run, batch, result).to_dict()
+
+
+def _after(run: RunState, batch: BatchSlice, result: SliceResult) -> RunState:
+    """The run's payload after the slice: its counts, and the route the state machine takes."""
     logger.info(
         "slice",
         extra={
-            "end": end.value,
-            "batch": index,
-            "pending": len(state.pending),
-            "active": len(state.active),
-            "finished": len(state.finished),
+            "end": result.end.value,
+            "batch": batch.index,
+            "pending": result.pending,
+            "active": result.active,
+            "finished": len(result.finished),
         },
     )
-    run = _count(run, state.finished[counted:])
-    db.record_results(run.run_id, generation, index, state.finished)
-    if end is SliceEnd.COMPLETE:
-        return replace(run, current={}, next=Route.CONTROL, wait=0).to_dict()
-    db.save_batch_state(run.run_id, generation, index, state)
-    if end is SliceEnd.REQUESTED or not fits_in_history(run.events, EVENTS_PER_SLICE + EVENTS_PER_CONTROL):
-        return replace(run, next=Route.CONTROL, wait=0).to_dict()
-    return replace(run, next=Route.WAIT_BATCH, wait=config.poll_seconds).to_dict()
-
-
-def _count(run: RunState, finished: list[MoveProgress]) -> RunState:
-    """The run's counts with the moves this slice finished."""
-    done = sum(1 for p in finished if p.phase is Phase.DONE)
-    metrics.add_metric(name="MovesDone", unit=MetricUnit.Count, value=done)
-    metrics.add_metric(name="MovesFailed", unit=MetricUnit.Count, value=len(finished) - done)
+    metrics.add_metric(name="MovesDone", unit=MetricUnit.Count, value=result.done)
+    metrics.add_metric(name="MovesFailed", unit=MetricUnit.Count, value=result.failed)
     return replace(
         run,
-        done=run.done + done,
-        failed=run.failed + len(finished) - done,
-        attempted=run.attempted + len(finished),
+        done=run.done + result.done,
+        failed=run.failed + result.failed,
+        attempted=run.attempted + len(result.finished),
+        current={} if result.batch_complete else run.current,
+        next=result.route,
+        wait=result.wait,
     )
 
 

@@ -46,9 +46,11 @@ def _wait_durations(events: list[dict[str, Any]]) -> list[float]:
 def test_local_engine_smoke_dispatcher_retry_wait_token_and_history(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lambdas.run_batch
+    import queue_balancer.batch_run
 
-    monkeypatch.setattr(lambdas.run_batch, "BUDGET_SECONDS", 0.0)  # one poll per slice: Wait between them
+    monkeypatch.setattr(
+        queue_balancer.batch_run, "BUDGET_SECONDS", 0.0
+    )  # one poll per slice: Wait between them
     harness.seed(2, "classic", "c")  # a classic move takes several polls: the slices need the Wait
     preflight = _handler(harness, "preflight")
     original = harness.endpoint.dispatcher.handlers[preflight]

@@ -241,10 +241,10 @@ def test_reset_clears_a_run_whose_execution_died(harness: Harness) -> None:
 def test_a_failure_mid_move_cleans_up_notifies_and_releases_the_lock(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lambdas.run_batch
+    import queue_balancer.batch_run
 
     monkeypatch.setattr(
-        lambdas.run_batch, "BUDGET_SECONDS", 0.0
+        queue_balancer.batch_run, "BUDGET_SECONDS", 0.0
     )  # the first slice leaves the moves under way
     harness.seed(2, "classic", "c", messages=50)
     name = next(k for k in harness.endpoint.dispatcher.handlers if k.endswith("run-batch"))

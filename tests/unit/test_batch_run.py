@@ -1,0 +1,106 @@
+"""RunBatch's job in the core (``queue_balancer.batch_run``): a slice of a stored batch against the
+in-memory store and cluster: complete, stopped by a request, handed to the Wait loop, resumed, refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from queue_balancer.batch_run import TIMEOUT_MARGIN_SECONDS, BatchSlice, run_slice
+from queue_balancer.batch_slice import BUDGET_SECONDS, SliceEnd
+from queue_balancer.lifecycle import HISTORY_LIMIT, LOCK_MARGIN_SECONDS, Control, started
+from queue_balancer.lifecycle.routing import Route
+from queue_balancer.lock import LockLost
+from queue_balancer.model import Move, QueueType
+from queue_balancer.movers import Mover, MoveSettings, Phase
+from tests.unit.fake_cluster import Counter, FakeCluster, FakeQueue, Transfer
+from tests.unit.fake_store import FakeStore
+
+CLUSTER, RUN_ID = "main", "run-1"
+HA_TWO = {"ha-mode": "exactly", "ha-params": 2, "ha-sync-mode": "automatic"}
+
+
+def world(queues: int = 4) -> tuple[FakeStore, FakeCluster]:
+    """A run holding the lifecycle, and one stored batch that moves ``queues`` leaders off node a."""
+    store, cluster = FakeStore(), FakeCluster()
+    cluster.add_policy("/", "ha-two", ".*", HA_TWO)
+    for index in range(queues):
+        cluster.add_queue(FakeQueue("/", f"q{index}", "a", messages=10))
+        cluster.queue_action("/", f"q{index}", "sync")
+    store.start(started(CLUSTER, run_id=RUN_ID, execution_arn="arn", action="balance", now="t"))
+    moves = [Move("/", f"q{i}", QueueType.CLASSIC, "a", "bc"[i % 2]) for i in range(queues)]
+    store.put_plan(RUN_ID, 1, [moves])
+    return store, cluster
+
+
+def mover(cluster: FakeCluster) -> Mover:
+    return Mover(cluster, Transfer(cluster), MoveSettings(poll_interval=0.01), Counter(cluster), run_id="w1")
+
+
+def batch(*, events: int = 100, remaining: float = 900.0, poll: int = 3) -> BatchSlice:
+    return BatchSlice(
+        RUN_ID, CLUSTER, 1, 0, concurrency=2, poll_seconds=poll, events=events, remaining_seconds=remaining
+    )
+
+
+def test_a_slice_completes_the_batch_records_every_move_and_goes_back_to_control() -> None:
+    store, cluster = world()
+    leases: list[int] = []
+    result = run_slice(store, mover(cluster), batch(), renew=leases.append, now=lambda: 1000.0)
+    assert (result.end, result.route, result.wait) == (SliceEnd.COMPLETE, Route.CONTROL, 0)
+    assert (result.done, result.failed, result.batch_complete) == (4, 0, True)
+    assert [p.phase for p in store.results(RUN_ID)] == [Phase.DONE] * 4
+    assert sorted(q.leader for q in cluster.queues.values()) == ["b", "b", "c", "c"]
+    assert leases == [int(1000.0 + BUDGET_SECONDS + 3 + LOCK_MARGIN_SECONDS)]
+    assert (RUN_ID, 1, 0) not in store.progress  # nothing left to resume
+
+
+def test_a_request_ends_the_slice_with_nothing_started_and_the_batch_kept_for_later() -> None:
+    store, cluster = world()
+    store.items[CLUSTER]["requested"] = Control.PAUSE.value
+    result = run_slice(store, mover(cluster), batch(), renew=lambda _: None)
+    assert (result.end, result.route, result.finished) == (SliceEnd.REQUESTED, Route.CONTROL, ())
+    assert len(store.progress[(RUN_ID, 1, 0)].pending) == 4
+    assert {q.leader for q in cluster.queues.values()} == {"a"}
+
+
+def test_a_spent_budget_hands_the_moves_under_way_to_the_wait_loop_and_the_next_slice_resumes_them() -> None:
+    store, cluster = world()
+    near_timeout = batch(remaining=TIMEOUT_MARGIN_SECONDS, poll=2)  # budget 0: one wave, then out
+    assert near_timeout.budget_seconds == 0.0
+    first = run_slice(store, mover(cluster), near_timeout, renew=lambda _: None)
+    assert (first.end, first.route, first.wait) == (SliceEnd.BUDGET, Route.WAIT_BATCH, 2)
+    kept = store.progress[(RUN_ID, 1, 0)]
+    assert len(kept.pending) + len(kept.active) + len(kept.finished) == 4 and kept.pending
+    second = run_slice(store, mover(cluster), batch(), renew=lambda _: None)
+    assert second.end is SliceEnd.COMPLETE
+    assert first.done + second.done == 4
+    assert len(store.results(RUN_ID)) == 4  # the first slice's finished moves are not counted twice
+
+
+def test_a_full_history_goes_back_to_control_instead_of_the_wait_loop() -> None:
+    store, cluster = world()
+    result = run_slice(
+        store, mover(cluster), batch(events=HISTORY_LIMIT, remaining=0.0), renew=lambda _: None
+    )
+    assert (result.end, result.route) == (SliceEnd.BUDGET, Route.CONTROL)  # ControlCheck continues anew
+    assert (RUN_ID, 1, 0) in store.progress
+
+
+def test_a_run_that_lost_the_lifecycle_moves_nothing() -> None:
+    store, cluster = world()
+    store.items[CLUSTER]["run_id"] = "run-2"
+    with pytest.raises(LockLost, match="belongs to run run-2"):
+        run_slice(store, mover(cluster), batch(), renew=lambda _: None)
+    assert {q.leader for q in cluster.queues.values()} == {"a"}
+
+
+def test_a_lease_that_cannot_be_renewed_stops_the_slice_before_any_move() -> None:
+    store, cluster = world()
+
+    def lost(_: int) -> None:
+        raise LockLost("run run-1 no longer holds the lock of cluster main")
+
+    set_up = list(cluster.calls)
+    with pytest.raises(LockLost):
+        run_slice(store, mover(cluster), batch(), renew=lost)
+    assert cluster.calls == set_up
