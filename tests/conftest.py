@@ -21,19 +21,26 @@ from typing import TypeVar
 import pytest
 
 from queue_balancer.local.cluster import RABBITMQ_SERVER, LocalCluster, LocalClusterConfig
+from tests.parallel import port_offset, schedule_on_workers
 
 # The session cluster's port block; the developer's own `local up` cluster uses 57xx.
-# QUEUE_BALANCER_TEST_PORT_OFFSET shifts the block, so two test runs on one machine do not collide.
-_OFFSET = int(os.environ.get("QUEUE_BALANCER_TEST_PORT_OFFSET", "0"))
+# QUEUE_BALANCER_TEST_PORT_OFFSET shifts the block, so two test runs on one machine do not collide; each
+# xdist worker adds its own block on top (tests/parallel.py).
+PORT_OFFSET = port_offset()
 TEST_PORTS = {
-    "amqp_base": 5801 + _OFFSET,
-    "management_base": 15801 + _OFFSET,
-    "dist_base": 25801 + _OFFSET,
-    "epmd_port": 4801 + _OFFSET,
+    "amqp_base": 5801 + PORT_OFFSET,
+    "management_base": 15801 + PORT_OFFSET,
+    "dist_base": 25801 + PORT_OFFSET,
+    "epmd_port": 4801 + PORT_OFFSET,
 }
 # RabbitMQ 4.0's session cluster: its own block next to the 3.10 one (tests use +50 and +60 for others).
 TEST_PORTS_4 = {key: port + 80 for key, port in TEST_PORTS.items()}
 T = TypeVar("T")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the groups into scheduling scopes
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    schedule_on_workers(items)
 
 
 def wait_until(condition: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.2) -> T:
