@@ -27,6 +27,9 @@ RESULT_MARKER = "QUEUE-BALANCER-RESULT "
 
 # Each operation is an Erlang fun applied to {Vhost, Name, Target} triples; names travel base64-encoded,
 # so no vhost or queue name can break out of the Erlang string syntax.
+# Ra (2.14, RabbitMQ 4.0.5) transfers the leadership to a non-voting member when asked, so the target's
+# membership is checked first (ra:key_metrics, answered by the target's node; Ra versions without
+# membership, RabbitMQ 3.x, have only voters): a non-voter is refused as {error,{not_voter,Membership}}.
 TRANSFER_FUN = """
 fun({V, N, T}) ->
     Name = base64:decode(N),
@@ -35,7 +38,10 @@ fun({V, N, T}) ->
             case amqqueue:get_pid(Q) of
                 {RaName, Leader} ->
                     Target = binary_to_atom(base64:decode(T), utf8),
-                    catch ra:transfer_leadership({RaName, Leader}, {RaName, Target});
+                    case catch ra:key_metrics({RaName, Target}) of
+                        #{membership := M} when M =:= non_voter; M =:= promotable -> {error, {not_voter, M}};
+                        _ -> catch ra:transfer_leadership({RaName, Leader}, {RaName, Target})
+                    end;
                 _ -> not_a_quorum_queue
             end;
         Error -> Error
@@ -48,6 +54,8 @@ _CALL = 'F = %(fun)s, io:format("~s~s~n", ["%(marker)s", rabbit_json:encode([F(R
 
 # What Ra answers when the leader is where we want it (or gets there).
 SUCCESS = frozenset({"ok", "already_leader"})
+NOT_VOTER = "{error,{not_voter,"
+"""The start of the answer for a target that holds no vote (see ``TRANSFER_FUN``)."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import requests
 from queue_balancer.errors import ManagementError, NotFound
 from queue_balancer.model import DOT_SEGMENTS, Snapshot
 from queue_balancer.observe import refresh_unsettled
+from queue_balancer.voters import mark_non_voters
 
 # Columns of GET /api/queues the planner needs; asking for them keeps 10,000-queue answers small.
 QUEUE_COLUMNS = (
@@ -162,8 +163,9 @@ class ManagementClient:
     def snapshot(self) -> Snapshot:
         """Nodes, queues and the version: what the planner needs. Queues the statistics show syncing or
         out of sync are re-read in the real-time view (``observe.refresh_unsettled``): never judged on
-        stale data."""
-        return refresh_unsettled(self, Snapshot.from_api(self.nodes(), self.queues(), self.overview()))
+        stale data. On 4.x quorum members without a vote are marked (``voters.mark_non_voters``)."""
+        listed = Snapshot.from_api(self.nodes(), self.queues(), self.overview())
+        return mark_non_voters(self, refresh_unsettled(self, listed))
 
     def queues_now(self) -> list[dict[str, Any]]:
         """All queues as their processes see them now (quorum members and ``online`` included).
@@ -195,6 +197,13 @@ class ManagementClient:
         """One queue as its process sees it right now (leader, mirrors, sync state; no counts)."""
         self._addressable(vhost, name)
         result: dict[str, Any] = self.get(f"queues/{encode(vhost)}/{encode(name)}", disable_stats="true")
+        return result
+
+    def quorum_status(self, vhost: str, name: str) -> list[dict[str, Any]]:
+        """A quorum queue's members as Raft sees them (``rabbit_quorum_queue:status/2``): role, log
+        indexes and, from 4.0, ``Membership`` (voter, non_voter, promotable)."""
+        self._addressable(vhost, name)
+        result: list[dict[str, Any]] = self.get(f"queues/quorum/{encode(vhost)}/{encode(name)}/status")
         return result
 
     def queue_action(self, vhost: str, name: str, action: str) -> None:

@@ -118,9 +118,7 @@ class HttpMemberChanger:
         result: dict[QueueRef, list[MemberState] | str] = {}
         for ref in refs:
             try:
-                result[ref] = _states(
-                    self.client.get(f"queues/quorum/{encode(ref.vhost)}/{encode(ref.name)}/status")
-                )
+                result[ref] = _states(self.client.quorum_status(ref.vhost, ref.name))
             except NotFound:
                 result[ref] = "{error,not_found}"
             except ManagementError as exc:

@@ -79,6 +79,10 @@ class Queue:
     consumers: int = 0
     group_size: int | None = None
     """A quorum queue's ``x-quorum-initial-group-size``: how many members it was declared with."""
+    non_voters: tuple[str, ...] = ()
+    """Quorum members that hold no vote (RabbitMQ 4.x: ``non_voter``, or ``promotable`` while a new member
+    catches up). ``members``/``online`` list them like voters, yet Ra would make one leader if asked (seen
+    on 4.0.5): never a leader's target, and no part of the quorum. Read by ``voters.mark_non_voters``."""
 
     @property
     def ref(self) -> QueueRef:
@@ -136,7 +140,8 @@ class QueueCount:
 @dataclass(frozen=True)
 class Platform:
     """What the RabbitMQ version allows: 4.0 removed classic queue mirroring (``ha-*`` policies are refused
-    with HTTP 400, classic queues report no mirrors), so a classic queue can no longer be moved safely."""
+    with HTTP 400, classic queues report no mirrors), so a classic queue can no longer be moved safely; and
+    4.0 brought non-voting quorum members, whose membership only the quorum status shows."""
 
     version: str = ""
     classic_mirroring: bool = True
@@ -147,6 +152,12 @@ class Platform:
         version = str(overview.get("rabbitmq_version") or "")
         major = version.split(".", 1)[0]
         return cls(version=version, classic_mirroring=not (major.isdigit() and int(major) >= 4))
+
+    @property
+    def non_voting_members(self) -> bool:
+        """Whether quorum queues may have members without a vote (RabbitMQ 4+, the generation without
+        classic mirroring)."""
+        return not self.classic_mirroring
 
 
 @dataclass(frozen=True)
@@ -178,6 +189,16 @@ class Snapshot:
         drained = set(names)
         nodes = tuple(replace(n, being_drained=n.being_drained or n.name in drained) for n in self.nodes)
         return replace(self, nodes=nodes, drain_reported=True)
+
+    def with_non_voters(self, non_voters: Mapping[QueueRef, Iterable[str]]) -> Snapshot:
+        """The same snapshot with each listed queue's non-voting members marked (``Queue.non_voters``)."""
+        if not non_voters:
+            return self
+        queues = tuple(
+            replace(q, non_voters=tuple(sorted(non_voters[q.ref]))) if q.ref in non_voters else q
+            for q in self.queues
+        )
+        return replace(self, queues=queues)
 
     @classmethod
     def from_api(

@@ -119,15 +119,18 @@ def classify(
 def _classify_quorum(
     queue: Queue, running: frozenset[str], quorum_transfer: bool, skip: Callable[[str], Skipped]
 ) -> Candidate | Skipped:
-    members = len(queue.members)
-    online = 1 + len(queue.in_sync)
-    if online < members // 2 + 1:
-        return skip(f"quorum queue without a quorum online ({online} of {members} members)")
+    # A 4.x non-voting member neither counts in the quorum nor may lead (Queue.non_voters).
+    voting = "voting " if queue.non_voters else ""
+    voters = [n for n in queue.members if n not in queue.non_voters]
+    online = [n for n in (queue.leader, *queue.in_sync) if n not in queue.non_voters]
+    if len(online) < len(voters) // 2 + 1:
+        return skip(f"quorum queue without a quorum online ({len(online)} of {len(voters)} {voting}members)")
     if not quorum_transfer:
         return skip("quorum queue: no leader-transfer primitive configured (see --eval-command)")
-    targets = frozenset({queue.leader, *(n for n in queue.in_sync if n in running)})
+    targets = frozenset({queue.leader, *(n for n in online if n in running)})
     if len(targets) == 1:
-        return skip("quorum queue with no other online member to lead it")
+        held = f" ({', '.join(queue.non_voters)}: no vote, never made leader)" if queue.non_voters else ""
+        return skip(f"quorum queue with no other online {voting}member to lead it{held}")
     return Candidate(queue, targets)
 
 

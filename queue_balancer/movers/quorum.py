@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from queue_balancer.errors import BalancerError, ConfigurationError
-from queue_balancer.leader_transfer import SUCCESS
+from queue_balancer.leader_transfer import NOT_VOTER, SUCCESS
 from queue_balancer.model import Queue
 from queue_balancer.movers.context import MoveContext
 from queue_balancer.movers.progress import MoveProgress, Phase
@@ -38,6 +38,12 @@ def transfer(ctx: MoveContext, started: list[MoveProgress]) -> list[MoveProgress
             result.append(p)
         elif "not_found" in answer:
             result.append(ctx.finish(p, Phase.FAILED, "queue was deleted"))
+        elif answer.startswith(NOT_VOTER):
+            membership = answer[len(NOT_VOTER) :].rstrip("}")
+            reason = (
+                f"{p.move.target} is a {membership} member without a vote: never made leader; nothing changed"
+            )
+            result.append(ctx.finish(p, Phase.FAILED, reason))
         else:
             result.append(ctx.finish(p, Phase.FAILED, f"leader transfer refused: {answer}"))
     return result

@@ -8,16 +8,20 @@ on the host, and quorum leaders are balanced by the same CLI as on 3.10.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
+import pika
 import pytest
 import requests
 
 from queue_balancer.cli import main
+from queue_balancer.leader_transfer import RaLeaderTransfer
 from queue_balancer.local.cluster import ENV_BASE_DIR, LocalCluster
 from queue_balancer.local.seed import delete_seeded, seed
 from queue_balancer.management import ManagementClient
-from queue_balancer.model import Queue
+from queue_balancer.model import Move, Queue, QueueRef, QueueType
+from queue_balancer.planner import PlanOptions, plan
 
 pytestmark = pytest.mark.integration
 
@@ -67,3 +71,55 @@ def test_balance_spreads_quorum_leaders_on_rabbitmq_4(
         assert not [p for p in client.policies() if "ha-mode" in p.get("definition", {})]
     finally:
         delete_seeded(local_cluster_4, prefix="four")
+
+
+def test_a_non_voting_member_is_read_and_never_made_leader(
+    local_cluster_4: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each queue: 2 voters and, on the third node, a member added as `non_voter` (as a promotable one is
+    until it catches up). The API lists it in members and online, and Ra 2.14 would make it leader if asked."""
+    monkeypatch.setenv(ENV_BASE_DIR, str(local_cluster_4.base_dir))
+    for name in ("RABBITMQ_MANAGEMENT_URL", "RABBITMQ_USER", "RABBITMQ_PASSWORD", "RABBITMQ_EVAL_COMMAND"):
+        monkeypatch.delenv(name, raising=False)
+    client = _client(local_cluster_4)
+    node_one = local_cluster_4.nodes[0]
+    names = [f"nv.{i}" for i in range(6)]
+    params = pika.ConnectionParameters(
+        "127.0.0.1", node_one.amqp_port, "/", pika.PlainCredentials(*local_cluster_4.credentials)
+    )
+    try:
+        with pika.BlockingConnection(params) as connection:
+            channel = connection.channel()
+            for name in names:
+                arguments = {"x-queue-type": "quorum", "x-quorum-initial-group-size": 2}
+                channel.queue_declare(
+                    name, durable=True, arguments={**arguments, "x-queue-leader-locator": "client-local"}
+                )
+        listed = {q["name"]: Queue.from_api(q) for q in client.queues_now() if q["name"] in names}
+        non_voter = {}
+        for name, queue in listed.items():
+            assert queue.leader == node_one.name
+            [non_voter[name]] = [n.name for n in local_cluster_4.nodes if n.name not in queue.members]
+            added = local_cluster_4.eval_erlang(
+                f'rabbit_quorum_queue:add_member(<<"/">>, <<"{name}">>, \'{non_voter[name]}\', non_voter, 30000).'
+            )
+            assert added == "ok"
+        snapshot = client.snapshot()
+        marked = {q.name: q.non_voters for q in snapshot.queues if q.name in names}
+        assert marked == {name: (node,) for name, node in non_voter.items()}
+        unmarked = replace(snapshot, queues=tuple(replace(q, non_voters=()) for q in snapshot.queues))
+        assert any(
+            m.target == non_voter[m.queue] for m in plan(unmarked, PlanOptions(pattern=r"^nv\.")).moves
+        )
+
+        refused = RaLeaderTransfer(local_cluster_4.eval_erlang).transfer(
+            [Move("/", "nv.0", QueueType.QUORUM, node_one.name, non_voter["nv.0"])]
+        )
+        assert refused[QueueRef("/", "nv.0")] == "{error,{not_voter,non_voter}}"
+
+        assert main(["--local", "balance", "--pattern", r"^nv\."]) == 0
+        after = {q["name"]: Queue.from_api(q) for q in client.queues_now() if q["name"] in names}
+        assert not [name for name, q in after.items() if q.leader == non_voter[name]]
+        assert len({q.leader for q in after.values()}) > 1, "the voters took leaders over"
+    finally:
+        delete_seeded(local_cluster_4, prefix="nv")

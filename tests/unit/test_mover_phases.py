@@ -179,6 +179,15 @@ def test_a_refused_transfer_fails_the_move(cluster: FakeCluster, clock: Clock) -
     assert (progress.phase, progress.outcome) == (Phase.FAILED, "leader transfer refused: {error,not_voter}")
 
 
+def test_a_target_without_a_vote_is_refused_and_named(cluster: FakeCluster, clock: Clock) -> None:
+    """The transfer's own membership check (4.x) answers for a non-voting target: nothing changed."""
+    cluster.add_queue(FakeQueue("/", "qq", "a", ["b", "c"], {"b", "c"}, 5, kind="quorum"))
+    m = mover(cluster, clock, answer="{error,{not_voter,promotable}}")
+    [progress] = m.start([Move("/", "qq", QueueType.QUORUM, "a", "c", 5)])
+    assert progress.phase is Phase.FAILED
+    assert progress.outcome == "c is a promotable member without a vote: never made leader; nothing changed"
+
+
 def test_a_move_whose_leader_is_elsewhere_is_refused(cluster: FakeCluster, clock: Clock) -> None:
     move = replace(classic(cluster), source="b")
     [progress] = mover(cluster, clock).start([move])

@@ -5,13 +5,14 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from queue_balancer.errors import ConfigurationError
-from queue_balancer.model import Node, Plan, Platform, Queue, QueueType, Snapshot, spread
+from queue_balancer.model import Node, Plan, Platform, Queue, QueueType, Skipped, Snapshot, spread
 from queue_balancer.planner import PlanOptions, classify, plan
 
 NODES = ("rabbit@a", "rabbit@b", "rabbit@c", "rabbit@d")
@@ -62,6 +63,33 @@ def test_unmovable_queues_count_as_fixed_load() -> None:
     assert result.after == {"rabbit@a": 5, "rabbit@b": 6, "rabbit@c": 5}
     assert {s.queue for s in result.skipped} == {f"u{i}" for i in range(6)}
     assert all(m.target != "rabbit@b" for m in result.moves)
+
+
+def test_a_non_voting_member_is_never_a_target() -> None:
+    """4.x: c is listed among members and online, but holds no vote (promotable or non_voter)."""
+    queues = [
+        replace(quorum(f"q{i}", "rabbit@a", ("rabbit@a", "rabbit@b", "rabbit@c")), non_voters=("rabbit@c",))
+        for i in range(6)
+    ]
+    result = plan(snapshot(queues))
+    assert result.after == {"rabbit@a": 3, "rabbit@b": 3, "rabbit@c": 0}
+    assert all(m.target == "rabbit@b" for m in result.moves)
+
+
+def test_non_voting_members_count_for_no_quorum() -> None:
+    """a (leader) and the non-voter n are online, voter b is down: 1 of 2 votes is no quorum."""
+    lonely = quorum("q", "rabbit@a", ("rabbit@a", "rabbit@b", "rabbit@c"), online=("rabbit@c",))
+    verdict = classify(replace(lonely, non_voters=("rabbit@c",)), frozenset(NODES[:3]))
+    assert isinstance(verdict, Skipped)
+    assert verdict.reason == "quorum queue without a quorum online (1 of 2 voting members)"
+    only_voter_elsewhere = replace(
+        quorum("r", "rabbit@a", ("rabbit@a", "rabbit@c")), non_voters=("rabbit@c",)
+    )
+    verdict = classify(only_voter_elsewhere, frozenset(NODES[:3]))
+    assert isinstance(verdict, Skipped)
+    assert verdict.reason == (
+        "quorum queue with no other online voting member to lead it (rabbit@c: no vote, never made leader)"
+    )
 
 
 def test_quorum_leaders_only_move_to_their_members() -> None:
