@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import boto3
@@ -24,7 +22,6 @@ from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lambdas.errors import InvalidInput, ManagementUnavailable
-from lambdas.ports import ClosableCounter, ClusterApi, LifecycleStore
 from lambdas.settings import settings
 from lambdas.ssm_eval import SsmEval
 from lambdas.store import Store
@@ -32,11 +29,11 @@ from queue_balancer import eval_document
 from queue_balancer.counts import AmqpCounter, discover_amqp
 from queue_balancer.errors import ConfigurationError, ManagementError
 from queue_balancer.leader_transfer import RaLeaderTransfer
-from queue_balancer.lock import ClusterLock
 from queue_balancer.management import ManagementClient
 from queue_balancer.model import JsonDict
-from queue_balancer.movers import Mover, MoveSettings, derived_run_id
+from queue_balancer.movers import Mover, MoveSettings
 from queue_balancer.movers.ports import LeaderTransfer
+from queue_balancer.workflow.ports import ClosableCounter, ClusterApi, LifecycleStore
 
 # The stack sets POWERTOOLS_SERVICE_NAME/POWERTOOLS_METRICS_NAMESPACE (docs/aws-contract.md); the same
 # values are the defaults here, so a handler imported before its environment is set still names them.
@@ -165,44 +162,6 @@ def inject(dependencies: Dependencies) -> Iterator[None]:
         yield
     finally:
         _serving.remove(dependencies)
-
-
-# ---- the cluster's lock (shared with the CLI) ------------------------------------------------------
-
-
-def cluster_lock(run_id: str, *, until: float | None = None, client: ClusterApi | None = None) -> ClusterLock:
-    """The in-cluster lock the CLI takes too (``queue_balancer.lock``), for this workflow run; a take or
-    a renewal holds it ``until`` the DynamoDB lock's expiry. One lock for every run that changes the
-    cluster; its id is the one in this run's temporary policies' names."""
-    if client is None:
-        with cluster() as access:
-            client = access.client
-    return ClusterLock(
-        client,
-        owner=f"workflow run {run_id} (Step Functions)",
-        run_id=derived_run_id(run_id),
-        lease_seconds=max((until or 0) - now(), 60.0),
-    )
-
-
-def renew_leases(
-    db: LifecycleStore, run_id: str, cluster_name: str, execution_arn: str, expires_at: int
-) -> None:
-    """Push out both locks, DynamoDB's and the cluster's; ``LockLost`` if either is another run's now."""
-    db.renew_lock(cluster_name, run_id, execution_arn, expires_at)
-    cluster_lock(run_id, until=expires_at).renew()
-
-
-# ---- time ----------------------------------------------------------------------------------------
-
-
-def now() -> float:
-    return time.time()
-
-
-def iso(moment: float | None = None) -> str:
-    """UTC, seconds, ISO 8601: what the lifecycle item shows as started_at/updated_at."""
-    return datetime.fromtimestamp(now() if moment is None else moment, UTC).isoformat(timespec="seconds")
 
 
 def reset() -> None:

@@ -11,11 +11,3 @@ class InvalidInput(BalancerError):
 
 class ManagementUnavailable(BalancerError):
     """The management API timed out or answered 5xx: transient, the state machine retries with backoff."""
-
-
-class LockLost(BalancerError):
-    """Another run holds the cluster now (this run's lock expired): stop without touching the cluster."""
-
-
-class RequestChanged(BalancerError):
-    """An operator's request changed while the run was consuming it: decide again with the new one."""

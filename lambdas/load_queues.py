@@ -9,12 +9,13 @@ from dataclasses import replace
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from lambdas.common import cluster, iso, logger, store, task
+from lambdas.common import cluster, logger, store, task
 from lambdas.planning import plan_and_store, report_dict
-from lambdas.run_state import RunState
 from queue_balancer.lifecycle import RunInput, Step, advance
 from queue_balancer.model import JsonDict
 from queue_balancer.report import Report
+from queue_balancer.workflow.leases import iso
+from queue_balancer.workflow.run_state import RunState
 
 EVENTS = 7  # this task (5) and the Choice after it (2)
 

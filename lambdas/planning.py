@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from lambdas.ports import LifecycleStore
-from lambdas.run_state import RunState
 from queue_balancer.lifecycle import RunInput
 from queue_balancer.model import Plan, Snapshot
 from queue_balancer.planner import plan
 from queue_balancer.report import Report
+from queue_balancer.workflow.ports import LifecycleStore
+from queue_balancer.workflow.run_state import RunState
 
 
 def plan_and_store(

@@ -5,12 +5,13 @@ from __future__ import annotations
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from lambdas.common import cluster, metrics, now, store, task
+from lambdas.common import cluster, metrics, store, task
 from lambdas.planning import report_from_dict
-from lambdas.run_state import RunState
 from queue_balancer.lifecycle import RunInput
 from queue_balancer.model import JsonDict
 from queue_balancer.report import Report, RunSummary, subject_line, summary_markdown, summary_text
+from queue_balancer.workflow.leases import now
+from queue_balancer.workflow.run_state import RunState
 
 
 @task

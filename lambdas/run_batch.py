@@ -13,12 +13,13 @@ from dataclasses import replace
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from lambdas.common import cluster, logger, metrics, renew_leases, store, task
-from lambdas.run_state import RunState
+from lambdas.common import cluster, logger, metrics, store, task
 from queue_balancer.batch_run import BatchSlice, SliceResult, run_slice
 from queue_balancer.lifecycle import EVENTS_PER_RETRY, EVENTS_PER_SLICE, RunInput
 from queue_balancer.model import JsonDict
 from queue_balancer.movers import MoveProgress, Phase, derived_run_id
+from queue_balancer.workflow.leases import renew_leases
+from queue_balancer.workflow.run_state import RunState
 
 
 @task
@@ -43,7 +44,7 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
             db,
             access.mover(derived_run_id(run.run_id)),
             batch,
-            renew=lambda until: renew_leases(db, run.run_id, run.cluster, execution_arn, until),
+            renew=lambda until: renew_leases(db, access.client, run, execution_arn, until),
             on_change=_log_finished,
         )
     return _after(run, batch, result).to_dict()

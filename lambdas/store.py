@@ -19,7 +19,6 @@ import boto3
 from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
-from lambdas.errors import LockLost, RequestChanged
 from queue_balancer.contract import (
     EXPIRES_AT,
     PARTITION_KEY,
@@ -34,9 +33,11 @@ from queue_balancer.contract import (
     run_pk,
 )
 from queue_balancer.lifecycle import Lifecycle
+from queue_balancer.lock import LockLost
 from queue_balancer.model import JsonDict, Move
 from queue_balancer.movers import MoveProgress
 from queue_balancer.runner import BatchState
+from queue_balancer.workflow.ports import RequestChanged
 
 RUN_ITEM_DAYS = 90
 

@@ -9,14 +9,16 @@ from dataclasses import replace
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from lambdas.common import cluster, iso, logger, store, task
+from lambdas.common import cluster, logger, store, task
 from lambdas.planning import plan_and_store
-from lambdas.run_state import Route, RunState
 from queue_balancer.lifecycle import Outcome, RunInput, Step, advance
+from queue_balancer.lifecycle.routing import Route
 from queue_balancer.model import JsonDict, spread
 from queue_balancer.observe import settle
 from queue_balancer.planner import plan
 from queue_balancer.safety import another_round
+from queue_balancer.workflow.leases import iso
+from queue_balancer.workflow.run_state import RunState
 
 EVENTS = 7  # this task (5) and the Choice after it (2)
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
-from lambdas.errors import LockLost, RequestChanged
 from queue_balancer.contract import decode_meta_item, encode_meta
 from queue_balancer.lifecycle import Lifecycle
+from queue_balancer.lock import LockLost
 from queue_balancer.model import JsonDict, Move
 from queue_balancer.movers import MoveProgress
 from queue_balancer.runner import BatchState
+from queue_balancer.workflow.ports import RequestChanged
 
 BatchKey = tuple[str, int, int]
 

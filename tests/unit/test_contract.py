@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from lambdas.run_state import RunState
 from queue_balancer import contract
 from queue_balancer.contract import (
     AMQP_PORT_VARIABLE,
@@ -41,6 +40,7 @@ from queue_balancer.contract import (
 )
 from queue_balancer.lifecycle import Lifecycle
 from queue_balancer.local import provisioning
+from queue_balancer.workflow.run_state import RunState
 
 REPO = Path(__file__).resolve().parents[2]
 ASL_PATH = REPO / "statemachine" / "balancer.asl.json"

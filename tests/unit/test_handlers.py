@@ -26,11 +26,12 @@ from lambdas import (
     verify_round,
 )
 from lambdas.common import ClusterAccess, Dependencies, inject, reset
-from lambdas.errors import InvalidInput, LockLost, ManagementUnavailable
-from lambdas.run_state import Route
+from lambdas.errors import InvalidInput, ManagementUnavailable
 from queue_balancer.contract import ENVIRONMENT_VARIABLES
 from queue_balancer.errors import ClusterNotReady, ManagementError
 from queue_balancer.lifecycle import Control, Decision, State
+from queue_balancer.lifecycle.routing import Route
+from queue_balancer.lock import LockLost
 from queue_balancer.model import JsonDict, QueueRef
 from queue_balancer.movers import Phase
 from queue_balancer.movers.policies import temporary_policy_name

@@ -1,7 +1,7 @@
-"""What the handlers need from the outside, as small protocols: the unit tier swaps in in-memory fakes.
+"""What the workflow's tasks need from the outside, as small protocols: the unit tier swaps in fakes.
 
 ``LifecycleStore`` is the DynamoDB side of a run (``lambdas.store.Store`` implements it); ``ClusterApi``
-is the part of the management API the handlers use beyond a move's (``ManagementClient`` implements it);
+is the part of the management API the tasks use beyond a move's (``ManagementClient`` implements it);
 ``ClosableCounter`` counts messages exactly and is closed when the handler is done (``AmqpCounter``).
 ``lambdas.common`` hands them out, and ``lambdas.common.inject`` lets a test put fakes in their place.
 """
@@ -11,12 +11,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from queue_balancer.errors import BalancerError
 from queue_balancer.lifecycle import Lifecycle
 from queue_balancer.lock import GlobalParameters
 from queue_balancer.model import JsonDict, Move, Snapshot
 from queue_balancer.movers import MoveProgress
 from queue_balancer.movers.ports import ManagementApi, MessageCounter
 from queue_balancer.runner import BatchState
+
+
+class RequestChanged(BalancerError):
+    """An operator's request changed while the run was consuming it: decide again with the new one."""
 
 
 class LifecycleStore(Protocol):

@@ -1,0 +1,113 @@
+"""Cleanup: where every Catch of the workflow leads. Undo, verify, write IDLE, word the notification.
+
+Removes the temporary ``queue-balancer-*`` policies of dead runs, this one's included
+(``movers.cleanup``; the live holder of the cluster's lock keeps its own), so each queue falls back to
+its own policy; gives back the cluster's lock (``queue_balancer.lock``); lists the queues whose mirrors
+are not (yet) in sync; marks the lifecycle IDLE with the failure; words the failure notification.
+Policies are only touched while this run still holds the DynamoDB lock: otherwise they may belong to
+the run that holds it now.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, replace
+from typing import Any
+
+from queue_balancer.lifecycle import Outcome, finished
+from queue_balancer.lock import LockLost
+from queue_balancer.model import JsonDict, QueueType
+from queue_balancer.movers import cleanup
+from queue_balancer.report import subject_line
+from queue_balancer.workflow.leases import iso, run_lock
+from queue_balancer.workflow.ports import ClusterApi, LifecycleStore
+from queue_balancer.workflow.run_state import RunState
+
+LISTED = 20
+"""Policies and queues named in the notification at the most."""
+
+
+@dataclass(frozen=True)
+class CaughtError:
+    """What a Catch hands over (``$.error``): the error's name and a readable reason."""
+
+    name: str
+    reason: str
+
+    @classmethod
+    def parse(cls, error: Mapping[str, Any]) -> CaughtError:
+        """A Lambda's Cause is its JSON error document; other Causes are kept as they are."""
+        name = str(error.get("Error") or "Unknown")
+        cause = str(error.get("Cause") or "")
+        try:
+            document = json.loads(cause)
+        except ValueError:
+            return cls(name, cause)
+        if isinstance(document, dict) and "errorMessage" in document:
+            return cls(name, str(document["errorMessage"]))
+        return cls(name, cause)
+
+
+@dataclass(frozen=True)
+class FailedRun:
+    """The failure notification, and the run with no route left."""
+
+    subject: str
+    message: str
+    run: RunState
+
+    def to_dict(self) -> JsonDict:
+        return {"subject": self.subject, "message": self.message, "run": self.run.to_dict()}
+
+
+def fail_run(
+    db: LifecycleStore, connect: Callable[[], ClusterApi], run: RunState, error: CaughtError
+) -> FailedRun:
+    """Undo what the run left in the cluster (only while it holds the lock; ``connect`` is called only
+    then), record the failure for ``last-report``/``status``/``info``, and word the notification."""
+    lines = [
+        f"**queue-balancer** run `{run.run_id}` on cluster `{run.cluster}` failed: `{error.name}`",
+        "",
+        error.reason,
+        "",
+    ]
+    if (db.lock(run.cluster) or {}).get("run_id") == run.run_id:
+        lines += undo(connect(), run)
+    else:
+        lines.append("The run no longer held the cluster's lock: policies left to the run that holds it.")
+    counts = run.counts
+    lines.append(f"Moves: {counts.done} done, {counts.failed} failed, {counts.pending} not started.")
+    outcome = f"{Outcome.FAILED.value}: {error.name}"
+    db.put_meta(run.run_id, outcome=outcome, error=error.name, reason=error.reason)
+    record = db.lifecycle(run.cluster)
+    if record.run_id == run.run_id:
+        with suppress(LockLost):  # a new run took the lifecycle meanwhile: it is its own now
+            db.save(record, finished(record, outcome, now=iso(), counts=counts))
+    subject = subject_line(f"queue-balancer: {run.cluster} run FAILED ({error.name})")
+    return FailedRun(subject, "\n".join(lines), replace(run, next=""))
+
+
+def undo(client: ClusterApi, run: RunState) -> list[str]:
+    """Remove the dead runs' temporary policies, give the cluster's lock back, say what is not in sync."""
+    held = run_lock(client, run.run_id)
+    # This run's policies are leftovers now; another live holder's (a CLI run that took an expired
+    # lock) are moves under way.
+    removed = cleanup(client, held.live_runs() - {held.run_id})
+    held.release()
+    lines = [
+        f"Cleanup removed {len(removed)} temporary polic{'y' if len(removed) == 1 else 'ies'}"
+        + (": " + ", ".join(f"`{v}`/`{n}`" for v, n in removed[:LISTED]) if removed else ".")
+    ]
+    unsynced = [
+        q
+        for q in client.snapshot().queues
+        if q.type is QueueType.CLASSIC and set(q.replicas) - set(q.in_sync)
+    ]
+    if not unsynced:
+        return [*lines, "Every mirrored queue is in sync."]
+    lines.append(
+        f"Queues whose mirrors are not in sync yet ({len(unsynced)}; their own policy re-synchronises them):"
+    )
+    return lines + [f"- `{q.vhost}` / `{q.name}` on {q.leader}" for q in unsynced[:LISTED]]
