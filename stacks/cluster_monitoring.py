@@ -54,6 +54,39 @@ def node_metric(cluster_name: str, name: str, statistic: str) -> cloudwatch.Metr
     )
 
 
+AT_LEAST = cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
+AT_MOST = cloudwatch.ComparisonOperator.LESS_THAN_OR_EQUAL_TO_THRESHOLD
+BELOW = cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD
+
+
+@dataclass(frozen=True)
+class AlarmRule:
+    """When an alarm fires: ``comparison`` to ``threshold`` on ``datapoints`` (default: all) of the last
+    ``periods`` minutes; missing figures breach only where silence itself is the fault."""
+
+    alarm_id: str
+    description: str
+    comparison: cloudwatch.ComparisonOperator
+    threshold: float
+    periods: int
+    datapoints: int | None = None
+    missing_breaches: bool = False
+
+    def on(self, scope: Construct, metric: cloudwatch.IMetric) -> cloudwatch.Alarm:
+        missing = cloudwatch.TreatMissingData
+        return cloudwatch.Alarm(
+            scope,
+            self.alarm_id,
+            metric=metric,
+            alarm_description=self.description,
+            threshold=self.threshold,
+            comparison_operator=self.comparison,
+            evaluation_periods=self.periods,
+            datapoints_to_alarm=self.datapoints,
+            treat_missing_data=missing.BREACHING if self.missing_breaches else missing.NOT_BREACHING,
+        )
+
+
 def cluster_alarms(
     scope: Construct,
     *,
@@ -63,73 +96,63 @@ def cluster_alarms(
     topic: sns.ITopic,
 ) -> ClusterAlarms:
     """Every alarm of the cluster, each notifying ``topic`` when it fires and when it clears."""
-    more_or_equal = cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
+
+    def nodes(name: str, statistic: str) -> cloudwatch.Metric:
+        return node_metric(cluster_name, name, statistic)
+
+    healthy_hosts = amqp_targets.metrics.healthy_host_count(statistic="Minimum", period=MINUTE)
     alarms = ClusterAlarms(
-        nodes_below_expected=amqp_targets.metrics.healthy_host_count(
-            statistic="Minimum", period=MINUTE
-        ).create_alarm(
-            scope,
+        nodes_below_expected=AlarmRule(
             "NodesBelowExpected",
-            alarm_description=f"Fewer than {node_count} RabbitMQ nodes accept AMQP connections behind the "
-            "load balancer",
-            threshold=node_count,
-            comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
-            evaluation_periods=3,
-            treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
-        ),
-        memory_high=node_metric(cluster_name, "MemoryUsedOfWatermark", "Maximum").create_alarm(
-            scope,
+            f"Fewer than {node_count} RabbitMQ nodes accept AMQP connections behind the load balancer",
+            BELOW,
+            node_count,
+            periods=3,
+            missing_breaches=True,
+        ).on(scope, healthy_hosts),
+        memory_high=AlarmRule(
             "MemoryHigh",
-            alarm_description="A node uses 90% of its memory high watermark; at 100% RabbitMQ blocks publishers",
-            threshold=90,
-            comparison_operator=more_or_equal,
-            evaluation_periods=5,
-            datapoints_to_alarm=3,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        ),
-        disk_low=node_metric(cluster_name, "DiskFreeOverLimit", "Minimum").create_alarm(
-            scope,
+            "A node uses 90% of its memory high watermark; at 100% RabbitMQ blocks publishers",
+            AT_LEAST,
+            90,
+            periods=5,
+            datapoints=3,
+        ).on(scope, nodes("MemoryUsedOfWatermark", "Maximum")),
+        disk_low=AlarmRule(
             "DiskLow",
-            alarm_description="A node's free disk is within 1.5x of its disk_free_limit; at 1x RabbitMQ "
-            "blocks publishers",
-            threshold=1.5,
-            comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_OR_EQUAL_TO_THRESHOLD,
-            evaluation_periods=5,
-            datapoints_to_alarm=3,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        ),
-        partitioned=node_metric(cluster_name, "Partitions", "Maximum").create_alarm(
-            scope,
+            "A node's free disk is within 1.5x of its disk_free_limit; at 1x RabbitMQ blocks publishers",
+            AT_MOST,
+            1.5,
+            periods=5,
+            datapoints=3,
+        ).on(scope, nodes("DiskFreeOverLimit", "Minimum")),
+        partitioned=AlarmRule(
             "Partitioned",
-            alarm_description="A node sees a network partition: with pause_minority the minority side has "
-            "paused; check the nodes' logs and the network between the zones",
-            threshold=1,
-            comparison_operator=more_or_equal,
-            evaluation_periods=2,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        ),
+            "A node sees a network partition: with pause_minority the minority side has paused; check the "
+            "nodes' logs and the network between the zones",
+            AT_LEAST,
+            1,
+            periods=2,
+        ).on(scope, nodes("Partitions", "Maximum")),
         # A replacement leaves a member not running for a minute or two (drain, then forget); longer means
         # a stale member, a dead vote in pause_minority (docs/deploy.md, "Replace or upgrade a node").
-        members_not_running=node_metric(cluster_name, "MembersNotRunning", "Maximum").create_alarm(
-            scope,
+        members_not_running=AlarmRule(
             "MembersNotRunning",
-            alarm_description="A cluster member has not been running for 10 minutes: a stopped or stale "
-            "member counts as a dead vote in pause_minority (forget it: docs/deploy.md)",
-            threshold=1,
-            comparison_operator=more_or_equal,
-            evaluation_periods=10,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        ),
-        metrics_missing=node_metric(cluster_name, "RunningNodes", "SampleCount").create_alarm(
-            scope,
+            "A cluster member has not been running for 10 minutes: a stopped or stale member counts as a "
+            "dead vote in pause_minority (forget it: docs/deploy.md)",
+            AT_LEAST,
+            1,
+            periods=10,
+        ).on(scope, nodes("MembersNotRunning", "Maximum")),
+        metrics_missing=AlarmRule(
             "MetricsMissing",
-            alarm_description="No node has published the cluster's figures for 5 minutes: every other "
-            "RabbitMQ alarm is blind (the nodes or their rabbitmq-metrics timer are down)",
-            threshold=1,
-            comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
-            evaluation_periods=5,
-            treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
-        ),
+            "No node has published the cluster's figures for 5 minutes: every other RabbitMQ alarm is "
+            "blind (the nodes or their rabbitmq-metrics timer are down)",
+            BELOW,
+            1,
+            periods=5,
+            missing_breaches=True,
+        ).on(scope, nodes("RunningNodes", "SampleCount")),
     )
     action = cloudwatch_actions.SnsAction(topic)
     for alarm in alarms.all():

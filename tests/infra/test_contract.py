@@ -1,18 +1,17 @@
-"""The pieces of the stacks that need no synth: ASL -> functions discovery, the code asset, settings, context.
+"""The pieces of the stacks that need no synth: the code asset, settings, context, the wildcard check.
 
-These run whether or not the real ASL exists yet: they build small ASL files and handler modules of their own.
+The ASL -> functions rule itself is the contract's (``tests/unit/test_contract.py``).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import aws_cdk as cdk
 import pytest
 
 from app import Context, cluster_settings
-from queue_balancer.contract import ContractError, discover_functions, snake_case, substitute
+from queue_balancer.contract import ContractError
 from stacks.balancer_props import (
     BalancedCluster,
     BalancerProps,
@@ -23,75 +22,7 @@ from stacks.balancer_props import (
 from stacks.balancer_stack import BalancerStack
 from stacks.lambda_asset import PipLocalBundling, asset_hash, runtime_requirements
 from tests.infra.checks import wildcard_violations
-
-
-def write_asl(tmp_path: Path, *placeholders: str) -> str:
-    states = {
-        f"S{i}": {
-            "Type": "Task",
-            "Resource": "arn:aws:states:::lambda:invoke",
-            "Parameters": {"X": f"${{{p}}}"},
-        }
-        for i, p in enumerate(placeholders)
-    }
-    return json.dumps({"StartAt": "S0", "States": states})
-
-
-def write_module(
-    directory: Path, name: str, body: str = "def handler(event, context):\n    return event\n"
-) -> None:
-    directory.mkdir(exist_ok=True)
-    (directory / f"{name}.py").write_text(body)
-
-
-@pytest.mark.parametrize(
-    ("name", "snake"),
-    [
-        ("StartMove", "start_move"),
-        ("Preflight", "preflight"),
-        ("SSMCommand", "ssm_command"),
-        ("LoadQueuesV2", "load_queues_v2"),
-    ],
-)
-def test_snake_case(name: str, snake: str) -> None:
-    assert snake_case(name) == snake
-
-
-def test_functions_come_from_the_asl_placeholders(tmp_path: Path) -> None:
-    lambdas = tmp_path / "lambdas"
-    for module in ("start_move", "check_move", "__init__"):
-        write_module(
-            lambdas, module, "" if module == "__init__" else "def handler(event, context):\n    return {}\n"
-        )
-    write_module(lambdas, "environment", "SETTINGS = 1\n")  # a helper module: no handler, no placeholder
-    asl = write_asl(tmp_path, "StartMoveFunctionArn", "CheckMoveFunctionArn", "LifecycleTableName")
-    assert discover_functions(asl, lambdas) == {
-        "CheckMove": "lambdas.check_move.handler",
-        "StartMove": "lambdas.start_move.handler",
-    }
-
-
-def test_a_placeholder_without_a_module_fails_the_synth(tmp_path: Path) -> None:
-    lambdas = tmp_path / "lambdas"
-    write_module(lambdas, "start_move")
-    asl = write_asl(tmp_path, "StartMoveFunctionArn", "FinishMoveFunctionArn")
-    with pytest.raises(ContractError, match=r"FinishMoveFunctionArn\} -> finish_move\.py"):
-        discover_functions(asl, lambdas)
-
-
-def test_a_handler_module_without_a_placeholder_fails_the_synth(tmp_path: Path) -> None:
-    lambdas = tmp_path / "lambdas"
-    write_module(lambdas, "start_move")
-    write_module(lambdas, "forgotten")
-    with pytest.raises(ContractError, match=r"handler modules no .* names: forgotten\.py"):
-        discover_functions(write_asl(tmp_path, "StartMoveFunctionArn"), lambdas)
-
-
-def test_an_unknown_placeholder_fails_the_synth(tmp_path: Path) -> None:
-    lambdas = tmp_path / "lambdas"
-    write_module(lambdas, "start_move")
-    with pytest.raises(ContractError, match="BucketName"):
-        discover_functions(write_asl(tmp_path, "StartMoveFunctionArn", "BucketName"), lambdas)
+from tests.source_files import write_module
 
 
 def test_a_missing_asl_file_is_named_in_the_error(tmp_path: Path) -> None:
@@ -112,10 +43,6 @@ def test_a_missing_asl_file_is_named_in_the_error(tmp_path: Path) -> None:
                 sources=WorkflowSources(asl_path=tmp_path / "balancer.asl.json"),
             ),
         )
-
-
-def test_substitute_replaces_known_placeholders_only() -> None:
-    assert substitute('{"a": "${A}", "b": "${B}"}', {"A": "x"}, strict=False) == '{"a": "x", "b": "${B}"}'
 
 
 def test_runtime_requirements_are_the_projects_less_the_lambda_runtimes() -> None:

@@ -41,6 +41,7 @@ from queue_balancer.contract import (
 from queue_balancer.lifecycle import Lifecycle
 from queue_balancer.local import provisioning
 from queue_balancer.workflow.run_state import RunState
+from tests.source_files import write_asl, write_module
 
 REPO = Path(__file__).resolve().parents[2]
 ASL_PATH = REPO / "statemachine" / "balancer.asl.json"
@@ -63,13 +64,55 @@ def dynamodb_tasks(states: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]
 
 @pytest.mark.parametrize(
     ("name", "module"),
-    [("StartMove", "start_move"), ("SSMCommand", "ssm_command"), ("LoadQueuesV2", "load_queues_v2")],
+    [
+        ("StartMove", "start_move"),
+        ("Preflight", "preflight"),
+        ("SSMCommand", "ssm_command"),
+        ("LoadQueuesV2", "load_queues_v2"),
+    ],
 )
 def test_one_placeholder_to_handler_rule(name: str, module: str) -> None:
     """The rule that once disagreed between the stack and the local endpoint (``SSMCommand``)."""
     assert snake_case(name) == module
     assert handler_path(name) == f"lambdas.{module}.handler"
     assert function_resource_name("qb", name) == f"qb-{module.replace('_', '-')}"
+
+
+def test_functions_come_from_the_asl_placeholders(tmp_path: Path) -> None:
+    lambdas = tmp_path / "lambdas"
+    for module in ("start_move", "check_move", "__init__"):
+        write_module(
+            lambdas, module, "" if module == "__init__" else "def handler(event, context):\n    return {}\n"
+        )
+    write_module(lambdas, "environment", "SETTINGS = 1\n")  # a helper module: no handler, no placeholder
+    asl = write_asl(tmp_path, "StartMoveFunctionArn", "CheckMoveFunctionArn", "LifecycleTableName")
+    assert discover_functions(asl, lambdas) == {
+        "CheckMove": "lambdas.check_move.handler",
+        "StartMove": "lambdas.start_move.handler",
+    }
+
+
+def test_a_placeholder_without_a_module_fails_the_synth(tmp_path: Path) -> None:
+    lambdas = tmp_path / "lambdas"
+    write_module(lambdas, "start_move")
+    asl = write_asl(tmp_path, "StartMoveFunctionArn", "FinishMoveFunctionArn")
+    with pytest.raises(ContractError, match=r"FinishMoveFunctionArn\} -> finish_move\.py"):
+        discover_functions(asl, lambdas)
+
+
+def test_a_handler_module_without_a_placeholder_fails_the_synth(tmp_path: Path) -> None:
+    lambdas = tmp_path / "lambdas"
+    write_module(lambdas, "start_move")
+    write_module(lambdas, "forgotten")
+    with pytest.raises(ContractError, match=r"handler modules no .* names: forgotten\.py"):
+        discover_functions(write_asl(tmp_path, "StartMoveFunctionArn"), lambdas)
+
+
+def test_an_unknown_placeholder_fails_the_synth(tmp_path: Path) -> None:
+    lambdas = tmp_path / "lambdas"
+    write_module(lambdas, "start_move")
+    with pytest.raises(ContractError, match="BucketName"):
+        discover_functions(write_asl(tmp_path, "StartMoveFunctionArn", "BucketName"), lambdas)
 
 
 def test_every_function_of_the_asl_has_an_importable_handler_and_every_handler_a_function() -> None:
@@ -90,7 +133,10 @@ def test_the_local_endpoint_binds_the_contracts_handlers() -> None:
 def test_an_unknown_placeholder_is_refused() -> None:
     with pytest.raises(ContractError, match="BucketName"):
         contract.substitute('{"a": "${BucketName}"}', {})
-    assert contract.substitute('{"a": "${B}"}', {}, strict=False) == '{"a": "${B}"}'
+    assert (
+        contract.substitute('{"a": "${A}", "b": "${B}"}', {"A": "x"}, strict=False)
+        == '{"a": "x", "b": "${B}"}'
+    )
 
 
 def test_the_environment_round_trips_and_names_every_missing_variable() -> None:
