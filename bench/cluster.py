@@ -1,14 +1,17 @@
 """The bench's own 3-node cluster, and a freshly seeded workload on it for every measurement.
 
-Why its own: other engineers' clusters run on 57xx/58xx/59xx ports at the same time, and the bench must
-neither disturb them nor depend on them. Its nodes live in a temp directory and on ports 6001.. (AMQP),
-16001.. (management), 26001.. (distribution), epmd 4601; they are stopped however the bench ends
-(normal end, error, Ctrl-C or SIGTERM), unless ``keep`` asks otherwise.
+Why its own: other engineers' clusters and test runs use their own port blocks at the same time, and the
+bench must neither disturb them nor depend on them. Its nodes live in a temp directory and on slot 41.. of
+the tests' port block (AMQP 5841.., management 15841.., distribution 25841.., epmd 4841, all shifted by
+``QUEUE_BALANCER_TEST_PORT_OFFSET`` like the tests' own nodes: the integration suites use slots 1-3 and
+50-84, the infra suites 85-99); they are stopped however the bench ends (normal end, error, Ctrl-C or
+SIGTERM), unless ``keep`` asks otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import tempfile
@@ -22,9 +25,15 @@ from bench import observe
 from bench.observe import BenchError, Settled
 from bench.workloads import Workload
 from queue_balancer.local.cluster import LocalCluster, LocalClusterConfig
+from queue_balancer.local.endpoint import stop_endpoint
 from queue_balancer.management import ManagementClient
 
-BENCH_AMQP, BENCH_MANAGEMENT, BENCH_DIST, BENCH_EPMD = 6001, 16001, 26001, 4601
+PORT_OFFSET = int(os.environ.get("QUEUE_BALANCER_TEST_PORT_OFFSET", "0"))
+BENCH_SLOT = 40
+"""Slot 41.. of the tests' port block (tests/conftest.py, tests/infra/local_ports.py), free in every suite."""
+BENCH_AMQP, BENCH_MANAGEMENT, BENCH_DIST, BENCH_EPMD = (
+    base + PORT_OFFSET + BENCH_SLOT for base in (5801, 15801, 25801, 4801)
+)
 
 
 def progress(message: str) -> None:
@@ -63,7 +72,8 @@ def bench_cluster(*, keep: bool = False) -> Iterator[LocalCluster]:
                 "queue-balancer local down --purge`"
             )
         else:
-            progress("stopping the bench cluster")
+            progress("stopping the bench cluster and its local AWS endpoint")
+            stop_endpoint(base_dir)
             cluster.down(purge=True)
 
 

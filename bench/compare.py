@@ -1,11 +1,13 @@
-"""``python -m bench.compare`` (``make bench``): queue-balancer vs ``rabbitmq-queues rebalance all``.
+"""``python -m bench.compare`` (``make bench``): the CLI engine (``queue-balancer balance``), the state
+machine with its default input (``queue-balancer run``, the real ASL on the local AWS endpoint) and
+``rabbitmq-queues rebalance all``, in one table.
 
 For every workload and every repeat, each tool gets a freshly reset and reseeded 3-node cluster (all
 leaders on node 1), is timed around its command only, and is then judged by the same observer: spread
-of leaders after, leaders moved, messages lost (settled statistics, cross-checked over AMQP) and
-temporary policies left. The cluster is the bench's own - own temp directory, own ports (AMQP 6001..,
-management 16001.., distribution 26001.., epmd 4601), away from the 57xx/58xx/59xx clusters of the
-tests and of ``queue-balancer local up`` - and it is stopped however the bench ends.
+of leaders after (in total and per queue type), leaders moved, messages lost (settled statistics,
+cross-checked over AMQP) and temporary policies left. The cluster is the bench's own - own temp
+directory, own ports (slot 41.. of the tests' port block, see ``bench.cluster``) - and it is stopped,
+with the local endpoint, however the bench ends.
 
 Results: one markdown table on stdout and in ``bench/results.md``; every raw measurement in
 ``bench/results.json`` (``--output`` puts both elsewhere); progress on stderr.
@@ -26,10 +28,26 @@ from pathlib import Path
 from typing import Any
 
 from bench import observe
-from bench.cluster import bench_cluster, fresh, progress
+from bench.cluster import (
+    BENCH_AMQP,
+    BENCH_DIST,
+    BENCH_EPMD,
+    BENCH_MANAGEMENT,
+    bench_cluster,
+    fresh,
+    progress,
+)
 from bench.observe import BenchError, Settled
 from bench.results import RunRecord, check_lines, markdown_table, rows, speed_lines
-from bench.tools import BalancerCli, BuiltinRebalance, FrozenCode, Tool, ToolRun, freeze_code
+from bench.tools import (
+    BalancerCli,
+    BuiltinRebalance,
+    FrozenCode,
+    StateMachineRun,
+    Tool,
+    ToolRun,
+    freeze_code,
+)
 from bench.workloads import WORKLOADS, Workload, select
 from queue_balancer.errors import BalancerError
 from queue_balancer.local.cluster import LocalCluster
@@ -43,14 +61,22 @@ RESULTS_MD, RESULTS_JSON = "results.md", "results.json"
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.compare",
-        description="queue-balancer balance vs rabbitmq-queues rebalance all, on identical workloads on "
-        "a local 3-node cluster the bench starts (ports 6001.., 16001.., 26001.., epmd 4601) and stops.",
+        description="queue-balancer balance (CLI engine), queue-balancer run (state machine, default input) "
+        "and rabbitmq-queues rebalance all, on identical workloads on a local 3-node cluster the bench starts "
+        f"(AMQP {BENCH_AMQP}.., management {BENCH_MANAGEMENT}.., distribution {BENCH_DIST}.., epmd "
+        f"{BENCH_EPMD}: QUEUE_BALANCER_TEST_PORT_OFFSET shifts them) and stops.",
     )
-    parser.add_argument("--repeats", type=_positive, default=3, help="runs per workload and tool (default 3)")
+    parser.add_argument("--repeats", type=_positive, default=1, help="runs per workload and tool (default 1)")
     parser.add_argument(
         "--workloads",
         default=",".join(w.key for w in WORKLOADS),
         help="comma-separated keys, default all: " + "; ".join(f"{w.key} = {w.title}" for w in WORKLOADS),
+    )
+    parser.add_argument(
+        "--tools",
+        default="cli,workflow,builtin",
+        help="comma-separated, default all three: cli = queue-balancer balance, workflow = queue-balancer "
+        "run (the state machine), builtin = rabbitmq-queues rebalance all",
     )
     parser.add_argument(
         "--concurrency",
@@ -87,24 +113,41 @@ def _positive(text: str) -> int:
 
 
 class Bench:
-    """The cluster, the bench's observer client, the two tools; runs one measurement at a time."""
+    """The cluster, the bench's observer client, the tools; runs one measurement at a time."""
 
-    def __init__(self, cluster: LocalCluster, code: FrozenCode, concurrency: int | None) -> None:
+    def __init__(self, cluster: LocalCluster, code: FrozenCode, concurrency: int | None, tools: str) -> None:
         self.cluster = cluster
         self.client: ManagementClient = observe.management(cluster.nodes[0], cluster.credentials)
         self.balancer = BalancerCli(cluster, code, concurrency)
-        self.builtin = BuiltinRebalance(cluster)
+        self.workflow = StateMachineRun(cluster, code)
+        self.rabbitmq = str(self.client.overview().get("rabbitmq_version") or "?")
+        available: dict[str, Tool] = {
+            "cli": self.balancer,
+            "workflow": self.workflow,
+            "builtin": BuiltinRebalance(cluster),
+        }
+        keys = [k.strip() for k in tools.split(",") if k.strip()]
+        unknown = [k for k in keys if k not in available]
+        if unknown or not keys:
+            raise ValueError(
+                f"unknown tool(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(available)}"
+            )
+        self.chosen = [available[k] for k in dict.fromkeys(keys)]
+        self._best: dict[str, int] = {}
 
     def tools(self, repeat: int) -> list[Tool]:
-        """Alternate which tool goes first, so neither always gets the cluster's "second run" state."""
-        pair: list[Tool] = [self.balancer, self.builtin]
-        return pair if repeat % 2 else pair[::-1]
+        """Rotate which tool goes first, so none always gets the cluster's "first run" state."""
+        shift = (repeat - 1) % len(self.chosen)
+        return self.chosen[shift:] + self.chosen[:shift]
 
     def prepare(self, workload: Workload, label: str) -> tuple[Settled, int]:
-        """Reset, seed, wait for settled statistics; return the view before and the best reachable spread."""
+        """Reset, seed, wait for settled statistics; return the view before and the best reachable spread
+        (planned once per workload: every repeat seeds the same placement)."""
         started = time.monotonic()
         before = fresh(self.cluster, self.client, workload, label)
-        best = self.balancer.best_spread()
+        if workload.key not in self._best:
+            self._best[workload.key] = self.balancer.best_spread()
+        best = self._best[workload.key]
         progress(
             f"{label}: seeded in {time.monotonic() - started:.1f} s ({workload.total_queues} queues, "
             f"{before.messages} messages), best reachable spread {best}"
@@ -123,6 +166,7 @@ class Bench:
         leftovers = observe.temporary_policies(self.client)
         moved = sorted(ref for ref, q in after.queues.items() if q.leader != before.queues[ref].leader)
         record = _record(workload, tool.name, repeat, run, before, after, best, leftovers, len(moved))
+        record = replace(record, rabbitmq=self.rabbitmq)
         record = self._cross_check(record, after, moved)
         progress(
             f"{label}: {record.moves} moves, spread {record.spread_before} -> {record.spread_after} "
@@ -183,6 +227,7 @@ def _record(
         best_spread=best,
         spread_before=before.spread,
         spread_after=after.spread,
+        spread_by_type_after=after.spread_by_type,
         leaders_after=after.leaders,
         moves=moves,
         messages_before=before.messages,
@@ -215,6 +260,13 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({model}){memory}, {platform.system()} {platform.release()}"
 
 
+def _load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
 def versions(client: ManagementClient) -> str:
     overview = client.overview()
     return f"RabbitMQ {overview.get('rabbitmq_version')} on Erlang {overview.get('erlang_version')}"
@@ -228,13 +280,13 @@ def report(
 ) -> str:
     table = rows(workloads, records)
     lines = [
-        "## queue-balancer vs rabbitmq-queues rebalance all",
+        "## queue-balancer (CLI engine, state machine) vs rabbitmq-queues rebalance all",
         "",
         *environment,
         "",
         markdown_table(table),
         "",
-        "Speed against the project's targets (medians):",
+        "Speed against the targets (medians):",
         *speed_lines(table),
         "",
         "Checks:",
@@ -247,21 +299,25 @@ def run(args: argparse.Namespace, cluster: LocalCluster) -> int:
     workloads = select([k.strip() for k in args.workloads.split(",") if k.strip()])
     started = time.monotonic()
     code = freeze_code(cluster.base_dir / "code")
-    progress(f"measuring queue_balancer/ as of {code.revision} (digest {code.digest}), frozen in {code.path}")
-    bench = Bench(cluster, code, args.concurrency)
+    progress(f"measuring the code as of {code.revision} (digest {code.digest}), frozen in {code.path}")
+    bench = Bench(cluster, code, args.concurrency, args.tools)
+    if bench.workflow in bench.chosen:
+        bench.workflow.start()  # stopped with the cluster (bench.cluster)
     concurrency = (
         str(args.concurrency) if args.concurrency else f"{bench.balancer.default_concurrency()} (CLI default)"
     )
     environment = [
         f"- Run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, `python -m bench.compare"
         + (f" --workloads {args.workloads}" if args.workloads != ",".join(w.key for w in WORKLOADS) else "")
+        + (f" --tools {args.tools}" if args.tools != "cli,workflow,builtin" else "")
         + (f" --concurrency {args.concurrency}" if args.concurrency else "")
         + f" --repeats {args.repeats}`",
-        f"- Code: queue_balancer/ at {code.revision} (sha256 of its .py files: {code.digest})",
-        f"- Machine: {machine()}",
+        f"- Code: queue_balancer/, lambdas/, statemachine/ at {code.revision} (sha256 of their files: "
+        f"{code.digest})",
+        f"- Machine: {machine()}; load average at the start {_load()}",
         f"- Cluster: 3 nodes on loopback, {versions(bench.client)}, statistics interval 5 s (default)",
-        f"- queue-balancer concurrency: {concurrency}; {args.repeats} repeats per workload and tool, "
-        "each from a freshly reset and reseeded cluster",
+        f"- CLI engine concurrency: {concurrency}; state machine: its default input (`run` with no option); "
+        f"{args.repeats} repeat(s) per workload and tool, each from a freshly reset and reseeded cluster",
     ]
     records: list[RunRecord] = []
     for workload in workloads:

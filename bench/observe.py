@@ -79,6 +79,19 @@ class Settled:
         return spread(self.leaders)
 
     @property
+    def spread_by_type(self) -> dict[str, int]:
+        """Spread of each queue type's leaders over the running nodes (a node leading every quorum queue
+        is hot even when the totals are even)."""
+        result = {}
+        for queue_type in sorted({q.type.value for q in self.queues.values()}):
+            counts = Counter({n: 0 for n in self.nodes})
+            counts.update(
+                q.leader for q in self.queues.values() if q.type.value == queue_type and q.leader in counts
+            )
+            result[queue_type] = spread(dict(counts))
+        return result
+
+    @property
     def messages(self) -> int:
         return sum(q.messages for q in self.queues.values())
 

@@ -1,8 +1,12 @@
-"""One record per (workload, tool, repeat), and the one markdown table made of them.
+"""One record per (RabbitMQ version, workload, tool, repeat), and the one markdown table made of them.
 
-Why medians with min-max: three repeats on a shared 2-core machine are noisy; the median is robust to
-one slow run and the range shows how noisy it was. Counts that must not vary (spread, losses, leftover
-policies) are shown as the worst repeat, so a single bad run cannot hide behind two good ones.
+Why medians with min-max: repeats on a shared 2-core machine are noisy; the median is robust to one slow
+run and the range shows how noisy it was. Counts that must not vary (spread, losses, leftover policies)
+are shown as the worst repeat, so a single bad run cannot hide behind two good ones.
+
+The table is one row per (RabbitMQ version, workload, tool): a bench of another version (RabbitMQ 4.0,
+other tools such as ``rabbitmq-queues rebalance quorum``) adds records with its own ``rabbitmq`` and
+``tool`` and gets its rows in the same table, after the known tools in ``TOOL_ORDER``.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from bench.tools import BUILTIN, CLI_ENGINE, STATE_MACHINE
 from bench.workloads import Workload
 
-BALANCER = "queue-balancer"
-BUILTIN = "rabbitmq-queues rebalance all"
+TOOL_ORDER = (CLI_ENGINE, STATE_MACHINE, BUILTIN)
+WORKFLOW_TARGET = 1.5
+"""The state machine with its default input takes at most this times the CLI engine's time (issue 9)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,10 @@ class RunRecord:
     error: str = ""
     balancer: Mapping[str, Any] = field(default_factory=dict)
     """The balancer's own figures: moves done/failed, its in-process seconds, per-move seconds."""
+    spread_by_type_after: Mapping[str, int] = field(default_factory=dict)
+    """Spread of each queue type's leaders after the run."""
+    rabbitmq: str = ""
+    """The cluster's RabbitMQ version, e.g. 3.10.8: rows of other versions go in the same table."""
 
     @property
     def lost(self) -> int:
@@ -74,11 +84,15 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class Row:
-    """The aggregate of the repeats of one tool on one workload."""
+    """The aggregate of the repeats of one tool on one workload of one RabbitMQ version."""
 
     workload: Workload
     tool: str
     runs: tuple[RunRecord, ...]
+
+    @property
+    def rabbitmq(self) -> str:
+        return self.runs[0].rabbitmq
 
     @property
     def median_seconds(self) -> float:
@@ -98,11 +112,13 @@ class Row:
         if any(r.amqp_lost is not None and r.amqp_lost != r.lost for r in runs):
             lost += f" (exact: {_values(r.lost if r.amqp_lost is None else r.amqp_lost for r in runs)}) ²"
         return [
+            self.rabbitmq or "?",
             self.workload.label,
             self.tool + (f" ({errors} error(s))" if errors else ""),
             f"{statistics.median(seconds):.1f} ({min(seconds):.1f}-{max(seconds):.1f})",
             _restored(restored, len(runs)),
             f"{_values(r.spread_before for r in runs)} → {worst} (best {best}) {mark}",
+            _by_type(runs),
             _values(r.moves for r in runs),
             lost
             + (
@@ -115,15 +131,23 @@ class Row:
 
 
 HEADER = (
+    "RabbitMQ",
     "workload",
     "tool",
     "wall time s, median (min-max)",
     "all replicas in sync after s",
     "spread before → after (best reachable)",
+    "spread after per type",
     "moves",
     "messages lost",
     "temporary policies left",
 )
+
+
+def _by_type(runs: Sequence[RunRecord]) -> str:
+    """The worst repeat's spread of every queue type, e.g. ``classic 0, quorum 1``."""
+    types = sorted({t for r in runs for t in r.spread_by_type_after})
+    return ", ".join(f"{t} {max(r.spread_by_type_after.get(t, 0) for r in runs)}" for t in types) or "-"
 
 
 def _restored(restored: Sequence[float], runs: int) -> str:
@@ -142,17 +166,26 @@ def _values(values: Iterable[int]) -> str:
 
 
 def rows(workloads: Sequence[Workload], records: Sequence[RunRecord]) -> list[Row]:
+    """One row per (RabbitMQ version, workload, tool) that has records: versions in the order they were
+    measured, then the workloads' order, then the known tools before any other."""
+    versions = list(dict.fromkeys(r.rabbitmq for r in records))
+    tools = list(TOOL_ORDER) + [t for t in dict.fromkeys(r.tool for r in records) if t not in TOOL_ORDER]
     result = []
-    for workload in workloads:
-        for tool in (BALANCER, BUILTIN):
-            runs = tuple(r for r in records if r.workload == workload.key and r.tool == tool)
-            if runs:
-                result.append(Row(workload, tool, runs))
+    for version in versions:
+        for workload in workloads:
+            for tool in tools:
+                runs = tuple(
+                    r
+                    for r in records
+                    if r.rabbitmq == version and r.workload == workload.key and r.tool == tool
+                )
+                if runs:
+                    result.append(Row(workload, tool, runs))
     return result
 
 
 def markdown_table(table: Sequence[Row]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * 6) + "|"]
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * 7) + "|"]
     lines += ["| " + " | ".join(row.cells()) + " |" for row in table]
     notes = []
     if any(r.restored is None for row in table for r in row.runs):
@@ -168,28 +201,41 @@ def markdown_table(table: Sequence[Row]) -> str:
 
 
 def speed_lines(table: Sequence[Row]) -> list[str]:
-    """Built-in median / balancer median per workload, against the project's targets."""
+    """Medians against the targets: the CLI engine against the built-in, the state machine against the
+    CLI engine (at most ``WORKFLOW_TARGET`` times its time) and against the built-in."""
     lines = []
-    by_workload: dict[str, dict[str, Row]] = {}
+    by_workload: dict[tuple[str, str], dict[str, Row]] = {}
     for row in table:
-        by_workload.setdefault(row.workload.key, {})[row.tool] = row
+        by_workload.setdefault((row.rabbitmq, row.workload.key), {})[row.tool] = row
     for pair in by_workload.values():
-        if BALANCER not in pair or BUILTIN not in pair:
-            continue
-        ours, theirs = pair[BALANCER], pair[BUILTIN]
-        workload = ours.workload
-        ratio = theirs.median_seconds / ours.median_seconds
-        if workload.kind == "mirrored":
-            target, met = "target ≥ 3x faster", ratio >= 3
-        else:
-            target, met = "target ≤ 2x the built-in's time", ratio >= 0.5
-        verdict = "met" if met else "NOT met"
-        relation = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
-        lines.append(
-            f"- ({workload.key}) {workload.kind}: queue-balancer {ours.median_seconds:.1f} s vs built-in "
-            f"{theirs.median_seconds:.1f} s → {relation} ({target}: {verdict})"
-        )
+        builtin, cli, workflow = pair.get(BUILTIN), pair.get(CLI_ENGINE), pair.get(STATE_MACHINE)
+        if cli and builtin:
+            ratio = builtin.median_seconds / cli.median_seconds
+            if cli.workload.kind == "mirrored":
+                target, met = "target ≥ 3x faster", ratio >= 3
+            else:
+                target, met = "target ≤ 2x the built-in's time", ratio >= 0.5
+            lines.append(_speed_line(cli, builtin, ratio, target, met))
+        if workflow and cli:
+            ratio = workflow.median_seconds / cli.median_seconds
+            target = f"target ≤ {WORKFLOW_TARGET}x the CLI engine's time"
+            lines.append(
+                f"- ({cli.workload.key}) state machine {workflow.median_seconds:.1f} s vs CLI engine "
+                f"{cli.median_seconds:.1f} s → {ratio:.2f}x ({target}: "
+                f"{'met' if ratio <= WORKFLOW_TARGET else 'NOT met'})"
+            )
+        if workflow and builtin and workflow.workload.kind == "mirrored":
+            ratio = builtin.median_seconds / workflow.median_seconds
+            lines.append(_speed_line(workflow, builtin, ratio, "target faster", ratio > 1))
     return lines
+
+
+def _speed_line(ours: Row, theirs: Row, ratio: float, target: str, met: bool) -> str:
+    relation = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+    return (
+        f"- ({ours.workload.key}) {ours.workload.kind}: {ours.tool} {ours.median_seconds:.1f} s vs built-in "
+        f"{theirs.median_seconds:.1f} s → {relation} ({target}: {'met' if met else 'NOT met'})"
+    )
 
 
 def check_lines(records: Sequence[RunRecord]) -> list[str]:

@@ -1,12 +1,18 @@
-"""The two contenders, each run exactly as an operator would run it, and timed around that command only.
+"""The contenders, each run exactly as an operator would run it, and timed around that command only.
 
-- ``queue-balancer --local balance --format json``: a subprocess, so its wall time includes its start-up
-  like the built-in's includes the Erlang CLI's, and so the bench exercises the real command, flags and
-  exit codes. It runs the CLI's ``main`` from a copy of ``queue_balancer/`` frozen when the bench
-  started (``FrozenCode``), not from the live tree. It finds the bench's cluster through
-  ``QUEUE_BALANCER_LOCAL_DIR``; the connection variables a developer may have exported
-  (``RABBITMQ_MANAGEMENT_URL`` ...) are removed, so it cannot wander off to another cluster.
+- ``queue-balancer --local balance --format json``: the CLI engine, a subprocess, so its wall time includes
+  its start-up like the built-in's includes the Erlang CLI's, and so the bench exercises the real command,
+  flags and exit codes.
+- ``queue-balancer --local run --wait --format json``: the state machine with its default input (what the
+  EventBridge schedule and a console start run): the real ``statemachine/balancer.asl.json`` executed by
+  the local AWS endpoint, whose Lambda tasks are the real handlers. Timed from the command's start until it
+  has printed the run's report (the lifecycle back in IDLE), its start-up and its 0.5 s polling included.
 - ``rabbitmq-queues rebalance all``: RabbitMQ's own command, through ``LocalCluster.rabbitmq_queues``.
+
+Both of the project's commands run from a copy of ``queue_balancer/``, ``lambdas/`` and ``statemachine/``
+frozen when the bench started (``FrozenCode``), not from the live tree; so does the local endpoint. They
+find the bench's cluster through ``QUEUE_BALANCER_LOCAL_DIR``; the connection variables a developer may
+have exported (``RABBITMQ_MANAGEMENT_URL`` ...) are removed, so they cannot wander off to another cluster.
 
 ``queue-balancer plan --format json`` gives the best distribution reachable from the same starting
 point, so the table can say whether each tool got there.
@@ -19,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -28,9 +35,15 @@ from typing import Any, Protocol
 
 from queue_balancer.errors import BalancerError
 from queue_balancer.local.cluster import ENV_BASE_DIR, LocalCluster
+from queue_balancer.local.endpoint import stop_endpoint
 from queue_balancer.model import spread
 
 ROOT = Path(__file__).resolve().parent.parent
+FROZEN = ("queue_balancer", "lambdas", "statemachine")
+"""What the project's commands and the local endpoint run: the engine, the handlers, the ASL."""
+CLI_ENGINE = "queue-balancer balance (CLI)"
+STATE_MACHINE = "queue-balancer run (state machine, default input)"
+BUILTIN = "rabbitmq-queues rebalance all"
 # Variables that would point the balancer at another cluster than the bench's.
 _FOREIGN_ENV = ("RABBITMQ_MANAGEMENT_URL", "RABBITMQ_EVAL_COMMAND", "RABBITMQ_USER", "RABBITMQ_PASSWORD")
 
@@ -56,7 +69,8 @@ class Tool(Protocol):
 
 @dataclass(frozen=True)
 class FrozenCode:
-    """A copy of ``queue_balancer/`` taken when the bench starts: every run measures the same code.
+    """A copy of ``queue_balancer/``, ``lambdas/`` and ``statemachine/`` taken when the bench starts: every
+    run measures the same code.
 
     Why: the tree is shared with engineers who edit the engine while the bench runs for many minutes;
     without a copy, runs 1 and 30 could measure different code (or a half-saved file). The digest and
@@ -74,16 +88,17 @@ class FrozenCode:
 
 
 def freeze_code(dest: Path, *, attempts: int = 6, wait: float = 10.0) -> FrozenCode:
-    """Copy ``queue_balancer/`` into ``dest`` once the copy's CLI imports (an edit may be half-saved)."""
-    source = ROOT / "queue_balancer"
+    """Copy the project's code into ``dest`` once the copy's CLI and handlers import (an edit may be
+    half-saved)."""
     error = ""
     for attempt in range(1, attempts + 1):
-        target = dest / "queue_balancer"
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for name in FROZEN:
+            target = dest / name
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(ROOT / name, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         check = subprocess.run(
-            [sys.executable, "-c", "import queue_balancer.cli"],
+            [sys.executable, "-c", "import queue_balancer.cli, lambdas.run_batch"],
             cwd=dest,
             env={**os.environ, "PYTHONPATH": str(dest)},
             capture_output=True,
@@ -92,66 +107,87 @@ def freeze_code(dest: Path, *, attempts: int = 6, wait: float = 10.0) -> FrozenC
             check=False,
         )
         if check.returncode == 0:
-            return FrozenCode(dest, tree_digest(target), git_revision())
+            return FrozenCode(dest, tree_digest(dest), git_revision())
         error = check.stderr.strip().splitlines()[-1] if check.stderr.strip() else f"exit {check.returncode}"
         if attempt < attempts:
             time.sleep(wait)  # another engineer's edit in progress: retry on a fresh copy
-    raise BalancerError(f"queue_balancer/ in the working tree does not import ({error}); retry when it does")
+    raise BalancerError(f"the working tree's code does not import ({error}); retry when it does")
 
 
 def tree_digest(tree: Path) -> str:
-    """A short hash of every ``.py`` file (path and content): equal digests, equal code measured."""
+    """A short hash of every ``.py`` and ``.json`` file (path and content): equal digests, equal code."""
     digest = hashlib.sha256()
-    for path in sorted(tree.rglob("*.py")):
+    for path in sorted([*tree.rglob("*.py"), *tree.rglob("*.json")]):
         digest.update(str(path.relative_to(tree)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
 
 def git_revision() -> str:
-    """``<commit>`` or ``<commit> + uncommitted changes`` (of queue_balancer/), for the results header."""
+    """``<commit>`` or ``<commit> + uncommitted changes`` (of the frozen code), for the results header."""
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown commit"
-    dirty = git("status", "--porcelain", "--", "queue_balancer")
+    dirty = git("status", "--porcelain", "--", *FROZEN)
     return f"{commit} + uncommitted changes" if dirty else commit
+
+
+def frozen_command(
+    cluster: LocalCluster, code: FrozenCode, *args: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``queue-balancer --local ARGS`` from the frozen code, against the bench's cluster only."""
+    env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ENV}
+    user, password = cluster.credentials
+    env.update(
+        {
+            ENV_BASE_DIR: str(cluster.base_dir),
+            "RABBITMQ_USER": user,
+            "RABBITMQ_PASSWORD": password,
+            "PYTHONPATH": str(code.path),
+        }
+    )
+    return subprocess.run(
+        [*code.command, "--local", *args],
+        env=env,
+        cwd=code.path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _timed_json(cluster: LocalCluster, code: FrozenCode, args: list[str], timeout: float) -> ToolRun:
+    """Run one of the project's commands, timed; its JSON report on stdout becomes the summary."""
+    started = time.monotonic()
+    done = frozen_command(cluster, code, *args, timeout=timeout)
+    seconds = time.monotonic() - started
+    summary: dict[str, Any] = {}
+    error = ""
+    try:
+        summary = json.loads(done.stdout[done.stdout.index("{") :])  # `run` prints a line before it
+    except ValueError:
+        error = (done.stderr.strip() or done.stdout.strip())[-500:] or "no JSON summary"
+    if done.returncode not in (0, 2):  # 2 = some moves failed; the summary says which
+        error = error or done.stderr.strip()[-500:]
+    return ToolRun(seconds, done.returncode, error, summary)
 
 
 @dataclass(frozen=True)
 class BalancerCli:
-    """``queue-balancer`` against the bench's local cluster."""
+    """``queue-balancer balance`` (the CLI engine) against the bench's local cluster."""
 
     cluster: LocalCluster
     code: FrozenCode
     concurrency: int | None = None
     timeout: float = 1800.0
-    name: str = "queue-balancer"
-
-    def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ENV}
-        user, password = self.cluster.credentials
-        env.update(
-            {ENV_BASE_DIR: str(self.cluster.base_dir), "RABBITMQ_USER": user, "RABBITMQ_PASSWORD": password}
-        )
-        env["PYTHONPATH"] = str(self.code.path)
-        return env
-
-    def _call(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*self.code.command, "--local", *args],
-            env=self._env(),
-            cwd=self.code.path,
-            capture_output=True,
-            text=True,
-            timeout=self.timeout,
-            check=False,
-        )
+    name: str = CLI_ENGINE
 
     def plan(self) -> dict[str, Any]:
         """``plan --format json`` now: its ``after`` is the best distribution the movable queues allow."""
-        done = self._call("plan", "--format", "json")
+        done = frozen_command(self.cluster, self.code, "plan", "--format", "json", timeout=self.timeout)
         if done.returncode != 0:
             raise BalancerError(
                 f"queue-balancer plan failed ({done.returncode}): {done.stderr.strip()[-500:]}"
@@ -166,32 +202,44 @@ class BalancerCli:
         args = ["balance", "--format", "json"]
         if self.concurrency is not None:
             args += ["--concurrency", str(self.concurrency)]
-        started = time.monotonic()
-        done = self._call(*args)
-        seconds = time.monotonic() - started
-        summary: dict[str, Any] = {}
-        error = ""
-        try:
-            summary = json.loads(done.stdout)
-        except ValueError:
-            error = (done.stderr.strip() or done.stdout.strip())[-500:] or "no JSON summary"
-        if done.returncode not in (0, 2):  # 2 = some moves failed; the summary says which
-            error = error or done.stderr.strip()[-500:]
-        return ToolRun(seconds, done.returncode, error, summary)
+        return _timed_json(self.cluster, self.code, args, self.timeout)
 
     def default_concurrency(self) -> str:
         """The CLI's own default, read from its help, so the table names the number actually used."""
-        done = subprocess.run(
-            [*self.code.command, "balance", "--help"],
-            env=self._env(),
-            cwd=self.code.path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = frozen_command(self.cluster, self.code, "balance", "--help", timeout=60)
         found = re.search(r"moves at once \(default (\d+)\)", " ".join(done.stdout.split()))
         return found.group(1) if found else "CLI default"
+
+
+@dataclass(frozen=True)
+class StateMachineRun:
+    """``queue-balancer run --wait`` with no option: the workflow's default input, as the schedule sends it.
+
+    The local AWS endpoint (moto with Step Functions execution on, the real handlers bound in-process)
+    runs from the frozen code next to the bench's cluster; ``start`` brings it up once, ``stop`` ends it.
+    """
+
+    cluster: LocalCluster
+    code: FrozenCode
+    timeout: float = 1800.0
+    name: str = STATE_MACHINE
+
+    def start(self) -> None:
+        """``local up`` from the frozen code: the cluster already runs, so it only starts the endpoint."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        done = frozen_command(
+            self.cluster, self.code, "local", "up", "--endpoint-port", str(port), timeout=300
+        )
+        if done.returncode != 0:
+            raise BalancerError(f"the local AWS endpoint did not start: {done.stderr.strip()[-500:]}")
+
+    def stop(self) -> None:
+        stop_endpoint(self.cluster.base_dir)
+
+    def run(self) -> ToolRun:
+        return _timed_json(self.cluster, self.code, ["run", "--wait", "--format", "json"], self.timeout)
 
 
 @dataclass(frozen=True)
@@ -200,7 +248,7 @@ class BuiltinRebalance:
 
     cluster: LocalCluster
     timeout: float = 1800.0
-    name: str = "rabbitmq-queues rebalance all"
+    name: str = BUILTIN
 
     def run(self) -> ToolRun:
         started = time.monotonic()

@@ -1,10 +1,11 @@
 """The workloads both tools get, seeded identically and from scratch for every single run.
 
-Why these five: (a) is the seed plugin's own example; (b) makes mirror synchronisation cost something
+Why these six: (a) is the seed plugin's own example; (b) makes mirror synchronisation cost something
 (60,000 persistent messages); (c) is the quorum path, where neither tool copies messages; (d) mixes both
 kinds in one plan; (e) adds "fixed load" - unmirrored classic queues, some holding messages (which nobody
 may move without losing them) and some empty (which the balancer may move, the built-in never does) - so
-the best reachable distribution depends on which queues are movable at all.
+the best reachable distribution depends on which queues are movable at all; (f) spreads the queues over
+three vhosts (each with its own HA policy, and the temporary policies land in each vhost).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class Workload:
     unmirrored: int = 0
     unmirrored_with_messages: int = 0
     unmirrored_messages: int = 0
+    vhosts: tuple[str, ...] = ("/",)
+    """The queues are split evenly over these vhosts (``queues`` in all)."""
 
     @property
     def expected_messages(self) -> int:
@@ -51,15 +54,18 @@ class Workload:
 
     def seed(self, cluster: LocalCluster, progress: Progress) -> None:
         """Create the workload on an empty cluster; every leader ends up on node 1, mirrors in sync."""
-        seed(
-            cluster,
-            queues=self.queues,
-            messages=self.messages,
-            queue_type=self.queue_type,
-            prefix="seed",
-            on_node=1,
-            progress=progress,
-        )
+        share, extra = divmod(self.queues, len(self.vhosts))
+        for index, vhost in enumerate(self.vhosts):
+            seed(
+                cluster,
+                queues=share + (1 if index < extra else 0),
+                messages=self.messages,
+                queue_type=self.queue_type,
+                vhost=vhost,
+                prefix="seed",
+                on_node=1,
+                progress=progress,
+            )
         if self.unmirrored:
             seed_unmirrored(
                 cluster,
@@ -86,6 +92,14 @@ WORKLOADS: tuple[Workload, ...] = (
         unmirrored=12,
         unmirrored_with_messages=6,
         unmirrored_messages=100,
+    ),
+    Workload(
+        "f",
+        "3 vhosts x 10 mirrored x 100 msgs",
+        "mirrored",
+        30,
+        100,
+        vhosts=("/", "orders", "billing/eu"),
     ),
 )
 
