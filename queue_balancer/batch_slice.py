@@ -5,9 +5,13 @@ transition costs history, so the workflow does not loop per move. Its RunBatch t
 with ``runner.drive`` (sub-second polling, bounded concurrency) until one of:
 
 - the batch is complete;
-- the operator asked for something (pause, stop, reset, load): no new move starts, moves under way get
-  ``GRACE_SECONDS`` to finish and are otherwise rolled back and put back in front of the queue, so the
-  request takes effect within seconds whatever the batch size;
+- the operator asked for something (pause, stop, reset, load): the request is read every
+  ``CONTROL_INTERVAL`` (so within that no new move starts), moves under way get ``GRACE_SECONDS`` to
+  finish - none for a long phase, which would not finish in time anyway - and are otherwise rolled back
+  and put back in front of the queue. So a request ends the slice within ``CONTROL_INTERVAL`` +
+  ``GRACE_SECONDS`` + the rollback of a small queue (well under a second), whatever the batch size; a
+  request made while long syncs wait in the state machine is seen by the next slice, ``poll_seconds``
+  later at most, and rolls them back at once;
 - only long phases are left (a mirror sync of a large queue): handed to the state machine's Wait loop,
   which calls RunBatch again every few seconds instead of keeping a Lambda busy;
 - the time budget of the invocation is spent (well under the Lambda timeout).
@@ -23,13 +27,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from queue_balancer.model import QueueType
-from queue_balancer.movers import Mover, Phase
+from queue_balancer.movers import MoveProgress, Mover, Phase
 from queue_balancer.runner import BatchState, Listener, drive, roll_back
 
-CONTROL_INTERVAL = 0.5
-"""Seconds between two reads of the operator's request while a slice runs."""
-GRACE_SECONDS = 2.0
-"""How long moves under way may take to finish once a request is seen, before they are rolled back."""
+CONTROL_INTERVAL = 0.25
+"""Seconds between two reads of the operator's request while a slice runs (a DynamoDB GetItem each)."""
+GRACE_SECONDS = 1.0
+"""How long moves under way may take to finish once a request is seen, before they are rolled back: a
+small queue's move takes 0.3-1 s, and every second here is a second of the <= 5 s the operator waits."""
 LONG_PHASE_SECONDS = 5.0
 """A sync or re-mirroring phase older than this is long: it waits in the state machine, not in a Lambda."""
 BUDGET_SECONDS = 120.0
@@ -68,7 +73,11 @@ def drive_slice(
     def stop(current: BatchState) -> bool:
         watch.poll()
         if watch.seen_at is not None:
-            return not current.active or clock() - watch.seen_at >= GRACE_SECONDS
+            return (
+                not current.active
+                or clock() - watch.seen_at >= GRACE_SECONDS
+                or all(_in_long_phase(p, mover.clock()) for p in current.active)
+            )
         return clock() - began >= limits.budget_seconds or _only_long_phases(mover, current, limits)
 
     drive(
@@ -112,12 +121,15 @@ def _only_long_phases(mover: Mover, state: BatchState, limits: SliceLimits) -> b
     if not state.active:
         return False
     now = mover.clock()
-    if not all(
-        p.phase in LONG_PHASES and now - p.phase_started_at >= LONG_PHASE_SECONDS for p in state.active
-    ):
+    if not all(_in_long_phase(p, now) for p in state.active):
         return False
     classic_busy = sum(1 for p in state.active if p.move.type is not QueueType.QUORUM)
     return not state.pending or classic_busy >= limits.concurrency
+
+
+def _in_long_phase(progress: MoveProgress, now: float) -> bool:
+    """A sync or re-mirroring under way for ``LONG_PHASE_SECONDS`` already: it will not end in a moment."""
+    return progress.phase in LONG_PHASES and now - progress.phase_started_at >= LONG_PHASE_SECONDS
 
 
 def _put_back(mover: Mover, state: BatchState, on_change: Listener, sleep: Callable[[float], None]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from queue_balancer import arguments
+from queue_balancer.lifecycle import DEFAULT_POLL_SECONDS, MAX_POLL_SECONDS
 
 FORMATS = ("text", "json", "markdown")
 
@@ -131,7 +132,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "--poll-seconds",
         type=int,
         metavar="S",
-        help="wait between two slices of a long mirror sync, 1-3 (default 3)",
+        help=f"wait between two slices of a long mirror sync, 1-{MAX_POLL_SECONDS} (default {DEFAULT_POLL_SECONDS})",
     )
     run.add_argument("--wait", action="store_true", help="follow the run until it ends and print its report")
     run.add_argument(

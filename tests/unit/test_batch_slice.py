@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import replace
 
-from queue_balancer.batch_slice import GRACE_SECONDS, LONG_PHASE_SECONDS, SliceEnd, SliceLimits, drive_slice
+from queue_balancer.batch_slice import (
+    CONTROL_INTERVAL,
+    GRACE_SECONDS,
+    LONG_PHASE_SECONDS,
+    SliceEnd,
+    SliceLimits,
+    drive_slice,
+)
 from queue_balancer.model import Move, QueueType
 from queue_balancer.movers import MoveProgress, Mover, MoveSettings, Phase
 from queue_balancer.runner import BatchState
@@ -125,3 +133,38 @@ def test_the_budget_ends_a_slice_after_its_first_wave() -> None:
     end = drive_slice(mover, state, limits, lambda: False, clock=clock, sleep=clock.sleep)
     assert end is SliceEnd.BUDGET
     assert len(state.active) == 3 and state.pending == []
+
+
+def test_a_request_met_by_long_syncs_rolls_them_back_without_waiting_for_the_grace() -> None:
+    clock = FakeClock()
+    mover = ScriptedMover(clock)
+    state = BatchState(pending=moves("long", 2))
+    end = drive_slice(mover, state, SliceLimits(concurrency=8), lambda: False, clock=clock, sleep=clock.sleep)
+    assert (
+        end is SliceEnd.HANDOFF
+    )  # the state machine waits poll_seconds, then the next slice sees the request
+
+    resumed = BatchState.from_dict(state.to_dict())
+    seen = clock.now
+    end = drive_slice(
+        mover, resumed, SliceLimits(concurrency=8), lambda: True, clock=clock, sleep=clock.sleep
+    )
+    assert end is SliceEnd.REQUESTED
+    assert mover.aborted == ["long0", "long1"]
+    assert [m.queue for m in resumed.pending] == ["long0", "long1"] and resumed.active == []
+    assert clock.now - seen < GRACE_SECONDS  # a long sync would not end within the grace: no wait for it
+
+
+def test_a_request_is_read_at_least_every_control_interval_while_moves_are_under_way() -> None:
+    clock = FakeClock()
+    mover = ScriptedMover(clock, polls=40)  # every move takes 4 s
+    state = BatchState(pending=moves("q", 4))
+    reads: list[float] = []
+
+    def requested() -> bool:
+        reads.append(clock.now)
+        return False
+
+    drive_slice(mover, state, SliceLimits(concurrency=8), requested, clock=clock, sleep=clock.sleep)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(reads)]
+    assert gaps and max(gaps) <= CONTROL_INTERVAL + mover.settings.poll_interval + 1e-9

@@ -208,7 +208,7 @@ def test_no_item_is_an_idle_cluster() -> None:
 
 def test_defaults_and_round_trip() -> None:
     parsed = RunInput.parse({"action": "balance"})
-    assert (parsed.concurrency, parsed.batch_size, parsed.rounds, parsed.poll_seconds) == (8, 100, 3, 3)
+    assert (parsed.concurrency, parsed.batch_size, parsed.rounds, parsed.poll_seconds) == (8, 100, 3, 2)
     assert RunInput.parse({}) == parsed == RunInput.parse({"Comment": "Insert your JSON here"})
     full = RunInput.parse(
         {
