@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -150,8 +151,12 @@ def test_skipped_queues_are_listed_by_plan(
     assert "1 queues skipped" in out and "'busy.001' in vhost '/'" in out
 
 
-def test_an_interrupt_on_a_terminal_starts_its_report_on_a_line_of_its_own(cluster: LocalCluster) -> None:
-    """On a terminal the progress bar has no newline; Ctrl-C's report must not be glued to it."""
+def test_an_interrupt_on_a_terminal_starts_its_report_on_a_line_of_its_own(
+    cluster: LocalCluster, management: Management
+) -> None:
+    """On a terminal the progress bar has no newline; Ctrl-C's report must not be glued to it. It says
+    what happened to each queue the run touched, and that is where the queue is: moved to the target,
+    rolled back to the source, or stayed on the node it names."""
     seed(cluster, queues=6, messages=2000, queue_type="classic")
     master, slave = pty.openpty()
     env = {**os.environ, ENV_BASE_DIR: str(cluster.base_dir)}
@@ -180,4 +185,10 @@ def test_an_interrupt_on_a_terminal_starts_its_report_on_a_line_of_its_own(clust
     assert process.returncode == 130
     bar, report = seen.decode(errors="replace").split("queue-balancer: interrupted", 1)
     assert bar.endswith("\n"), repr(bar[-80:])  # its own line, not glued to the bar
-    assert "moved" in report or "rolled back" in report or "->" in report
+    fates = re.findall(r"^  '([^']+)' in vhost '/' \((\S+) -> (\S+)\): (.+?)\r?$", report, re.MULTILINE)
+    assert any(fate == "moved" for *_, fate in fates), report  # the first move, finished before Ctrl-C
+    leaders = {q["name"]: q["node"] for q in management.queues("/")}
+    for name, source, target, fate in fates:
+        stayed = re.search(r"stayed on (\S+?)(;|$)", fate)
+        where = target if fate == "moved" else source if "rolled back" in fate else stayed and stayed[1]
+        assert leaders[name] == where, f"{name}: {fate!r}, but led by {leaders[name]}"

@@ -48,6 +48,8 @@ def test_an_unknown_vhost_is_an_input_error_everywhere(
     assert main(["run", "--vhost", "nope", "--wait", *FAST]) == 1
     out, err = capsys.readouterr()
     assert "failed: InvalidInput" in err and "no queues in vhost 'nope'" in err
+    # Refused once the run reads the cluster under its locks; its Cleanup gave both back.
+    assert cli.lock() is None and cli.cluster_lock() is None and cli.temporary_policies() == []
     assert main(["status"]) == 0
     assert "no queues in vhost 'nope'" in capsys.readouterr().out
     assert main(["info", "--format", "json"]) == 0

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import boto3
@@ -21,6 +23,7 @@ from queue_balancer.local.endpoint import (
     LOG_FILE,
     PID_FILE,
     LocalEndpointError,
+    Outputs,
     endpoint_url,
     local_outputs,
     start_endpoint,
@@ -30,6 +33,7 @@ from tests.conftest import wait_until
 from tests.statemachine.conftest import free_port
 
 SECRET = "s3cret-not-for-logs"
+SCRIPT = str(Path(sys.executable).parent / "queue-balancer")
 
 
 def test_a_detached_endpoint_serves_the_workflow_commands_and_stops_cleanly(
@@ -81,6 +85,7 @@ def test_a_detached_endpoint_serves_the_workflow_commands_and_stops_cleanly(
         assert main(["disable"]) == EXIT_OK
         assert main(["last-report"]) == EXIT_ERROR
         assert "no report" in capsys.readouterr().err
+        _a_reader_that_stops_early_loses_nothing(outputs, tmp_path, capsys)
         assert SECRET not in (tmp_path / LOG_FILE).read_text()
     finally:
         stopped = stop_endpoint(tmp_path)
@@ -90,6 +95,35 @@ def test_a_detached_endpoint_serves_the_workflow_commands_and_stops_cleanly(
     with pytest.raises(LocalEndpointError, match="queue-balancer local up"):
         local_outputs(tmp_path)
     assert not stop_endpoint(tmp_path)  # idempotent
+
+
+def _a_reader_that_stops_early_loses_nothing(
+    outputs: Outputs, base_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status | head -1`, `notifications --consume | head -3`: the real script with its stdout closed
+    before it writes gets no traceback, and a notification it could not print is not deleted."""
+    sns = boto3.client(
+        "sns",
+        endpoint_url=outputs.EndpointUrl,
+        region_name=outputs.Region,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+    for n in (1, 2):
+        sns.publish(TopicArn=outputs.NotificationTopicArn, Subject=f"note {n}", Message=f"message {n}")
+    env = {**os.environ, ENV_BASE_DIR: str(base_dir)}
+    for command in (["status"], ["notifications", "--consume"]):
+        process = subprocess.Popen(
+            [SCRIPT, *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
+        )
+        assert process.stdout is not None
+        process.stdout.close()  # the reader went away before the first line
+        _, err = process.communicate(timeout=60)
+        assert (process.returncode, err) == (EXIT_OK, ""), command
+    assert main(["notifications", "--consume", "--format", "json"]) == EXIT_OK
+    assert sorted(n["subject"] for n in json.loads(capsys.readouterr().out)) == ["note 1", "note 2"]
+    assert main(["notifications"]) == EXIT_OK
+    assert "0 notification(s)" in capsys.readouterr().out  # printed in full, then consumed
 
 
 def test_the_workflow_commands_fit_the_main_cli_next_to_the_others() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from queue_balancer.cli import exit_codes
 from queue_balancer.cli.main import full_parser
 from queue_balancer.cli.reference import BEGIN, END, commands, main
+from queue_balancer.lifecycle import RunInput
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -46,3 +47,25 @@ def test_the_exit_codes_are_documented_once_all_of_them() -> None:
     table = readme.split("- **Exit codes**", 1)[1].split("- **Output**", 1)[0]
     assert codes == {int(c) for c in re.findall(r"^\s*\| (\d+) \|", table, flags=re.MULTILINE)}
     assert readme.count("- **Exit codes**") == 1
+
+
+def test_every_default_a_help_names_is_the_default_the_command_uses() -> None:
+    """A help text that says "(default 8)" while the parser (or, for `run`/`load`, the run input that
+    fills what the command line leaves out) uses another value would pass the checks above: the README
+    is generated from that same wrong text."""
+    run_defaults = RunInput.parse({"action": "balance"}).to_dict()
+    checked = 0
+    for words, _help, sub in commands(full_parser()):
+        for action in sub._actions:
+            said = re.search(r"\(default (\d+(?:\.\d+)?)\)", action.help or "")
+            if not said:
+                continue
+            used = action.default
+            if used is None:  # run/load leave it to the run input, as the workflow does
+                used = run_defaults[action.dest]
+            assert float(said.group(1)) == float(used), (
+                f"queue-balancer {' '.join(words)} {action.option_strings[0]}: the help says "
+                f"default {said.group(1)}, the command uses {used}"
+            )
+            checked += 1
+    assert checked >= 10
