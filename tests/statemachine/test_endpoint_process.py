@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -56,13 +57,7 @@ def test_a_detached_endpoint_serves_the_workflow_commands_and_stops_cleanly(
         assert start_endpoint(tmp_path, port, config) == outputs  # idempotent: the same endpoint
         assert endpoint_url(tmp_path) == f"http://127.0.0.1:{port}"
 
-        sfn = boto3.client(
-            "stepfunctions",
-            endpoint_url=outputs.EndpointUrl,
-            region_name=outputs.Region,
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
-        )
+        sfn = _client(outputs, "stepfunctions")
         arn = sfn.start_execution(
             stateMachineArn=outputs.StateMachineArn, input=json.dumps({"action": "nope"})
         )["executionArn"]
@@ -102,13 +97,7 @@ def _a_reader_that_stops_early_loses_nothing(
 ) -> None:
     """`status | head -1`, `notifications --consume | head -3`: the real script with its stdout closed
     before it writes gets no traceback, and a notification it could not print is not deleted."""
-    sns = boto3.client(
-        "sns",
-        endpoint_url=outputs.EndpointUrl,
-        region_name=outputs.Region,
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
-    )
+    sns = _client(outputs, "sns")
     for n in (1, 2):
         sns.publish(TopicArn=outputs.NotificationTopicArn, Subject=f"note {n}", Message=f"message {n}")
     env = {**os.environ, ENV_BASE_DIR: str(base_dir)}
@@ -124,6 +113,13 @@ def _a_reader_that_stops_early_loses_nothing(
     assert sorted(n["subject"] for n in json.loads(capsys.readouterr().out)) == ["note 1", "note 2"]
     assert main(["notifications"]) == EXIT_OK
     assert "0 notification(s)" in capsys.readouterr().out  # printed in full, then consumed
+
+
+def _client(outputs: Outputs, service: str) -> Any:
+    session: Any = boto3.Session(
+        region_name=outputs.Region, aws_access_key_id="local", aws_secret_access_key="local"
+    )
+    return session.client(service, endpoint_url=outputs.EndpointUrl)
 
 
 def test_the_workflow_commands_fit_the_main_cli_next_to_the_others() -> None:
