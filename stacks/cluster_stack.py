@@ -8,11 +8,8 @@ Manager, and CloudWatch alarms on the node count and on RabbitMQ's memory and di
 
 from __future__ import annotations
 
-import base64
-import gzip
 import json
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 from aws_cdk import (
     Acknowledgment,
@@ -38,9 +35,8 @@ from constructs import Construct
 from stacks.cluster_monitoring import METRICS_NAMESPACE, cluster_alarms, cluster_dashboard
 from stacks.cluster_settings import ClusterSettings
 from stacks.network import subnets_by_id
+from stacks.node_user_data import add_node_bootstrap
 from stacks.topics import encrypted_topic
-
-BOOTSTRAP_SCRIPT = Path(__file__).resolve().parent / "node_bootstrap.sh"
 
 AMQP_PORT = 5672
 MANAGEMENT_PORT = 15672
@@ -68,45 +64,6 @@ INTERFACE_ENDPOINTS = {
     "XRay": ec2.InterfaceVpcEndpointAwsService.XRAY,
     "StepFunctions": ec2.InterfaceVpcEndpointAwsService.STEP_FUNCTIONS,
 }
-USER_DATA_LIMIT = 16 * 1024  # EC2 rejects larger user data (before base64)
-
-
-def node_settings(values: Mapping[str, str]) -> list[str]:
-    """Shell assignments for /etc/rabbitmq-node.env (values may be CDK tokens, resolved at deploy)."""
-    lines = []
-    for key, value in values.items():
-        if not Token.is_unresolved(value) and ("'" in value or "\n" in value):
-            raise ValueError(f"node setting {key} must not contain quotes or newlines: {value!r}")
-        lines.append(f"{key}='{value}'")
-    return lines
-
-
-def packed_script(text: str) -> list[str]:
-    """``text`` gzipped (deterministically: no timestamp) and base64-encoded in lines of 76 characters."""
-    encoded = base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
-    return [encoded[i : i + 76] for i in range(0, len(encoded), 76)]
-
-
-def add_node_bootstrap(
-    user_data: ec2.UserData, settings: Mapping[str, str], script: str | None = None
-) -> None:
-    """Install node_bootstrap.sh as rabbitmq-node with its settings, then run it once (at first boot).
-
-    The script travels gzipped and base64-encoded (``packed_script``): as text it outgrew EC2's 16 KB.
-    """
-    body = script if script is not None else BOOTSTRAP_SCRIPT.read_text()
-    user_data.add_commands(
-        "set -euo pipefail",
-        "cat > /etc/rabbitmq-node.env <<'RABBITMQ_NODE_SETTINGS'",
-        *node_settings(settings),
-        "RABBITMQ_NODE_SETTINGS",
-        "chmod 0644 /etc/rabbitmq-node.env",
-        "base64 -d <<'RABBITMQ_NODE_SCRIPT' | gunzip > /usr/local/sbin/rabbitmq-node",
-        *packed_script(body),
-        "RABBITMQ_NODE_SCRIPT",
-        "chmod 0755 /usr/local/sbin/rabbitmq-node",
-        "exec /usr/local/sbin/rabbitmq-node bootstrap",
-    )
 
 
 class ClusterStack(Stack):

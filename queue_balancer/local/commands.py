@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from queue_balancer.arguments import NON_NEGATIVE, POSITIVE
 from queue_balancer.cli.exit_codes import EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_OK
 from queue_balancer.errors import BalancerError, ManagementError
 from queue_balancer.local.cluster import (
@@ -83,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     up.add_argument(
         "--nodes",
-        type=_positive_int,
+        type=POSITIVE,
         default=None,
         help="number of nodes (default: as last started in this directory, else 3)",
     )
@@ -140,8 +141,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "Existing queues are reused and get more messages. Returns when mirrors are synchronised."
         ),
     )
-    seed_parser.add_argument("--queues", type=_positive_int, required=True, help="number of queues")
-    seed_parser.add_argument("--messages", type=_non_negative_int, required=True, help="messages per queue")
+    seed_parser.add_argument("--queues", type=POSITIVE, required=True, help="number of queues")
+    seed_parser.add_argument("--messages", type=NON_NEGATIVE, required=True, help="messages per queue")
     seed_parser.add_argument(
         "--type", dest="queue_type", choices=QUEUE_TYPES, required=True, help="queue type"
     )
@@ -305,20 +306,3 @@ def _one_line_errors(handler: Handler) -> Handler:
             return EXIT_ERROR
 
     return run
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value

@@ -13,7 +13,8 @@ import pytest
 from aws_cdk.assertions import Match
 
 from stacks.cluster_settings import ClusterSettings
-from stacks.cluster_stack import BOOTSTRAP_SCRIPT, LIFECYCLE_HOOK_NAME, USER_DATA_LIMIT
+from stacks.cluster_stack import LIFECYCLE_HOOK_NAME
+from stacks.node_user_data import BOOTSTRAP_SCRIPT, USER_DATA_LIMIT
 from tests.infra.checks import (
     cfn_lint_errors,
     nag_findings,

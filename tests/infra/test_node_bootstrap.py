@@ -25,7 +25,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from stacks.cluster_stack import BOOTSTRAP_SCRIPT
+from stacks.node_user_data import BOOTSTRAP_SCRIPT
 from tests.infra.local_ports import node_ports
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")

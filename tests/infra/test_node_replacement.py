@@ -34,7 +34,7 @@ import pika.exceptions
 import pytest
 
 from queue_balancer.local.cluster import RABBITMQ_BIN, LocalCluster, LocalClusterConfig, LocalNode
-from stacks.cluster_stack import BOOTSTRAP_SCRIPT
+from stacks.node_user_data import BOOTSTRAP_SCRIPT
 from tests.conftest import wait_until
 from tests.infra.local_ports import node_ports
 

@@ -10,7 +10,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from queue_balancer.local.cluster import LocalCluster
+from queue_balancer.local.cluster import ENV_BASE_DIR, LocalCluster
 from tests.conftest import wait_until
 
 
@@ -75,3 +75,13 @@ def clean_cluster(local_cluster: LocalCluster, management: Management) -> LocalC
         if vhost["name"] != "/":
             management.delete(f"vhosts/{quote(vhost['name'], safe='')}")
     return local_cluster
+
+
+@pytest.fixture
+def cluster(clean_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> LocalCluster:
+    """The clean session cluster, reachable by the CLI's local default (``--local``) and nothing else
+    (no management URL or credentials from the environment)."""
+    monkeypatch.setenv(ENV_BASE_DIR, str(clean_cluster.base_dir))
+    for name in ("RABBITMQ_MANAGEMENT_URL", "RABBITMQ_USER", "RABBITMQ_PASSWORD", "RABBITMQ_EVAL_COMMAND"):
+        monkeypatch.delenv(name, raising=False)
+    return clean_cluster

@@ -14,7 +14,7 @@ import pytest
 from queue_balancer.cli import main
 from queue_balancer.counts import AmqpCounter
 from queue_balancer.leader_transfer import RaLeaderTransfer
-from queue_balancer.local.cluster import ENV_BASE_DIR, LocalCluster
+from queue_balancer.local.cluster import LocalCluster
 from queue_balancer.local.seed import seed, seed_unmirrored
 from queue_balancer.management import ManagementClient
 from queue_balancer.model import Move, Queue, QueueType
@@ -22,15 +22,6 @@ from queue_balancer.movers import POLICY_PREFIX, Mover, MoveSettings, Phase
 from queue_balancer.runner import run_moves
 from tests.conftest import wait_until
 from tests.integration.conftest import Management
-
-
-@pytest.fixture
-def cluster(clean_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> LocalCluster:
-    """The clean session cluster, reachable by the CLI's local default (`--local`)."""
-    monkeypatch.setenv(ENV_BASE_DIR, str(clean_cluster.base_dir))
-    for name in ("RABBITMQ_MANAGEMENT_URL", "RABBITMQ_USER", "RABBITMQ_PASSWORD", "RABBITMQ_EVAL_COMMAND"):
-        monkeypatch.delenv(name, raising=False)
-    return clean_cluster
 
 
 @pytest.fixture

@@ -29,15 +29,6 @@ from tests.integration.conftest import Management
 SCRIPT = str(Path(sys.executable).parent / "queue-balancer")
 
 
-@pytest.fixture
-def cluster(clean_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> LocalCluster:
-    """The clean session cluster, reachable by the CLI's local default."""
-    monkeypatch.setenv(ENV_BASE_DIR, str(clean_cluster.base_dir))
-    for name in ("RABBITMQ_MANAGEMENT_URL", "RABBITMQ_USER", "RABBITMQ_PASSWORD", "RABBITMQ_EVAL_COMMAND"):
-        monkeypatch.delenv(name, raising=False)
-    return clean_cluster
-
-
 def test_dry_run_and_every_engine_report_honour_format_json(
     cluster: LocalCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
