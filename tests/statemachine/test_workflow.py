@@ -288,10 +288,12 @@ def test_a_run_continues_in_a_fresh_execution_when_the_next_batch_would_not_fit(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The history budget is forced to run out once, after the first batch."""
-    import lambdas.control_check
+    import queue_balancer.workflow.control
 
     budget = iter([True, False])
-    monkeypatch.setattr(lambdas.control_check, "fits_in_history", lambda used, cost: next(budget, True))
+    monkeypatch.setattr(
+        queue_balancer.workflow.control, "fits_in_history", lambda used, cost: next(budget, True)
+    )
     harness.seed(3, "quorum", "q")
     first = harness.start({"action": "balance", "batch_size": 1, **FAST}, name="big-run")
     assert harness.finished(first)["status"] == "SUCCEEDED"
