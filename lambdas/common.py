@@ -80,14 +80,29 @@ def task(function: Handler) -> Handler:
 # ---- connections ---------------------------------------------------------------------------------
 
 
-AwsService = Literal["ssm", "ec2"]
+AwsService = Literal["ssm", "ec2", "secretsmanager"]
 """The services the handlers reach through ``aws``; boto3's stubs type a client by its service name."""
 
 
 @functools.cache
 def aws(service: AwsService) -> Any:
-    """One boto3 client per service and container (they are thread-safe); AWS_ENDPOINT_URL applies."""
+    """One boto3 client per service and container (they are thread-safe); AWS_ENDPOINT_URL applies.
+
+    All from boto3's default session, so a container loads botocore's endpoint data once, not once per
+    client: on a cold start that is most of a client's cost (seconds on a busy 2-core machine)."""
     return boto3.client(service)
+
+
+@functools.cache
+def _secrets() -> parameters.SecretsProvider:
+    """powertools' secrets cache on the shared session (its default provider opens a session of its own)."""
+    return parameters.SecretsProvider(boto3_client=aws("secretsmanager"))
+
+
+def _ssm_eval(document: str, tag_key: str, tag_value: str, expression: str) -> str:
+    """``rabbitmqctl eval`` through SSM; the SSM and EC2 clients are made on the first call, so the
+    handlers that never transfer a quorum leader (most of them) never pay for them on a cold start."""
+    return SsmEval(aws("ssm"), aws("ec2"), tag_key, tag_value, document)(expression)
 
 
 @dataclass(frozen=True)
@@ -128,13 +143,13 @@ def _dynamodb_store() -> LifecycleStore:
 def _aws_cluster() -> ClusterAccess:
     """Credentials from Secrets Manager (cached 5 minutes by powertools), never logged."""
     config = settings()
-    secret = parameters.get_secret(config.secret_arn, transform="json", max_age=300)
+    secret = _secrets().get(config.secret_arn, transform="json", max_age=300)
     if not isinstance(secret, dict) or not secret.get("username") or "password" not in secret:
         raise ConfigurationError(f"secret {config.secret_arn} must be JSON with 'username' and 'password'")
     user, password = str(secret["username"]), str(secret["password"])
     client = ManagementClient(config.management_url, user, password, timeout=10)
     document = eval_document.document_name(config.cluster_name)
-    run_eval = SsmEval(aws("ssm"), aws("ec2"), config.ssm_tag_key, config.ssm_tag_value, document)
+    run_eval = functools.partial(_ssm_eval, document, config.ssm_tag_key, config.ssm_tag_value)
     host, port = discover_amqp(config.management_url, client.overview(), config.amqp_port)
     counter = AmqpCounter(host, port, user, password, on_unreachable=logger.warning)
     return ClusterAccess(client, RaLeaderTransfer(run_eval), counter)
@@ -169,4 +184,5 @@ def reset() -> None:
     settings.cache_clear()
     _dynamodb_store.cache_clear()
     aws.cache_clear()
+    _secrets.cache_clear()
     parameters.clear_caches()
