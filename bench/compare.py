@@ -235,6 +235,7 @@ def _record(
         temporary_policies=tuple(leftovers),
         exit_code=run.exit_code,
         error=run.error,
+        execution_seconds=run.execution_seconds,
         balancer=balancer,
     )
 

@@ -29,13 +29,15 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import boto3
+
 from queue_balancer.errors import BalancerError
 from queue_balancer.local.cluster import ENV_BASE_DIR, LocalCluster
-from queue_balancer.local.endpoint import stop_endpoint
+from queue_balancer.local.endpoint import local_outputs, stop_endpoint
 from queue_balancer.model import spread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +58,8 @@ class ToolRun:
     exit_code: int
     error: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
+    execution_seconds: float | None = None
+    """The state machine's own duration (the execution's start to stop), without the CLI that follows it."""
 
 
 class Tool(Protocol):
@@ -239,7 +243,22 @@ class StateMachineRun:
         stop_endpoint(self.cluster.base_dir)
 
     def run(self) -> ToolRun:
-        return _timed_json(self.cluster, self.code, ["run", "--wait", "--format", "json"], self.timeout)
+        done = _timed_json(self.cluster, self.code, ["run", "--wait", "--format", "json"], self.timeout)
+        run_id = str(done.summary.get("run_id") or "")
+        return replace(done, execution_seconds=self._execution_seconds(run_id) if run_id else None)
+
+    def _execution_seconds(self, run_id: str) -> float | None:
+        """startDate to stopDate of the run's execution (its name is the run id), from the endpoint."""
+        outputs = local_outputs(self.cluster.base_dir)
+        session = boto3.Session(
+            region_name=outputs.Region, aws_access_key_id="local", aws_secret_access_key="local"
+        )
+        sfn = session.client("stepfunctions", endpoint_url=outputs.EndpointUrl)
+        arn = outputs.StateMachineArn.replace(":stateMachine:", ":execution:") + ":" + run_id
+        described = sfn.describe_execution(executionArn=arn)
+        if "stopDate" not in described:
+            return None
+        return float((described["stopDate"] - described["startDate"]).total_seconds())
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,11 @@ CONTROL_INTERVAL = 0.25
 GRACE_SECONDS = 1.0
 """How long moves under way may take to finish once a request is seen, before they are rolled back: a
 small queue's move takes 0.3-1 s, and every second here is a second of the <= 5 s the operator waits."""
-LONG_PHASE_SECONDS = 5.0
-"""A sync or re-mirroring phase older than this is long: it waits in the state machine, not in a Lambda."""
+LONG_PHASE_SECONDS = 15.0
+"""A sync or re-mirroring phase older than this is long: it waits in the state machine, not in a Lambda.
+Not less: on a busy 2-core machine a 100-message queue's re-mirroring took 5-10 s (bench, load average
+27), and handing it to the Wait loop cost ``poll_seconds`` plus three states; a Lambda waiting 15 s
+costs a fraction of a cent."""
 BUDGET_SECONDS = 120.0
 """The longest slice; the handler also keeps a margin to the Lambda timeout."""
 LONG_PHASES = frozenset({Phase.SYNCING, Phase.RESTORING, Phase.ROLLING_BACK})
