@@ -2,11 +2,20 @@
 
 The lock lives in the cluster itself, as the RabbitMQ global parameter ``queue-balancer-lock`` (the CLI
 has no DynamoDB, and any run that can move a queue can reach the management API). Its value names the
-holder (owner, run id), when it was taken and its lease (last heartbeat + lease seconds): a holder
-that dies leaves a lock that expires by itself. The management API has no compare-and-swap, so a
-taker writes, waits ``settle`` seconds and reads back: of two runs writing at once, only the last
-writer finds its own value and goes on; the other is refused. A holder renews its lease while it runs
-and stops when it finds the lock is no longer its own.
+holder (owner, run id), when it was taken and its lease. The management API has no compare-and-swap, and
+two machines' clocks never agree exactly, so the lock rests on three rules that need neither:
+
+- **Taking**: read, write, wait ``settle``, read back. A taker whose own read -> write took longer than
+  ``write_window`` refuses (its write may land after another taker has read its own value back); since
+  ``settle`` is longer than ``write_window``, any other taker's write that can still count lands before
+  our read-back, so of two runs writing at once only the last writer finds its own value and goes on.
+- **Expiry** is observed, never computed from the holder's clock: another run's lock is taken over only
+  after this process has seen its value unchanged for the whole lease on its own monotonic clock (a live
+  holder renews every third of its lease, so its value changes). The holder's recorded times are only
+  used to refuse at once while the lock looks alive by them (refusing is always safe).
+- **Renewals**: a holder whose renewals fail (the API unreachable, a call hanging) stops changing the
+  cluster once its last successful renewal is older than half its lease, well before anyone else may
+  have watched the lock for a whole lease.
 """
 
 from __future__ import annotations
@@ -22,6 +31,13 @@ from typing import Any, Protocol
 from queue_balancer.errors import BalancerError, NotFound
 
 LOCK_PARAMETER = "queue-balancer-lock"
+
+WRITE_WINDOW_SECONDS = 1.0
+"""The longest read -> write of a taker that may still take the lock (a loopback or in-VPC PUT takes
+milliseconds)."""
+
+SETTLE_SECONDS = WRITE_WINDOW_SECONDS + 0.25
+"""Wait between our write and its read-back: longer than any other taker's counted read -> write."""
 
 
 class LockHeld(BalancerError):
@@ -44,7 +60,7 @@ class GlobalParameters(Protocol):
 
 @dataclass(frozen=True)
 class LockHolder:
-    """Who holds the lock, since when, and until when without a heartbeat."""
+    """Who holds the lock, since when and its last heartbeat (by the holder's clock), and its lease."""
 
     owner: str
     run_id: str
@@ -52,13 +68,15 @@ class LockHolder:
     heartbeat_at: float
     lease_seconds: float
 
-    def expired(self, now: float) -> bool:
-        return now > self.heartbeat_at + self.lease_seconds
+    def looks_alive(self, now: float) -> bool:
+        """Alive by the holder's own times, read with our wall clock: enough to refuse, never to take over
+        (a heartbeat from more than a lease in our future is a skewed clock, not a sign of life)."""
+        return self.heartbeat_at - self.lease_seconds <= now <= self.heartbeat_at + self.lease_seconds
 
     def describe(self, now: float) -> str:
         return (
             f"run {self.run_id} of {self.owner}, holding it for {now - self.acquired_at:.0f} s "
-            f"(lease ends in {self.heartbeat_at + self.lease_seconds - now:.0f} s unless renewed)"
+            f"(lease {self.lease_seconds:.0f} s, renewed as it runs)"
         )
 
     def to_value(self) -> dict[str, Any]:
@@ -86,50 +104,120 @@ class LockHolder:
         finite = all(
             math.isfinite(x) for x in (holder.acquired_at, holder.heartbeat_at, holder.lease_seconds)
         )
-        return holder if finite else None
+        return holder if finite and holder.lease_seconds > 0 else None
 
 
 @dataclass
 class ClusterLock:
-    """This run's hold on one cluster's lock."""
+    """This run's hold on one cluster's lock.
+
+    ``wait`` bounds how long ``acquire`` watches another run's lock that looks dead before refusing; it
+    is taken over only once seen unchanged for its whole lease within that time.
+    """
 
     api: GlobalParameters
     owner: str
     run_id: str
     lease_seconds: float = 60.0
-    settle: float = 0.5
-    clock: Callable[[], float] = time.time
+    wait: float = 90.0
+    poll: float = 1.0
+    write_window: float = WRITE_WINDOW_SECONDS
+    settle: float = SETTLE_SECONDS
+    clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+    renewed_at: float | None = field(default=None, init=False)
+    """When (``clock``) the last successful take or renewal of this process began."""
 
-    def holder(self) -> LockHolder | None:
+    def __post_init__(self) -> None:
+        if self.settle <= self.write_window:
+            raise ValueError(f"settle ({self.settle} s) must exceed write_window ({self.write_window} s)")
+
+    def _read(self) -> Any:
         try:
-            return LockHolder.from_value(self.api.global_parameter(LOCK_PARAMETER).get("value"))
+            return self.api.global_parameter(LOCK_PARAMETER).get("value")
         except NotFound:
             return None
 
+    def holder(self) -> LockHolder | None:
+        return LockHolder.from_value(self._read())
+
     def acquire(self) -> LockHolder:
         """Take the lock, or raise ``LockHeld`` naming the live run that holds it."""
-        now = self.clock()
-        current = self.holder()
-        if current and current.run_id != self.run_id and not current.expired(now):
-            raise LockHeld(f"another balancer run holds this cluster: {current.describe(now)}")
+        started = self.clock()
+        read_at = started
+        seen = self._read()
+        current = LockHolder.from_value(seen)
+        if current is not None and current.run_id != self.run_id:
+            read_at = self._watch_until_stale(seen, current, started)
+        now = self.wall_clock()
         mine = LockHolder(self.owner, self.run_id, now, now, self.lease_seconds)
         self.api.put_global_parameter(LOCK_PARAMETER, mine.to_value())
+        written = self.clock()
+        if written - read_at > self.write_window:
+            raise LockHeld(
+                f"writing the cluster's lock took {written - read_at:.1f} s (more than "
+                f"{self.write_window:g} s): another run may have taken it meanwhile; nothing changed. "
+                f"Run again: the lock frees itself once unchanged for its {self.lease_seconds:.0f} s lease"
+            )
         self.sleep(self.settle)
         after = self.holder()
         if after is None or after.run_id != self.run_id:
-            who = after.describe(self.clock()) if after else "nobody (it was removed)"
+            who = after.describe(self.wall_clock()) if after else "nobody (it was removed)"
             raise LockHeld(f"another balancer run took this cluster at the same moment: {who}")
+        self.renewed_at = read_at
         return mine
 
+    def _watch_until_stale(self, seen: Any, current: LockHolder, started: float) -> float:
+        """Return once ``seen`` has stayed the lock's value for its whole lease (the start time of the
+        last read); ``LockHeld`` at once while it looks alive, or when it changes or ``wait`` runs out."""
+        if current.looks_alive(self.wall_clock()):
+            raise LockHeld(f"another balancer run holds this cluster: {current.describe(self.wall_clock())}")
+        watched_from = self.clock()  # the first read has returned: the value was there by now
+        while True:
+            unchanged = self.clock() - watched_from
+            if self.clock() - started + self.poll > self.wait and unchanged < current.lease_seconds:
+                raise LockHeld(
+                    f"another balancer run holds this cluster: {current.describe(self.wall_clock())}; its "
+                    f"lock looks dead but was watched only {unchanged:.0f} s of its {current.lease_seconds:.0f}"
+                    " s lease (a lock unchanged for its whole lease is taken over)"
+                )
+            self.sleep(self.poll)
+            read_at = self.clock()
+            if self._read() != seen:
+                raise LockHeld(
+                    "another balancer run holds this cluster: its lock changed while we watched it "
+                    f"({current.describe(self.wall_clock())})"
+                )
+            if self.clock() - watched_from >= current.lease_seconds:
+                return read_at
+
     def renew(self) -> None:
-        """Push the lease out; ``LockLost`` if the lock is no longer this run's."""
+        """Push the lease out; ``LockLost`` if the lock is no longer this run's, or if this run went
+        longer than half its lease without a successful renewal (another run may be watching it die)."""
+        started = self.clock()
         current = self.holder()
         if current is None or current.run_id != self.run_id:
-            who = current.describe(self.clock()) if current else "nobody"
+            who = current.describe(self.wall_clock()) if current else "nobody"
             raise LockLost(f"run {self.run_id} lost the cluster's lock; it is held by {who}")
-        renewed = LockHolder(self.owner, self.run_id, current.acquired_at, self.clock(), self.lease_seconds)
+        self.check()
+        renewed = LockHolder(
+            self.owner, self.run_id, current.acquired_at, self.wall_clock(), self.lease_seconds
+        )
         self.api.put_global_parameter(LOCK_PARAMETER, renewed.to_value())
+        if self.clock() - started <= self.write_window:  # a slower write proves nothing about when it landed
+            self.renewed_at = started
+
+    def check(self) -> None:
+        """``LockLost`` once the last successful take or renewal is older than half the lease."""
+        if self.renewed_at is None:
+            return  # never taken by this process: a workflow task renewing its run's lock
+        silent = self.clock() - self.renewed_at
+        if silent > self.lease_seconds / 2:
+            raise LockLost(
+                f"run {self.run_id} could not renew the cluster's lock for {silent:.0f} s (over half its "
+                f"{self.lease_seconds:.0f} s lease): it stops changing the cluster"
+            )
 
     def release(self) -> None:
         """Remove the lock if it is still this run's (never another run's)."""
@@ -138,34 +226,44 @@ class ClusterLock:
             self.api.delete_global_parameter(LOCK_PARAMETER)
 
     def live_runs(self) -> frozenset[str]:
-        """This run and, while its lease lasts, the lock's holder: whose temporary policies are not leftovers."""
+        """This run and the lock's holder, however old its heartbeat: whose temporary policies are not
+        leftovers (a holder stops being live only when a run takes its lock over)."""
         current = self.holder()
-        alive = {current.run_id} if current and not current.expired(self.clock()) else set()
-        return frozenset({self.run_id, *alive})
+        return frozenset({self.run_id, *([current.run_id] if current else [])})
 
 
 @dataclass
 class Heartbeat:
-    """Renews a held lock every third of its lease on a thread of its own; ``check`` raises what it met."""
+    """Renews a held lock every third of its lease on a thread of its own; ``check`` raises what it met,
+    or ``LockLost`` once renewals have failed for half the lease (the run must stop changing the cluster)."""
 
     lock: ClusterLock
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _error: BalancerError | None = field(default=None, repr=False)
 
     def run(self) -> None:
-        while not self._stop.wait(self.lock.lease_seconds / 3):
+        while not self._stop.wait(self.lock.lease_seconds / 6):
+            if self.lock.renewed_at is not None and (
+                self.lock.clock() - self.lock.renewed_at < self.lock.lease_seconds / 3
+            ):
+                continue
             try:
                 self.lock.renew()
             except LockLost as exc:
                 self._error = exc
                 return
             except BalancerError:
-                continue  # the API is down for a moment: the lease covers two more tries
+                continue  # the API is down for a moment: tried again soon; check() stops the run at lease/2
 
     def stop(self) -> None:
         self._stop.set()
 
     def check(self) -> None:
+        if self._error is None:
+            try:
+                self.lock.check()
+            except LockLost as exc:
+                self._error = exc  # for good: a late renewal must not bring a stopped run back
         if self._error is not None:
             raise self._error
 

@@ -160,7 +160,7 @@ def test_a_cli_run_holding_the_cluster_lock_refuses_a_workflow_run_that_then_cha
     harness: Harness,
 ) -> None:
     harness.seed(3, "quorum", "q")
-    ClusterLock(harness.client, "ops@bastion (queue-balancer balance)", "c1i0run", settle=0).acquire()
+    ClusterLock(harness.client, "ops@bastion (queue-balancer balance)", "c1i0run").acquire()
     policy = _temporary_policy(harness, "c1i0run")
 
     done = harness.finished(harness.start({"action": "balance", **FAST}), timeout=30)
