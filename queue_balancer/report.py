@@ -8,18 +8,70 @@ from dataclasses import dataclass
 
 from queue_balancer.model import JsonDict, Skipped, Snapshot, equilibrium, spread
 from queue_balancer.movers import MoveProgress, Phase
+from queue_balancer.movers.policies import is_temporary, owning_run
 from queue_balancer.movers.verify import CHANGED_UNDER_TRAFFIC
 from queue_balancer.planner import PlanOptions, survey
 
 
 @dataclass(frozen=True)
+class Pinned:
+    """A queue whose effective policy is a balancer's temporary one: its own policy does not apply."""
+
+    vhost: str
+    queue: str
+    node: str
+    policy: str
+    run: str
+    """The run that put the policy ("" for an older version's)."""
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "vhost": self.vhost,
+            "queue": self.queue,
+            "node": self.node,
+            "policy": self.policy,
+            "run": self.run,
+        }
+
+
+PINNED_ADVICE = (
+    "a move under way, or left by a run that died: every `balance` and workflow run removes dead runs' "
+    "temporary policies first, `queue-balancer cleanup` does it now"
+)
+
+
+def pinned_queues(snapshot: Snapshot) -> tuple[Pinned, ...]:
+    """The queues a temporary policy governs (as the statistics view shows them, ~5 s behind)."""
+    return tuple(
+        Pinned(q.vhost, q.name, q.leader, q.policy, owning_run(q.policy))
+        for q in snapshot.queues
+        if q.policy and is_temporary(q.policy)
+    )
+
+
+def pinned_lines(pinned: Sequence[Pinned], limit: int = 20) -> list[str]:
+    if not pinned:
+        return []
+    lines = ["", f"Under a temporary policy ({len(pinned)}): {PINNED_ADVICE}"]
+    lines += [
+        f"  {p.queue!r} in vhost {p.vhost!r} on {p.node}: {p.policy}" + (f" (run {p.run})" if p.run else "")
+        for p in pinned[:limit]
+    ]
+    if len(pinned) > limit:
+        lines.append(f"  ... and {len(pinned) - limit} more (--format json lists them all)")
+    return lines
+
+
+@dataclass(frozen=True)
 class Report:
-    """Leaders per node, split by queue type and by vhost, with the queues that cannot move."""
+    """Leaders per node, split by queue type and by vhost, with the queues that cannot move and those a
+    temporary policy governs."""
 
     nodes: tuple[str, ...]
     by_type: Mapping[str, Mapping[str, int]]
     by_vhost: Mapping[str, Mapping[str, int]]
     skipped: tuple[Skipped, ...]
+    pinned: tuple[Pinned, ...] = ()
 
     @property
     def leaders(self) -> dict[str, int]:
@@ -54,6 +106,7 @@ class Report:
             by_type={t: _complete(c, found.nodes) for t, c in sorted(by_type.items())},
             by_vhost={v: _complete(c, found.nodes) for v, c in sorted(by_vhost.items())},
             skipped=found.skipped,
+            pinned=pinned_queues(snapshot),
         )
 
     def to_dict(self) -> JsonDict:
@@ -66,6 +119,7 @@ class Report:
             "spread_by_type": self.spread_by_type,
             "equilibrium": round(self.equilibrium, 3),
             "skipped": [s.to_dict() for s in self.skipped],
+            "pinned": [p.to_dict() for p in self.pinned],
         }
 
 
@@ -110,6 +164,7 @@ def text(report: Report, *, skipped_limit: int = 20, per_vhost: bool = False) ->
             ([v, *(c[n] for n in report.nodes), spread(c)] for v, c in report.by_vhost.items()),
         )
     lines += skipped_lines(report.skipped, skipped_limit)
+    lines += pinned_lines(report.pinned, skipped_limit)
     return "\n".join(lines)
 
 
@@ -136,6 +191,9 @@ def markdown(report: Report) -> str:
     if report.skipped:
         lines += ["", f"Skipped: {len(report.skipped)} queues"]
         lines += [f"- `{s.vhost}` / `{s.queue}` on {s.node}: {s.reason}" for s in report.skipped[:50]]
+    if report.pinned:
+        lines += ["", f"Under a temporary policy: {len(report.pinned)} queues ({PINNED_ADVICE})"]
+        lines += [f"- `{p.vhost}` / `{p.queue}`: `{p.policy}`" for p in report.pinned[:50]]
     return "\n".join(lines)
 
 

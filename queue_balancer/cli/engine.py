@@ -78,7 +78,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         snapshot = connection.snapshot()
         quorum_notice(connection, snapshot)
         result = plan(snapshot, plan_options(args, connection))
-    emit(args.format, result.to_dict(), lambda: plan_text(result))
+    pinned = report.pinned_queues(snapshot)
+    emit(
+        args.format,
+        {**result.to_dict(), "pinned": [p.to_dict() for p in pinned]},
+        lambda: "\n".join([plan_text(result), *report.pinned_lines(pinned)]),
+    )
     return EXIT_OK
 
 
@@ -126,6 +131,7 @@ def cmd_balance(args: argparse.Namespace) -> int:
         if args.dry_run:
             return cmd_balance_members(args, connection, options)
         with holding(connection.lock("balance --members")) as heartbeat:
+            remove_dead_runs_policies(connection, heartbeat)
             return cmd_balance_members(args, connection, options, heartbeat.check)
     snapshot = connection.snapshot()
     quorum_notice(connection, snapshot)
@@ -136,7 +142,15 @@ def cmd_balance(args: argparse.Namespace) -> int:
         return EXIT_OK
     preflight(snapshot)
     with holding(connection.lock("balance")) as heartbeat:
+        remove_dead_runs_policies(connection, heartbeat)
         return _balance(args, connection, options, before, heartbeat)
+
+
+def remove_dead_runs_policies(connection: Connection, heartbeat: Heartbeat) -> None:
+    """Under the lock, first: the temporary policies of runs that died (SIGKILL, a lost network during a
+    rollback, a stopped workflow) still pin their queues to a node and hide the queues' own policies."""
+    for vhost, name in cleanup(connection.client, heartbeat.lock.live_runs()):
+        notice(f"removed temporary policy {name} in vhost {vhost}, left by a run that is not live")
 
 
 def _balance(

@@ -51,11 +51,14 @@ def owning_run(name: str) -> str:
 def exact_pattern(name: str) -> str:
     """A regex matching exactly ``name`` (``orders.v2`` must not match ``ordersXv2``).
 
-    Every character that is not a letter or a digit is escaped: PCRE, which RabbitMQ uses, reads an
-    escaped punctuation character as itself; letters and digits are never escaped (``\\d`` means a digit).
+    Every character that is not a letter or a digit is escaped: PCRE, which RabbitMQ uses (Erlang's
+    ``re``), reads an escaped punctuation character as itself; letters and digits are never escaped
+    (``\\d`` means a digit). The end is ``\\z``, not ``$``: in PCRE ``$`` also matches before a final
+    newline, so ``^q$`` governs a queue named "q\\n" as well (shown on a real node in
+    tests/integration/test_lock.py).
     """
     escaped = "".join(c if c.isalnum() or ord(c) > 127 else "\\" + c for c in name)
-    return f"^{escaped}$"
+    return f"^{escaped}\\z"
 
 
 def own_policy(api: ManagementApi, queue: Queue) -> tuple[str, Mapping[str, Any]] | None:
@@ -99,8 +102,10 @@ def put_temporary_policy(
     own_definition: Mapping[str, Any],
     ha_definition: Mapping[str, Any],
 ) -> None:
-    """The queue's own non-HA keys plus ``ha_definition``, above every other policy of the vhost."""
-    others = [p for p in api.policies(ref.vhost) if not is_temporary(str(p["name"]))]
+    """The queue's own non-HA keys plus ``ha_definition``, above every other policy of the vhost,
+    temporary ones included: RabbitMQ's choice between two matching policies of equal priority is
+    undefined, and a dead run's policy may still match the queue."""
+    others = [p for p in api.policies(ref.vhost) if str(p["name"]) != name]
     priority = max((int(p.get("priority", 0)) for p in others), default=0) + 1
     definition = {k: v for k, v in own_definition.items() if not k.startswith("ha-")}
     definition.update(ha_definition)

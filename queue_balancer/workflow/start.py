@@ -16,6 +16,7 @@ from queue_balancer.errors import ConfigurationError, TrafficGateClosed
 from queue_balancer.lifecycle import EVENTS_AT_START, Outcome, RunInput, Step, advance, started
 from queue_balancer.lifecycle.routing import Route
 from queue_balancer.model import JsonDict, Snapshot
+from queue_balancer.movers import cleanup
 from queue_balancer.safety import preflight, traffic_gate
 from queue_balancer.workflow.leases import iso, now, run_lock
 from queue_balancer.workflow.ports import ClusterApi, LifecycleStore
@@ -66,8 +67,8 @@ def _continuation(raw: JsonDict, cluster: str) -> tuple[RunInput, RunState]:
 def begin_run(
     db: LifecycleStore, client: ClusterApi, config: RunInput, run: RunState, execution_arn: str
 ) -> RunState:
-    """Take the cluster's lock (``LockHeld`` while a CLI run holds it, before anything is written), write
-    the run's first lifecycle (or hand a continued run to this execution), then refuse while a node is
+    """Take the cluster's lock (``LockHeld`` while a CLI run holds it, before anything is written), remove
+    the temporary policies of runs that are not live, write the run's first lifecycle (or hand a continued run to this execution), then refuse while a node is
     down, partitioned or in alarm. A closed traffic gate routes the run to its report as skipped: a busy
     hour is not a failure."""
     lock = run_lock(client, run.run_id, until=float(run.lock["expires_at"]))
@@ -77,6 +78,9 @@ def begin_run(
         db.save(before, advance(before, Step.CONTINUED, now=iso(), execution_arn=execution_arn))
     else:
         lock.acquire()
+        # Under the lock, first: dead runs' temporary policies (a stopped execution, a killed CLI) still
+        # pin their queues and hide the queues' own policies.
+        cleanup(client, lock.live_runs())
         record = started(
             run.cluster, run_id=run.run_id, execution_arn=execution_arn, action=config.action, now=iso()
         )

@@ -1,8 +1,10 @@
 """The cluster lock on a real node: two runs taking it at the same moment (one with a slow write), a
-write slower than the window, and expiry judged by watching the value, whatever the holder's clock says."""
+write slower than the window, and expiry judged by watching the value, whatever the holder's clock says.
+And what a run finds when it starts: dead runs' temporary policies (removed), exact patterns (exact)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -11,10 +13,15 @@ from typing import Any
 
 import pytest
 
+from queue_balancer.cli import main
 from queue_balancer.errors import BalancerError
-from queue_balancer.local.cluster import LocalCluster
+from queue_balancer.local.cluster import ENV_BASE_DIR, LocalCluster
 from queue_balancer.lock import LOCK_PARAMETER, ClusterLock, LockHeld, holding
 from queue_balancer.management import ManagementClient
+from queue_balancer.model import QueueRef
+from queue_balancer.movers import exact_pattern, temporary_policy_name
+from tests.conftest import wait_until
+from tests.integration.test_balance import declare
 
 
 @dataclass
@@ -105,3 +112,68 @@ def test_expiry_is_watched_on_our_clock_whatever_the_holders_clock_says(client: 
     assert time.monotonic() - started >= 6
     held = lagging.holder()
     assert held is not None and held.run_id == "two"
+
+
+def test_a_balance_run_first_removes_the_policies_runs_that_died_left(
+    clean_cluster: LocalCluster,
+    client: ManagementClient,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A killed run's temporary policy pins its queue (report shows it) until the next run removes it."""
+    monkeypatch.setenv(ENV_BASE_DIR, str(clean_cluster.base_dir))
+    for name in ("RABBITMQ_MANAGEMENT_URL", "RABBITMQ_USER", "RABBITMQ_PASSWORD", "RABBITMQ_EVAL_COMMAND"):
+        monkeypatch.delenv(name, raising=False)
+    node = clean_cluster.nodes[0].name
+    declare(client, "/", "pinned")
+    leftover = temporary_policy_name(QueueRef("/", "pinned"), "dead1")
+    client.put_policy(
+        "/", leftover, pattern=exact_pattern("pinned"), definition={"max-length": 10**6}, priority=9
+    )
+    wait_until(
+        lambda: client.queue("/", "pinned").get("policy") == leftover, timeout=30, what="the policy shown"
+    )
+    assert main(["--local", "report", "--format", "json"]) == 0
+    reported = json.loads(capsys.readouterr().out)
+    assert reported["pinned"] == [
+        {"vhost": "/", "queue": "pinned", "node": node, "policy": leftover, "run": "dead1"}
+    ]
+
+    assert main(["--local", "balance"]) == 0
+    err = capsys.readouterr().err
+    assert f"removed temporary policy {leftover} in vhost /, left by a run that is not live" in err
+    assert [p["name"] for p in client.policies()] == []
+
+
+NEWLINE_QUEUE = 'rabbit_misc:r(<<"/">>, queue, <<"q\\n">>)'
+"""The resource of a queue named "q\\n" in Erlang: clients cannot declare it (AMQP and HTTP strip CR and LF
+from queue names on 3.10: "q\\n" becomes "q"), so the node declares it itself."""
+
+
+def test_an_exact_pattern_governs_its_queue_and_not_one_named_with_a_trailing_newline(
+    clean_cluster: LocalCluster, client: ManagementClient
+) -> None:
+    """RabbitMQ matches policy patterns with Erlang's re (PCRE): ``$`` also matches before a final newline,
+    so ``^q$`` governs a queue named "q\\n" too; ``exact_pattern`` (``^q\\z``) does not."""
+    declare(client, "/", "q")
+    clean_cluster.eval_erlang(f'rabbit_amqqueue:declare({NEWLINE_QUEUE}, true, false, [], none, <<"admin">>)')
+    try:
+
+        def policies() -> dict[str, str | None]:
+            return {q["name"]: q.get("policy") or None for q in client.queues("/")}
+
+        client.put_policy("/", "dollar", pattern="^q$", definition={"max-length": 10**6}, priority=1)
+        wait_until(
+            lambda: policies() == {"q": "dollar", "q\n": "dollar"}, timeout=30, what="'^q$' governing 'q\\n'"
+        )
+        client.put_policy(
+            "/", "exact", pattern=exact_pattern("q"), definition={"max-length": 10**6}, priority=2
+        )
+        governed = wait_until(
+            lambda: (found := policies())["q"] == "exact" and found, timeout=30, what="'exact' governing 'q'"
+        )
+        assert governed == {"q": "exact", "q\n": "dollar"}
+    finally:  # the HTTP API cannot name it, so the session cluster's cleanup could not delete it
+        clean_cluster.eval_erlang(
+            f'{{ok, Q}} = rabbit_amqqueue:lookup({NEWLINE_QUEUE}), rabbit_amqqueue:delete(Q, false, false, <<"admin">>)'
+        )

@@ -158,6 +158,15 @@ def test_preflight_writes_the_first_lifecycle_of_the_run(world: World) -> None:
     assert payload["run"]["run_id"] == RUN_ID
 
 
+def test_preflight_removes_the_temporary_policies_of_runs_that_are_not_live(world: World) -> None:
+    """A stopped execution or a killed CLI left them: they pin their queues until a run removes them."""
+    dead = temporary_policy_name(QueueRef("/", "q0"), "dead1")
+    world.cluster.add_policy("/", dead, "^q0$", HA_TWO, priority=999)
+    started(world)
+    assert ("/", dead) not in world.cluster.policy_store
+    assert ("/", "ha-two") in world.cluster.policy_store
+
+
 def test_preflight_refuses_while_a_node_is_down(world: World) -> None:
     world.cluster.kill("c")
     with pytest.raises(ClusterNotReady, match="node c is not running"):

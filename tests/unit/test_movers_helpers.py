@@ -19,25 +19,34 @@ from queue_balancer.movers import (
     expected_mirrors,
     temporary_policy_name,
 )
+from queue_balancer.movers.policies import mirrored_on, put_temporary_policy
+from tests.unit.fake_cluster import FakeCluster
+
+
+def python_regex(pattern: str) -> re.Pattern[str]:
+    """A PCRE pattern of ``exact_pattern`` in Python's dialect: PCRE's ``\\z`` (the very end) is ``\\Z``."""
+    assert pattern.endswith("\\z")
+    return re.compile(pattern[:-2] + "\\Z")
 
 
 @pytest.mark.parametrize(
-    "name", ["orders.v2", "a+b", "x(y)", "[q]", "a|b", "dollar$", "^hat", "é.ü", "sp ace"]
+    "name", ["orders.v2", "a+b", "x(y)", "[q]", "a|b", "dollar$", "^hat", "é.ü", "sp ace", "z\\"]
 )
 def test_exact_pattern_matches_only_its_own_name(name: str) -> None:
-    pattern = re.compile(exact_pattern(name))
+    pattern = python_regex(exact_pattern(name))
     assert pattern.search(name)
     assert not pattern.search(name + "x")
     assert not pattern.search("x" + name)
+    assert not pattern.search(name + "\n")  # PCRE's $ would match here
 
 
 def test_exact_pattern_does_not_match_a_wildcard_neighbour() -> None:
-    assert not re.search(exact_pattern("orders.v2"), "ordersXv2")
+    assert not python_regex(exact_pattern("orders.v2")).search("ordersXv2")
 
 
 @given(st.text(min_size=1, max_size=30))
 def test_exact_pattern_property(name: str) -> None:
-    assert re.fullmatch(exact_pattern(name)[1:-1], name)
+    assert python_regex(exact_pattern(name)).fullmatch(name)
 
 
 def test_temporary_policy_name_is_stable_and_distinct_per_queue() -> None:
@@ -79,3 +88,18 @@ def test_leader_transfer_parses_the_result_line_and_reports_garbage() -> None:
     assert transfer.transfer([Move("/", "q", QueueType.QUORUM, "a", "b")]) == {QueueRef("/", "q"): "ok"}
     with pytest.raises(LeaderTransferError, match="no result"):
         RaLeaderTransfer(lambda _expr: "badrpc").transfer([Move("/", "q", QueueType.QUORUM, "a", "b")])
+
+
+def test_a_temporary_policy_sits_above_every_policy_temporary_ones_included() -> None:
+    """A dead run's policy at priority 50 still matches the queue: equal priorities are an undefined tie."""
+    cluster = FakeCluster()
+    ref = QueueRef("/", "q")
+    cluster.add_policy("/", "own", ".*", {"ha-mode": "all"}, priority=7)
+    cluster.add_policy("/", temporary_policy_name(ref, "dead1"), "^q$", {"ha-mode": "all"}, priority=50)
+    mine = temporary_policy_name(ref, "live1")
+    put_temporary_policy(cluster, ref, mine, {"ha-mode": "all"}, mirrored_on(["b"]))
+    assert cluster.policy_store[("/", mine)]["priority"] == 51
+    put_temporary_policy(
+        cluster, ref, mine, {"ha-mode": "all"}, mirrored_on(["c"])
+    )  # a retry: not above itself
+    assert cluster.policy_store[("/", mine)]["priority"] == 51

@@ -1,11 +1,12 @@
-"""Distribution tables: figures, per-vhost split, skipped queues, before/after summaries."""
+"""Distribution tables: figures, per-vhost split, skipped queues, queues under a temporary policy,
+before/after summaries."""
 
 from __future__ import annotations
 
 import json
 
-from queue_balancer.model import Move, Node, Queue, QueueType, Snapshot
-from queue_balancer.movers import MoveProgress, Phase
+from queue_balancer.model import Move, Node, Queue, QueueRef, QueueType, Snapshot
+from queue_balancer.movers import MoveProgress, Phase, temporary_policy_name
 from queue_balancer.report import Report, RunSummary, markdown, summary_markdown, summary_text, text
 
 NODES = ("rabbit@a", "rabbit@b", "rabbit@c")
@@ -50,3 +51,22 @@ def test_run_summary_shows_before_after_and_failures() -> None:
     assert "timed out while syncing" in summary_text(run)
     assert "| rabbit@a | 3 | 1 |" in summary_markdown(run)
     assert run.to_dict()["moves_failed"] == 1
+
+
+def test_queues_under_a_temporary_policy_are_flagged_with_the_run_that_put_it() -> None:
+    leftover = temporary_policy_name(QueueRef("/", "q1"), "dead1")
+    snap = _snapshot(
+        [("/", "rabbit@a", QueueType.CLASSIC)],
+        (
+            Queue("/", "q1", QueueType.CLASSIC, "rabbit@b", policy=leftover),
+            Queue("/", "q2", QueueType.CLASSIC, "rabbit@c", policy="ha-two"),
+        ),
+    )
+    report = Report.of(snap)
+    assert [p.to_dict() for p in report.pinned] == [
+        {"vhost": "/", "queue": "q1", "node": "rabbit@b", "policy": leftover, "run": "dead1"}
+    ]
+    assert report.to_dict()["pinned"][0]["run"] == "dead1"
+    assert f"'q1' in vhost '/' on rabbit@b: {leftover} (run dead1)" in text(report)
+    assert "left by a run that died" in text(report) and "`queue-balancer cleanup`" in markdown(report)
+    assert Report.of(_snapshot([("/", "rabbit@a", QueueType.CLASSIC)])).pinned == ()
