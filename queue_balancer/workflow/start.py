@@ -67,10 +67,10 @@ def _continuation(raw: JsonDict, cluster: str) -> tuple[RunInput, RunState]:
 def begin_run(
     db: LifecycleStore, client: ClusterApi, config: RunInput, run: RunState, execution_arn: str
 ) -> RunState:
-    """Take the cluster's lock (``LockHeld`` while a CLI run holds it, before anything is written), remove
-    the temporary policies of runs that are not live, write the run's first lifecycle (or hand a continued run to this execution), then refuse while a node is
-    down, partitioned or in alarm. A closed traffic gate routes the run to its report as skipped: a busy
-    hour is not a failure."""
+    """Take the cluster's lock (``LockHeld`` while a CLI run holds it, before anything is written),
+    remove the temporary policies of runs that are not live, write the run's first lifecycle (or hand a
+    continued run to this execution), then refuse while a node is down, partitioned or in alarm. A
+    closed traffic gate routes the run to its report as skipped: a busy hour is not a failure."""
     lock = run_lock(client, run.run_id, until=float(run.lock["expires_at"]))
     if run.continuation:
         lock.renew()
