@@ -61,6 +61,14 @@ def exact_pattern(name: str) -> str:
     return f"^{escaped}\\z"
 
 
+def pcre_matches(pattern: str, name: str) -> bool:
+    """Whether a RabbitMQ policy pattern (PCRE, matched by Erlang's ``re``) matches ``name``, evaluated
+    with Python's ``re``: the one PCRE escape our patterns use that Python spells differently is ``\\z``
+    (the very end; Python's ``\\Z``)."""
+    python = re.sub(r"\\(.)", lambda m: "\\Z" if m.group(1) == "z" else m.group(0), pattern, flags=re.DOTALL)
+    return re.search(python, name) is not None
+
+
 def own_policy(api: ManagementApi, queue: Queue) -> tuple[str, Mapping[str, Any]] | None:
     """The queue's own policy (name, definition), also while a temporary policy hides it."""
     if queue.policy and not is_temporary(queue.policy):
@@ -79,7 +87,7 @@ def own_policy(api: ManagementApi, queue: Queue) -> tuple[str, Mapping[str, Any]
         for p in api.policies(queue.vhost)
         if not is_temporary(str(p["name"]))
         and p.get("apply-to", "all") in ("all", "queues", f"{queue.type.value}_queues")
-        and re.search(str(p["pattern"]), queue.name)
+        and pcre_matches(str(p["pattern"]), queue.name)
     ]
     if not candidates:
         return None

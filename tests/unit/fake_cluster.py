@@ -11,13 +11,13 @@ after a change, and ``lost`` the queues whose messages went with an unsynchronis
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from queue_balancer.errors import ManagementError, NotFound
 from queue_balancer.model import Move, QueueCount, QueueRef, Snapshot
+from queue_balancer.movers.policies import pcre_matches
 
 Key = tuple[str, str]
 
@@ -197,7 +197,7 @@ class FakeCluster:
         matching = [
             p
             for (v, _), p in self.policy_store.items()
-            if v == queue.vhost and re.search(p["pattern"], queue.name)
+            if v == queue.vhost and pcre_matches(p["pattern"], queue.name)
         ]
         return max(matching, key=lambda p: p["priority"], default=None)
 
