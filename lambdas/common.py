@@ -30,6 +30,8 @@ from queue_balancer.counts import AmqpCounter, discover_amqp
 from queue_balancer.errors import ConfigurationError, ManagementError
 from queue_balancer.leader_transfer import RaLeaderTransfer
 from queue_balancer.management import ManagementClient
+from queue_balancer.member_changes import MemberChanger, member_changer
+from queue_balancer.member_moves import MemberMover
 from queue_balancer.model import JsonDict
 from queue_balancer.movers import Mover, MoveSettings
 from queue_balancer.movers.ports import LeaderTransfer
@@ -113,6 +115,15 @@ class ClusterAccess:
     client: ClusterApi
     leader_transfer: LeaderTransfer
     counter: ClosableCounter
+    changer: Callable[[], MemberChanger | None] = lambda: None
+    """Quorum member changes for this cluster's generation (asked only by a ``members: true`` run)."""
+
+    def member_mover(self) -> MemberMover:
+        """A MemberMover for a ``members: true`` run: eval through SSM on 3.x, HTTP on 4.x."""
+        changer = self.changer()
+        if changer is None:
+            raise ConfigurationError("this cluster offers no way to change quorum members")
+        return MemberMover(self.client, changer, counter=self.counter)
 
     def mover(self, run_id: str, settings_: MoveSettings | None = None) -> Mover:
         """A Mover whose temporary policies carry ``run_id`` (``derived_run_id``), as the CLI's do."""
@@ -152,7 +163,9 @@ def _aws_cluster() -> ClusterAccess:
     run_eval = functools.partial(_ssm_eval, document, config.ssm_tag_key, config.ssm_tag_value)
     host, port = discover_amqp(config.management_url, client.overview(), config.amqp_port)
     counter = AmqpCounter(host, port, user, password, on_unreachable=logger.warning)
-    return ClusterAccess(client, RaLeaderTransfer(run_eval), counter)
+    return ClusterAccess(
+        client, RaLeaderTransfer(run_eval), counter, changer=lambda: member_changer(client, run_eval)
+    )
 
 
 _serving = [Dependencies(store=_dynamodb_store, cluster=_aws_cluster)]

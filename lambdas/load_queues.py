@@ -10,8 +10,10 @@ from dataclasses import replace
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lambdas.common import cluster, logger, store, task
-from lambdas.planning import plan_and_store, report_dict
+from lambdas.planning import members_figures, plan_and_store, report_dict
+from queue_balancer.contract import PlanKind
 from queue_balancer.lifecycle import RunInput, Step, advance
+from queue_balancer.members import MembersPlan
 from queue_balancer.model import JsonDict
 from queue_balancer.report import Report
 from queue_balancer.workflow.leases import iso
@@ -25,18 +27,24 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     config = RunInput.parse(event["config"])
     run = RunState.from_dict(event["run"])
     db = store()
-    current = cluster().client.snapshot()
+    client = cluster().client
+    current = client.members_snapshot() if config.members else client.snapshot()
     reload = run.generation > 0
+    run, result = plan_and_store(db, replace(run, round=max(run.round, 1)), config, current)
     if not reload:
-        before = Report.of(current, config.plan_options())
+        before = (
+            members_figures(result)
+            if isinstance(result, MembersPlan)
+            else report_dict(Report.of(current, config.plan_options()))
+        )
         db.put_meta(
             run.run_id,
             config=config.to_dict(),
             started_at=int(run.started_at),
             cluster=run.cluster,
-            before=report_dict(before),
+            kind=(PlanKind.MEMBERS if config.members else PlanKind.LEADERS).value,
+            before=before,
         )
-    run, result = plan_and_store(db, replace(run, round=max(run.round, 1)), config, current)
     record = db.lifecycle(run.cluster)
     db.save(record, advance(record, Step.PLANNED, now=iso(), counts=run.counts, round=run.round))
     logger.info(

@@ -2,40 +2,62 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
+from typing import TypeVar
 
+from queue_balancer.contract import PlanKind
 from queue_balancer.lifecycle import RunInput
-from queue_balancer.model import Plan, Snapshot
+from queue_balancer.members import MembersPlan, plan_members
+from queue_balancer.model import Plan, Snapshot, spread
 from queue_balancer.planner import plan
 from queue_balancer.report import Report
 from queue_balancer.workflow.ports import LifecycleStore
 from queue_balancer.workflow.run_state import RunState
 
+T = TypeVar("T")
+
 
 def plan_and_store(
-    db: LifecycleStore, run: RunState, config: RunInput, current: Snapshot, result: Plan | None = None
-) -> tuple[RunState, Plan]:
+    db: LifecycleStore,
+    run: RunState,
+    config: RunInput,
+    current: Snapshot,
+    result: Plan | MembersPlan | None = None,
+) -> tuple[RunState, Plan | MembersPlan]:
     """Plan from ``current`` (unless ``result`` is that plan already), store it as a new generation of
-    batches, point the run at its first batch."""
+    batches, point the run at its first batch. A ``members: true`` run plans quorum member changes
+    (``current`` is then ``members_snapshot``'s) and stores them marked as such."""
     options = config.plan_options(quorum_transfer=True)
-    result = result or plan(current, options)
-    generation = run.generation + 1
-    batches = [
-        result.moves[i : i + config.batch_size] for i in range(0, len(result.moves), config.batch_size)
-    ]
-    db.put_plan(run.run_id, generation, batches)
+    generation, size = run.generation + 1, config.batch_size
+    spread_now: int
+    if config.members:
+        members = (
+            result if isinstance(result, MembersPlan) else plan_members(current, config.members_options())
+        )
+        db.put_plan(run.run_id, generation, _chunks(members.moves, size), PlanKind.MEMBERS)
+        result, spread_now = members, spread({n: members.before.get(n, 0) for n in members.nodes})
+    else:
+        leaders = result if isinstance(result, Plan) else plan(current, options)
+        db.put_plan(run.run_id, generation, _chunks(leaders.moves, size))
+        result, spread_now = leaders, Report.of(current, options).spread
+    batches = -(-len(result.moves) // size)
     updated = replace(
         run,
         generation=generation,
         batch=0,
-        batches=len(batches),
+        batches=batches,
         plan_moves=len(result.moves),
         attempted=0,
         current={},
         skipped=len(result.skipped),
-        round_spread=Report.of(current, options).spread,
+        round_spread=spread_now,
     )
     return updated, result
+
+
+def _chunks(moves: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [moves[i : i + size] for i in range(0, len(moves), size)]
 
 
 def report_dict(report: Report) -> dict[str, object]:
@@ -53,3 +75,12 @@ def report_from_dict(data: dict[str, object]) -> Report:
     by_vhost = data.get("by_vhost") or {}
     assert isinstance(nodes, list) and isinstance(by_type, dict) and isinstance(by_vhost, dict)
     return Report(nodes=tuple(nodes), by_type=by_type, by_vhost=by_vhost, skipped=())
+
+
+def members_figures(result: MembersPlan) -> dict[str, object]:
+    """What a members run keeps of its first plan for the report: members per node, not the changes."""
+    return {"nodes": list(result.nodes), "before": dict(result.before), "after": dict(result.after)}
+
+
+def members_plan_from_figures(data: dict[str, object]) -> MembersPlan:
+    return MembersPlan.from_dict({**data, "moves": [], "skipped": []})

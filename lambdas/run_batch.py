@@ -16,7 +16,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from lambdas.common import cluster, logger, metrics, store, task
 from queue_balancer.batch_run import BatchSlice, SliceResult, run_slice
 from queue_balancer.lifecycle import EVENTS_PER_RETRY, EVENTS_PER_SLICE, RunInput
-from queue_balancer.model import JsonDict
+from queue_balancer.member_moves import MemberPhase, MemberProgress
+from queue_balancer.model import JsonDict, Move
 from queue_balancer.movers import MoveProgress, Phase, derived_run_id
 from queue_balancer.workflow.leases import renew_leases
 from queue_balancer.workflow.run_state import RunState
@@ -42,7 +43,7 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     with cluster() as access:
         result = run_slice(
             db,
-            access.mover(derived_run_id(run.run_id)),
+            access.member_mover() if config.members else access.mover(derived_run_id(run.run_id)),
             batch,
             renew=lambda until: renew_leases(db, access.client, run, execution_arn, until),
             on_change=_log_finished,
@@ -59,7 +60,7 @@ def _after(run: RunState, batch: BatchSlice, result: SliceResult) -> RunState:
             "batch": batch.index,
             "pending": result.pending,
             "active": result.active,
-            "finished": len(result.finished),
+            "finished": result.finished,
         },
     )
     metrics.add_metric(name="MovesDone", unit=MetricUnit.Count, value=result.done)
@@ -68,27 +69,31 @@ def _after(run: RunState, batch: BatchSlice, result: SliceResult) -> RunState:
         run,
         done=run.done + result.done,
         failed=run.failed + result.failed,
-        attempted=run.attempted + len(result.finished),
+        attempted=run.attempted + result.finished,
         current={} if result.batch_complete else run.current,
         next=result.route,
         wait=result.wait,
     )
 
 
-def _log_finished(progress: MoveProgress) -> None:
+def _log_finished(progress: MoveProgress | MemberProgress) -> None:
     if not progress.finished:
         return
     move = progress.move
+    change = (
+        {"from": move.source, "to": move.target}
+        if isinstance(move, Move)
+        else {"add": list(move.add), "remove": list(move.remove)}
+    )
     extra = {
         "queue": move.queue,
         "vhost": move.vhost,
-        "from": move.source,
-        "to": move.target,
+        **change,
         "phase": progress.phase.value,
         "outcome": progress.outcome,
         "seconds": round(progress.seconds, 2),
     }
-    if progress.phase is Phase.FAILED:
+    if progress.phase in (Phase.FAILED, MemberPhase.FAILED):
         logger.warning("move failed", extra=extra)
     else:
         logger.info("move finished", extra=extra)

@@ -22,7 +22,9 @@ from botocore.exceptions import ClientError
 from queue_balancer.contract import (
     EXPIRES_AT,
     PARTITION_KEY,
+    PLAN_KIND,
     SORT_KEY,
+    PlanKind,
     batch_key,
     decode_meta_item,
     encode_meta,
@@ -34,6 +36,8 @@ from queue_balancer.contract import (
 )
 from queue_balancer.lifecycle import Lifecycle
 from queue_balancer.lock import LockLost
+from queue_balancer.member_moves import MemberBatch, MemberProgress
+from queue_balancer.members import MemberMove
 from queue_balancer.model import JsonDict, Move
 from queue_balancer.movers import MoveProgress
 from queue_balancer.runner import BatchState
@@ -149,7 +153,13 @@ class Store:
         item = self.table.get_item(Key=run_meta_key(run_id), ConsistentRead=True)
         return decode_meta_item(item.get("Item"))
 
-    def put_plan(self, run_id: str, generation: int, batches: Sequence[Sequence[Move]]) -> None:
+    def put_plan(
+        self,
+        run_id: str,
+        generation: int,
+        batches: Sequence[Sequence[Move | MemberMove]],
+        kind: PlanKind = PlanKind.LEADERS,
+    ) -> None:
         ttl = _ttl()
         with self.table.batch_writer() as writer:
             for index, moves in enumerate(batches):
@@ -157,20 +167,28 @@ class Store:
                     Item={
                         **batch_key(run_id, generation, index),
                         "moves": json.dumps([m.to_dict() for m in moves], ensure_ascii=False),
+                        PLAN_KIND: kind.value,
                         EXPIRES_AT: ttl,
                     }
                 )
 
     def batch_state(self, run_id: str, generation: int, index: int) -> BatchState:
-        """Where a batch stands: its stored progress, or all of its moves still to start."""
-        item = self.table.get_item(Key=batch_key(run_id, generation, index), ConsistentRead=True).get("Item")
-        if item is None:
-            raise KeyError(f"batch {index} of plan {generation} of run {run_id} is not stored")
-        if "progress" in item:
-            return BatchState.from_dict(json.loads(str(item["progress"])))
-        return BatchState(pending=[Move.from_dict(m) for m in json.loads(str(item["moves"]))])
+        """Where a batch of leader moves stands: its stored progress, or all of its moves still to start."""
+        progress, moves = self._batch(run_id, generation, index, PlanKind.LEADERS)
+        if progress is not None:
+            return BatchState.from_dict(progress)
+        return BatchState(pending=[Move.from_dict(m) for m in moves])
 
-    def save_batch_state(self, run_id: str, generation: int, index: int, state: BatchState) -> None:
+    def member_batch(self, run_id: str, generation: int, index: int) -> MemberBatch:
+        """Where a batch of member changes stands: its stored progress, or all of its changes to start."""
+        progress, moves = self._batch(run_id, generation, index, PlanKind.MEMBERS)
+        if progress is not None:
+            return MemberBatch.from_dict(progress)
+        return MemberBatch(pending=[MemberMove.from_dict(m) for m in moves])
+
+    def save_batch_state(
+        self, run_id: str, generation: int, index: int, state: BatchState | MemberBatch
+    ) -> None:
         """Keep an unfinished batch's progress for the next slice (idempotent)."""
         self.table.update_item(
             Key=batch_key(run_id, generation, index),
@@ -179,7 +197,11 @@ class Store:
         )
 
     def record_results(
-        self, run_id: str, generation: int, index: int, results: Sequence[MoveProgress]
+        self,
+        run_id: str,
+        generation: int,
+        index: int,
+        results: Sequence[MoveProgress | MemberProgress],
     ) -> None:
         """Store the final state of a batch's moves (idempotent: a retry writes the same)."""
         self.table.update_item(
@@ -191,11 +213,33 @@ class Store:
         )
 
     def results(self, run_id: str) -> list[MoveProgress]:
-        """Every recorded move of the run, in plan and batch order."""
+        """Every recorded leader move of the run, in plan and batch order."""
+        return [MoveProgress.from_dict(p) for p in self._results(run_id, PlanKind.LEADERS)]
+
+    def member_results(self, run_id: str) -> list[MemberProgress]:
+        """Every recorded member change of the run (``members: true``), in plan and batch order."""
+        return [MemberProgress.from_dict(p) for p in self._results(run_id, PlanKind.MEMBERS)]
+
+    def _batch(
+        self, run_id: str, generation: int, index: int, kind: PlanKind
+    ) -> tuple[JsonDict | None, list[JsonDict]]:
+        """A batch item's stored progress (None before its first slice) and its moves, of ``kind``."""
+        item = self.table.get_item(Key=batch_key(run_id, generation, index), ConsistentRead=True).get("Item")
+        if item is None:
+            raise KeyError(f"batch {index} of plan {generation} of run {run_id} is not stored")
+        stored = PlanKind(str(item.get(PLAN_KIND, PlanKind.LEADERS)))
+        if stored is not kind:
+            raise KeyError(f"batch {index} of plan {generation} of run {run_id} holds {stored}, not {kind}")
+        progress = json.loads(str(item["progress"])) if "progress" in item else None
+        return progress, json.loads(str(item["moves"]))
+
+    def _results(self, run_id: str, kind: PlanKind) -> list[JsonDict]:
         return [
-            MoveProgress.from_dict(p)
+            p
             for item in self._run_items(run_id)
-            if is_batch_sk(str(item[SORT_KEY])) and "results" in item
+            if is_batch_sk(str(item[SORT_KEY]))
+            and "results" in item
+            and item.get(PLAN_KIND, PlanKind.LEADERS) == kind
             for p in json.loads(item["results"])
         ]
 

@@ -13,7 +13,9 @@ from lambdas.common import cluster, logger, store, task
 from lambdas.planning import plan_and_store
 from queue_balancer.lifecycle import Outcome, RunInput, Step, advance
 from queue_balancer.lifecycle.routing import Route
-from queue_balancer.model import JsonDict, spread
+from queue_balancer.members import MembersPlan, plan_members
+from queue_balancer.members_run import another_members_round
+from queue_balancer.model import JsonDict, Plan, spread
 from queue_balancer.observe import settle
 from queue_balancer.planner import plan
 from queue_balancer.safety import another_round
@@ -28,19 +30,28 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     config = RunInput.parse(event["config"])
     run = RunState.from_dict(event["run"]).spend(EVENTS)
     client = cluster().client
-    current = settle(client, sleep=time.sleep, clock=time.monotonic)
-    replanned = plan(current, config.plan_options(quorum_transfer=True))
+    replanned: Plan | MembersPlan
+    if config.members:  # quorum members in the real-time view: nothing lags there
+        current = client.members_snapshot()
+        replanned = plan_members(current, config.members_options())
+        again = another_members_round(replanned, run.round, config.rounds)
+        spread_after = spread({n: replanned.before.get(n, 0) for n in replanned.nodes})
+    else:
+        current = settle(client, sleep=time.sleep, clock=time.monotonic)
+        replanned = plan(current, config.plan_options(quorum_transfer=True))
+        again = another_round(replanned, run.round, config.rounds)
+        spread_after = spread(replanned.before)
     logger.info(
         "round verified",
         extra={
             "round": run.round,
             "spread_before": run.round_spread,
-            "spread_after": spread(replanned.before),
+            "spread_after": spread_after,
             "failed": run.failed,
             "next_moves": len(replanned.moves),
         },
     )
-    if another_round(replanned, run.round, config.rounds):
+    if again:
         db = store()
         planned, _ = plan_and_store(db, replace(run, round=run.round + 1), config, current, replanned)
         record = db.lifecycle(run.cluster)

@@ -16,7 +16,8 @@ with ``runner.drive`` (sub-second polling, bounded concurrency) until one of:
   which calls RunBatch again every few seconds instead of keeping a Lambda busy;
 - the time budget of the invocation is spent (well under the Lambda timeout).
 
-The ``BatchState`` is plain JSON: the handler keeps it in DynamoDB between two slices.
+``drive_member_slice`` applies the same rule to a batch of quorum member changes (``members: true``).
+The ``BatchState`` and ``MemberBatch`` are plain JSON: the handler keeps it in DynamoDB between two slices.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from queue_balancer.member_moves import MemberBatch, MemberMover, MemberProgress, drive_members
 from queue_balancer.model import QueueType
 from queue_balancer.movers import MoveProgress, Mover, Phase
 from queue_balancer.runner import BatchState, Listener, drive, roll_back
@@ -69,33 +71,120 @@ def drive_slice(
     sleep: Callable[[float], None] = time.sleep,
 ) -> SliceEnd:
     """Drive ``state`` (updated in place) until the batch is complete or the slice must end."""
+
+    def run(may_start: Callable[[], bool], stop: Callable[[], bool]) -> None:
+        drive(
+            mover,
+            state,
+            concurrency=limits.concurrency,
+            on_change=on_change,
+            sleep=sleep,
+            may_start=may_start,
+            stop=lambda _: stop(),
+        )
+
+    return _bounded(
+        _Driven(
+            run=run,
+            complete=lambda: state.complete,
+            active=lambda: bool(state.active),
+            all_long=lambda: all(_in_long_phase(p, mover.clock()) for p in state.active),
+            busy=lambda: not state.pending or _classic_busy(state) >= limits.concurrency,
+            put_back=lambda: _put_back(mover, state, on_change, sleep),
+        ),
+        limits,
+        requested,
+        clock,
+    )
+
+
+def drive_member_slice(
+    mover: MemberMover,
+    batch: MemberBatch,
+    limits: SliceLimits,
+    requested: Callable[[], bool],
+    *,
+    on_change: Callable[[MemberProgress], None] = lambda _: None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> SliceEnd:
+    """``drive_slice`` for quorum member changes: the same budget, request and hand-off rules; a new
+    member catching up for longer than ``LONG_PHASE_SECONDS`` is a long phase."""
+
+    def run(may_start: Callable[[], bool], stop: Callable[[], bool]) -> None:
+        drive_members(
+            mover,
+            batch,
+            concurrency=limits.concurrency,
+            on_change=on_change,
+            sleep=sleep,
+            may_start=may_start,
+            stop=lambda _: stop(),
+        )
+
+    def all_long() -> bool:  # new members catching up for a while: a large queue's log being copied
+        now = mover.clock()
+        return all(p.catching_up and now - p.started_at >= LONG_PHASE_SECONDS for p in batch.active)
+
+    def put_back() -> None:
+        interrupted = [p.move for p in batch.active]
+        for progress in batch.active:  # removes the members each change added: the queue is as it was
+            on_change(mover.abort(progress, "interrupted by a request"))
+        batch.active = []
+        batch.pending = interrupted + batch.pending  # rolled back, not failed: they run again on resume
+
+    return _bounded(
+        _Driven(
+            run=run,
+            complete=lambda: batch.complete,
+            active=lambda: bool(batch.active),
+            all_long=all_long,
+            busy=lambda: not batch.pending or len(batch.active) >= limits.concurrency,
+            put_back=put_back,
+        ),
+        limits,
+        requested,
+        clock,
+    )
+
+
+@dataclass(frozen=True)
+class _Driven:
+    """What a slice drives (a batch of leader moves or of member changes), as the slice rule needs it."""
+
+    run: Callable[[Callable[[], bool], Callable[[], bool]], None]
+    """Drive the batch: start new moves only while ``may_start()``, end when ``stop()``."""
+    complete: Callable[[], bool]
+    active: Callable[[], bool]
+    all_long: Callable[[], bool]
+    """Every move under way is in a long phase (it will not end in a moment)."""
+    busy: Callable[[], bool]
+    """No other move can start meanwhile (none pending, or as many under way as allowed)."""
+    put_back: Callable[[], None]
+    """Roll back what is under way and put it back in front of the batch."""
+
+
+def _bounded(
+    driven: _Driven, limits: SliceLimits, requested: Callable[[], bool], clock: Callable[[], float]
+) -> SliceEnd:
+    """The slice rule, whatever is driven (see the module's docstring)."""
     began = clock()
     watch = _RequestWatch(requested, clock)
     watch.poll(force=True)
 
-    def stop(current: BatchState) -> bool:
+    def stop() -> bool:
         watch.poll()
         if watch.seen_at is not None:
-            return (
-                not current.active
-                or clock() - watch.seen_at >= GRACE_SECONDS
-                or all(_in_long_phase(p, mover.clock()) for p in current.active)
-            )
-        return clock() - began >= limits.budget_seconds or _only_long_phases(mover, current, limits)
+            return not driven.active() or clock() - watch.seen_at >= GRACE_SECONDS or driven.all_long()
+        long_only = driven.active() and driven.all_long() and driven.busy()
+        return clock() - began >= limits.budget_seconds or long_only
 
-    drive(
-        mover,
-        state,
-        concurrency=limits.concurrency,
-        on_change=on_change,
-        sleep=sleep,
-        may_start=lambda: watch.seen_at is None,  # the budget ends a slice after a wave, never before
-        stop=stop,
-    )
-    if state.complete:
+    driven.run(lambda: watch.seen_at is None, stop)  # the budget ends a slice after a wave, never before
+    if driven.complete():
         return SliceEnd.COMPLETE
     if watch.seen_at is not None:
-        _put_back(mover, state, on_change, sleep)
+        if driven.active():
+            driven.put_back()
         return SliceEnd.REQUESTED
     return SliceEnd.BUDGET if clock() - began >= limits.budget_seconds else SliceEnd.HANDOFF
 
@@ -119,15 +208,9 @@ class _RequestWatch:
                 self.seen_at = now
 
 
-def _only_long_phases(mover: Mover, state: BatchState, limits: SliceLimits) -> bool:
-    """Whether every move under way is in a long phase and no other move can start meanwhile."""
-    if not state.active:
-        return False
-    now = mover.clock()
-    if not all(_in_long_phase(p, now) for p in state.active):
-        return False
-    classic_busy = sum(1 for p in state.active if p.move.type is not QueueType.QUORUM)
-    return not state.pending or classic_busy >= limits.concurrency
+def _classic_busy(state: BatchState) -> int:
+    """Classic moves under way (quorum transfers go in batches of their own)."""
+    return sum(1 for p in state.active if p.move.type is not QueueType.QUORUM)
 
 
 def _in_long_phase(progress: MoveProgress, now: float) -> bool:
@@ -137,8 +220,6 @@ def _in_long_phase(progress: MoveProgress, now: float) -> bool:
 
 def _put_back(mover: Mover, state: BatchState, on_change: Listener, sleep: Callable[[float], None]) -> None:
     """Roll back what is still under way after the grace period; those moves go back to the front."""
-    if not state.active:
-        return
     interrupted = [p.move for p in state.active]
     roll_back(mover, state.active, on_change, sleep, reason="interrupted by a request")
     state.active = []

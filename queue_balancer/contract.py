@@ -16,7 +16,9 @@ the ASL file. The module is pure (standard library only) so the CDK app may impo
     cluster#<name>      lifecycle                 state, counts, execution ARN, task token, request
     cluster#<name>      lock                      run_id, execution_arn, expires_at, acquired_at
     run#<run_id>        meta                      config, start time, the before report, the summary
-    run#<run_id>        plan#<gen>#batch#<i>      the moves of one batch, then their results
+    run#<run_id>        plan#<gen>#batch#<i>      the moves of one batch, then their results; ``kind``
+                                                  says what they are (``PlanKind``: leader moves or
+                                                  quorum member changes)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
@@ -232,6 +235,13 @@ LOCK_ATTRIBUTES = ("run_id", "execution_arn", EXPIRES_AT, "acquired_at")
 """What the ASL's AcquireLock writes into the lock item."""
 JSON_PREFIX = "json:"
 """Meta fields that are not a plain string or integer are stored as ``json:<text>``."""
+PLAN_KIND = "kind"
+"""The attribute of a batch item (and the meta field) that says what the plan moves."""
+
+
+class PlanKind(StrEnum):
+    LEADERS = "leaders"  # leader moves (``Move``, ``MoveProgress``); an item without ``kind`` holds these
+    MEMBERS = "members"  # quorum member changes (``MemberMove``, ``MemberProgress``): ``members: true``
 
 
 def cluster_pk(cluster: str) -> str:

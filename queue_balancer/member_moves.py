@@ -157,13 +157,20 @@ def _voters_in_sync(seen: _Observed, catching_up: Mapping[str, int]) -> tuple[in
     return len(voting), len(in_sync)
 
 
+CHANGE_TIMEOUT = 180.0
+"""How long one queue's member change may take (plus the time to copy its messages): on 3.x it takes about
+six ``rabbitmqctl eval`` calls (status, add, status, status until caught up, remove), each a few seconds
+through SSM Run Command or SSH on a busy node (measured: 52 s for 4 small queues through the local
+endpoint's SSM on a loaded 2-core machine), three times what a leader move's phase may take."""
+
+
 @dataclass
 class MemberMover:
     """Member changes through a ``MemberChanger`` (eval on 3.x, HTTP on 4.x), observed through the API."""
 
     client: ManagementApi
     changer: MemberChanger
-    settings: MoveSettings = field(default_factory=MoveSettings)
+    settings: MoveSettings = field(default_factory=lambda: MoveSettings(phase_timeout=CHANGE_TIMEOUT))
     counter: MessageCounter | None = None
     clock: Callable[[], float] = time.time
     _cluster_nodes: frozenset[str] | None = field(default=None, init=False, repr=False)
@@ -463,16 +470,17 @@ def drive_members(
     on_change: Callable[[MemberProgress], None] = lambda _: None,
     sleep: Callable[[float], None] = time.sleep,
     check: Callable[[], None] = lambda: None,
+    may_start: Callable[[], bool] = lambda: True,
     stop: Callable[[MemberBatch], bool] = lambda _: False,
 ) -> MemberBatch:
-    """Start and step changes, up to ``concurrency`` queues at once, until the batch is complete or
-    ``stop(batch)`` says so (a time budget); ``batch`` is accurate at every step, so after an exception
-    the caller can roll back what is under way (``roll_back_members``)."""
+    """Start and step changes, up to ``concurrency`` queues at once (new ones only while ``may_start()``),
+    until the batch is complete or ``stop(batch)`` says so (a time budget); ``batch`` is accurate at every
+    step, so after an exception the caller can roll back what is under way (``roll_back_members``)."""
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     while not batch.complete:
         check()  # e.g. the cluster lock is still ours; raising leaves the changes under way to roll back
-        room = min(concurrency - len(batch.active), len(batch.pending))
+        room = min(concurrency - len(batch.active), len(batch.pending)) if may_start() else 0
         starting, batch.pending = batch.pending[:room], batch.pending[room:]
         batch.active.extend(mover.start(starting))
         stepped = mover.step(batch.active)

@@ -6,7 +6,6 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 from queue_balancer import report
 from queue_balancer.cli.connection import Connection
@@ -14,9 +13,10 @@ from queue_balancer.cli.exit_codes import EXIT_MOVES_FAILED, EXIT_OK
 from queue_balancer.cli.output import emit
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.member_changes import member_changer
-from queue_balancer.member_moves import MemberMover, MemberPhase, MemberProgress, run_member_moves
+from queue_balancer.member_moves import MemberMover, MemberProgress, run_member_moves
 from queue_balancer.members import DEFAULT_GROUP_SIZE, MembersOptions, MembersPlan, plan_members
-from queue_balancer.model import Snapshot, spread
+from queue_balancer.members_run import MembersSummary
+from queue_balancer.model import Snapshot
 from queue_balancer.planner import PlanOptions
 from queue_balancer.safety import preflight
 
@@ -107,8 +107,8 @@ def cmd_balance_members(
         check=check,
     )
     after = plan_members(connection.members_snapshot(), options)
-    summary = _summary(current, after, result.moves, time.monotonic() - began)
-    emit(args.format, summary, lambda: _summary_text(summary))
+    summary = MembersSummary.of(current, after, result.moves, time.monotonic() - began)
+    emit(args.format, summary.to_dict(), summary.text)
     return EXIT_MOVES_FAILED if result.failed else EXIT_OK
 
 
@@ -129,36 +129,3 @@ class _Printer:
             f"members {self.finished}/{self.total}: {move.ref} {change}: {outcome} in {progress.seconds:.2f} s\n"
         )
         sys.stderr.flush()
-
-
-def _summary(
-    planned: MembersPlan, after: MembersPlan, moves: tuple[MemberProgress, ...], seconds: float
-) -> dict[str, Any]:
-    return {
-        "before": dict(planned.before),
-        "planned": dict(planned.after),
-        "after": dict(after.before),
-        "spread_before": spread({n: planned.before.get(n, 0) for n in planned.nodes}),
-        "spread_after": spread({n: after.before.get(n, 0) for n in after.nodes}),
-        "changes": sum(len(p.added) + len(p.removed) for p in moves),
-        "queues": len(moves),
-        "failed": [
-            {"vhost": p.move.vhost, "queue": p.move.queue, "reason": p.outcome}
-            for p in moves
-            if p.phase is MemberPhase.FAILED
-        ],
-        "remaining_changes": after.changes,
-        "seconds": round(seconds, 2),
-    }
-
-
-def _summary_text(summary: dict[str, Any]) -> str:
-    lines = ["members per node".ljust(28) + "before  after"]
-    for node in sorted(set(summary["before"]) | set(summary["after"])):
-        lines.append(f"{node:<28}{summary['before'].get(node, 0):>6}  {summary['after'].get(node, 0):>5}")
-    lines.append(
-        f"{summary['changes']} member changes in {summary['queues']} queues, {len(summary['failed'])} failed, "
-        f"{summary['seconds']:.1f} s; spread {summary['spread_before']} -> {summary['spread_after']}"
-    )
-    lines += [f"  failed: '{f['queue']}' in vhost '{f['vhost']}': {f['reason']}" for f in summary["failed"]]
-    return "\n".join(lines)

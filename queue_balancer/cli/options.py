@@ -134,6 +134,24 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"wait between two slices of a long mirror sync, 1-{MAX_POLL_SECONDS} (default {DEFAULT_POLL_SECONDS})",
     )
+    run.add_argument(
+        "--members",
+        action="store_true",
+        help="quorum queue members instead of leaders, as `balance --members` (the input's members: true)",
+    )
+    run.add_argument(
+        "--group-size",
+        type=int,
+        metavar="N",
+        help="with --members: replicas of a quorum queue declared without x-quorum-initial-group-size "
+        "(default 3)",
+    )
+    run.add_argument(
+        "--exclude-node",
+        action="append",
+        metavar="NODE",
+        help="with --members: a node that must hold no members; repeatable",
+    )
     run.add_argument("--wait", action="store_true", help="follow the run until it ends and print its report")
     run.add_argument(
         "--wait-timeout", type=float, default=3600.0, metavar="S", help="give up waiting after S s"

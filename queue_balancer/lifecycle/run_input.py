@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from queue_balancer.errors import ConfigurationError
+from queue_balancer.members import DEFAULT_GROUP_SIZE, MembersOptions
 from queue_balancer.model import JsonDict
 from queue_balancer.planner import PlanOptions
 
@@ -19,6 +20,7 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_BATCH = 100
 MAX_BATCH = 500
 MAX_ROUNDS = 10
+MAX_GROUP_SIZE = 99
 DEFAULT_POLL_SECONDS = 2
 MAX_POLL_SECONDS = 3
 """The Wait between two slices of a long sync: a request is seen at the next slice, which rolls the long
@@ -36,7 +38,9 @@ class RunInput:
     ``batch_size`` moves are stored and recorded together (pause/stop/reset take effect within seconds
     inside a batch too); ``rounds`` bounds verify-and-replan; ``poll_seconds`` is the wait between two
     slices of a long mirror sync; the rates (messages per second, cluster-wide) gate the run on low
-    traffic, as the seed asks.
+    traffic, as the seed asks. ``members`` balances quorum queue members (replicas) instead of leaders,
+    as ``balance --members`` does: ``group_size`` is the replica count of a queue declared without
+    ``x-quorum-initial-group-size``, ``exclude_nodes`` the nodes that must hold no members.
     """
 
     action: str = "balance"
@@ -50,6 +54,9 @@ class RunInput:
     max_publish_rate: float | None = None
     max_deliver_rate: float | None = None
     poll_seconds: int = DEFAULT_POLL_SECONDS
+    members: bool = False
+    group_size: int = DEFAULT_GROUP_SIZE
+    exclude_nodes: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, data: Any) -> RunInput:
@@ -91,6 +98,7 @@ class RunInput:
         if not isinstance(per_vhost, bool):
             problems.append("per_vhost must be true or false")
         rates = {k: _rate(data, k, problems) for k in ("max_publish_rate", "max_deliver_rate")}
+        members, group_size, excluded = _members_fields(data, problems)
         if problems:
             raise ConfigurationError("invalid input: " + "; ".join(problems))
         return cls(
@@ -105,6 +113,9 @@ class RunInput:
             max_publish_rate=rates["max_publish_rate"],
             max_deliver_rate=rates["max_deliver_rate"],
             poll_seconds=poll,
+            members=members,
+            group_size=group_size,
+            exclude_nodes=tuple(excluded),
         )
 
     def to_dict(self) -> JsonDict:
@@ -124,6 +135,8 @@ class RunInput:
             "max_deliver_rate": self.max_deliver_rate,
         }
         data.update({k: v for k, v in optional.items() if v is not None})
+        if self.members:
+            data.update(members=True, group_size=self.group_size, exclude_nodes=list(self.exclude_nodes))
         return data
 
     def plan_options(self, *, quorum_transfer: bool = True) -> PlanOptions:
@@ -133,6 +146,14 @@ class RunInput:
             per_vhost=self.per_vhost,
             max_moves=self.max_moves,
             quorum_transfer=quorum_transfer,
+        )
+
+    def members_options(self) -> MembersOptions:
+        """The members plan's options (``members: true``): the same selection as a leader run."""
+        return MembersOptions(
+            selection=self.plan_options(),
+            default_group_size=self.group_size,
+            excluded=frozenset(self.exclude_nodes),
         )
 
 
@@ -149,8 +170,36 @@ _INPUT_FIELDS = frozenset(
         "max_publish_rate",
         "max_deliver_rate",
         "poll_seconds",
+        "members",
+        "group_size",
+        "exclude_nodes",
     }
 )
+_MEMBERS_ONLY = ("group_size", "exclude_nodes")
+_LEADERS_ONLY = ("per_vhost", "max_moves")
+"""The members plan spreads every selected quorum queue's members over the whole cluster at once."""
+
+
+def _members_fields(data: Mapping[str, Any], problems: list[str]) -> tuple[bool, int, list[str]]:
+    """``members``, ``group_size`` and ``exclude_nodes``; the fields of the other kind of run refused."""
+    members = data.get("members", False)
+    if not isinstance(members, bool):
+        problems.append("members must be true or false")
+        members = False
+    group_size = _integer(data, "group_size", DEFAULT_GROUP_SIZE, 1, MAX_GROUP_SIZE, problems)
+    excluded = data.get("exclude_nodes", [])
+    if not isinstance(excluded, list) or not all(isinstance(n, str) and n for n in excluded):
+        problems.append("exclude_nodes must be a list of node names")
+        excluded = []
+    if not members:
+        problems += [f"{k} applies only with members: true" for k in _MEMBERS_ONLY if k in data]
+    else:
+        problems += [
+            f"{k} does not apply with members: true"
+            for k in _LEADERS_ONLY
+            if data.get(k) not in (None, False)
+        ]
+    return members, group_size, excluded
 
 
 def _integer(

@@ -11,23 +11,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from queue_balancer.batch_run import BatchStore
+from queue_balancer.contract import PlanKind
 from queue_balancer.errors import BalancerError
 from queue_balancer.lifecycle import Lifecycle
 from queue_balancer.lock import GlobalParameters
+from queue_balancer.member_moves import MemberProgress
+from queue_balancer.members import MemberMove
 from queue_balancer.model import JsonDict, Move, Snapshot
 from queue_balancer.movers import MoveProgress
 from queue_balancer.movers.ports import ManagementApi, MessageCounter
-from queue_balancer.runner import BatchState
 
 
 class RequestChanged(BalancerError):
     """An operator's request changed while the run was consuming it: decide again with the new one."""
 
 
-class LifecycleStore(Protocol):
-    """The cluster's lifecycle item and lock, and the run's plan batches, results and report."""
-
-    def lifecycle(self, cluster: str) -> Lifecycle: ...
+class LifecycleStore(BatchStore, Protocol):
+    """The cluster's lifecycle item and lock, and the run's plan batches, results and report (a slice's
+    reads and writes are ``BatchStore``'s, the core's port)."""
 
     def start(self, record: Lifecycle) -> None: ...
 
@@ -43,17 +45,17 @@ class LifecycleStore(Protocol):
 
     def meta(self, run_id: str) -> JsonDict: ...
 
-    def put_plan(self, run_id: str, generation: int, batches: Sequence[Sequence[Move]]) -> None: ...
-
-    def batch_state(self, run_id: str, generation: int, index: int) -> BatchState: ...
-
-    def save_batch_state(self, run_id: str, generation: int, index: int, state: BatchState) -> None: ...
-
-    def record_results(
-        self, run_id: str, generation: int, index: int, results: Sequence[MoveProgress]
+    def put_plan(
+        self,
+        run_id: str,
+        generation: int,
+        batches: Sequence[Sequence[Move | MemberMove]],
+        kind: PlanKind = PlanKind.LEADERS,
     ) -> None: ...
 
     def results(self, run_id: str) -> list[MoveProgress]: ...
+
+    def member_results(self, run_id: str) -> list[MemberProgress]: ...
 
     def delete_run(self, run_id: str) -> int: ...
 
@@ -64,6 +66,8 @@ class ClusterApi(ManagementApi, GlobalParameters, Protocol):
     def overview(self) -> dict[str, Any]: ...
 
     def snapshot(self) -> Snapshot: ...
+
+    def members_snapshot(self) -> Snapshot: ...
 
 
 class ClosableCounter(MessageCounter, Protocol):

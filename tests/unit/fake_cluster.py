@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from queue_balancer.errors import ManagementError, NotFound
+from queue_balancer.member_changes import MemberState
 from queue_balancer.model import Move, QueueCount, QueueRef, Snapshot
 from queue_balancer.movers.policies import pcre_matches
 
@@ -60,7 +61,8 @@ class FakeCluster:
 
     def add_queue(self, queue: FakeQueue) -> FakeQueue:
         self.queues[(queue.vhost, queue.name)] = queue
-        self._apply(queue)
+        if queue.kind == "classic":  # policies mirror classic queues only
+            self._apply(queue)
         self.fewest_copies[(queue.vhost, queue.name)] = queue.copies
         return queue
 
@@ -93,6 +95,10 @@ class FakeCluster:
     def snapshot(self) -> Snapshot:
         """Nodes and queues as ``ManagementClient.snapshot`` gives them (no lag here: nothing to re-read)."""
         return Snapshot.from_api(self.nodes(), [self._view(q) for q in self.queues.values()], self.overview())
+
+    def members_snapshot(self) -> Snapshot:
+        """The members plan's snapshot: the same as ``snapshot`` here (quorum queues never lag)."""
+        return self.snapshot()
 
     def nodes(self) -> list[dict[str, Any]]:
         self._call("nodes")
@@ -303,3 +309,38 @@ class Transfer:
                 queue.mirrors = [n for n in (queue.leader, *queue.mirrors) if n != move.target]
                 queue.leader = move.target
         return {m.ref: self.answer for m in moves}
+
+
+@dataclass
+class Members:
+    """Quorum member changes (``MemberChanger``) on the fake's quorum queues: a new member is caught up at
+    once (its log at the leader's commit index), as a small queue's is within one poll."""
+
+    cluster: FakeCluster
+    commit: int = 10
+
+    def add(self, changes: Sequence[tuple[QueueRef, str]]) -> dict[tuple[QueueRef, str], str]:
+        for ref, node in changes:
+            queue = self.cluster.queues[(ref.vhost, ref.name)]
+            if node != queue.leader and node not in queue.mirrors:
+                queue.mirrors.append(node)
+        return {change: "ok" for change in changes}
+
+    def remove(self, changes: Sequence[tuple[QueueRef, str]]) -> dict[tuple[QueueRef, str], str]:
+        for ref, node in changes:
+            queue = self.cluster.queues[(ref.vhost, ref.name)]
+            if node == queue.leader:
+                queue.leader = queue.mirrors.pop(0)
+            elif node in queue.mirrors:
+                queue.mirrors.remove(node)
+        return {change: "ok" for change in changes}
+
+    def status(self, refs: Sequence[QueueRef]) -> dict[QueueRef, list[MemberState] | str]:
+        result: dict[QueueRef, list[MemberState] | str] = {}
+        for ref in refs:
+            queue = self.cluster.queues[(ref.vhost, ref.name)]
+            result[ref] = [
+                MemberState(node, "leader" if node == queue.leader else "follower", self.commit, self.commit)
+                for node in (queue.leader, *queue.mirrors)
+            ]
+        return result

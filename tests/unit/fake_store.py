@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
-from queue_balancer.contract import decode_meta_item, encode_meta
+from queue_balancer.contract import PlanKind, decode_meta_item, encode_meta
 from queue_balancer.lifecycle import Lifecycle
 from queue_balancer.lock import LockLost
+from queue_balancer.member_moves import MemberBatch, MemberProgress
+from queue_balancer.members import MemberMove
 from queue_balancer.model import JsonDict, Move
 from queue_balancer.movers import MoveProgress
 from queue_balancer.runner import BatchState
@@ -28,9 +30,10 @@ class FakeStore:
         """The lifecycle item of each cluster, as stored."""
         self.locks: dict[str, JsonDict] = {}
         self.metas: dict[str, JsonDict] = {}
-        self.batches: dict[BatchKey, list[Move]] = {}
-        self.progress: dict[BatchKey, BatchState] = {}
-        self.stored_results: dict[BatchKey, list[MoveProgress]] = {}
+        self.batches: dict[BatchKey, list[Move | MemberMove]] = {}
+        self.kinds: dict[BatchKey, PlanKind] = {}
+        self.progress: dict[BatchKey, BatchState | MemberBatch] = {}
+        self.stored_results: dict[BatchKey, list[MoveProgress | MemberProgress]] = {}
 
     # ---- set-up -------------------------------------------------------------------------------------
 
@@ -75,34 +78,71 @@ class FakeStore:
     def meta(self, run_id: str) -> JsonDict:
         return decode_meta_item(self.metas.get(run_id))
 
-    def put_plan(self, run_id: str, generation: int, batches: Sequence[Sequence[Move]]) -> None:
+    def put_plan(
+        self,
+        run_id: str,
+        generation: int,
+        batches: Sequence[Sequence[Move | MemberMove]],
+        kind: PlanKind = PlanKind.LEADERS,
+    ) -> None:
         for index, moves in enumerate(batches):
             self.batches[(run_id, generation, index)] = list(moves)
+            self.kinds[(run_id, generation, index)] = kind
 
     def batch_state(self, run_id: str, generation: int, index: int) -> BatchState:
-        key = (run_id, generation, index)
+        key = self._key(run_id, generation, index, PlanKind.LEADERS)
         if key in self.progress:
             return BatchState.from_dict(self.progress[key].to_dict())
-        if key not in self.batches:
-            raise KeyError(f"batch {index} of plan {generation} of run {run_id} is not stored")
-        return BatchState(pending=list(self.batches[key]))
+        return BatchState(pending=[m for m in self.batches[key] if isinstance(m, Move)])
 
-    def save_batch_state(self, run_id: str, generation: int, index: int, state: BatchState) -> None:
-        self.progress[(run_id, generation, index)] = BatchState.from_dict(state.to_dict())
+    def member_batch(self, run_id: str, generation: int, index: int) -> MemberBatch:
+        key = self._key(run_id, generation, index, PlanKind.MEMBERS)
+        if key in self.progress:
+            return MemberBatch.from_dict(self.progress[key].to_dict())
+        return MemberBatch(pending=[m for m in self.batches[key] if isinstance(m, MemberMove)])
+
+    def save_batch_state(
+        self, run_id: str, generation: int, index: int, state: BatchState | MemberBatch
+    ) -> None:
+        copy = type(state).from_dict(state.to_dict())  # as stored: JSON, not the caller's object
+        self.progress[(run_id, generation, index)] = copy
 
     def record_results(
-        self, run_id: str, generation: int, index: int, results: Sequence[MoveProgress]
+        self,
+        run_id: str,
+        generation: int,
+        index: int,
+        results: Sequence[MoveProgress | MemberProgress],
     ) -> None:
         self.stored_results[(run_id, generation, index)] = list(results)
 
     def results(self, run_id: str) -> list[MoveProgress]:
+        return [p for p in self._results(run_id) if isinstance(p, MoveProgress)]
+
+    def member_results(self, run_id: str) -> list[MemberProgress]:
+        return [p for p in self._results(run_id) if isinstance(p, MemberProgress)]
+
+    def _results(self, run_id: str) -> list[MoveProgress | MemberProgress]:
         return [
             p for key in sorted(self.stored_results) if key[0] == run_id for p in self.stored_results[key]
         ]
 
+    def _key(self, run_id: str, generation: int, index: int, kind: PlanKind) -> BatchKey:
+        key = (run_id, generation, index)
+        if key not in self.batches:
+            raise KeyError(f"batch {index} of plan {generation} of run {run_id} is not stored")
+        if self.kinds[key] is not kind:
+            raise KeyError(f"batch {index} of plan {generation} of run {run_id} holds {self.kinds[key]}")
+        return key
+
     def delete_run(self, run_id: str) -> int:
         count = int(self.metas.pop(run_id, None) is not None)
-        tables: list[MutableMapping[BatchKey, Any]] = [self.batches, self.progress, self.stored_results]
+        tables: list[MutableMapping[BatchKey, Any]] = [
+            self.batches,
+            self.kinds,
+            self.progress,
+            self.stored_results,
+        ]
         for table in tables:
             for key in [k for k in table if k[0] == run_id]:
                 del table[key]

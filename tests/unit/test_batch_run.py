@@ -7,12 +7,15 @@ import pytest
 
 from queue_balancer.batch_run import TIMEOUT_MARGIN_SECONDS, BatchSlice, run_slice
 from queue_balancer.batch_slice import BUDGET_SECONDS, SliceEnd
+from queue_balancer.contract import PlanKind
 from queue_balancer.lifecycle import HISTORY_LIMIT, LOCK_MARGIN_SECONDS, Control, started
 from queue_balancer.lifecycle.routing import Route
 from queue_balancer.lock import LockLost
+from queue_balancer.member_moves import MemberMover
+from queue_balancer.members import MemberMove
 from queue_balancer.model import Move, QueueType
 from queue_balancer.movers import Mover, MoveSettings, Phase
-from tests.unit.fake_cluster import Counter, FakeCluster, FakeQueue, Transfer
+from tests.unit.fake_cluster import Counter, FakeCluster, FakeQueue, Members, Transfer
 from tests.unit.fake_store import FakeStore
 
 CLUSTER, RUN_ID = "main", "run-1"
@@ -58,7 +61,7 @@ def test_a_request_ends_the_slice_with_nothing_started_and_the_batch_kept_for_la
     store, cluster = world()
     store.items[CLUSTER]["requested"] = Control.PAUSE.value
     result = run_slice(store, mover(cluster), batch(), renew=lambda _: None)
-    assert (result.end, result.route, result.finished) == (SliceEnd.REQUESTED, Route.CONTROL, ())
+    assert (result.end, result.route, result.finished) == (SliceEnd.REQUESTED, Route.CONTROL, 0)
     assert len(store.progress[(RUN_ID, 1, 0)].pending) == 4
     assert {q.leader for q in cluster.queues.values()} == {"a"}
 
@@ -104,3 +107,50 @@ def test_a_lease_that_cannot_be_renewed_stops_the_slice_before_any_move() -> Non
     with pytest.raises(LockLost):
         run_slice(store, mover(cluster), batch(), renew=lost)
     assert cluster.calls == set_up
+
+
+def members_world() -> tuple[FakeStore, FakeCluster, MemberMover]:
+    """Four nodes; three quorum queues with members on a, b, c: a stored batch moves one member each to d."""
+    store, cluster = FakeStore(), FakeCluster(("a", "b", "c", "d"))
+    for index in range(3):
+        cluster.add_queue(FakeQueue("/", f"qq{index}", "a", mirrors=["b", "c"], kind="quorum", messages=5))
+    store.start(started(CLUSTER, run_id=RUN_ID, execution_arn="arn", action="balance", now="t"))
+    changes = [
+        MemberMove("/", f"qq{i}", "a", ("a", "b", "c"), add=("d",), remove=("bc"[i % 2],), messages=5)
+        for i in range(3)
+    ]
+    store.put_plan(RUN_ID, 1, [changes], PlanKind.MEMBERS)
+    mover = MemberMover(cluster, Members(cluster), MoveSettings(poll_interval=0.01), Counter(cluster))
+    return store, cluster, mover
+
+
+def test_a_members_slice_adds_before_it_removes_and_records_every_change() -> None:
+    store, cluster, mover = members_world()
+    result = run_slice(store, mover, batch(), renew=lambda _: None)
+    assert (result.end, result.route, result.done, result.failed) == (SliceEnd.COMPLETE, Route.CONTROL, 3, 0)
+    assert [(p.added, p.removed) for p in store.member_results(RUN_ID)] == [
+        (("d",), ("b",)),
+        (("d",), ("c",)),
+        (("d",), ("b",)),
+    ]
+    assert store.results(RUN_ID) == []  # a members batch records member changes, not leader moves
+    assert [sorted([q.leader, *q.mirrors]) for q in cluster.queues.values()] == [
+        ["a", "c", "d"],
+        ["a", "b", "d"],
+        ["a", "c", "d"],
+    ]
+
+
+def test_a_members_slice_honours_a_request_before_any_change() -> None:
+    store, cluster, mover = members_world()
+    store.items[CLUSTER]["requested"] = Control.STOP.value
+    result = run_slice(store, mover, batch(), renew=lambda _: None)
+    assert (result.end, result.route, result.finished) == (SliceEnd.REQUESTED, Route.CONTROL, 0)
+    assert len(store.progress[(RUN_ID, 1, 0)].pending) == 3
+    assert all(q.mirrors == ["b", "c"] for q in cluster.queues.values())
+
+
+def test_a_leader_slice_never_reads_a_members_batch() -> None:
+    store, cluster, _ = members_world()
+    with pytest.raises(KeyError, match="holds members"):
+        run_slice(store, mover(cluster), batch(), renew=lambda _: None)

@@ -27,7 +27,7 @@ from lambdas import (
 )
 from lambdas.common import ClusterAccess, Dependencies, inject, reset
 from lambdas.errors import InvalidInput, ManagementUnavailable
-from queue_balancer.contract import ENVIRONMENT_VARIABLES
+from queue_balancer.contract import ENVIRONMENT_VARIABLES, PlanKind
 from queue_balancer.errors import ClusterNotReady, ManagementError
 from queue_balancer.lifecycle import Control, Decision, State
 from queue_balancer.lifecycle.routing import Route
@@ -35,7 +35,7 @@ from queue_balancer.lock import LockLost
 from queue_balancer.model import JsonDict, QueueRef
 from queue_balancer.movers import Phase
 from queue_balancer.movers.policies import temporary_policy_name
-from tests.unit.fake_cluster import Counter, FakeCluster, FakeQueue, Transfer
+from tests.unit.fake_cluster import Counter, FakeCluster, FakeQueue, Members, Transfer
 from tests.unit.fake_store import FakeStore
 
 CLUSTER = "main"
@@ -88,7 +88,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         fake.add_queue(FakeQueue("/", f"q{index}", "a", messages=10))
         fake.queue_action("/", f"q{index}", "sync")
     store.hold_lock(CLUSTER, RUN_ID)
-    access = ClusterAccess(fake, Transfer(fake), Counter(fake))
+    access = ClusterAccess(fake, Transfer(fake), Counter(fake), changer=lambda: Members(fake))
     with inject(Dependencies(store=lambda: store, cluster=lambda: access)):
         yield World(store, fake)
     reset()
@@ -276,6 +276,35 @@ def test_run_batch_stops_early_for_a_request_and_keeps_the_progress(world: World
     run = run_batch.handler(world.event(**payload), CONTEXT)
     assert run["next"] == Route.CONTROL and run["current"] == {"generation": 1, "index": 0}
     assert run["attempted"] == 0 and (RUN_ID, 1, 0) in world.store.progress
+
+
+def test_a_members_run_gives_every_quorum_queue_its_replicas_and_reports_members_per_node(
+    world: World,
+) -> None:
+    for index in range(3):  # two members each where three are wanted: node c holds none
+        world.cluster.add_queue(FakeQueue("/", f"qq{index}", "a", mirrors=["b"], kind="quorum", messages=5))
+    payload = control(world, loaded(world, {"members": True, "concurrency": 2}))
+    assert world.store.kinds[(RUN_ID, 1, 0)] is PlanKind.MEMBERS
+    assert world.store.meta(RUN_ID)["kind"] == "members"
+    while payload["run"]["next"] == Route.BATCH:
+        payload["run"] = run_batch.handler(world.event(**payload), CONTEXT)
+        payload = control(world, payload)
+    assert (payload["run"]["next"], payload["run"]["done"], payload["run"]["failed"]) == (Route.VERIFY, 3, 0)
+    assert [p.added for p in world.store.member_results(RUN_ID)] == [("c",)] * 3
+    assert world.store.results(RUN_ID) == []  # no leader moved: the classic queues stay on a
+    assert {q.leader for q in world.cluster.queues.values() if q.kind == "classic"} == {"a"}
+    payload["run"] = verify_round.handler(world.event(**payload), CONTEXT)
+    assert (payload["run"]["next"], payload["run"]["outcome"]) == (Route.FINISH, "completed")
+    report = report_run.handler(world.event(**payload), CONTEXT)
+    assert report["subject"] == "queue-balancer: main members run completed, members spread 3 -> 0"
+    assert "| c | 0 | 3 |" in report["message"]
+    stored = world.store.meta(RUN_ID)["report"]
+    assert (stored["kind"], stored["changes"], stored["before"], stored["after"]) == (
+        "members",
+        3,
+        {"a": 3, "b": 3, "c": 0},
+        {"a": 3, "b": 3, "c": 3},
+    )
 
 
 # ---- VerifyRound -------------------------------------------------------------------------------------

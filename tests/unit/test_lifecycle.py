@@ -227,6 +227,20 @@ def test_defaults_and_round_trip() -> None:
     assert RunInput.parse({"concurrency": 20, "batch_size": 20}).batch_size == 20
 
 
+def test_a_members_run_input_round_trips_and_gives_the_members_plan_its_options() -> None:
+    members = RunInput.parse(
+        {"members": True, "group_size": 5, "exclude_nodes": ["rabbit@x"], "vhosts": ["v"]}
+    )
+    assert RunInput.parse(members.to_dict()) == members
+    options = members.members_options()
+    assert (options.default_group_size, options.excluded, options.selection.vhosts) == (
+        5,
+        frozenset({"rabbit@x"}),
+        ("v",),
+    )
+    assert "members" not in RunInput.parse({}).to_dict()  # a leader run's stored config is unchanged
+
+
 @pytest.mark.parametrize(
     ("data", "problem"),
     [
@@ -244,6 +258,12 @@ def test_defaults_and_round_trip() -> None:
         ({"max_deliver_rate": float("inf")}, "max_deliver_rate must be a number"),  # 1e999 in JSON
         ({"max_publish_rate": float("nan")}, "max_publish_rate must be a number"),
         ([1, 2], "must be a JSON object"),
+        ({"members": "yes"}, "members must be true or false"),
+        ({"group_size": 2}, "group_size applies only with members: true"),
+        ({"members": True, "group_size": 0}, "group_size must be between 1 and 99"),
+        ({"members": True, "exclude_nodes": "rabbit@a"}, "exclude_nodes must be a list of node names"),
+        ({"members": True, "per_vhost": True}, "per_vhost does not apply with members: true"),
+        ({"members": True, "max_moves": 5}, "max_moves does not apply with members: true"),
     ],
 )
 def test_invalid_input_is_refused_with_every_problem_named(data: object, problem: str) -> None:
