@@ -10,7 +10,7 @@ from dataclasses import replace
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lambdas.common import cluster, logger, store, task
-from lambdas.planning import members_figures, plan_and_store, report_dict
+from lambdas.planning import plan_and_store, report_dict
 from queue_balancer.contract import PlanKind
 from queue_balancer.lifecycle import RunInput, Step, advance
 from queue_balancer.members import MembersPlan
@@ -33,7 +33,7 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     run, result = plan_and_store(db, replace(run, round=max(run.round, 1)), config, current)
     if not reload:
         before = (
-            members_figures(result)
+            result.distribution_dict()  # members per node, not the (possibly many) changes
             if isinstance(result, MembersPlan)
             else report_dict(Report.of(current, config.plan_options()))
         )

@@ -9,7 +9,7 @@ from typing import TypeVar
 from queue_balancer.contract import PlanKind
 from queue_balancer.lifecycle import RunInput
 from queue_balancer.members import MembersPlan, plan_members
-from queue_balancer.model import Plan, Snapshot, spread
+from queue_balancer.model import Plan, Snapshot
 from queue_balancer.planner import plan
 from queue_balancer.report import Report
 from queue_balancer.workflow.ports import LifecycleStore
@@ -36,7 +36,7 @@ def plan_and_store(
             result if isinstance(result, MembersPlan) else plan_members(current, config.members_options())
         )
         db.put_plan(run.run_id, generation, _chunks(members.moves, size), PlanKind.MEMBERS)
-        result, spread_now = members, spread({n: members.before.get(n, 0) for n in members.nodes})
+        result, spread_now = members, members.spread_before
     else:
         leaders = result if isinstance(result, Plan) else plan(current, options)
         db.put_plan(run.run_id, generation, _chunks(leaders.moves, size))
@@ -75,12 +75,3 @@ def report_from_dict(data: dict[str, object]) -> Report:
     by_vhost = data.get("by_vhost") or {}
     assert isinstance(nodes, list) and isinstance(by_type, dict) and isinstance(by_vhost, dict)
     return Report(nodes=tuple(nodes), by_type=by_type, by_vhost=by_vhost, skipped=())
-
-
-def members_figures(result: MembersPlan) -> dict[str, object]:
-    """What a members run keeps of its first plan for the report: members per node, not the changes."""
-    return {"nodes": list(result.nodes), "before": dict(result.before), "after": dict(result.after)}
-
-
-def members_plan_from_figures(data: dict[str, object]) -> MembersPlan:
-    return MembersPlan.from_dict({**data, "moves": [], "skipped": []})

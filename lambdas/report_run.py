@@ -6,9 +6,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lambdas.common import cluster, metrics, store, task
-from lambdas.planning import members_plan_from_figures, report_from_dict
+from lambdas.planning import report_from_dict
 from queue_balancer.lifecycle import RunInput
-from queue_balancer.members import plan_members
+from queue_balancer.members import MembersPlan, plan_members
 from queue_balancer.members_run import MembersSummary
 from queue_balancer.model import JsonDict
 from queue_balancer.report import Report, RunSummary, subject_line, summary_markdown, summary_text
@@ -28,8 +28,8 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     summary: RunSummary | MembersSummary
     if config.members:
         after_plan = plan_members(cluster().client.members_snapshot(), config.members_options())
-        planned = members_plan_from_figures(meta["before"]) if "before" in meta else after_plan
-        summary = MembersSummary.of(planned, after_plan, db.member_results(run.run_id), seconds)
+        planned = MembersPlan.from_dict(meta["before"]) if "before" in meta else after_plan
+        summary = MembersSummary(planned, after_plan, tuple(db.member_results(run.run_id)), seconds)
         what, figures, markdown, text = (
             "members run",
             summary.to_dict(limit=50),

@@ -35,7 +35,7 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
         current = client.members_snapshot()
         replanned = plan_members(current, config.members_options())
         again = another_members_round(replanned, run.round, config.rounds)
-        spread_after = spread({n: replanned.before.get(n, 0) for n in replanned.nodes})
+        spread_after = replanned.spread_before
     else:
         current = settle(client, sleep=time.sleep, clock=time.monotonic)
         replanned = plan(current, config.plan_options(quorum_transfer=True))

@@ -22,6 +22,7 @@ The ``BatchState`` and ``MemberBatch`` are plain JSON: the handler keeps it in D
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,21 +72,11 @@ def drive_slice(
     sleep: Callable[[float], None] = time.sleep,
 ) -> SliceEnd:
     """Drive ``state`` (updated in place) until the batch is complete or the slice must end."""
-
-    def run(may_start: Callable[[], bool], stop: Callable[[], bool]) -> None:
-        drive(
-            mover,
-            state,
-            concurrency=limits.concurrency,
-            on_change=on_change,
-            sleep=sleep,
-            may_start=may_start,
-            stop=lambda _: stop(),
-        )
-
     return _bounded(
         _Driven(
-            run=run,
+            run=functools.partial(
+                drive, mover, state, concurrency=limits.concurrency, on_change=on_change, sleep=sleep
+            ),
             complete=lambda: state.complete,
             active=lambda: bool(state.active),
             all_long=lambda: all(_in_long_phase(p, mover.clock()) for p in state.active),
@@ -111,17 +102,6 @@ def drive_member_slice(
     """``drive_slice`` for quorum member changes: the same budget, request and hand-off rules; a new
     member catching up for longer than ``LONG_PHASE_SECONDS`` is a long phase."""
 
-    def run(may_start: Callable[[], bool], stop: Callable[[], bool]) -> None:
-        drive_members(
-            mover,
-            batch,
-            concurrency=limits.concurrency,
-            on_change=on_change,
-            sleep=sleep,
-            may_start=may_start,
-            stop=lambda _: stop(),
-        )
-
     def all_long() -> bool:  # new members catching up for a while: a large queue's log being copied
         now = mover.clock()
         return all(p.catching_up and now - p.started_at >= LONG_PHASE_SECONDS for p in batch.active)
@@ -135,7 +115,9 @@ def drive_member_slice(
 
     return _bounded(
         _Driven(
-            run=run,
+            run=functools.partial(
+                drive_members, mover, batch, concurrency=limits.concurrency, on_change=on_change, sleep=sleep
+            ),
             complete=lambda: batch.complete,
             active=lambda: bool(batch.active),
             all_long=all_long,
@@ -152,8 +134,9 @@ def drive_member_slice(
 class _Driven:
     """What a slice drives (a batch of leader moves or of member changes), as the slice rule needs it."""
 
-    run: Callable[[Callable[[], bool], Callable[[], bool]], None]
-    """Drive the batch: start new moves only while ``may_start()``, end when ``stop()``."""
+    run: Callable[..., object]
+    """``drive``/``drive_members`` of the batch, called with ``may_start`` (start new moves only while it
+    says so) and ``stop`` (end when it says so)."""
     complete: Callable[[], bool]
     active: Callable[[], bool]
     all_long: Callable[[], bool]
@@ -179,7 +162,8 @@ def _bounded(
         long_only = driven.active() and driven.all_long() and driven.busy()
         return clock() - began >= limits.budget_seconds or long_only
 
-    driven.run(lambda: watch.seen_at is None, stop)  # the budget ends a slice after a wave, never before
+    # the budget ends a slice after a wave, never before
+    driven.run(may_start=lambda: watch.seen_at is None, stop=lambda _: stop())
     if driven.complete():
         return SliceEnd.COMPLETE
     if watch.seen_at is not None:

@@ -37,6 +37,7 @@ from queue_balancer.member_changes import Change, MemberChanger, MemberState, su
 from queue_balancer.members import MemberMove, quorum_of
 from queue_balancer.model import JsonDict, Queue, QueueRef
 from queue_balancer.movers import ManagementApi, MessageCounter, MoveSettings
+from queue_balancer.movers.progress import progress_dict, progress_fields
 
 
 class MemberPhase(StrEnum):
@@ -73,17 +74,10 @@ class MemberProgress:
 
     def to_dict(self) -> JsonDict:
         return {
-            "move": self.move.to_dict(),
-            "phase": self.phase.value,
-            "started_at": self.started_at,
-            "deadline": self.deadline,
-            "messages_before": self.messages_before,
-            "exact_count": self.exact_count,
+            **progress_dict(self),
             "catching_up": dict(self.catching_up),
             "added": list(self.added),
             "removed": list(self.removed),
-            "finished_at": self.finished_at,
-            "outcome": self.outcome,
         }
 
     @classmethod
@@ -91,15 +85,10 @@ class MemberProgress:
         return cls(
             move=MemberMove.from_dict(data["move"]),
             phase=MemberPhase(data["phase"]),
-            started_at=float(data["started_at"]),
-            deadline=float(data["deadline"]),
-            messages_before=int(data.get("messages_before", 0)),
-            exact_count=bool(data.get("exact_count", False)),
+            **progress_fields(data),
             catching_up={str(k): int(v) for k, v in (data.get("catching_up") or {}).items()},
             added=tuple(data.get("added") or ()),
             removed=tuple(data.get("removed") or ()),
-            finished_at=data.get("finished_at"),
-            outcome=str(data.get("outcome", "")),
         )
 
 

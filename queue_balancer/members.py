@@ -27,7 +27,7 @@ from typing import Any
 
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.flow import MinCostFlow, largest_feasible, smallest_feasible
-from queue_balancer.model import JsonDict, Queue, QueueRef, QueueType, Skipped, Snapshot
+from queue_balancer.model import Distribution, JsonDict, Queue, QueueRef, QueueType, Skipped, Snapshot
 from queue_balancer.planner import PlanOptions, check_filters, select
 
 DEFAULT_GROUP_SIZE = 3
@@ -103,13 +103,10 @@ class MemberMove:
 
 
 @dataclass(frozen=True)
-class MembersPlan:
-    """The member changes that take ``before`` to ``after`` (quorum members per node)."""
+class MembersPlan(Distribution):
+    """The member changes that take ``before`` to ``after`` (quorum members per node); ``nodes`` are the
+    eligible ones: running and not excluded."""
 
-    nodes: tuple[str, ...]
-    """The eligible nodes: running and not excluded."""
-    before: Mapping[str, int]
-    after: Mapping[str, int]
     moves: tuple[MemberMove, ...]
     skipped: tuple[Skipped, ...]
     mirrors: Mapping[str, int] = field(default_factory=dict)
@@ -121,9 +118,7 @@ class MembersPlan:
 
     def to_dict(self) -> JsonDict:
         return {
-            "nodes": list(self.nodes),
-            "before": dict(self.before),
-            "after": dict(self.after),
+            **self.distribution_dict(),
             "moves": [m.to_dict() for m in self.moves],
             "changes": self.changes,
             "skipped": [s.to_dict() for s in self.skipped],
@@ -133,11 +128,9 @@ class MembersPlan:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MembersPlan:
         return cls(
-            nodes=tuple(data["nodes"]),
-            before=dict(data["before"]),
-            after=dict(data["after"]),
-            moves=tuple(MemberMove.from_dict(m) for m in data["moves"]),
-            skipped=tuple(Skipped.from_dict(s) for s in data["skipped"]),
+            **cls.distribution_fields(data),
+            moves=tuple(MemberMove.from_dict(m) for m in data.get("moves") or ()),
+            skipped=tuple(Skipped.from_dict(s) for s in data.get("skipped") or ()),
             mirrors=dict(data.get("mirrors") or {}),
         )
 

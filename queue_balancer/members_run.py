@@ -6,12 +6,11 @@ changes made, the changes that failed and why, and what a fresh plan would still
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from queue_balancer.member_moves import MemberPhase, MemberProgress
 from queue_balancer.members import MembersPlan
-from queue_balancer.model import JsonDict, spread
+from queue_balancer.model import Distribution, JsonDict
 
 
 def another_members_round(replanned: MembersPlan, finished_rounds: int, rounds: int) -> bool:
@@ -22,23 +21,14 @@ def another_members_round(replanned: MembersPlan, finished_rounds: int, rounds: 
 
 @dataclass(frozen=True)
 class MembersSummary:
-    """Members per node before the run and after it, with what happened to every change."""
+    """Members per node when the run planned and after it, with what happened to every change."""
 
-    before: Mapping[str, int]
-    """Members per node when the run planned, eligible nodes and any node holding a member."""
-    planned: Mapping[str, int]
-    nodes_before: tuple[str, ...]
-    """The eligible nodes when the run planned (the spread is over these)."""
+    planned: Distribution
+    """The run's first plan: members per node before and the planned after, over its eligible nodes."""
     after: MembersPlan
     """A fresh plan after the run: its ``before`` is the distribution now, its moves what is left."""
     changes: tuple[MemberProgress, ...]
     seconds: float
-
-    @classmethod
-    def of(
-        cls, planned: MembersPlan, after: MembersPlan, changes: Sequence[MemberProgress], seconds: float
-    ) -> MembersSummary:
-        return cls(planned.before, planned.after, planned.nodes, after, tuple(changes), seconds)
 
     @property
     def failed(self) -> tuple[MemberProgress, ...]:
@@ -50,19 +40,19 @@ class MembersSummary:
 
     @property
     def spread_before(self) -> int:
-        return spread({n: self.before.get(n, 0) for n in self.nodes_before})
+        return self.planned.spread_before
 
     @property
     def spread_after(self) -> int:
-        return spread({n: self.after.before.get(n, 0) for n in self.after.nodes})
+        return self.after.spread_before
 
     def to_dict(self, limit: int | None = None) -> JsonDict:
         """The figures; at most ``limit`` failed changes listed (a stored item has a size limit)."""
         failed = self.failed if limit is None else self.failed[:limit]
         return {
             "kind": "members",
-            "before": dict(self.before),
-            "planned": dict(self.planned),
+            "before": dict(self.planned.before),
+            "planned": dict(self.planned.after),
             "after": dict(self.after.before),
             "spread_before": self.spread_before,
             "spread_after": self.spread_after,
@@ -78,7 +68,9 @@ class MembersSummary:
         """Before/after table for a terminal."""
         lines = ["members per node".ljust(28) + "before  after"]
         for node in self._nodes():
-            lines.append(f"{node:<28}{self.before.get(node, 0):>6}  {self.after.before.get(node, 0):>5}")
+            lines.append(
+                f"{node:<28}{self.planned.before.get(node, 0):>6}  {self.after.before.get(node, 0):>5}"
+            )
         lines.append(
             f"{self.member_changes} member changes in {len(self.changes)} queues, {len(self.failed)} failed, "
             f"{self.seconds:.1f} s; spread {self.spread_before} -> {self.spread_after}"
@@ -89,7 +81,10 @@ class MembersSummary:
     def markdown(self) -> str:
         """Before/after for the SNS notification."""
         lines = ["| node | members before | members after |", "|---|---:|---:|"]
-        lines += [f"| {n} | {self.before.get(n, 0)} | {self.after.before.get(n, 0)} |" for n in self._nodes()]
+        lines += [
+            f"| {n} | {self.planned.before.get(n, 0)} | {self.after.before.get(n, 0)} |"
+            for n in self._nodes()
+        ]
         lines += [
             "",
             f"members spread {self.spread_before} -> {self.spread_after}; {self.member_changes} member "
@@ -99,4 +94,4 @@ class MembersSummary:
         return "\n".join(lines)
 
     def _nodes(self) -> list[str]:
-        return sorted(set(self.before) | set(self.after.before))
+        return sorted(set(self.planned.before) | set(self.after.before))

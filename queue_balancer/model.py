@@ -272,21 +272,39 @@ class Skipped:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """The moves that take the distribution ``before`` to ``after`` (leaders per node)."""
+class Distribution:
+    """What a plan says of the cluster: the nodes it places on, and per node the count before and after
+    (leaders for ``Plan``, quorum members for ``members.MembersPlan``)."""
 
     nodes: tuple[str, ...]
     before: Mapping[str, int]
     after: Mapping[str, int]
+
+    @property
+    def spread_before(self) -> int:
+        """max - min over the plan's nodes now (a node of ``nodes`` with none counts 0)."""
+        return spread({n: self.before.get(n, 0) for n in self.nodes})
+
+    def distribution_dict(self) -> JsonDict:
+        return {"nodes": list(self.nodes), "before": dict(self.before), "after": dict(self.after)}
+
+    @staticmethod
+    def distribution_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+        """The constructor's ``nodes``, ``before`` and ``after`` from ``distribution_dict``'s JSON."""
+        return {"nodes": tuple(data["nodes"]), "before": dict(data["before"]), "after": dict(data["after"])}
+
+
+@dataclass(frozen=True)
+class Plan(Distribution):
+    """The moves that take the distribution ``before`` to ``after`` (leaders per node)."""
+
     moves: tuple[Move, ...]
     skipped: tuple[Skipped, ...]
     per_vhost: bool = False
 
     def to_dict(self) -> JsonDict:
         return {
-            "nodes": list(self.nodes),
-            "before": dict(self.before),
-            "after": dict(self.after),
+            **self.distribution_dict(),
             "moves": [m.to_dict() for m in self.moves],
             "skipped": [s.to_dict() for s in self.skipped],
             "per_vhost": self.per_vhost,
@@ -295,9 +313,7 @@ class Plan:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
         return cls(
-            nodes=tuple(data["nodes"]),
-            before=dict(data["before"]),
-            after=dict(data["after"]),
+            **cls.distribution_fields(data),
             moves=tuple(Move.from_dict(m) for m in data["moves"]),
             skipped=tuple(Skipped.from_dict(s) for s in data["skipped"]),
             per_vhost=bool(data.get("per_vhost", False)),

@@ -107,7 +107,7 @@ def cmd_balance_members(
         check=check,
     )
     after = plan_members(connection.members_snapshot(), options)
-    summary = MembersSummary.of(current, after, result.moves, time.monotonic() - began)
+    summary = MembersSummary(current, after, result.moves, time.monotonic() - began)
     emit(args.format, summary.to_dict(), summary.text)
     return EXIT_MOVES_FAILED if result.failed else EXIT_OK
 

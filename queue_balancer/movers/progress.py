@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from queue_balancer.model import JsonDict, Move
 
@@ -80,20 +80,13 @@ class MoveProgress:
 
     def to_dict(self) -> JsonDict:
         return {
-            "move": self.move.to_dict(),
-            "phase": self.phase.value,
-            "started_at": self.started_at,
-            "deadline": self.deadline,
-            "messages_before": self.messages_before,
+            **progress_dict(self),
             "policy": self.policy,
             "original_policy": self.original_policy,
             "original_definition": dict(self.original_definition),
             "cluster_size": self.cluster_size,
             "nudges": self.nudges,
             "phase_started_at": self.phase_started_at,
-            "exact_count": self.exact_count,
-            "finished_at": self.finished_at,
-            "outcome": self.outcome,
             "mirrors": list(self.mirrors),
             "asked": list(self.asked),
         }
@@ -103,18 +96,72 @@ class MoveProgress:
         return cls(
             move=Move.from_dict(data["move"]),
             phase=Phase(data["phase"]),
-            started_at=float(data["started_at"]),
-            deadline=float(data["deadline"]),
-            messages_before=int(data.get("messages_before", 0)),
+            **progress_fields(data),
             policy=data.get("policy"),
             original_policy=data.get("original_policy"),
             original_definition=dict(data.get("original_definition") or {}),
             cluster_size=int(data.get("cluster_size", 0)),
             nudges=int(data.get("nudges", 0)),
             phase_started_at=float(data.get("phase_started_at", 0.0)),
-            exact_count=bool(data.get("exact_count", False)),
-            finished_at=data.get("finished_at"),
-            outcome=str(data.get("outcome", "")),
             mirrors=tuple(str(n) for n in data.get("mirrors") or ()),
             asked=tuple(str(n) for n in data.get("asked") or ()),
         )
+
+
+class _Dictable(Protocol):
+    def to_dict(self) -> JsonDict: ...
+
+
+class Progress(Protocol):
+    """What a leader move's and a member change's progress share (``MoveProgress``,
+    ``member_moves.MemberProgress``): the same JSON for the same fields."""
+
+    @property
+    def move(self) -> _Dictable: ...
+
+    @property
+    def phase(self) -> StrEnum: ...
+
+    @property
+    def started_at(self) -> float: ...
+
+    @property
+    def deadline(self) -> float: ...
+
+    @property
+    def messages_before(self) -> int: ...
+
+    @property
+    def exact_count(self) -> bool: ...
+
+    @property
+    def finished_at(self) -> float | None: ...
+
+    @property
+    def outcome(self) -> str: ...
+
+
+def progress_dict(progress: Progress) -> JsonDict:
+    """The shared fields as JSON (each kind adds its own)."""
+    return {
+        "move": progress.move.to_dict(),
+        "phase": progress.phase.value,
+        "started_at": progress.started_at,
+        "deadline": progress.deadline,
+        "messages_before": progress.messages_before,
+        "exact_count": progress.exact_count,
+        "finished_at": progress.finished_at,
+        "outcome": progress.outcome,
+    }
+
+
+def progress_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The shared fields from ``progress_dict``'s JSON, but ``move`` and ``phase`` (each kind parses its own)."""
+    return {
+        "started_at": float(data["started_at"]),
+        "deadline": float(data["deadline"]),
+        "messages_before": int(data.get("messages_before", 0)),
+        "exact_count": bool(data.get("exact_count", False)),
+        "finished_at": data.get("finished_at"),
+        "outcome": str(data.get("outcome", "")),
+    }
