@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from queue_balancer.members import mirror_spread
 from queue_balancer.model import JsonDict, Skipped, Snapshot, equilibrium, spread
 from queue_balancer.movers import MoveProgress, Phase
 from queue_balancer.movers.policies import is_temporary, owning_run
@@ -72,6 +73,9 @@ class Report:
     by_vhost: Mapping[str, Mapping[str, int]]
     skipped: tuple[Skipped, ...]
     pinned: tuple[Pinned, ...] = ()
+    exactly_copies: Mapping[str, int] = field(default_factory=dict)
+    """Classic queues under ``ha-mode: exactly``: copies (master and mirrors) per running node. RabbitMQ
+    picks their mirror nodes itself, so after a node change they may crowd some nodes: reported only."""
 
     @property
     def leaders(self) -> dict[str, int]:
@@ -107,6 +111,7 @@ class Report:
             by_vhost={v: _complete(c, found.nodes) for v, c in sorted(by_vhost.items())},
             skipped=found.skipped,
             pinned=pinned_queues(snapshot),
+            exactly_copies=mirror_spread(snapshot, options or PlanOptions()),
         )
 
     def to_dict(self) -> JsonDict:
@@ -120,6 +125,8 @@ class Report:
             "equilibrium": round(self.equilibrium, 3),
             "skipped": [s.to_dict() for s in self.skipped],
             "pinned": [p.to_dict() for p in self.pinned],
+            "exactly_copies": dict(self.exactly_copies),
+            "exactly_copies_spread": spread(self.exactly_copies),
         }
 
 
@@ -163,9 +170,23 @@ def text(report: Report, *, skipped_limit: int = 20, per_vhost: bool = False) ->
             ["vhost", *report.nodes, "spread"],
             ([v, *(c[n] for n in report.nodes), spread(c)] for v, c in report.by_vhost.items()),
         )
+    lines += exactly_lines(report.exactly_copies)
     lines += skipped_lines(report.skipped, skipped_limit)
     lines += pinned_lines(report.pinned, skipped_limit)
     return "\n".join(lines)
+
+
+def exactly_lines(copies: Mapping[str, int]) -> list[str]:
+    """The mirror spread of ``ha-mode: exactly`` queues, when there are any."""
+    if not copies:
+        return []
+    lines = [
+        "",
+        "Classic queues under ha-mode exactly: copies per node (master and mirrors; RabbitMQ places them)",
+    ]
+    lines += _table(["node", "copies"], ([n, c] for n, c in copies.items()))
+    lines.append(f"spread (max - min): {spread(copies)}")
+    return lines
 
 
 def skipped_lines(skipped: Sequence[Skipped], limit: int) -> list[str]:

@@ -65,9 +65,7 @@ def plan_members_text(result: MembersPlan) -> str:
         change = ", ".join([*(f"+{n}" for n in move.add), *(f"-{n}" for n in move.remove)])
         lines.append(f"  {move.ref} ({move.messages} msgs): {change}")
     lines += report.skipped_lines(result.skipped, 20)
-    if result.mirrors:
-        lines.append("classic mirrored queues (ha-mode exactly), copies per node (reported, not changed):")
-        lines += [f"  {node:<26}{count:>6}" for node, count in result.mirrors.items()]
+    lines += report.exactly_lines(result.mirrors)
     return "\n".join(lines)
 
 

@@ -189,3 +189,6 @@ def test_plan_members_reports_the_mirror_spread_of_ha_exactly_queues(
         n.name for n in clean_cluster.nodes
     }
     assert planned["moves"] == []
+    assert run_cli(clean_cluster.base_dir, monkeypatch, "report") == 0  # the same spread in `report`
+    reported = json.loads(capsys.readouterr().out)
+    assert reported["exactly_copies"] == planned["mirrors"]

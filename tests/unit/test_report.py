@@ -70,3 +70,26 @@ def test_queues_under_a_temporary_policy_are_flagged_with_the_run_that_put_it() 
     assert f"'q1' in vhost '/' on rabbit@b: {leftover} (run dead1)" in text(report)
     assert "left by a run that died" in text(report) and "`queue-balancer cleanup`" in markdown(report)
     assert Report.of(_snapshot([("/", "rabbit@a", QueueType.CLASSIC)])).pinned == ()
+
+
+def test_the_report_shows_the_copies_per_node_of_ha_mode_exactly_queues() -> None:
+    exactly = {"ha-mode": "exactly", "ha-params": 2}
+    mirrored = tuple(
+        Queue(
+            "/",
+            f"m{i}",
+            QueueType.CLASSIC,
+            "rabbit@a",
+            ("rabbit@b",),
+            ("rabbit@b",),
+            0,
+            policy_definition=exactly,
+        )
+        for i in range(3)
+    )
+    report = Report.of(_snapshot([("/", "rabbit@a", QueueType.QUORUM)], mirrored))
+    assert report.exactly_copies == {"rabbit@a": 3, "rabbit@b": 3, "rabbit@c": 0}
+    data = report.to_dict()
+    assert (data["exactly_copies"], data["exactly_copies_spread"]) == (dict(report.exactly_copies), 3)
+    assert "Classic queues under ha-mode exactly: copies per node" in text(report)
+    assert Report.of(_snapshot([("/", "rabbit@a", QueueType.CLASSIC)])).exactly_copies == {}
