@@ -151,3 +151,27 @@ def test_stacks_import_no_handlers_and_only_pure_contracts_of_the_core() -> None
 def test_purity_is_judged_by_what_a_module_imports() -> None:
     assert _is_pure("queue_balancer.model") and _is_pure("queue_balancer.errors")
     assert not _is_pure("queue_balancer.management")  # requests: a RabbitMQ adapter, not a contract
+
+
+def _store_calls(path: Path, methods: frozenset[str]) -> list[str]:
+    """Calls of a ``LifecycleStore`` method (``x.save(...)``, ``store().meta(...)``) in ``path``."""
+    return [
+        f"{path.relative_to(ROOT)}:{node.lineno} calls .{node.func.attr}()"
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in methods
+    ]
+
+
+def test_handlers_leave_the_store_to_the_core() -> None:
+    """A handler parses its event and makes one core call: what it reads and writes in the lifecycle
+    store (the rules of the run) is the core's: ``queue_balancer.workflow`` and ``batch_run``."""
+    from queue_balancer.workflow.ports import LifecycleStore
+
+    ours = [cls for cls in LifecycleStore.__mro__ if cls.__module__.startswith("queue_balancer.")]
+    methods = frozenset(name for cls in ours for name in vars(cls) if not name.startswith("_"))
+    assert {"save", "lifecycle", "put_meta"} <= methods
+    handlers = handler_modules(ROOT / "lambdas")
+    calls = [
+        call for name in sorted(handlers) for call in _store_calls(ROOT / "lambdas" / f"{name}.py", methods)
+    ]
+    assert calls == []

@@ -25,6 +25,8 @@ EVENTS_PER_BATCH = 7
 """ControlCheck task (5) and its Choice (2) before a batch (or the resumption of one)."""
 EVENTS_PER_CONTROL = 15
 """A control check that does not start a batch (5 + 2), plus a parked task (6) and 2 for margin."""
+EVENTS_PER_PLANNING = 7
+"""LoadQueues or VerifyRound task (5) and the Choice after it (2)."""
 LOCK_MARGIN_SECONDS = 600
 PARK_TIMEOUT_SECONDS = 86_400
 """How long a run waits for `go` or `continue` (the parked task's TimeoutSeconds in the ASL)."""

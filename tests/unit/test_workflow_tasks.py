@@ -23,9 +23,12 @@ from queue_balancer.workflow.failure import CaughtError, fail_run
 from queue_balancer.workflow.finish import finish_run
 from queue_balancer.workflow.leases import run_lock
 from queue_balancer.workflow.park import park_run
+from queue_balancer.workflow.planning import load_plan
 from queue_balancer.workflow.ports import ClusterApi
+from queue_balancer.workflow.run_report import report_run
 from queue_balancer.workflow.run_state import RunState
 from queue_balancer.workflow.start import accept_input, begin_run
+from queue_balancer.workflow.verify import verify_round
 from tests.unit.fake_cluster import FakeCluster, FakeQueue
 from tests.unit.fake_store import FakeStore
 
@@ -58,6 +61,7 @@ def fake() -> FakeCluster:
     cluster = FakeCluster()
     cluster.add_policy("/", "ha-two", ".*", HA_TWO)
     cluster.add_queue(FakeQueue("/", "q0", "a", messages=1))
+    cluster.queue_action("/", "q0", "sync")  # in sync: settled, so VerifyRound re-reads nothing
     return cluster
 
 
@@ -182,3 +186,29 @@ def test_fail_run_without_the_lock_leaves_the_cluster_alone(fake: FakeCluster) -
     db.hold_lock(CLUSTER, "run-2")
     failed = fail_run(db, no_cluster, run, CaughtError("LockLost", "lost"))
     assert "policies left to the run that holds it" in failed.message
+
+
+def test_load_plan_keeps_the_first_plans_figures_and_a_reload_waits_for_go(fake: FakeCluster) -> None:
+    for index in range(1, 4):
+        fake.add_queue(FakeQueue("/", f"q{index}", "a", messages=1))
+        fake.queue_action("/", f"q{index}", "sync")
+    db = FakeStore()
+    config, run = begun(db, fake)
+    first = load_plan(db, fake, config, run)
+    assert (first.run.generation, first.run.plan_moves, first.run.awaiting_go) == (1, 2, False)
+    assert db.meta("run-1")["before"]["by_type"] and db.lifecycle(CLUSTER).state is State.READY
+    db.put_meta("run-1", before={"nodes": ["kept"]})
+    reloaded = load_plan(db, fake, config, replace(first.run, generation=1))
+    assert (reloaded.run.generation, reloaded.run.awaiting_go) == (2, True)
+    assert db.meta("run-1")["before"] == {"nodes": ["kept"]}  # the run's before figures stay its first
+
+
+def test_verify_round_finishes_when_nothing_is_left_and_the_report_is_stored(fake: FakeCluster) -> None:
+    db = FakeStore()
+    config, run = begun(db, fake)
+    planned = load_plan(db, fake, config, run).run
+    verified = verify_round(db, fake, config, planned)
+    assert (verified.run.next, verified.run.outcome, verified.next_moves) == (Route.FINISH, "completed", 0)
+    report = report_run(db, fake, config, verified.run, "run-1")
+    assert report.subject == "queue-balancer: main completed, spread 1 -> 1"
+    assert db.meta("run-1")["report"]["outcome"] == "completed" and "run-1" in report.message

@@ -1,21 +1,61 @@
-"""Plan and store: what LoadQueues (first plan, ``load``) and VerifyRound (next round) share."""
+"""LoadQueues: classify and plan (READY); the plan goes to the store, one item per batch, never into
+the payload. Also what ``load`` does to a run under way: a fresh plan from the cluster as it is now.
+
+``plan_and_store`` is what LoadQueues (first plan, ``load``) and VerifyRound (next round) share.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from queue_balancer.contract import PlanKind
-from queue_balancer.lifecycle import RunInput
+from queue_balancer.lifecycle import EVENTS_PER_PLANNING, RunInput, Step, advance
 from queue_balancer.members import MembersPlan, plan_members
 from queue_balancer.model import Plan, Snapshot
 from queue_balancer.planner import plan
 from queue_balancer.report import Report
-from queue_balancer.workflow.ports import LifecycleStore
+from queue_balancer.workflow.leases import iso
+from queue_balancer.workflow.ports import ClusterApi, LifecycleStore
 from queue_balancer.workflow.run_state import RunState
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The run pointed at the first batch of its new plan, and the plan."""
+
+    run: RunState
+    plan: Plan | MembersPlan
+
+
+def load_plan(db: LifecycleStore, client: ClusterApi, config: RunInput, run: RunState) -> Planned:
+    """Plan from the cluster as it is now and store the plan (READY). A first plan also keeps the run's
+    configuration and its before figures for the report; after a ``load`` (or a re-plan by it) the run
+    waits in READY for ``go``."""
+    current = client.members_snapshot() if config.members else client.snapshot()
+    reload = run.generation > 0
+    run, result = plan_and_store(db, replace(run, round=max(run.round, 1)), config, current)
+    if not reload:
+        before = (
+            result.distribution_dict()  # members per node, not the (possibly many) changes
+            if isinstance(result, MembersPlan)
+            else report_dict(Report.of(current, config.plan_options()))
+        )
+        db.put_meta(
+            run.run_id,
+            config=config.to_dict(),
+            started_at=int(run.started_at),
+            cluster=run.cluster,
+            kind=(PlanKind.MEMBERS if config.members else PlanKind.LEADERS).value,
+            before=before,
+        )
+    record = db.lifecycle(run.cluster)
+    db.save(record, advance(record, Step.PLANNED, now=iso(), counts=run.counts, round=run.round))
+    awaiting = config.action == "load" or reload
+    return Planned(replace(run, next="", awaiting_go=awaiting).spend(EVENTS_PER_PLANNING), result)
 
 
 def plan_and_store(
