@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from queue_balancer.contract import PlanKind
+from queue_balancer.errors import BalancerError
 from queue_balancer.lifecycle import EVENTS_PER_PLANNING, RunInput, Step, advance
 from queue_balancer.members import MembersPlan, plan_members
 from queue_balancer.model import Plan, Snapshot
@@ -21,6 +22,10 @@ from queue_balancer.workflow.ports import ClusterApi, LifecycleStore
 from queue_balancer.workflow.run_state import RunState
 
 T = TypeVar("T")
+
+
+class MalformedItem(BalancerError):
+    """A run's stored item does not have the shape this code writes (written by hand, or by a bug)."""
 
 
 @dataclass(frozen=True)
@@ -110,8 +115,10 @@ def report_dict(report: Report) -> dict[str, object]:
 
 
 def report_from_dict(data: dict[str, object]) -> Report:
+    """The before report ``report_dict`` kept (``MalformedItem`` if the stored item is not its shape)."""
     nodes = data.get("nodes") or []
     by_type = data.get("by_type") or {}
     by_vhost = data.get("by_vhost") or {}
-    assert isinstance(nodes, list) and isinstance(by_type, dict) and isinstance(by_vhost, dict)
+    if not (isinstance(nodes, list) and isinstance(by_type, dict) and isinstance(by_vhost, dict)):
+        raise MalformedItem(f"the run's stored before report is not a report's tables: {data!r:.200}")
     return Report(nodes=tuple(nodes), by_type=by_type, by_vhost=by_vhost, skipped=())

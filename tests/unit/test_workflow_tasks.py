@@ -23,7 +23,7 @@ from queue_balancer.workflow.failure import CaughtError, fail_run
 from queue_balancer.workflow.finish import finish_run
 from queue_balancer.workflow.leases import run_lock
 from queue_balancer.workflow.park import park_run
-from queue_balancer.workflow.planning import load_plan
+from queue_balancer.workflow.planning import MalformedItem, load_plan, report_from_dict
 from queue_balancer.workflow.ports import ClusterApi
 from queue_balancer.workflow.run_report import report_run
 from queue_balancer.workflow.run_state import RunState
@@ -212,3 +212,9 @@ def test_verify_round_finishes_when_nothing_is_left_and_the_report_is_stored(fak
     report = report_run(db, fake, config, verified.run, "run-1")
     assert report.subject == "queue-balancer: main completed, spread 1 -> 1"
     assert db.meta("run-1")["report"]["outcome"] == "completed" and "run-1" in report.message
+
+
+def test_a_stored_before_report_of_another_shape_is_named_not_asserted() -> None:
+    assert report_from_dict({}).nodes == ()
+    with pytest.raises(MalformedItem, match="stored before report"):
+        report_from_dict({"nodes": "a,b"})
