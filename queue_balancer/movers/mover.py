@@ -8,9 +8,10 @@ plain JSON, so the same move can be continued by another process.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from queue_balancer.errors import BalancerError, NotFound
 from queue_balancer.model import Move, Queue, QueueCount, QueueType
@@ -51,9 +52,15 @@ class Mover(MoveContext):
     def _start_one(self, move: Move, running: tuple[str, ...], count: QueueCount | None) -> MoveProgress:
         now = self.clock()
         live = self.live(move)
-        stats = Queue.from_api(self.client.queue(move.vhost, move.queue))
-        own = own_policy(self.client, stats)
-        messages = count.messages if count else stats.messages
+        own: tuple[str, Mapping[str, Any]] | None = None
+        if count is not None and move.type is QueueType.QUORUM:
+            # A transfer writes no policy and an exact count needs no settled statistics: the statistics
+            # view and the queue's own policy (two API calls per move) would go unused.
+            messages = count.messages
+        else:
+            stats = Queue.from_api(self.client.queue(move.vhost, move.queue))
+            own = own_policy(self.client, stats)
+            messages = count.messages if count else stats.messages
         progress = MoveProgress(
             move=move,
             phase=Phase.VERIFYING,
