@@ -46,8 +46,11 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def bench_cluster(*, keep: bool = False) -> Iterator[LocalCluster]:
-    """A running 3-node cluster in a new temp directory; stopped and deleted on exit unless ``keep``."""
+def bench_cluster(*, keep: bool = False, rabbitmq: str = "3") -> Iterator[LocalCluster]:
+    """A running 3-node cluster in a new temp directory; stopped and deleted on exit unless ``keep``.
+
+    ``rabbitmq`` "4": RabbitMQ 4.0.5 from the trixie root file system (``local up --rabbitmq 4``), on the
+    same ports (a bench runs one cluster at a time)."""
     base_dir = Path(tempfile.mkdtemp(prefix="queue-balancer-bench-"))
     cluster = LocalCluster(
         LocalClusterConfig(
@@ -57,6 +60,7 @@ def bench_cluster(*, keep: bool = False) -> Iterator[LocalCluster]:
             management_base=BENCH_MANAGEMENT,
             dist_base=BENCH_DIST,
             epmd_port=BENCH_EPMD,
+            rabbitmq=rabbitmq,
         )
     )
     previous: Callable[[int, FrameType | None], Any] | int | None = signal.signal(signal.SIGTERM, _terminate)

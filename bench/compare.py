@@ -76,7 +76,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--tools",
         default="cli,workflow,builtin",
         help="comma-separated, default all three: cli = queue-balancer balance, workflow = queue-balancer "
-        "run (the state machine), builtin = rabbitmq-queues rebalance all",
+        "run (the state machine), builtin = rabbitmq-queues rebalance all; also builtin-quorum = "
+        "rabbitmq-queues rebalance quorum",
+    )
+    parser.add_argument(
+        "--rabbitmq",
+        choices=("3", "4"),
+        default="3",
+        help="3: Debian's rabbitmq-server (3.10); 4: RabbitMQ 4.0.5 from the trixie root file system, as "
+        "`local up --rabbitmq 4` (workload g is issue 10's on 4.0). Default 3",
     )
     parser.add_argument(
         "--concurrency",
@@ -125,6 +133,7 @@ class Bench:
             "cli": self.balancer,
             "workflow": self.workflow,
             "builtin": BuiltinRebalance(cluster),
+            "builtin-quorum": BuiltinRebalance(cluster, scope="quorum"),
         }
         keys = [k.strip() for k in tools.split(",") if k.strip()]
         unknown = [k for k in keys if k not in available]
@@ -361,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.render:
         return _render(args.output)
     try:
-        with bench_cluster(keep=args.keep_cluster) as cluster:
+        with bench_cluster(keep=args.keep_cluster, rabbitmq=args.rabbitmq) as cluster:
             return run(args, cluster)
     except (BalancerError, BenchError, ValueError) as exc:
         progress(f"bench failed: {exc}")

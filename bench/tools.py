@@ -263,16 +263,21 @@ class StateMachineRun:
 
 @dataclass(frozen=True)
 class BuiltinRebalance:
-    """``rabbitmq-queues rebalance all`` on node 1 (the node holding every leader)."""
+    """``rabbitmq-queues rebalance <scope>`` on node 1 (the node holding every leader): ``all``, or
+    ``quorum`` (on 4.x the fair comparison for quorum leaders: ``all`` counts streams with them)."""
 
     cluster: LocalCluster
     timeout: float = 1800.0
-    name: str = BUILTIN
+    scope: str = "all"
+
+    @property
+    def name(self) -> str:
+        return f"rabbitmq-queues rebalance {self.scope}"
 
     def run(self) -> ToolRun:
         started = time.monotonic()
         try:
-            self.cluster.rabbitmq_queues("rebalance", "all", timeout=self.timeout)
+            self.cluster.rabbitmq_queues("rebalance", self.scope, timeout=self.timeout)
         except BalancerError as exc:
             return ToolRun(time.monotonic() - started, 1, str(exc)[-500:])
         return ToolRun(time.monotonic() - started, 0)

@@ -101,6 +101,17 @@ WORKLOADS: tuple[Workload, ...] = (
         100,
         vhosts=("/", "orders", "billing/eu"),
     ),
+    Workload(
+        "g",
+        "30 quorum x 100 msgs + 3 classic x 100 msgs (issue 10's, for RabbitMQ 4: classic stays)",
+        "quorum",
+        30,
+        100,
+        "quorum",
+        unmirrored=3,
+        unmirrored_with_messages=3,
+        unmirrored_messages=100,
+    ),
 )
 
 
