@@ -37,6 +37,8 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
         poll_seconds=config.poll_seconds,
         events=run.events,
         remaining_seconds=context.get_remaining_time_in_millis() / 1000,
+        counts=run.counts,
+        batches=run.batches,
     )
     db = store()
     execution_arn = str(event["execution_arn"])

@@ -12,9 +12,11 @@ only ever replaced by a later one. The Lambda handler parses the event and makes
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Protocol
 
 from queue_balancer.batch_slice import (
@@ -28,6 +30,8 @@ from queue_balancer.lifecycle import (
     EVENTS_PER_CONTROL,
     EVENTS_PER_SLICE,
     LOCK_MARGIN_SECONDS,
+    BatchProgress,
+    Counts,
     Lifecycle,
     fits_in_history,
 )
@@ -39,12 +43,18 @@ from queue_balancer.runner import BatchState
 
 TIMEOUT_MARGIN_SECONDS = 30.0
 """Time left to the Lambda timeout when a slice ends at the latest (rollbacks, the final write)."""
+PROGRESS_INTERVAL = 1.0
+"""Seconds between two writes of a batch's progress to the lifecycle item while its moves finish."""
 
 
 class BatchStore(Protocol):
     """The part of the lifecycle store a slice reads and writes (``lambdas.store.Store`` implements it)."""
 
     def lifecycle(self, cluster: str) -> Lifecycle: ...
+
+    def save(self, before: Lifecycle, after: Lifecycle, *, expect_requested: bool = False) -> None:
+        """Write what changed while the item belongs to ``after.run_id`` (LockLost otherwise)."""
+        ...
 
     def batch_state(self, run_id: str, generation: int, index: int) -> BatchState: ...
 
@@ -77,6 +87,10 @@ class BatchSlice:
     """History events this execution has spent, this slice included."""
     remaining_seconds: float
     """Time left before the Lambda's timeout."""
+    counts: Counts = field(default_factory=Counts)
+    """The run's counts before this slice (the lifecycle shows them moving as the slice's moves finish)."""
+    batches: int = 1
+    """Batches in the current plan."""
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -132,27 +146,31 @@ def run_slice(
     another run's), resume the batch's stored progress, record what finished, keep what did not. A
     ``MemberMover`` drives a batch of member changes (``members: true``), a ``Mover`` one of leader moves."""
     renew(batch.lease_until(now()))
+    state: BatchState | MemberBatch
+    done_phase: Phase | MemberPhase
+    if isinstance(mover, MemberMover):
+        members = store.member_batch(*batch.key)
+        state, done_phase = members, MemberPhase.DONE
+        drive = functools.partial(drive_member_slice, mover, members)
+    else:
+        leaders = store.batch_state(*batch.key)
+        state, done_phase = leaders, Phase.DONE
+        drive = functools.partial(drive_slice, mover, leaders)
+    board = _ProgressBoard(store, batch, state, len(state.finished), done_phase)
 
     def requested() -> bool:
+        """The operator's request (read every ``CONTROL_INTERVAL``); the batch's progress goes with it."""
         record = store.lifecycle(batch.cluster)
         if record.run_id != batch.run_id:
             raise LockLost(f"the lifecycle of cluster {batch.cluster} belongs to run {record.run_id} now")
+        board.show(record, now())
         return record.requested is not None
 
     limits = SliceLimits(concurrency=batch.concurrency, budget_seconds=batch.budget_seconds)
-    state: BatchState | MemberBatch
-    if isinstance(mover, MemberMover):
-        state = store.member_batch(*batch.key)
-        counted = len(state.finished)
-        end = drive_member_slice(mover, state, limits, requested, on_change=on_change)
-        store.record_results(*batch.key, state.finished)
-        done = sum(1 for p in state.finished[counted:] if p.phase is MemberPhase.DONE)
-    else:
-        state = store.batch_state(*batch.key)
-        counted = len(state.finished)
-        end = drive_slice(mover, state, limits, requested, on_change=on_change)
-        store.record_results(*batch.key, state.finished)
-        done = sum(1 for p in state.finished[counted:] if p.phase is Phase.DONE)
+    end = drive(limits, requested, on_change=on_change)
+    store.record_results(*batch.key, state.finished)
+    counted = board.counted
+    done = sum(1 for p in state.finished[counted:] if p.phase is done_phase)
     route, wait = Route.CONTROL, 0
     if end is not SliceEnd.COMPLETE:
         store.save_batch_state(*batch.key, state)
@@ -160,6 +178,7 @@ def run_slice(
             batch.events, EVENTS_PER_SLICE + EVENTS_PER_CONTROL
         ):
             route, wait = Route.WAIT_BATCH, batch.poll_seconds
+    board.show(store.lifecycle(batch.cluster), now(), final=True)
     return SliceResult(
         end=end,
         route=route,
@@ -169,3 +188,52 @@ def run_slice(
         pending=len(state.pending),
         active=len(state.active),
     )
+
+
+@dataclass
+class _ProgressBoard:
+    """Puts the run's counts and the batch's progress, as the slice's ``state`` has them, into the
+    lifecycle item while the moves finish: ``status`` follows a batch move by move, not only between
+    batches. The counts are the ones the run's payload carries after the slice, so the next control
+    check finds them unchanged."""
+
+    store: BatchStore
+    batch: BatchSlice
+    state: BatchState | MemberBatch
+    counted: int
+    """Moves of the batch that earlier slices finished (already in ``batch.counts``)."""
+    done_phase: Phase | MemberPhase
+    written_at: float | None = None
+
+    def show(self, record: Lifecycle, moment: float, *, final: bool = False) -> None:
+        """Write what changed; at most every ``PROGRESS_INTERVAL`` seconds, except the slice's last word.
+        An item that another run owns now is left alone (its next control check says so)."""
+        recent = self.written_at is not None and moment - self.written_at < PROGRESS_INTERVAL
+        if (recent and not final) or record.run_id != self.batch.run_id:
+            return
+        counts, progress = self._now()
+        if (record.counts, record.batch) != (counts, progress):
+            updated_at = datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
+            self.store.save(record, replace(record, counts=counts, batch=progress, updated_at=updated_at))
+            self.written_at = moment
+
+    def _now(self) -> tuple[Counts, BatchProgress]:
+        base, state = self.batch.counts, self.state
+        finished = state.finished[self.counted :]
+        done = sum(1 for p in finished if p.phase is self.done_phase)
+        counts = replace(
+            base,
+            pending=max(base.pending - len(finished), 0),
+            done=base.done + done,
+            failed=base.failed + len(finished) - done,
+        )
+        batch_done = sum(1 for p in state.finished if p.phase is self.done_phase)
+        progress = BatchProgress(
+            number=self.batch.index + 1,
+            of=self.batch.batches,
+            moves=len(state.pending) + len(state.active) + len(state.finished),
+            done=batch_done,
+            failed=len(state.finished) - batch_done,
+            under_way=len(state.active),
+        )
+        return counts, progress

@@ -13,6 +13,9 @@ from queue_balancer.movers.policies import is_temporary, owning_run
 from queue_balancer.movers.verify import CHANGED_UNDER_TRAFFIC
 from queue_balancer.planner import PlanOptions, survey
 
+STORED_LIST = 50
+"""Failed moves or skipped queues a stored run item lists at most (an item has a size limit)."""
+
 
 @dataclass(frozen=True)
 class Pinned:
@@ -236,7 +239,7 @@ class RunSummary:
         """Done, but the message count changed meanwhile (clients kept using the queue)."""
         return tuple(p for p in self.moves if p.outcome.startswith(CHANGED_UNDER_TRAFFIC))
 
-    def brief_dict(self, limit: int = 50) -> JsonDict:
+    def brief_dict(self, limit: int = STORED_LIST) -> JsonDict:
         """The figures of the run with at most ``limit`` failed moves and skipped queues listed (a stored
         item has a size limit; the counts say how many there were)."""
         return {

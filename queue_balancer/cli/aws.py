@@ -146,7 +146,7 @@ class Workflow:
         item = record.to_item()
         status = self.execution_status(record.execution_arn)
         item.update({"state": State.IDLE.value, "updated_at": now})
-        for key in ("task_token", "requested"):
+        for key in ("task_token", "requested", "batch"):
             item.pop(key, None)
         if event is Event.RESET:
             item.update({"pending": 0, "done": 0, "failed": 0, "skipped": 0, "round": 0, "outcome": ""})

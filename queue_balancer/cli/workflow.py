@@ -23,6 +23,7 @@ from queue_balancer.cli.stack import connect
 from queue_balancer.contract import PARTITION_KEY, SORT_KEY
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.lifecycle import Event, EventRefused, Lifecycle, Outcome, RunInput
+from queue_balancer.report import STORED_LIST
 
 
 @aws_errors
@@ -183,6 +184,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "state": record.state.value,
         "requested": record.requested.value if record.requested else None,
         **record.counts.to_dict(),
+        "batch": record.batch.to_dict() if record.active and record.batch else None,
         **facts,
         "round": record.round,
         "run_id": record.run_id,
@@ -194,6 +196,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     def text() -> str:
         lines = [f"cluster {record.cluster}: {record.describe()}"]
+        if record.active and record.batch:
+            lines.append(record.batch.describe())
         if facts.get("reason"):
             lines.append(f"reason: {facts['reason']}")
         if record.run_id:
@@ -201,7 +205,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             lines.append(
                 f"run {record.run_id}: execution {execution} {status or 'not found'}, round {record.round}"
             )
-        lines += _skipped_lines(facts)
+        lines += _skipped_lines(facts, record.counts.skipped)
         if lock:
             lines.append(f"lock held by run {lock['run_id']} until {lock['expires']}")
         if record.active and status in ENDED:
@@ -233,17 +237,21 @@ def _run_facts(record: Lifecycle, meta: Mapping[str, Any]) -> dict[str, Any]:
     report = meta.get("report") or {}
     if "skipped" in report:
         facts["skipped_queues"] = report["skipped"]
+    elif "skipped" in meta:  # no report yet: the queues the current plan leaves where they are
+        facts["skipped_queues"] = meta["skipped"]
     return facts
 
 
-def _skipped_lines(facts: Mapping[str, Any], limit: int = 10) -> list[str]:
+def _skipped_lines(facts: Mapping[str, Any], total: int, limit: int = 10) -> list[str]:
+    """The skipped queues with their reasons; ``total`` is the count (the stored list is bounded)."""
     skipped = facts.get("skipped_queues") or []
+    total = max(total, len(skipped))
     lines = [
         f"  {s['queue']!r} in vhost {s['vhost']!r} on {s['node']}: {s['reason']}" for s in skipped[:limit]
     ]
-    if len(skipped) > limit:
-        lines.append(f"  ... and {len(skipped) - limit} more (`queue-balancer last-report` lists them)")
-    return [f"skipped ({len(skipped)}): these queues stay where they are", *lines] if skipped else []
+    if total > len(lines):
+        lines.append(f"  ... and {total - len(lines)} more (`--format json` lists up to {STORED_LIST})")
+    return [f"skipped ({total}): these queues stay where they are", *lines] if skipped else []
 
 
 def _lock_view(lock: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ item keys are ``queue_balancer.contract``'s, re-exported for the same reason).
 from queue_balancer.contract import LIFECYCLE_SK, LOCK_SK, RUN_META_SK, batch_sk, cluster_pk, run_pk
 from queue_balancer.lifecycle.fsm import (
     Action,
+    BatchProgress,
     Control,
     Counts,
     Decision,
@@ -78,6 +79,7 @@ __all__ = [
     "PARK_TIMEOUT_SECONDS",
     "RUN_META_SK",
     "Action",
+    "BatchProgress",
     "Control",
     "Counts",
     "Decision",

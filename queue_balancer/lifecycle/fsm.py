@@ -121,6 +121,47 @@ class Counts:
 
 
 @dataclass(frozen=True)
+class BatchProgress:
+    """The batch under way as its moves finish (RunBatch writes it about every second while it drives
+    them), so ``status`` shows a batch's progress, not only what the control checks between batches saw."""
+
+    number: int
+    """1-based, within the current plan."""
+    of: int
+    """Batches in the current plan."""
+    moves: int
+    done: int = 0
+    failed: int = 0
+    under_way: int = 0
+
+    @property
+    def to_start(self) -> int:
+        return max(self.moves - self.done - self.failed - self.under_way, 0)
+
+    def describe(self) -> str:
+        return (
+            f"batch {self.number} of {self.of}: {self.done} of {self.moves} moves done, {self.failed} "
+            f"failed, {self.under_way} under way, {self.to_start} to start"
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "number": self.number,
+            "of": self.of,
+            "moves": self.moves,
+            "done": self.done,
+            "failed": self.failed,
+            "under_way": self.under_way,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BatchProgress:
+        return cls(
+            **{f: int(data.get(f) or 0) for f in ("number", "of", "moves", "done", "failed", "under_way")}
+        )
+
+
+@dataclass(frozen=True)
 class Lifecycle:
     """The lifecycle item of one cluster: what ``info`` and ``status`` show at any time."""
 
@@ -136,6 +177,8 @@ class Lifecycle:
     outcome: str = ""
     started_at: str | None = None
     updated_at: str | None = None
+    batch: BatchProgress | None = None
+    """The batch under way or the last one of the current plan; none before the first or after the run."""
 
     @property
     def active(self) -> bool:
@@ -182,6 +225,7 @@ class Lifecycle:
             "requested": self.requested.value if self.requested else None,
             "started_at": self.started_at,
             "updated_at": self.updated_at,
+            "batch": self.batch.to_dict() if self.batch else None,
         }
         item.update({k: v for k, v in optional.items() if v is not None})
         return item
@@ -205,6 +249,7 @@ class Lifecycle:
             outcome=str(item.get("outcome") or ""),
             started_at=_opt_str(item.get("started_at")),
             updated_at=_opt_str(item.get("updated_at")),
+            batch=BatchProgress.from_dict(item["batch"]) if item.get("batch") else None,
         )
 
 
@@ -226,6 +271,10 @@ _TRANSITIONS: dict[Step, tuple[frozenset[State], State | None]] = {
 }
 
 
+_PLAN_ENDS = frozenset({Step.PLANNED, Step.REPLANNED, Step.FINISHED})
+"""Steps after which the last batch's progress belongs to no current plan."""
+
+
 def advance(current: Lifecycle, step: Step, *, now: str, **changes: Any) -> Lifecycle:
     """The lifecycle after a workflow step, with ``updated_at`` set; refuses steps the state forbids.
 
@@ -238,6 +287,8 @@ def advance(current: Lifecycle, step: Step, *, now: str, **changes: Any) -> Life
             f"is {current.state.value}"
         )
     state = changes.pop("state", None) or target or current.state
+    if step in _PLAN_ENDS:
+        changes.setdefault("batch", None)
     if step is Step.WAITING and state not in (State.READY, State.PAUSE):
         raise IllegalTransition(f"a run waits only in READY or PAUSE, not in {state}")
     return replace(current, state=State(state), updated_at=now, **changes)

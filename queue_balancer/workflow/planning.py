@@ -16,7 +16,7 @@ from queue_balancer.lifecycle import EVENTS_PER_PLANNING, RunInput, Step, advanc
 from queue_balancer.members import MembersPlan, plan_members
 from queue_balancer.model import Plan, Snapshot
 from queue_balancer.planner import plan
-from queue_balancer.report import Report
+from queue_balancer.report import STORED_LIST, Report
 from queue_balancer.workflow.leases import iso
 from queue_balancer.workflow.ports import ClusterApi, LifecycleStore
 from queue_balancer.workflow.run_state import RunState
@@ -87,6 +87,8 @@ def plan_and_store(
         db.put_plan(run.run_id, generation, _chunks(leaders.moves, size))
         result, spread_now = leaders, Report.of(current, options).spread
     batches = -(-len(result.moves) // size)
+    # What `status` lists while the run goes on (its report, once written, lists the queues skipped then).
+    db.put_meta(run.run_id, skipped=[s.to_dict() for s in result.skipped[:STORED_LIST]])
     updated = replace(
         run,
         generation=generation,

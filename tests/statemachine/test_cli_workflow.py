@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import _thread
 import json
+import re
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -118,3 +120,45 @@ def test_ctrl_c_on_run_wait_says_the_run_goes_on(cli: Harness, capsys: pytest.Ca
     assert cli.lifecycle().active  # it really goes on
     wait_until(lambda: not cli.lifecycle().active, timeout=120, what="the run to end")
     assert cli.lifecycle().outcome == "completed"
+
+
+def test_status_follows_a_batch_move_by_move_and_lists_the_queues_the_plan_skips(
+    cli: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli.seed(9, "classic", "c", messages=500)  # 6 moves in one batch, one at a time
+    seed_unmirrored(cli.cluster, queues=1, with_messages=1, messages=1, prefix="solo")  # unmovable
+    wait_until(lambda: cli.client.queue("/", "solo.001").get("messages") == 1, timeout=30, what="its message")
+    assert main(["run", "--concurrency", "1", *FAST]) == 0
+    capsys.readouterr()
+
+    def mid_batch() -> tuple[dict[str, Any], str] | None:
+        assert main(["status", "--format", "json"]) == 0
+        data = json.loads(_printed(capsys))
+        assert main(["status"]) == 0
+        text = _printed(capsys)
+        batch = data["batch"] or {}
+        halfway = data["state"] == "BALANCING" and 0 < batch.get("done", 0) < batch.get("moves", 0)
+        return (data, text) if halfway and "moves done" in text else None
+
+    data, text = wait_until(mid_batch, timeout=120, what="status inside a batch, some moves done")
+    batch = data["batch"]
+    assert (batch["number"], batch["of"], batch["moves"]) == (1, 1, 6)
+    assert data["done"] + data["failed"] + data["pending"] == 6  # the run's counts move with the batch
+    assert data["skipped"] == 1 and [s["queue"] for s in data["skipped_queues"]] == ["solo.001"]
+    assert re.search(r"BALANCING - \d pending, [1-5] done, 0 failed, 1 skipped", text), text
+    assert re.search(r"batch 1 of 1: [1-5] of 6 moves done", text), text
+    assert "skipped (1): these queues stay where they are" in text and "'solo.001' in vhost '/'" in text
+    wait_until(lambda: not cli.lifecycle().active, timeout=120, what="the run to end")
+    assert main(["last-report", "--format", "json"]) == 0
+    report = json.loads(_printed(capsys))
+    assert (report["moves_done"], report["skipped"]) == (6, data["skipped_queues"])  # the same reasons
+    assert main(["status", "--format", "json"]) == 0
+    ended = json.loads(_printed(capsys))
+    assert (ended["done"], ended["pending"], ended["batch"]) == (6, 0, None)
+
+
+def _printed(capsys: pytest.CaptureFixture[str]) -> str:
+    """What the command printed, without the one-line JSON logs and metrics of the handlers running in
+    this process meanwhile (the command's own JSON is indented: its first line is a lone brace)."""
+    lines = capsys.readouterr().out.splitlines()
+    return "\n".join(line for line in lines if not line.startswith('{"'))

@@ -3,12 +3,26 @@ in-memory store and cluster: complete, stopped by a request, handed to the Wait 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from queue_balancer.batch_run import TIMEOUT_MARGIN_SECONDS, BatchSlice, run_slice
 from queue_balancer.batch_slice import BUDGET_SECONDS, SliceEnd
 from queue_balancer.contract import PlanKind
-from queue_balancer.lifecycle import HISTORY_LIMIT, LOCK_MARGIN_SECONDS, Control, started
+from queue_balancer.lifecycle import (
+    HISTORY_LIMIT,
+    LOCK_MARGIN_SECONDS,
+    BatchProgress,
+    Control,
+    Counts,
+    Lifecycle,
+    State,
+    Step,
+    advance,
+    finished,
+    started,
+)
 from queue_balancer.lifecycle.routing import Route
 from queue_balancer.lock import LockLost
 from queue_balancer.member_moves import MemberMover
@@ -154,3 +168,66 @@ def test_a_leader_slice_never_reads_a_members_batch() -> None:
     store, cluster, _ = members_world()
     with pytest.raises(KeyError, match="holds members"):
         run_slice(store, mover(cluster), batch(), renew=lambda _: None)
+
+
+def test_the_lifecycle_follows_the_batch_move_by_move_and_ends_with_the_payloads_counts() -> None:
+    """`status` reads the lifecycle item: it shows the batch before its first move and as the moves
+    finish, and the slice's last word holds the counts its payload takes on (ControlCheck finds them)."""
+    store, cluster = world()
+    shown: list[tuple[Counts, BatchProgress | None]] = []
+    save = store.save
+
+    def watched(before: Lifecycle, after: Lifecycle, *, expect_requested: bool = False) -> None:
+        save(before, after, expect_requested=expect_requested)
+        record = store.lifecycle(CLUSTER)
+        shown.append((record.counts, record.batch))
+
+    store.save = watched  # type: ignore[method-assign]
+    before = Counts(pending=4, done=3, failed=1, skipped=2)  # earlier batches of the run
+    result = run_slice(
+        store, mover(cluster), replace(batch(), counts=before, batches=3), renew=lambda _: None
+    )
+    assert shown[0] == (before, BatchProgress(number=1, of=3, moves=4))  # before any move
+    assert shown[-1] == (
+        Counts(pending=0, done=7, failed=1, skipped=2),
+        BatchProgress(number=1, of=3, moves=4, done=4),
+    )
+    assert result.done == 4
+    assert BatchProgress(1, 3, 4, done=3, under_way=1).describe() == (
+        "batch 1 of 3: 3 of 4 moves done, 0 failed, 1 under way, 0 to start"
+    )
+
+
+def test_a_batch_over_many_slices_counts_each_move_into_the_run_once() -> None:
+    """Each slice starts from the payload's counts (the handler adds the slice's moves to them); the
+    lifecycle shows the same counts after every slice, and the batch's own figures across slices."""
+    store, cluster = world()
+    counts, slices = Counts(pending=4), 0
+    while slices < 50:
+        slices += 1
+        short = replace(batch(remaining=TIMEOUT_MARGIN_SECONDS), counts=counts)  # one wave per slice
+        result = run_slice(store, mover(cluster), short, renew=lambda _: None)
+        counts = Counts(
+            pending=counts.pending - result.finished,
+            done=counts.done + result.done,
+            failed=counts.failed + result.failed,
+        )
+        record = store.lifecycle(CLUSTER)
+        assert record.counts == counts
+        assert record.batch is not None and record.batch.done == 4 - counts.pending - counts.failed
+        if result.batch_complete:
+            break
+    assert slices > 2 and counts == Counts(pending=0, done=4)
+    assert store.lifecycle(CLUSTER).batch == BatchProgress(number=1, of=1, moves=4, done=4)
+
+
+def test_a_new_plan_or_the_end_of_the_run_clears_the_batch_progress() -> None:
+    record = replace(
+        started(CLUSTER, run_id=RUN_ID, execution_arn="arn", action="balance", now="t"),
+        state=State.BALANCING,
+        batch=BatchProgress(number=2, of=2, moves=5, done=5),
+    )
+    assert Lifecycle.from_item(record.to_item(), CLUSTER) == record
+    assert advance(record, Step.REPLANNED, now="t").batch is None
+    assert finished(record, "completed", now="t").batch is None
+    assert advance(record, Step.WAITING, now="t", state=State.PAUSE).batch == record.batch  # paused mid-plan
