@@ -161,8 +161,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     def text() -> str:
         shown = {k: v for k, v in data.items() if v not in (None, "", {}, [])}
+        width = max(map(len, shown), default=0) + 2
         return "\n".join(
-            f"{k:<14}{json.dumps(v, default=str) if isinstance(v, dict | list) else v}"
+            f"{k:<{width}}{json.dumps(v, default=str) if isinstance(v, dict | list) else v}"
             for k, v in shown.items()
         )
 
@@ -388,7 +389,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_workflow_target(sub)
     sub.set_defaults(func=cmd_info)
 
-    sub = subparsers.add_parser("status", help="one line: state, counts, the execution and the lock")
+    sub = subparsers.add_parser(
+        "status", help="state, counts, the batch under way, the execution, the lock and the skipped queues"
+    )
     add_format_option(sub)
     add_workflow_target(sub)
     sub.set_defaults(func=cmd_status)
