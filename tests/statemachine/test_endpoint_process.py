@@ -16,7 +16,7 @@ import boto3
 import pytest
 
 from queue_balancer.cli import build_parser, main, workflow
-from queue_balancer.cli.exit_codes import EXIT_ERROR, EXIT_OK
+from queue_balancer.cli.exit_codes import EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_OK
 from queue_balancer.local.cluster import ENV_BASE_DIR, LocalClusterConfig
 from queue_balancer.local.commands import register as register_local
 from queue_balancer.local.endpoint import (
@@ -69,6 +69,8 @@ def test_a_detached_endpoint_serves_the_workflow_commands_and_stops_cleanly(
         assert (failed["status"], failed["error"]) == ("FAILED", "InvalidInput")  # handler ran in the child
 
         monkeypatch.setenv(ENV_BASE_DIR, str(tmp_path))
+        assert main(["local", "status"]) == EXIT_NOT_RUNNING  # no node here, but the endpoint runs
+        assert f"AWS endpoint: {outputs.EndpointUrl} (running)" in capsys.readouterr().out
         assert main(["status", "--local"]) == EXIT_OK
         assert "cluster local: IDLE" in capsys.readouterr().out
         assert main(["go"]) == EXIT_ERROR
