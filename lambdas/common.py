@@ -101,10 +101,13 @@ def _secrets() -> parameters.SecretsProvider:
     return parameters.SecretsProvider(boto3_client=aws("secretsmanager"))
 
 
-def _ssm_eval(document: str, tag_key: str, tag_value: str, expression: str) -> str:
-    """``rabbitmqctl eval`` through SSM; the SSM and EC2 clients are made on the first call, so the
-    handlers that never transfer a quorum leader (most of them) never pay for them on a cold start."""
-    return SsmEval(aws("ssm"), aws("ec2"), tag_key, tag_value, document)(expression)
+def _ssm_eval(
+    document: str, tag_key: str, tag_value: str, running_nodes: Callable[[], list[str]], expression: str
+) -> str:
+    """``rabbitmqctl eval`` through SSM on a node the management API reports running; the SSM and EC2
+    clients are made on the first call, so the handlers that never transfer a quorum leader (most of
+    them) never pay for them on a cold start."""
+    return SsmEval(aws("ssm"), aws("ec2"), tag_key, tag_value, document, running_nodes)(expression)
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,11 @@ def _aws_cluster() -> ClusterAccess:
     user, password = str(secret["username"]), str(secret["password"])
     client = ManagementClient(config.management_url, user, password, timeout=10)
     document = eval_document.document_name(config.cluster_name)
-    run_eval = functools.partial(_ssm_eval, document, config.ssm_tag_key, config.ssm_tag_value)
+
+    def running_nodes() -> list[str]:
+        return [str(n["name"]) for n in client.nodes() if n.get("running")]
+
+    run_eval = functools.partial(_ssm_eval, document, config.ssm_tag_key, config.ssm_tag_value, running_nodes)
     host, port = discover_amqp(config.management_url, client.overview(), config.amqp_port)
     counter = AmqpCounter(host, port, user, password, on_unreachable=logger.warning)
     return ClusterAccess(

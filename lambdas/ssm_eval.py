@@ -10,12 +10,13 @@ never as a shell line, and its output comes back through ``GetCommandInvocation`
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from queue_balancer.contract import NODE_TAG_KEY
 from queue_balancer.errors import LeaderTransferError
 from queue_balancer.eval_document import parameters
 
@@ -31,6 +32,8 @@ class SsmEval:
     tag_key: str
     tag_value: str
     document: str
+    running_nodes: Callable[[], Iterable[str]]
+    """The node names (``rabbit@host``) the management API reports running."""
     timeout: float = 90.0
     poll: float = 0.5
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
@@ -52,19 +55,31 @@ class SsmEval:
         return self._output(sent["Command"]["CommandId"], instance)
 
     def instance(self) -> str:
-        """The first running instance with the cluster's tag (sorted, so retries pick the same one)."""
+        """A tagged EC2 instance that the management API reports as a running node (the first, sorted, so
+        retries pick the same one): an instance that is booting, has not joined yet, is paused by
+        ``pause_minority`` or is being replaced cannot answer for the cluster."""
         filters = [
             {"Name": f"tag:{self.tag_key}", "Values": [self.tag_value]},
             {"Name": "instance-state-name", "Values": ["running"]},
         ]
-        ids: list[str] = []
+        names: dict[str, set[str]] = {}
         for page in self.ec2.get_paginator("describe_instances").paginate(Filters=filters):
-            ids += [i["InstanceId"] for r in page.get("Reservations", []) for i in r.get("Instances", [])]
-        if not ids:
+            for reservation in page.get("Reservations", []):
+                for instance in reservation.get("Instances", []):
+                    names[instance["InstanceId"]] = _node_names(instance)
+        if not names:
             raise LeaderTransferError(
                 f"no running instance tagged {self.tag_key}={self.tag_value} to run rabbitmqctl on"
             )
-        return sorted(ids)[0]
+        nodes = sorted(self.running_nodes())
+        running = {*nodes, *(node.partition("@")[2] for node in nodes)}
+        serving = sorted(i for i, known_as in names.items() if known_as & running)
+        if not serving:
+            raise LeaderTransferError(
+                f"none of the running instances tagged {self.tag_key}={self.tag_value} "
+                f"({', '.join(sorted(names))}) is a running node of the cluster ({', '.join(nodes) or 'none'})"
+            )
+        return serving[0]
 
     def _output(self, command_id: str, instance: str) -> str:
         deadline = self.clock() + self.timeout
@@ -91,3 +106,14 @@ class SsmEval:
                     f"rabbitmqctl eval on {instance} did not finish within {self.timeout:g} s (command {command_id})"
                 )
             self.sleep(self.poll)
+
+
+def _node_names(instance: dict[str, Any]) -> set[str]:
+    """What the management API may call the node on this instance: the node the instance's
+    ``NODE_TAG_KEY`` tag names, if any, else the host after ``rabbit@``: its private DNS name (the
+    ClusterStack's nodes, ``USE_LONGNAME``), that name's first label, or its private IP address."""
+    tagged = [t["Value"] for t in instance.get("Tags", []) if t.get("Key") == NODE_TAG_KEY]
+    if tagged:
+        return set(tagged)
+    dns = str(instance.get("PrivateDnsName") or "")
+    return {dns, dns.split(".")[0], str(instance.get("PrivateIpAddress") or "")} - {""}

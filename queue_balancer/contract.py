@@ -165,6 +165,47 @@ def substitute(asl_text: str, values: Mapping[str, str], *, strict: bool = True)
     return PLACEHOLDER.sub(value, asl_text)
 
 
+# ---- what each function may reach (one IAM role per function, stacks/balancer_iam.py) ------------------
+
+TABLE_ACCESS = "table"
+"""The lifecycle table's items."""
+CLUSTER_ACCESS = "cluster"
+"""The cluster's admin secret (the management API and AMQP)."""
+EVAL_ACCESS = "eval"
+"""``ssm:SendCommand`` of the balancer's own eval document on the cluster's nodes (quorum leader transfers,
+member changes): a root-level reach into every broker, so only the functions that move queues get it."""
+FUNCTION_ACCESS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
+    {
+        "ValidateInput": frozenset(),
+        "Preflight": frozenset({TABLE_ACCESS, CLUSTER_ACCESS}),
+        "LoadQueues": frozenset({TABLE_ACCESS, CLUSTER_ACCESS}),
+        "ControlCheck": frozenset({TABLE_ACCESS, CLUSTER_ACCESS}),
+        "RunBatch": frozenset({TABLE_ACCESS, CLUSTER_ACCESS, EVAL_ACCESS}),
+        "ParkRun": frozenset({TABLE_ACCESS, CLUSTER_ACCESS}),
+        "VerifyRound": frozenset({TABLE_ACCESS, CLUSTER_ACCESS}),
+        "ReportRun": frozenset({TABLE_ACCESS, CLUSTER_ACCESS}),
+        "FinishRun": frozenset({TABLE_ACCESS, CLUSTER_ACCESS}),
+        "Cleanup": frozenset({TABLE_ACCESS, CLUSTER_ACCESS}),
+    }
+)
+"""Function name (``${<Name>FunctionArn}``) -> what its role grants beyond logs and the VPC."""
+
+
+def function_access(name: str) -> frozenset[str]:
+    """What function ``name`` may reach; ``ContractError`` for a function the contract does not know."""
+    try:
+        return FUNCTION_ACCESS[name]
+    except KeyError:
+        raise ContractError(
+            f"function {name} has no entry in queue_balancer.contract.FUNCTION_ACCESS: say what it may reach"
+        ) from None
+
+
+NODE_TAG_KEY = "queue-balancer:node"
+"""An instance may name the RabbitMQ node it runs with this tag (the local emulation does; on AWS a node
+is known by its instance's private DNS name, ``rabbit@<local-hostname>``)."""
+
+
 # ---- the functions' environment ----------------------------------------------------------------------
 
 SERVICE_NAME = "queue-balancer"

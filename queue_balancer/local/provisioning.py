@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from queue_balancer import eval_document
 from queue_balancer.contract import (
+    NODE_TAG_KEY,
     PARTITION_KEY,
     SORT_KEY,
     TABLE_PLACEHOLDER,
@@ -41,7 +42,6 @@ DEFAULT_PORT = 4766
 NAME = "queue-balancer-local"
 CLUSTER_NAME = "local"
 SSM_TAG_KEY = "queue-balancer:cluster"
-NODE_TAG_KEY = "queue-balancer:node"
 ASL_PATH = Path(__file__).resolve().parents[2] / "statemachine" / "balancer.asl.json"
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
 ProvisionedService = Literal[

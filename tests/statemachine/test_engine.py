@@ -109,7 +109,11 @@ def test_ssm_runs_only_the_balancers_document_and_its_validated_operations_on_th
 ) -> None:
     ssm, ec2 = harness.aws("ssm"), harness.aws("ec2")
     document = eval_document.document_name(CLUSTER_NAME)
-    run_eval = SsmEval(ssm, ec2, SSM_TAG_KEY, CLUSTER_NAME, document, timeout=30)
+
+    def running() -> list[str]:
+        return [str(n["name"]) for n in harness.client.nodes() if n.get("running")]
+
+    run_eval = SsmEval(ssm, ec2, SSM_TAG_KEY, CLUSTER_NAME, document, running, timeout=30)
     # The document's own Erlang, run by rabbitmqctl on a real node: a queue that is not there answers per queue.
     answers = EvalMemberChanger(run_eval).status([QueueRef("/", "no 'such' queue")])
     assert "not_found" in str(answers[QueueRef("/", "no 'such' queue")])
@@ -130,4 +134,4 @@ def test_ssm_runs_only_the_balancers_document_and_its_validated_operations_on_th
     assert refused["Status"] == "Failed" and "only `rabbitmqctl eval" in refused["StandardErrorContent"]
 
     with pytest.raises(LeaderTransferError, match="no running instance tagged"):
-        SsmEval(ssm, ec2, SSM_TAG_KEY, "another-cluster", document).instance()
+        SsmEval(ssm, ec2, SSM_TAG_KEY, "another-cluster", document, running).instance()
