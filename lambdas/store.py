@@ -135,6 +135,19 @@ class Store:
         found: JsonDict | None = item.get("Item")
         return found
 
+    def release_lock(self, cluster: str, run_id: str) -> bool:
+        try:
+            self.table.delete_item(
+                Key=lock_key(cluster),
+                ConditionExpression="run_id = :run",
+                ExpressionAttributeValues={":run": run_id},
+            )
+        except ClientError as exc:
+            if _conditional(exc):
+                return False  # no lock, or another run's: not ours to release
+            raise
+        return True
+
     # ---- the run's plan and results --------------------------------------------------------------
 
     def put_meta(self, run_id: str, **fields: Any) -> None:

@@ -201,6 +201,12 @@ def function_access(name: str) -> frozenset[str]:
         ) from None
 
 
+STATUS_CHANGE = "Step Functions Execution Status Change"
+"""The ``detail-type`` of the EventBridge events the stack routes to the Cleanup function."""
+ENDED_WITHOUT_CLEANUP = ("ABORTED", "TIMED_OUT", "FAILED")
+"""The execution statuses routed to Cleanup (a FAILED run has normally cleaned up before it failed;
+Cleanup then finds nothing of it to undo)."""
+
 NODE_TAG_KEY = "queue-balancer:node"
 """An instance may name the RabbitMQ node it runs with this tag (the local emulation does; on AWS a node
 is known by its instance's private DNS name, ``rabbit@<local-hostname>``)."""

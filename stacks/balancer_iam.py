@@ -1,4 +1,5 @@
-"""The balancer's two roles: what its Lambdas and its state machine may do, each scoped to named resources."""
+"""The balancer's roles: one per Lambda function (what ``contract.FUNCTION_ACCESS`` grants it) and the state
+machine's, each scoped to named resources."""
 
 from __future__ import annotations
 
@@ -9,65 +10,41 @@ from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sns as sns
 from cdk_nag import NagPackSuppression, NagSuppressions
 
+from queue_balancer.contract import CLUSTER_ACCESS, EVAL_ACCESS, TABLE_ACCESS, function_access
 from stacks.balancer_props import BalancedCluster
 
 
 def function_role(
     stack: Stack,
+    name: str,
+    *,
     cluster: BalancedCluster,
     secret: secretsmanager.ISecret,
     table: dynamodb.ITable,
     eval_document_name: str,
+    log_group: logs.ILogGroup,
 ) -> iam.Role:
-    """The Lambdas' role: the admin secret, the lifecycle items, the balancer's own command document on the
-    cluster's nodes (never ``AWS-RunShellScript``: that would be any shell line as root on every broker)."""
+    """One function's own role: its log group and the VPC always; the admin secret, the lifecycle items
+    and the balancer's own command document on the cluster's nodes only as ``contract.FUNCTION_ACCESS``
+    says (never ``AWS-RunShellScript``: that would be any shell line as root on every broker)."""
+    access = function_access(name)
     role = iam.Role(
         stack,
-        "FunctionRole",
+        f"{name}Role",
         assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-        description=f"queue balancer Lambdas of {cluster.cluster_name} (docs/aws-contract.md, Permissions)",
+        description=f"queue balancer {name} function of {cluster.cluster_name} (docs/aws-contract.md)",
     )
-    secret.grant_read(role)
-    role.add_to_policy(
+    statements = [
         iam.PolicyStatement(
-            sid="LifecycleItems",
-            actions=[
-                "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
-                "dynamodb:Query", "dynamodb:BatchWriteItem",
-            ],
-            resources=[table.table_arn],
-        )
-    )  # fmt: skip
-    role.add_to_policy(
-        iam.PolicyStatement(
-            sid="EvalDocumentOnly",
-            actions=["ssm:SendCommand"],
-            resources=[
-                stack.format_arn(service="ssm", resource="document", resource_name=eval_document_name)
-            ],
-        )
-    )
-    role.add_to_policy(
-        iam.PolicyStatement(
-            sid="EvalDocumentOnClusterNodes",
-            actions=["ssm:SendCommand"],
-            resources=[stack.format_arn(service="ec2", resource="instance", resource_name="*")],
-            conditions={"StringEquals": {f"ssm:resourceTag/{cluster.ssm_tag_key}": cluster.ssm_tag_value}},
-        )
-    )
-    role.add_to_policy(
-        iam.PolicyStatement(
-            sid="CommandResultsAndNodeLookup",
-            # lambdas/ssm_eval.py picks a running node by its tag with ec2:DescribeInstances.
-            actions=["ssm:GetCommandInvocation", "ec2:DescribeInstances"],
-            resources=["*"],
-        )
-    )
-    role.add_to_policy(
+            sid="FunctionLogs",
+            actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+            resources=[log_group.log_group_arn],
+        ),
         iam.PolicyStatement(
             sid="VpcNetworkInterfaces",
             actions=[
@@ -75,18 +52,57 @@ def function_role(
                 "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses",
             ],
             resources=["*"],
-        )
-    )  # fmt: skip
+        ),
+    ]  # fmt: skip
+    if TABLE_ACCESS in access:
+        statements.append(
+            iam.PolicyStatement(
+                sid="LifecycleItems",
+                actions=[
+                    "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+                    "dynamodb:Query", "dynamodb:BatchWriteItem",
+                ],
+                resources=[table.table_arn],
+            )
+        )  # fmt: skip
+    if CLUSTER_ACCESS in access:
+        secret.grant_read(role)
+    if EVAL_ACCESS in access:
+        statements += [
+            iam.PolicyStatement(
+                sid="EvalDocumentOnly",
+                actions=["ssm:SendCommand"],
+                resources=[
+                    stack.format_arn(service="ssm", resource="document", resource_name=eval_document_name)
+                ],
+            ),
+            iam.PolicyStatement(
+                sid="EvalDocumentOnClusterNodes",
+                actions=["ssm:SendCommand"],
+                resources=[stack.format_arn(service="ec2", resource="instance", resource_name="*")],
+                conditions={
+                    "StringEquals": {f"ssm:resourceTag/{cluster.ssm_tag_key}": cluster.ssm_tag_value}
+                },
+            ),
+            iam.PolicyStatement(
+                sid="CommandResultsAndNodeLookup",
+                # lambdas/ssm_eval.py finds a running node by its tag with ec2:DescribeInstances.
+                actions=["ssm:GetCommandInvocation", "ec2:DescribeInstances"],
+                resources=["*"],
+            ),
+        ]
+    for statement in statements:
+        role.add_to_policy(statement)
     NagSuppressions.add_resource_suppressions(
         role,
         [
             NagPackSuppression(
                 id="AwsSolutions-IAM5",
                 reason="Only actions without resource-level permissions use '*': the VPC network "
-                "interfaces Lambda manages, X-Ray segments, ssm:GetCommandInvocation and "
-                "ec2:DescribeInstances (finding a running node by its tag). ssm:SendCommand on "
-                "instance/* is limited by the condition on the cluster nodes' tag (instances are "
-                "replaced by the Auto Scaling group, their IDs are not known at deploy time).",
+                "interfaces Lambda manages, X-Ray segments and, for the function that moves queues, "
+                "ssm:GetCommandInvocation and ec2:DescribeInstances (finding a running node by its tag); "
+                "its ssm:SendCommand on instance/* is limited by the condition on the cluster nodes' tag "
+                "(instances are replaced by the Auto Scaling group, their IDs are not known at deploy time).",
                 applies_to=[
                     "Resource::*",
                     {"regex": "/^Resource::arn:<AWS::Partition>:ec2:.*:instance/\\*$/"},

@@ -16,7 +16,6 @@ from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
@@ -27,9 +26,11 @@ from constructs import Construct
 
 from queue_balancer import eval_document
 from queue_balancer.contract import (
+    ENDED_WITHOUT_CLEANUP,
     EXPIRES_AT,
     PARTITION_KEY,
     SORT_KEY,
+    STATUS_CHANGE,
     TABLE_PLACEHOLDER,
     TOPIC_PLACEHOLDER,
     ContractError,
@@ -81,6 +82,7 @@ class BalancerStack(Stack):
         )
         self.state_machine = self._state_machine()
         self.schedule = self._schedule()
+        self.ended_runs = self._ended_runs()
         self.failed_runs_alarm = failed_runs_alarm(self, self.state_machine, self.topic, self.cluster_name)
         self.dashboard = balancer_dashboard(
             self, self.state_machine_name, self.state_machine, self.failed_runs_alarm
@@ -159,13 +161,19 @@ class BalancerStack(Stack):
 
     def _functions(self, code: lambda_.Code) -> dict[str, lambda_.Function]:
         document = self._eval_document()
-        role = function_role(self, self.props.cluster, self.secret, self.table, document.ref)
         environment = self._environment()
         functions = {}
-        log_groups = []
         for name, handler in self.handlers.items():
             log_group = logs.LogGroup(self, f"{name}Logs", retention=logs.RetentionDays.THREE_MONTHS)
-            log_groups.append(log_group)
+            role = function_role(
+                self,
+                name,
+                cluster=self.props.cluster,
+                secret=self.secret,
+                table=self.table,
+                eval_document_name=document.ref,
+                log_group=log_group,
+            )
             functions[name] = lambda_.Function(
                 self,
                 f"{name}Function",
@@ -194,13 +202,6 @@ class BalancerStack(Stack):
                     )
                 ],
             )
-        role.add_to_policy(
-            iam.PolicyStatement(
-                sid="FunctionLogs",
-                actions=["logs:CreateLogStream", "logs:PutLogEvents"],
-                resources=[g.log_group_arn for g in log_groups],
-            )
-        )
         return functions
 
     def _state_machine(self) -> sfn.StateMachine:
@@ -246,6 +247,30 @@ class BalancerStack(Stack):
             targets=[
                 targets.SfnStateMachine(
                     self.state_machine, input=events.RuleTargetInput.from_object({"action": "balance"})
+                )
+            ],
+        )
+
+    def _ended_runs(self) -> events.Rule:
+        """An execution stopped (StopExecution, the console), timed out (the ASL's TimeoutSeconds) or failed
+        on a path without cleanup leaves its locks and temporary policies: Cleanup undoes them
+        (``queue_balancer.workflow.ended``), as it does for a caught failure."""
+        return events.Rule(
+            self,
+            "EndedRuns",
+            description=f"Runs of {self.cluster_name} that ended without cleaning up: Cleanup releases their "
+            "locks and removes their temporary policies",
+            event_pattern=events.EventPattern(
+                source=["aws.states"],
+                detail_type=[STATUS_CHANGE],
+                detail={
+                    "stateMachineArn": [self.state_machine.state_machine_arn],
+                    "status": list(ENDED_WITHOUT_CLEANUP),
+                },
+            ),
+            targets=[
+                targets.LambdaFunction(
+                    self.functions["Cleanup"], retry_attempts=8, max_event_age=Duration.hours(2)
                 )
             ],
         )

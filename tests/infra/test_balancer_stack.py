@@ -13,7 +13,16 @@ import pytest
 
 from queue_balancer import eval_document
 from queue_balancer.cli.stack import REQUIRED_OUTPUTS
-from queue_balancer.contract import FUNCTION_PLACEHOLDER, asl_placeholders, snake_case, substitute
+from queue_balancer.contract import (
+    CLUSTER_ACCESS,
+    EVAL_ACCESS,
+    FUNCTION_ACCESS,
+    FUNCTION_PLACEHOLDER,
+    TABLE_ACCESS,
+    asl_placeholders,
+    snake_case,
+    substitute,
+)
 from tests.infra.checks import (
     cfn_lint_errors,
     iam_statements,
@@ -181,8 +190,14 @@ def test_state_machine_may_only_invoke_its_functions_and_touch_its_resources(app
     assert json.dumps(sids["ContinueAsNew"]["Resource"]).endswith(':stateMachine:queue-balancer-rabbitmq"]]}')
 
 
-def test_functions_reach_the_secret_the_table_and_tagged_nodes_only(app_synth: Synthesized) -> None:
-    statements = statements_of(app_synth, "FunctionRole")
+def test_each_function_has_a_role_of_its_own(app_synth: Synthesized) -> None:
+    functions = app_synth.resources(STACK, "AWS::Lambda::Function")
+    roles = [json.dumps(f["Properties"]["Role"]) for f in functions.values()]
+    assert len(set(roles)) == len(functions) == len(FUNCTION_ACCESS)
+
+
+def test_only_the_function_that_moves_queues_may_send_commands_to_the_nodes(app_synth: Synthesized) -> None:
+    statements = statements_of(app_synth, "RunBatchRole")
     sids = by_sid(statements)
     (secret,) = [s for s in statements if "secretsmanager:GetSecretValue" in s["Action"]]
     assert "BalancerCredentials" in json.dumps(secret["Resource"])
@@ -191,13 +206,27 @@ def test_functions_reach_the_secret_the_table_and_tagged_nodes_only(app_synth: S
     }
     assert ":document/" in json.dumps(sids["EvalDocumentOnly"]["Resource"])
     assert "EvalDocument" in json.dumps(sids["EvalDocumentOnly"]["Resource"])
-    assert "AWS-RunShellScript" not in json.dumps(statements)
     sends = [s for s in statements if "ssm:SendCommand" in s["Action"]]
     assert {s["Sid"] for s in sends} == {"EvalDocumentOnly", "EvalDocumentOnClusterNodes"}
     assert "LifecycleTable" in json.dumps(sids["LifecycleItems"]["Resource"])
     # lambdas/store.py writes and deletes plan batches with batch_writer; ssm_eval.py finds a node by tag.
     assert "dynamodb:BatchWriteItem" in sids["LifecycleItems"]["Action"]
     assert "ec2:DescribeInstances" in sids["CommandResultsAndNodeLookup"]["Action"]
+    every = list(iam_statements(app_synth.templates[STACK]))
+    assert "AWS-RunShellScript" not in json.dumps(every)
+    senders = {logical_id for logical_id, s in every if "ssm:SendCommand" in json.dumps(s["Action"])}
+    assert senders and all(logical_id.startswith("RunBatchRole") for logical_id in senders)
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTION_ACCESS))
+def test_a_function_reaches_only_what_the_contract_grants_it(app_synth: Synthesized, name: str) -> None:
+    granted = json.dumps(statements_of(app_synth, f"{name}Role"))
+    access = FUNCTION_ACCESS[name]
+    assert ("secretsmanager:GetSecretValue" in granted) == (CLUSTER_ACCESS in access)
+    assert ("dynamodb:" in granted) == (TABLE_ACCESS in access)
+    assert ("ssm:" in granted) == (EVAL_ACCESS in access)
+    assert f"{name}Logs" in granted  # its own log group, not the others'
+    assert all(f"{other}Logs" not in granted for other in FUNCTION_ACCESS if other != name)
 
 
 def test_the_eval_document_takes_only_an_operation_and_base64_items(app_synth: Synthesized) -> None:
@@ -243,15 +272,48 @@ def test_topic_is_encrypted_and_mails_the_context_address(app_synth: Synthesized
     assert subscription["Properties"]["Endpoint"] == "ops@example.com"
 
 
+def rule(synth: Synthesized, prefix: str) -> dict[str, Any]:
+    (found,) = [r for k, r in synth.resources(STACK, "AWS::Events::Rule").items() if k.startswith(prefix)]
+    return found
+
+
 def test_schedule_starts_a_balance_run_when_a_cron_is_set(app_synth: Synthesized) -> None:
     machine_id, _ = only(app_synth.resources(STACK, "AWS::StepFunctions::StateMachine"))
-    _, rule = only(app_synth.resources(STACK, "AWS::Events::Rule"))
-    props = rule["Properties"]
+    props = rule(app_synth, "Schedule")["Properties"]
     assert props["State"] == "ENABLED"
     assert props["ScheduleExpression"] == "cron(0 3 * * ? *)"
     (target,) = props["Targets"]
     assert target["Arn"] == {"Ref": machine_id}
     assert json.loads(target["Input"]) == {"action": "balance"}
+
+
+def test_an_execution_that_ends_without_cleaning_up_goes_to_cleanup(app_synth: Synthesized) -> None:
+    """Stopped, timed out, or failed on a path without Cleanup: its locks and policies are undone."""
+    machine_id, _ = only(app_synth.resources(STACK, "AWS::StepFunctions::StateMachine"))
+    props = rule(app_synth, "EndedRuns")["Properties"]
+    assert props["EventPattern"] == {
+        "source": ["aws.states"],
+        "detail-type": ["Step Functions Execution Status Change"],
+        "detail": {"stateMachineArn": [{"Ref": machine_id}], "status": ["ABORTED", "TIMED_OUT", "FAILED"]},
+    }
+    (target,) = props["Targets"]
+    functions = app_synth.resources(STACK, "AWS::Lambda::Function")
+    (cleanup_id,) = [
+        k for k, f in functions.items() if f["Properties"]["Handler"] == "lambdas.cleanup.handler"
+    ]
+    assert target["Arn"] == {"Fn::GetAtt": [cleanup_id, "Arn"]}
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] == 8
+    permissions = app_synth.resources(STACK, "AWS::Lambda::Permission").values()
+    assert any(
+        p["Properties"]["Principal"] == "events.amazonaws.com"
+        and p["Properties"]["FunctionName"] == {"Fn::GetAtt": [cleanup_id, "Arn"]}
+        for p in permissions
+    )
+
+
+def test_the_state_machine_times_out_after_three_days(asl_text: str) -> None:
+    """A backstop for an execution that hangs: it then ends TIMED_OUT, which goes to Cleanup."""
+    assert json.loads(asl_text)["TimeoutSeconds"] == 3 * 86400
 
 
 def test_dashboard_and_failed_run_alarm(app_synth: Synthesized) -> None:
@@ -322,7 +384,7 @@ def test_existing_cluster_values_reach_the_functions(existing_synth: Synthesized
 
 
 def test_existing_cluster_iam_names_the_given_secret_and_tag(existing_synth: Synthesized) -> None:
-    statements = statements_of(existing_synth, "FunctionRole")
+    statements = statements_of(existing_synth, "RunBatchRole")
     (secret,) = [s for s in statements if "secretsmanager:GetSecretValue" in s["Action"]]
     assert secret["Resource"] == EXISTING["secretArn"]
     assert by_sid(statements)["EvalDocumentOnClusterNodes"]["Condition"] == {
@@ -338,8 +400,7 @@ def test_existing_cluster_gets_its_own_lambda_security_group_and_a_disabled_sche
     assert existing_synth.templates[STACK]["Outputs"]["LambdaSecurityGroupId"]["Value"] == {
         "Fn::GetAtt": [group_id, "GroupId"]
     }
-    _, rule = only(existing_synth.resources(STACK, "AWS::Events::Rule"))
-    assert rule["Properties"]["State"] == "DISABLED"
+    assert rule(existing_synth, "Schedule")["Properties"]["State"] == "DISABLED"
     _, machine = only(existing_synth.resources(STACK, "AWS::StepFunctions::StateMachine"))
     assert machine["Properties"]["StateMachineName"] == "queue-balancer-prod"
 

@@ -72,6 +72,12 @@ class FakeStore:
     def lock(self, cluster: str) -> JsonDict | None:
         return self.locks.get(cluster)
 
+    def release_lock(self, cluster: str, run_id: str) -> bool:
+        if (self.locks.get(cluster) or {}).get("run_id") != run_id:
+            return False
+        del self.locks[cluster]
+        return True
+
     def put_meta(self, run_id: str, **fields: Any) -> None:
         self.metas.setdefault(run_id, {}).update({k: encode_meta(v) for k, v in fields.items()})
 

@@ -124,6 +124,14 @@ def test_every_function_of_the_asl_has_an_importable_handler_and_every_handler_a
     assert unknown_placeholders(asl_text()) == []
 
 
+def test_every_function_of_the_asl_says_what_its_role_may_reach() -> None:
+    assert sorted(contract.FUNCTION_ACCESS) == sorted(function_names(asl_text()))
+    with pytest.raises(contract.ContractError, match="function Shuffle has no entry"):
+        contract.function_access("Shuffle")
+    movers = [n for n, reach in contract.FUNCTION_ACCESS.items() if contract.EVAL_ACCESS in reach]
+    assert movers == ["RunBatch"]  # the only function that transfers quorum leaders and changes members
+
+
 def test_the_local_endpoint_binds_the_contracts_handlers() -> None:
     for name in function_names(asl_text()):
         module = importlib.import_module(handler_path(name).rsplit(".", 1)[0])

@@ -27,13 +27,13 @@ from lambdas import (
 )
 from lambdas.common import ClusterAccess, Dependencies, inject, reset
 from lambdas.errors import InvalidInput, ManagementUnavailable
-from queue_balancer.contract import ENVIRONMENT_VARIABLES, PlanKind
+from queue_balancer.contract import ENVIRONMENT_VARIABLES, STATUS_CHANGE, PlanKind
 from queue_balancer.errors import ClusterNotReady, ManagementError
 from queue_balancer.lifecycle import Control, Decision, State
 from queue_balancer.lifecycle.routing import Route
 from queue_balancer.lock import LockLost
 from queue_balancer.model import JsonDict, QueueRef
-from queue_balancer.movers import Phase
+from queue_balancer.movers import Phase, derived_run_id
 from queue_balancer.movers.policies import temporary_policy_name
 from tests.unit.fake_cluster import Counter, FakeCluster, FakeQueue, Members, Transfer
 from tests.unit.fake_store import FakeStore
@@ -383,6 +383,41 @@ def test_cleanup_removes_temporary_policies_and_marks_the_failure(world: World) 
     assert ("/", leftover) not in world.cluster.policy_store
     record = world.store.lifecycle(CLUSTER)
     assert (record.state, record.outcome) == (State.IDLE, "failed: ManagementUnavailable")
+
+
+def status_change(status: str, execution_arn: str = EXECUTION_ARN) -> JsonDict:
+    """What EventBridge sends the Cleanup function when an execution of the state machine ends."""
+    detail = {"executionArn": execution_arn, "stateMachineArn": MACHINE, "status": status, "error": None}
+    return {"version": "0", "detail-type": STATUS_CHANGE, "source": "aws.states", "detail": detail}
+
+
+def test_cleanup_undoes_a_stopped_execution_that_still_owns_its_run(world: World) -> None:
+    loaded(world)
+    mine = temporary_policy_name(QueueRef("/", "q0"), derived_run_id(RUN_ID))
+    world.cluster.add_policy("/", mine, "^q0\\z", HA_TWO, priority=999)
+    assert world.cluster.global_parameters  # Preflight took the cluster's lock
+    result = cleanup.handler(status_change("ABORTED"), CONTEXT)
+    assert result["status"] == "ABORTED" and "stopped (StopExecution" in result["message"]
+    assert result["subject"] == "queue-balancer: main run FAILED (ExecutionAborted)"
+    assert ("/", mine) not in world.cluster.policy_store
+    assert world.cluster.global_parameters == {} and world.store.lock(CLUSTER) is None  # both locks
+    record = world.store.lifecycle(CLUSTER)
+    assert (record.state, record.outcome) == (State.IDLE, "failed: ExecutionAborted")
+
+
+def test_cleanup_leaves_alone_a_run_the_ended_execution_no_longer_owns(world: World) -> None:
+    """A run that cleaned up after itself, or went on in a continuation, or a newer run."""
+    loaded(world)
+    before = world.store.lifecycle(CLUSTER)
+    result = cleanup.handler(status_change("TIMED_OUT", EXECUTION_ARN + "-c1"), CONTEXT)
+    assert result["skipped"] == "the execution no longer owns a run: nothing to undo"
+    assert world.store.lock(CLUSTER) is not None and world.cluster.global_parameters
+    assert world.store.lifecycle(CLUSTER) == before
+
+
+def test_cleanup_refuses_a_status_it_does_not_handle(world: World) -> None:
+    with pytest.raises(InvalidInput, match="execution status 'SUCCEEDED' is not one Cleanup handles"):
+        cleanup.handler(status_change("SUCCEEDED"), CONTEXT)
 
 
 def test_cleanup_leaves_policies_to_the_run_that_holds_the_lock(world: World) -> None:

@@ -1,0 +1,108 @@
+"""The Cleanup function on an execution stopped from the console, with the real DynamoDB store on moto:
+both locks released, the run's temporary policies removed, the lifecycle IDLE with the reason; a second
+delivery of the same event (EventBridge retries) finds nothing left to undo."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from lambdas import cleanup
+from lambdas.common import ClusterAccess, Dependencies, inject, reset
+from lambdas.store import Store
+from queue_balancer.contract import (
+    ENVIRONMENT_VARIABLES,
+    LOCK_SK,
+    PARTITION_KEY,
+    SORT_KEY,
+    STATUS_CHANGE,
+    cluster_pk,
+)
+from queue_balancer.lifecycle import State, started
+from queue_balancer.model import QueueRef
+from queue_balancer.movers import derived_run_id, exact_pattern, temporary_policy_name
+from queue_balancer.workflow.leases import iso, run_lock
+from tests.unit.fake_cluster import Counter, FakeCluster, FakeQueue, Transfer
+from tests.unit.test_handlers import CONTEXT
+
+CLUSTER = "main"
+RUN_ID = "balance-2026-11-27T17-00-00"
+EXECUTION = f"arn:aws:states:us-east-1:123456789012:execution:queue-balancer-main:{RUN_ID}"
+TABLE = "lifecycle"
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
+
+
+@pytest.fixture
+def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+    for field, variable in ENVIRONMENT_VARIABLES.items():
+        value = {"cluster_name": CLUSTER, "lifecycle_table": TABLE}.get(field, f"test-{field}")
+        monkeypatch.setenv(variable, value)
+    for name, value in (
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "x"),
+        ("AWS_SECRET_ACCESS_KEY", "x"),
+    ):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    reset()
+    with mock_aws():
+        boto3.resource("dynamodb").create_table(
+            TableName=TABLE,
+            KeySchema=[
+                {"AttributeName": PARTITION_KEY, "KeyType": "HASH"},
+                {"AttributeName": SORT_KEY, "KeyType": "RANGE"},
+            ],
+            AttributeDefinitions=[
+                {"AttributeName": PARTITION_KEY, "AttributeType": "S"},
+                {"AttributeName": SORT_KEY, "AttributeType": "S"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        yield Store(TABLE)
+    reset()
+
+
+def stopped(execution: str) -> dict[str, Any]:
+    detail = {"executionArn": execution, "status": "ABORTED", "error": None, "cause": None}
+    return {"version": "0", "detail-type": STATUS_CHANGE, "source": "aws.states", "detail": detail}
+
+
+def test_a_stopped_execution_leaves_no_lock_policy_or_busy_lifecycle(store: Store) -> None:
+    fake = FakeCluster()
+    fake.add_queue(FakeQueue("/", "q0", "a", messages=10))
+    policy = temporary_policy_name(QueueRef("/", "q0"), derived_run_id(RUN_ID))
+    fake.add_policy(
+        "/", policy, exact_pattern("q0"), {"ha-mode": "nodes", "ha-params": ["a", "b"]}, priority=9
+    )
+    expires = int(time.time()) + 900
+    store.table.put_item(
+        Item={
+            PARTITION_KEY: cluster_pk(CLUSTER),
+            SORT_KEY: LOCK_SK,
+            "run_id": RUN_ID,
+            "execution_arn": EXECUTION,
+            "expires_at": expires,
+            "acquired_at": iso(),
+        }
+    )
+    run_lock(fake, RUN_ID, until=expires).acquire()
+    store.start(started(CLUSTER, run_id=RUN_ID, execution_arn=EXECUTION, action="balance", now=iso()))
+    access = ClusterAccess(fake, Transfer(fake), Counter(fake))
+
+    with inject(Dependencies(store=lambda: store, cluster=lambda: access)):
+        result = cleanup.handler(stopped(EXECUTION), CONTEXT)
+        again = cleanup.handler(stopped(EXECUTION), CONTEXT)
+
+    assert "stopped (StopExecution or the console)" in result["message"]
+    assert f"Cleanup removed 1 temporary policy: `/`/`{policy}`" in result["message"]
+    assert store.lock(CLUSTER) is None and fake.global_parameters == {}
+    assert ("/", policy) not in fake.policy_store
+    record = store.lifecycle(CLUSTER)
+    assert (record.state, record.outcome) == (State.IDLE, "failed: ExecutionAborted")
+    assert store.meta(RUN_ID)["error"] == "ExecutionAborted"
+    assert again["skipped"] == "the execution no longer owns a run: nothing to undo"
