@@ -314,6 +314,17 @@ def item_key(pk: str, sk: str) -> dict[str, str]:
     return {PARTITION_KEY: pk, SORT_KEY: sk}
 
 
+def table_definition(name: str) -> dict[str, Any]:
+    """``CreateTable``'s arguments for a lifecycle table (the local endpoint's, the tests' on moto)."""
+    keys = ((PARTITION_KEY, "HASH"), (SORT_KEY, "RANGE"))
+    return {
+        "TableName": name,
+        "KeySchema": [{"AttributeName": key, "KeyType": kind} for key, kind in keys],
+        "AttributeDefinitions": [{"AttributeName": key, "AttributeType": "S"} for key, _ in keys],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
 def lifecycle_key(cluster: str) -> dict[str, str]:
     return item_key(cluster_pk(cluster), LIFECYCLE_SK)
 

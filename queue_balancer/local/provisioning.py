@@ -22,8 +22,6 @@ from typing import Any, Literal
 from queue_balancer import eval_document
 from queue_balancer.contract import (
     NODE_TAG_KEY,
-    PARTITION_KEY,
-    SORT_KEY,
     TABLE_PLACEHOLDER,
     TOPIC_PLACEHOLDER,
     FunctionEnvironment,
@@ -32,6 +30,7 @@ from queue_balancer.contract import (
     function_resource_name,
     handler_path,
     substitute,
+    table_definition,
 )
 from queue_balancer.errors import BalancerError
 from queue_balancer.local.aws_emulation import REGION, Dispatcher, LocalRunCommand, MotoPatches
@@ -170,18 +169,7 @@ class LocalEndpoint:
         role = client("iam").create_role(
             RoleName=NAME, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []})
         )["Role"]["Arn"]
-        client("dynamodb").create_table(
-            TableName=NAME,
-            KeySchema=[
-                {"AttributeName": PARTITION_KEY, "KeyType": "HASH"},
-                {"AttributeName": SORT_KEY, "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": PARTITION_KEY, "AttributeType": "S"},
-                {"AttributeName": SORT_KEY, "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        client("dynamodb").create_table(**table_definition(NAME))
         sns, sqs = client("sns"), client("sqs")
         topic = sns.create_topic(Name=f"{NAME}-notifications")["TopicArn"]
         queue_url = sqs.create_queue(QueueName=f"{NAME}-notifications")["QueueUrl"]

@@ -22,6 +22,7 @@ from queue_balancer.contract import (
     SORT_KEY,
     STATUS_CHANGE,
     cluster_pk,
+    table_definition,
 )
 from queue_balancer.lifecycle import State, started
 from queue_balancer.model import QueueRef
@@ -51,18 +52,7 @@ def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     reset()
     with mock_aws():
-        boto3.resource("dynamodb").create_table(
-            TableName=TABLE,
-            KeySchema=[
-                {"AttributeName": PARTITION_KEY, "KeyType": "HASH"},
-                {"AttributeName": SORT_KEY, "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": PARTITION_KEY, "AttributeType": "S"},
-                {"AttributeName": SORT_KEY, "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        boto3.resource("dynamodb").create_table(**table_definition(TABLE))
         yield Store(TABLE)
     reset()
 
