@@ -167,13 +167,14 @@ class ManagementClient:
         listed = Snapshot.from_api(self.nodes(), self.queues(), self.overview())
         return mark_non_voters(self, refresh_unsettled(self, listed))
 
-    def queues_now(self) -> list[dict[str, Any]]:
-        """All queues as their processes see them now (quorum members and ``online`` included).
+    def queues_now(self, vhost: str | None = None) -> list[dict[str, Any]]:
+        """All queues (of ``vhost``) as their processes see them now (quorum members and ``online``).
 
         The statistics view can list a removed quorum member (and double the count) long after a member
         change that moved the leader; the members plan reads this view instead.
         """
-        result: list[dict[str, Any]] = self.get("queues", disable_stats="true", enable_queue_totals="true")
+        path = "queues" if vhost is None else f"queues/{encode(vhost)}"
+        result: list[dict[str, Any]] = self.get(path, disable_stats="true", enable_queue_totals="true")
         return result
 
     def members_snapshot(self) -> Snapshot:

@@ -114,8 +114,9 @@ def drive(
             on_change(progress)
             (state.finished if progress.finished else state.active).append(progress)
         state.starting = []
-        for index, progress in enumerate(state.active):
-            updated = mover.advance(progress)
+        for index, (progress, updated) in enumerate(
+            zip(state.active, mover.advance_all(state.active), strict=True)
+        ):
             if updated.phase is not progress.phase:
                 on_change(updated)
             state.active[index] = updated

@@ -116,6 +116,10 @@ class FakeCluster:
             queue.synced |= set(queue.mirrors)
         return self._view(queue)
 
+    def queues_now(self, vhost: str | None = None) -> list[dict[str, Any]]:
+        self._call("queues_now", vhost or "")
+        return [self._view(q) for q in self.queues.values() if vhost is None or q.vhost == vhost]
+
     def queue_action(self, vhost: str, name: str, action: str) -> None:
         self._call("queue_action", vhost, name, action)
         queue = self._queue(vhost, name)

@@ -9,6 +9,7 @@ import pytest
 from queue_balancer.errors import ManagementError, MoveStateError
 from queue_balancer.model import Move, QueueType
 from queue_balancer.movers import POLICY_PREFIX, MoveContext, MoveProgress, Mover, MoveSettings, Phase
+from queue_balancer.movers.mover import LIST_READ_MIN
 from queue_balancer.movers.policies import temporary_policy_name
 from tests.unit.fake_cluster import Counter, FakeCluster, FakeQueue, Transfer
 
@@ -170,6 +171,22 @@ def test_a_quorum_move_is_one_transfer_then_verified(cluster: FakeCluster, clock
     [progress] = m.start([Move("/", "qq", QueueType.QUORUM, "a", "c", 5)])
     assert progress.phase is Phase.TRANSFERRING
     assert run(m, progress, clock).phase is Phase.DONE
+
+
+def test_many_quorum_moves_are_observed_with_one_list_read_per_vhost(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    names = [f"qq{i}" for i in range(LIST_READ_MIN)]
+    for name in names:
+        cluster.add_queue(FakeQueue("/", name, "a", ["b", "c"], {"b", "c"}, 5, kind="quorum"))
+    m = mover(cluster, clock)
+    started = m.start([Move("/", n, QueueType.QUORUM, "a", "c", 5) for n in names])
+    del cluster.queues[("/", names[0])]  # deleted meanwhile: missing from the list, read alone, named
+    cluster.calls.clear()
+    observed = m.advance_all(started)
+    assert [c[0] for c in cluster.calls if c[0].startswith("queue")] == ["queues_now", "queue_now"]
+    assert (observed[0].phase, observed[0].outcome) == (Phase.FAILED, "queue was deleted")
+    assert all(p.phase is Phase.DONE for p in observed[1:])
 
 
 def test_a_refused_transfer_fails_the_move(cluster: FakeCluster, clock: Clock) -> None:
