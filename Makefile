@@ -44,10 +44,20 @@ demo: system-deps venv
 	@echo "(the same engine in-process); '$(QB) local down' stops them."
 
 PYTEST := $(PY) -m pytest -p no:cacheprovider
+# Most of the suite waits on RabbitMQ (boots, syncs, a killed node noticed), not on the CPU: it runs on
+# PYTEST_WORKERS pytest-xdist workers, each on its own port block, a module (or the tests sharing a CDK
+# synthesis) on one worker (tests/parallel.py). PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 
-# The gate runs first: a lint or type error fails in well under a minute, before any node starts.
-test: system-deps venv lint typecheck
-	$(PYTEST) tests; code=$$?; [ $$code -eq 5 ] && { echo "no tests collected"; exit 1; }; exit $$code
+# ruff first: a lint error fails in seconds. mypy (CPU for minutes from a cold cache) then runs next to
+# pytest (mostly waiting on nodes); its output is printed after pytest's and either failure fails the target.
+test: system-deps venv lint
+	@typed=$$(mktemp); $(BIN)/mypy >$$typed 2>&1 & mypy=$$!; \
+	$(PYTEST) $(PYTEST_PARALLEL) tests; code=$$?; \
+	wait $$mypy; typecheck=$$?; echo "--- mypy (ran next to pytest)"; cat $$typed; rm -f $$typed; \
+	[ $$code -eq 5 ] && { echo "no tests collected"; exit 1; }; \
+	[ $$typecheck -eq 0 ] || { echo "mypy failed"; exit $$typecheck; }; exit $$code
 
 # ruff lint and format over the whole tree (pyproject.toml says what is checked).
 lint: venv

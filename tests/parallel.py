@@ -1,4 +1,4 @@
-"""How the suite runs on several pytest-xdist workers (`make test` uses `-n 3 --dist loadgroup`).
+"""How the suite runs on several pytest-xdist workers (`make test` uses `-n 2 --dist loadgroup`).
 
 Most of the suite's time is spent waiting on RabbitMQ (a boot, a sync, a node's death noticed), not on
 the CPU, so workers overlap those waits. Each worker is a separate pytest session: its own session

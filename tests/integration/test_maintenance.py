@@ -10,6 +10,7 @@ import pytest
 from queue_balancer.cli import main
 from queue_balancer.local.cluster import ENV_BASE_DIR, LocalCluster
 from queue_balancer.local.seed import delete_seeded, seed
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -36,9 +37,14 @@ def test_a_drained_node_is_never_a_target(cluster: LocalCluster, capsys: pytest.
     drained = cluster.nodes[2]
     try:
         cluster.rabbitmq_upgrade("drain", node=drained)
-        assert targets() == {cluster.nodes[1].name}
+        while_drained = targets()
+        assert cluster.nodes[1].name in while_drained and drained.name not in while_drained
         cluster.rabbitmq_upgrade("revive", node=drained)
-        assert targets() == {cluster.nodes[1].name, drained.name}
+        # Judged on the drained node alone: on a loaded machine an election may move a leader off node 1
+        # (node 1 becomes a target), and 3.10's maintenance flag reads back a moment after `revive`.
+        wait_until(
+            lambda: drained.name in targets(), timeout=30, what=f"{drained.name} a target once revived"
+        )
     finally:
         cluster.rabbitmq_upgrade("revive", node=drained)
         delete_seeded(cluster, prefix="drain")
