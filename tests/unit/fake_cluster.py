@@ -11,7 +11,7 @@ after a change, and ``lost`` the queues whose messages went with an unsynchronis
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -322,12 +322,17 @@ class Members:
 
     cluster: FakeCluster
     commit: int = 10
+    lagging: set[str] = field(default_factory=set)
+    """Nodes whose new members never catch up (a large queue's log still being copied)."""
+    on_add: Callable[[], None] = lambda: None
+    """Called after every add call (a test's way to act mid-change)."""
 
     def add(self, changes: Sequence[tuple[QueueRef, str]]) -> dict[tuple[QueueRef, str], str]:
         for ref, node in changes:
             queue = self.cluster.queues[(ref.vhost, ref.name)]
             if node != queue.leader and node not in queue.mirrors:
                 queue.mirrors.append(node)
+        self.on_add()
         return {change: "ok" for change in changes}
 
     def remove(self, changes: Sequence[tuple[QueueRef, str]]) -> dict[tuple[QueueRef, str], str]:
@@ -344,7 +349,12 @@ class Members:
         for ref in refs:
             queue = self.cluster.queues[(ref.vhost, ref.name)]
             result[ref] = [
-                MemberState(node, "leader" if node == queue.leader else "follower", self.commit, self.commit)
+                MemberState(
+                    node,
+                    "leader" if node == queue.leader else "follower",
+                    self.commit,
+                    0 if node in self.lagging else self.commit,
+                )
                 for node in (queue.leader, *queue.mirrors)
             ]
         return result

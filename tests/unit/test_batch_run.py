@@ -3,6 +3,7 @@ in-memory store and cluster: complete, stopped by a request, handed to the Wait 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -123,7 +124,9 @@ def test_a_lease_that_cannot_be_renewed_stops_the_slice_before_any_move() -> Non
     assert cluster.calls == set_up
 
 
-def members_world() -> tuple[FakeStore, FakeCluster, MemberMover]:
+def members_world(
+    changer: Callable[[FakeCluster], Members] = Members,
+) -> tuple[FakeStore, FakeCluster, MemberMover]:
     """Four nodes; three quorum queues with members on a, b, c: a stored batch moves one member each to d."""
     store, cluster = FakeStore(), FakeCluster(("a", "b", "c", "d"))
     for index in range(3):
@@ -134,7 +137,7 @@ def members_world() -> tuple[FakeStore, FakeCluster, MemberMover]:
         for i in range(3)
     ]
     store.put_plan(RUN_ID, 1, [changes], PlanKind.MEMBERS)
-    mover = MemberMover(cluster, Members(cluster), MoveSettings(poll_interval=0.01), Counter(cluster))
+    mover = MemberMover(cluster, changer(cluster), MoveSettings(poll_interval=0.01), Counter(cluster))
     return store, cluster, mover
 
 
@@ -162,6 +165,31 @@ def test_a_members_slice_honours_a_request_before_any_change() -> None:
     assert (result.end, result.route, result.finished) == (SliceEnd.REQUESTED, Route.CONTROL, 0)
     assert len(store.progress[(RUN_ID, 1, 0)].pending) == 3
     assert all(q.mirrors == ["b", "c"] for q in cluster.queues.values())
+
+
+def test_a_request_mid_change_removes_the_members_added_and_keeps_the_changes_for_later() -> None:
+    """New members on d never catch up; the operator pauses right after the adds: once the grace period is
+    over the changes are rolled back (d's members removed) and wait, unchanged, for `continue`."""
+    store: FakeStore | None = None
+
+    def pausing(cluster: FakeCluster) -> Members:
+        def pause() -> None:
+            assert store is not None
+            store.items[CLUSTER]["requested"] = Control.PAUSE.value
+
+        return Members(cluster, lagging={"d"}, on_add=pause)
+
+    store, cluster, mover = members_world(pausing)
+    result = run_slice(store, mover, batch(), renew=lambda _: None)
+    assert (result.end, result.route, result.finished, result.active) == (
+        SliceEnd.REQUESTED,
+        Route.CONTROL,
+        0,
+        0,
+    )
+    kept = store.progress[(RUN_ID, 1, 0)]
+    assert [m.queue for m in kept.pending] == ["qq0", "qq1", "qq2"] and not kept.active
+    assert all(q.mirrors == ["b", "c"] for q in cluster.queues.values())  # as before the run
 
 
 def test_a_leader_slice_never_reads_a_members_batch() -> None:
