@@ -5,10 +5,11 @@ has no DynamoDB, and any run that can move a queue can reach the management API)
 holder (owner, run id), when it was taken and its lease. The management API has no compare-and-swap, and
 two machines' clocks never agree exactly, so the lock rests on three rules that need neither:
 
-- **Taking**: read, write, wait ``settle``, read back. A taker whose own read -> write took longer than
-  ``write_window`` refuses (its write may land after another taker has read its own value back); since
-  ``settle`` is longer than ``write_window``, any other taker's write that can still count lands before
-  our read-back, so of two runs writing at once only the last writer finds its own value and goes on.
+- **Taking**: read, write, wait ``settle``, read back. A write counts only if our read -> write took at
+  most ``write_window``; since ``settle`` is longer, any other taker's write that counts lands before our
+  read-back, so of two runs writing at once only the last writer finds its own value and goes on. A slower
+  write may have landed after another taker read its own value back: it counts only once its value has
+  stayed unchanged for a whole lease (the other taker stopped at its next renewal), then it is written again.
 - **Expiry** is observed, never computed from the holder's clock: another run's lock is taken over only
   after this process has seen its value unchanged for the whole lease on its own monotonic clock (a live
   holder renews every third of its lease, so its value changes). The holder's recorded times are only
@@ -149,16 +150,32 @@ class ClusterLock:
         seen = self._read()
         current = LockHolder.from_value(seen)
         if current is not None and current.run_id != self.run_id:
-            read_at = self._watch_until_stale(seen, current, started)
-        now = self.wall_clock()
-        mine = LockHolder(self.owner, self.run_id, now, now, self.lease_seconds)
-        self.api.put_global_parameter(LOCK_PARAMETER, mine.to_value())
-        written = self.clock()
-        if written - read_at > self.write_window:
-            raise LockHeld(
-                f"writing the cluster's lock took {written - read_at:.1f} s (more than "
-                f"{self.write_window:g} s): another run may have taken it meanwhile; nothing changed. "
-                f"Run again: the lock frees itself once unchanged for its {self.lease_seconds:.0f} s lease"
+            if current.looks_alive(self.wall_clock()):
+                raise LockHeld(
+                    f"another balancer run holds this cluster: {current.describe(self.wall_clock())}"
+                )
+            read_at = self._watch_unchanged(
+                seen,
+                current.lease_seconds,
+                started,
+                f"another balancer run holds this cluster: {current.describe(self.wall_clock())}; its lock "
+                "looks dead but",
+            )
+        while True:
+            now = self.wall_clock()
+            mine = LockHolder(self.owner, self.run_id, now, now, self.lease_seconds)
+            self.api.put_global_parameter(LOCK_PARAMETER, mine.to_value())
+            took = self.clock() - read_at
+            if took <= self.write_window:
+                break
+            # Our write may have landed after another taker read its own value back: that one stops when
+            # its next renewal finds ours (or at half its lease). Ours counts once unchanged for a lease.
+            read_at = self._watch_unchanged(
+                mine.to_value(),
+                self.lease_seconds,
+                started,
+                f"writing the cluster's lock took {took:.1f} s (more than {self.write_window:g} s), so "
+                "another run may have taken it meanwhile; our value",
             )
         self.sleep(self.settle)
         after = self.holder()
@@ -168,28 +185,26 @@ class ClusterLock:
         self.renewed_at = read_at
         return mine
 
-    def _watch_until_stale(self, seen: Any, current: LockHolder, started: float) -> float:
-        """Return once ``seen`` has stayed the lock's value for its whole lease (the start time of the
-        last read); ``LockHeld`` at once while it looks alive, or when it changes or ``wait`` runs out."""
-        if current.looks_alive(self.wall_clock()):
-            raise LockHeld(f"another balancer run holds this cluster: {current.describe(self.wall_clock())}")
-        watched_from = self.clock()  # the first read has returned: the value was there by now
+    def _watch_unchanged(self, seen: Any, lease: float, started: float, what: str) -> float:
+        """Return once ``seen`` has stayed the lock's value for ``lease`` seconds (the start time of the
+        last read); ``LockHeld`` when it changes (someone holds it) or ``wait`` runs out first."""
+        watched_from = self.clock()  # the value was there by now
         while True:
             unchanged = self.clock() - watched_from
-            if self.clock() - started + self.poll > self.wait and unchanged < current.lease_seconds:
+            if self.clock() - started + self.poll > self.wait and unchanged < lease:
                 raise LockHeld(
-                    f"another balancer run holds this cluster: {current.describe(self.wall_clock())}; its "
-                    f"lock looks dead but was watched only {unchanged:.0f} s of its {current.lease_seconds:.0f}"
-                    " s lease (a lock unchanged for its whole lease is taken over)"
+                    f"{what} was watched only {unchanged:.0f} s of its {lease:.0f} s lease (a lock unchanged "
+                    "for its whole lease is taken over); nothing changed"
                 )
             self.sleep(self.poll)
             read_at = self.clock()
             if self._read() != seen:
+                holder = self.holder()
+                who = holder.describe(self.wall_clock()) if holder else "nobody (it was removed)"
                 raise LockHeld(
-                    "another balancer run holds this cluster: its lock changed while we watched it "
-                    f"({current.describe(self.wall_clock())})"
+                    f"another balancer run holds this cluster: its lock changed while we watched it ({who})"
                 )
-            if self.clock() - watched_from >= current.lease_seconds:
+            if self.clock() - watched_from >= lease:
                 return read_at
 
     def renew(self) -> None:
@@ -205,7 +220,9 @@ class ClusterLock:
             self.owner, self.run_id, current.acquired_at, self.wall_clock(), self.lease_seconds
         )
         self.api.put_global_parameter(LOCK_PARAMETER, renewed.to_value())
-        if self.clock() - started <= self.write_window:  # a slower write proves nothing about when it landed
+        # Counted only if it took under half the lease minus the gap allowed before it: then it cannot land
+        # after another run has watched the lock unchanged for a whole lease.
+        if self.clock() - started <= self.lease_seconds / 6:
             self.renewed_at = started
 
     def check(self) -> None:
