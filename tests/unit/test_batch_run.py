@@ -259,3 +259,10 @@ def test_a_new_plan_or_the_end_of_the_run_clears_the_batch_progress() -> None:
     assert advance(record, Step.REPLANNED, now="t").batch is None
     assert finished(record, "completed", now="t").batch is None
     assert advance(record, Step.WAITING, now="t", state=State.PAUSE).batch == record.batch  # paused mid-plan
+
+
+def test_status_follows_a_members_batch_as_it_follows_leader_moves() -> None:
+    store, _cluster, mover = members_world()
+    run_slice(store, mover, replace(batch(), counts=Counts(pending=3)), renew=lambda _: None)
+    record = store.lifecycle(CLUSTER)
+    assert (record.counts, record.batch) == (Counts(done=3), BatchProgress(1, 1, 3, done=3))
