@@ -2,8 +2,9 @@
 endpoint and the session's RabbitMQ 3.10 cluster, whose Lambdas change quorum members through
 `rabbitmqctl eval` (the SSM document's member operations, run by the local endpoint on a node).
 
-Cost: about 20-30 s on a loaded 2-core machine (six small quorum queues, four member moves, one round and
-its verification), plus the session cluster and endpoint that the other state-machine tests share.
+Cost: 50-80 s on a loaded 2-core machine (six small quorum queues, four member moves, one round and its
+verification; most of it `rabbitmqctl eval` through the endpoint's SSM), plus the session cluster and
+endpoint that the other state-machine tests share.
 """
 
 from __future__ import annotations
