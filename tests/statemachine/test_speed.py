@@ -59,19 +59,20 @@ def test_a_default_run_right_after_seeding_skips_nothing_and_counts_exactly(
     assert harness.temporary_policies() == []
 
 
-def entered(history: list[dict[str, Any]], state: str, after: float) -> float | None:
-    """When the execution first entered ``state`` after the moment ``after`` (epoch seconds)."""
+def states_entered(history: list[dict[str, Any]], after: float) -> list[tuple[str, float]]:
+    """(state, epoch seconds) of every Task or Wait state the execution entered from ``after`` on."""
+    entered = []
     for event in history:
-        details = event.get("stateEnteredEventDetails") or {}
-        moment = event["timestamp"].timestamp()
-        if details.get("name") == state and moment >= after:
-            return float(moment)
-    return None
+        name = (event.get("stateEnteredEventDetails") or {}).get("name")
+        moment = float(event["timestamp"].timestamp())
+        if name and moment >= after and event["type"] != "ChoiceStateEntered":
+            entered.append((name, moment))
+    return entered
 
 
-@pytest.mark.parametrize(("event", "state"), [(Event.PAUSE, "Pause"), (Event.STOP, "FinishRun")])
+@pytest.mark.parametrize(("event", "route"), [(Event.PAUSE, "Pause"), (Event.STOP, "ReportRun")])
 def test_pause_and_stop_take_effect_within_five_seconds_in_the_middle_of_a_large_batch(
-    harness: Harness, event: Event, state: str
+    harness: Harness, event: Event, route: str
 ) -> None:
     harness.seed(30, "classic", "c", messages=100)
     first = harness.cluster.nodes[0].name
@@ -85,12 +86,17 @@ def test_pause_and_stop_take_effect_within_five_seconds_in_the_middle_of_a_large
     else:
         assert harness.finished(arn, timeout=30)["status"] == "SUCCEEDED"
 
-    # Judged on what the run did, not on this busy test process's polling: the execution's own history
-    # says when it reached the state, and no move started later than the slice's next read of the request
-    # (plus one step of its loop).
-    reached = entered(harness.history(arn), state, asked)
-    assert reached is not None, f"the execution never entered {state}"
-    assert reached - asked <= 5.0, f"{event.value} took {reached - asked:.1f} s"
+    # Judged on what the run did, not on this busy test process's polling. The execution's own history:
+    # the slice under way ended (nothing under way any more) and the very next ControlCheck routed the
+    # request - no other slice, no Wait in between - within 5 s (measured 1.3-1.5 s at load average 40;
+    # the mechanism's bound is CONTROL_INTERVAL + GRACE_SECONDS + a small queue's rollback). The park or
+    # report states after it are bookkeeping. And no move started after the slice read the request.
+    after = states_entered(harness.history(arn), asked)
+    names = [name for name, _ in after]
+    control = names.index("ControlCheck")  # at most a Wait and the slice that reads the request before it
+    assert control <= 2 and names[control + 1] == route, f"the request waited for more states: {names}"
+    routed = after[control][1]
+    assert routed - asked <= 5.0, f"{event.value} took {routed - asked:.1f} s to stop the moves"
     record = harness.lifecycle()
     moves = recorded_moves(harness, record.run_id or "")
     late = [p.move.queue for p in moves if p.started_at > asked + CONTROL_INTERVAL + 1.0]
