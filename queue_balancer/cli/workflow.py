@@ -125,6 +125,7 @@ def _wait(workflow: Workflow, execution_arn: str, timeout: float, fmt: str = "te
         if time.monotonic() > deadline:
             raise WorkflowError(f"the run was still {record.state} after {timeout:g} s; `status` follows it")
         time.sleep(0.5)
+    _wait_for_execution_end(workflow, record.execution_arn or execution_arn, deadline)
     meta = workflow.run_meta(run_id)
     failure = _failure(record, meta)
     if failure:
@@ -132,6 +133,15 @@ def _wait(workflow: Workflow, execution_arn: str, timeout: float, fmt: str = "te
     _print_run_report(meta, fmt)
     print(f"run {run_id}: {record.outcome or 'finished'}", file=sys.stderr)
     return EXIT_MOVES_FAILED if record.counts.failed else EXIT_OK
+
+
+def _wait_for_execution_end(workflow: Workflow, execution_arn: str, deadline: float) -> None:
+    """The run is over once its execution has ended: its Cleanup gives the locks back after the lifecycle
+    says IDLE, so a command issued right after this one returns must not find them still held."""
+    while workflow.execution_status(execution_arn) not in ENDED | {None}:
+        if time.monotonic() > deadline:
+            raise WorkflowError(f"the run ended but {execution_arn} was still running; `status` follows it")
+        time.sleep(0.25)
 
 
 def _failure(record: Lifecycle, meta: Mapping[str, Any]) -> str | None:

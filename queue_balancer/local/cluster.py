@@ -133,10 +133,11 @@ class LocalCluster:
             self._signal_node(node, signal.SIGTERM, time.monotonic() + timeout)
 
     def kill_node(self, index: int) -> None:
-        """Kill node ``index`` as a crash would (SIGKILL to its VM, no shutdown) and wait until it is gone."""
+        """Kill node ``index`` as a crash would (SIGKILL to its VM, no shutdown) and wait until it is gone
+        (up to 30 s: a loaded machine is slow to reap a large VM)."""
         node = self.node(index)
         with self._lock():
-            self._signal_node(node, signal.SIGKILL, time.monotonic() + 10)
+            self._signal_node(node, signal.SIGKILL, time.monotonic() + 30)
 
     def restart_node(self, index: int, progress: Progress = _quiet, *, timeout: float = 120.0) -> None:
         """Stop node ``index`` cleanly, start it again and wait until the cluster sees it running."""
