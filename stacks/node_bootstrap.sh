@@ -357,25 +357,40 @@ become_member() {
     await_replicas "$me"
 }
 
+# Succeeds once node $1 may stop without costing a queue its quorum or its last synchronised mirror; each
+# check waits LEAVE_WAIT_SECONDS and is asked again until LEAVE_DEADLINE_SECONDS (default 24 h: under the
+# hook's global timeout, 100 x its 15-minute heartbeat, while watch_lifecycle keeps heartbeating).
+await_not_critical() {
+    local me=$1 deadline=$((SECONDS + ${LEAVE_DEADLINE_SECONDS:-86400})) wait=${LEAVE_WAIT_SECONDS:-600}
+    until upgrade_ctl "$me" await_online_quorum_plus_one -t "$wait" &&
+        { version_at_least 4.0 || upgrade_ctl "$me" await_online_synchronized_mirror -t "$wait"; }; do
+        if ((SECONDS >= deadline)); then
+            log "$me is still quorum- or sync-critical: it does not drain, shrink or leave"
+            return 1
+        fi
+        log "$me is quorum- or sync-critical: waiting again"
+    done
+}
+
 # The termination hook's steps for node $1: leave the cluster without ever costing a queue its quorum or
 # its last synchronised copy. The last running node of a cluster does not leave (its data stays).
+# Every step returns on failure explicitly: called as a condition (watch_lifecycle), bash ignores set -e
+# inside the function, and a failed safety check must never lead to the shrink and the forget.
 leave_cluster() {
     local me=$1 status peer
-    status=$(ctl "$me" cluster_status --formatter json)
-    peer=$(jq -r --arg me "$me" '[.running_nodes[] | select(. != $me)] | first // empty' <<<"$status")
+    status=$(ctl "$me" cluster_status --formatter json) || return 1
+    peer=$(jq -r --arg me "$me" '[.running_nodes[] | select(. != $me)] | first // empty' <<<"$status") ||
+        return 1
     if [[ -z $peer ]]; then
         log "$me is the only running member: it keeps its data and does not leave"
         return 0
     fi
     log "$me leaves the cluster (peer $peer): waiting until it is not quorum- or sync-critical"
-    upgrade_ctl "$me" await_online_quorum_plus_one -t "${LEAVE_WAIT_SECONDS:-600}"
-    if ! version_at_least 4.0; then
-        upgrade_ctl "$me" await_online_synchronized_mirror -t "${LEAVE_WAIT_SECONDS:-600}"
-    fi
-    upgrade_ctl "$me" drain
-    queues_ctl "$me" shrink "$me" >/dev/null
-    ctl "$me" stop_app
-    ctl "$peer" forget_cluster_node "$me"
+    await_not_critical "$me" || return 1
+    upgrade_ctl "$me" drain || return 1
+    queues_ctl "$me" shrink "$me" >/dev/null || return 1
+    ctl "$me" stop_app || return 1
+    ctl "$peer" forget_cluster_node "$me" || return 1
     log "$me left; $peer forgot it"
     await_replicas "$peer"
 }
@@ -421,7 +436,7 @@ watch_lifecycle() {
     (while sleep 60; do lifecycle_action record-lifecycle-action-heartbeat || true; done) &
     heartbeat=$!
     if ! leave_cluster "$me"; then
-        log "leaving failed; the next node to boot forgets $me (forget_departed_members)"
+        log "leaving failed (MembersNotRunning alarms); the next node to boot forgets $me (forget_departed_members)"
     fi
     kill "$heartbeat" 2>/dev/null || true
     lifecycle_action complete-lifecycle-action --lifecycle-action-result CONTINUE

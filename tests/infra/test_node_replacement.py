@@ -14,6 +14,7 @@ queues 2 synchronised mirrors; at the end no confirmed message is missing. Only 
 Scaling group's instances, an AWS call) is replaced by the test. Cost: about 2-3 minutes on 2 cores (six
 node starts, about 80 RabbitMQ CLI calls of ~1 s each); 10+ minutes when the machine is shared (a CLI call
 then takes 3-4 s), hence its own timeout. Every node is stopped however the test ends.
+A second test (about 45 s, three nodes) terminates a quorum-critical node: it must refuse to leave.
 """
 
 from __future__ import annotations
@@ -323,6 +324,49 @@ def test_three_replacements_keep_the_majority_the_replicas_and_every_message(gro
     for name in QUORUM + MIRRORED:
         low = PREFILLED + publisher.confirmed[name]
         assert low <= counts[name] <= low + publisher.in_doubt[name], (name, counts[name], low)
+
+
+@pytest.mark.timeout(600)
+def test_a_quorum_critical_node_refuses_to_leave_and_keeps_its_members(group: Group) -> None:
+    """One node is down (its replacement still pending) when another is terminated: the hook's safety check
+    times out, and leave_cluster, called as watch_lifecycle calls it (an ``if`` condition, where bash ignores
+    ``set -e``), must fail before it drains, shrinks or forgets anything."""
+    # The queue is declared on the leaving node, so it leads it: 3.10's quorum-critical check (observed)
+    # only reports the queues the node leads.
+    leaving, first, down = group.instances
+    user, password = group.cluster.credentials
+    with pika.BlockingConnection(
+        pika.ConnectionParameters(
+            "127.0.0.1", leaving.amqp_port, credentials=pika.PlainCredentials(user, password)
+        )
+    ) as connection:
+        connection.channel().queue_declare(QUORUM[0], durable=True, arguments={"x-queue-type": "quorum"})
+    wait_until(
+        lambda: any(len(r["members"]) == 3 for r in queue_rows(group)),  # type: ignore[arg-type]
+        timeout=60,
+        what="the quorum queue on 3 nodes",
+    )
+    group.stop(down)
+    wait_until(
+        lambda: down.name not in group.status(leaving)["running_nodes"],  # type: ignore[operator]
+        timeout=60,
+        what=f"{leaving.name} to see {down.name} down",
+    )
+
+    log = group.run(
+        "export LEAVE_WAIT_SECONDS=2 LEAVE_DEADLINE_SECONDS=4\n"
+        f'if ! leave_cluster {leaving.name}; then echo "hook: leaving refused" >&2; fi',
+        timeout=300,
+    )
+
+    assert "hook: leaving refused" in log and "still quorum- or sync-critical" in log, log
+    assert "maintenance (drain) mode" not in log, log
+    [row] = queue_rows(group)
+    members = row["members"]
+    assert isinstance(members, list) and sorted(members) == sorted(n.name for n in (first, leaving, down)), (
+        row
+    )
+    assert leaving.name in group.status(first)["running_nodes"]  # type: ignore[operator]
 
 
 def _replicated(group: Group) -> bool:
