@@ -110,14 +110,15 @@ def drive(
     while not state.complete:
         check()  # e.g. the cluster lock is still this run's; raising rolls back what is under way
         state.starting = _next_batch(state, concurrency) if may_start() else []
-        for progress in mover.start(state.starting) if state.starting else ():
+        # Each move's new state is recorded as soon as it is made, before the next move's call: an
+        # interrupt then rolls back what the cluster holds, not what the previous step saw.
+        for progress in mover.starting(state.starting) if state.starting else ():
             on_change(progress)
+            state.starting = [m for m in state.starting if m.ref != progress.move.ref]
             (state.finished if progress.finished else state.active).append(progress)
         state.starting = []
-        for index, (progress, updated) in enumerate(
-            zip(state.active, mover.advance_all(state.active), strict=True)
-        ):
-            if updated.phase is not progress.phase:
+        for index, updated in enumerate(mover.advance_all(list(state.active))):
+            if updated.phase is not state.active[index].phase:
                 on_change(updated)
             state.active[index] = updated
         state.finished += [p for p in state.active if p.finished]

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from queue_balancer.errors import NotFound
 from queue_balancer.model import Queue, QueueType
 from queue_balancer.movers.context import MoveContext
 from queue_balancer.movers.policies import mirrored_on, policy_exists
@@ -84,11 +85,25 @@ def start(ctx: MoveContext, progress: MoveProgress, live: Queue, running: Sequen
 
 
 def ask(ctx: MoveContext, progress: MoveProgress, nodes: tuple[str, ...]) -> MoveProgress:
-    """Mirror the queue on ``nodes`` (one policy change, only when it differs from the last)."""
-    if nodes == progress.asked:
+    """Mirror the queue on ``nodes`` (one policy change, only when the policy in force differs).
+
+    The stored ``asked`` alone is not trusted: a workflow slice that died after a policy change but
+    before saving its progress hands on an older ``asked``, and skipping the PUT then waits a whole
+    phase for mirrors nobody asked for."""
+    if nodes == progress.asked and policy_asks(ctx, progress) == nodes:
         return progress
     ctx.put_policy(progress, mirrored_on(list(nodes)))
     return ctx.next_phase(replace(progress, asked=nodes), progress.phase)
+
+
+def policy_asks(ctx: MoveContext, progress: MoveProgress) -> tuple[str, ...] | None:
+    """The nodes the move's temporary policy mirrors the queue on now (None: no such policy)."""
+    try:
+        definition = ctx.client.policy(progress.move.vhost, ctx.policy_name(progress.move.ref))
+    except NotFound:
+        return None
+    params = (definition.get("definition") or {}).get("ha-params")
+    return tuple(str(n) for n in params) if isinstance(params, list) else None
 
 
 def resume_on_target(ctx: MoveContext, progress: MoveProgress) -> MoveProgress:

@@ -8,7 +8,7 @@ plain JSON, so the same move can be continued by another process.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -51,10 +51,22 @@ class Mover(MoveContext):
 
     def start(self, moves: Sequence[Move]) -> list[MoveProgress]:
         """Start a batch of moves; quorum transfers of the batch go to the cluster in one call."""
+        return list(self.starting(moves))
+
+    def starting(self, moves: Sequence[Move]) -> Iterator[MoveProgress]:
+        """``start``, each move handed over as soon as it made its first change (quorum ones after the
+        batch's one transfer call): a caller that records each before the next is never interrupted
+        holding a stale state."""
         running = tuple(str(n["name"]) for n in self.client.nodes() if n.get("running"))
         counts = self.counts([m.ref for m in moves])
-        started = [self._guarded(m, partial(self._start_one, m, running, counts.get(m.ref))) for m in moves]
-        return quorum.transfer(self, started)
+        transfers = []
+        for move in moves:
+            progress = self._guarded(move, partial(self._start_one, move, running, counts.get(move.ref)))
+            if progress.phase is Phase.TRANSFERRING:
+                transfers.append(progress)
+            else:
+                yield progress
+        yield from quorum.transfer(self, transfers)
 
     def _start_one(self, move: Move, running: tuple[str, ...], count: QueueCount | None) -> MoveProgress:
         now = self.clock()
@@ -104,18 +116,18 @@ class Mover(MoveContext):
             return progress
         return self._guarded(progress.move, partial(self._advance, progress, seen), progress)
 
-    def advance_all(self, progresses: Sequence[MoveProgress]) -> list[MoveProgress]:
-        """``advance`` every move once; many quorum moves waiting for their leader share one real-time
-        list read per vhost (a queue missing from it is read alone, which says whether it was deleted)."""
+    def advance_all(self, progresses: Sequence[MoveProgress]) -> Iterator[MoveProgress]:
+        """``advance`` every move once, in order, each handed over as soon as it advanced (a caller
+        records it before the next move's call); many quorum moves waiting for their leader share one
+        real-time list read per vhost (a queue missing from it is read alone: was it deleted?)."""
         waiting = [
             p.move
             for p in progresses
             if not p.finished and p.move.type is QueueType.QUORUM and p.phase in _LISTED_PHASES
         ]
         seen = self._listed(waiting) if len(waiting) >= LIST_READ_MIN else {}
-        return [
-            self._observed(p, seen[p.move.ref]) if p.move.ref in seen else self.advance(p) for p in progresses
-        ]
+        for p in progresses:
+            yield self._observed(p, seen[p.move.ref]) if p.move.ref in seen else self.advance(p)
 
     def _listed(self, moves: Sequence[Move]) -> dict[QueueRef, Queue]:
         wanted = {m.ref for m in moves}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 from queue_balancer.batch_slice import (
@@ -40,10 +40,10 @@ class ScriptedMover(Mover):
         self.started: list[str] = []
         self.aborted: list[str] = []
 
-    def start(self, moves: Sequence[Move]) -> list[MoveProgress]:
+    def starting(self, moves: Sequence[Move]) -> Iterator[MoveProgress]:
         self.started += [m.queue for m in moves]
         now = self.clock()
-        return [MoveProgress(m, Phase.SYNCING, now, now + 600, phase_started_at=now) for m in moves]
+        return iter([MoveProgress(m, Phase.SYNCING, now, now + 600, phase_started_at=now) for m in moves])
 
     def advance(self, progress: MoveProgress) -> MoveProgress:
         if progress.phase is Phase.ROLLING_BACK:

@@ -183,7 +183,7 @@ def test_many_quorum_moves_are_observed_with_one_list_read_per_vhost(
     started = m.start([Move("/", n, QueueType.QUORUM, "a", "c", 5) for n in names])
     del cluster.queues[("/", names[0])]  # deleted meanwhile: missing from the list, read alone, named
     cluster.calls.clear()
-    observed = m.advance_all(started)
+    observed = list(m.advance_all(started))
     assert [c[0] for c in cluster.calls if c[0].startswith("queue")] == ["queues_now", "queue_now"]
     assert (observed[0].phase, observed[0].outcome) == (Phase.FAILED, "queue was deleted")
     assert all(p.phase is Phase.DONE for p in observed[1:])
@@ -296,3 +296,18 @@ def test_a_move_to_a_node_that_is_down_is_refused_before_any_change(
     [progress] = mover(cluster, clock).start([move])
     assert (progress.phase, progress.outcome) == (Phase.FAILED, "node c is not running")
     assert not [c for c in cluster.calls if c[0] == "put_policy" and c[2].startswith(POLICY_PREFIX)]
+
+
+def test_a_resumed_slice_puts_the_policy_a_lost_slice_changed(clock: Clock) -> None:
+    """ops-2 #5: the stored progress says SYNCING with [a, b, c, d] asked; the lost slice went on to
+    REORDERING and put [a, c, d]. The resumed move must put [a, b, c, d] again, not wait for b."""
+    cluster = FakeCluster(("a", "b", "c", "d"))
+    cluster.add_policy("/", "own", "^q$", {"ha-mode": "exactly", "ha-params": 3})
+    queue = cluster.add_queue(FakeQueue("/", "q", "a", mirrors=["b", "c"], synced={"b", "c"}, messages=100))
+    m = mover(cluster, clock)
+    [stored] = m.start([Move("/", "q", QueueType.CLASSIC, "a", "c", 100)])
+    lost = m.advance(MoveProgress.from_dict(stored.to_dict()))
+    assert (lost.phase, lost.asked, queue.mirrors) == (Phase.REORDERING, ("a", "c", "d"), ["c", "d"])
+    done = run(m, stored, clock, polls=30)
+    assert (done.phase, queue.leader) == (Phase.DONE, "c")
+    assert clock.now < 1030  # before: no PUT, the move waited for b until its deadline, then failed
