@@ -29,6 +29,7 @@ from queue_balancer import eval_document
 from queue_balancer.counts import AmqpCounter, discover_amqp
 from queue_balancer.errors import ConfigurationError, ManagementError
 from queue_balancer.leader_transfer import RaLeaderTransfer
+from queue_balancer.maintenance import DrainedReader, drained_reader
 from queue_balancer.management import ManagementClient
 from queue_balancer.member_changes import MemberChanger, member_changer
 from queue_balancer.member_moves import MemberMover
@@ -118,6 +119,8 @@ class ClusterAccess:
     client: ClusterApi
     leader_transfer: LeaderTransfer
     counter: ClosableCounter
+    drained: DrainedReader | None = None
+    """Maintenance mode on 3.x (the SSM document's ``drained`` operation); the client's snapshots use it."""
     changer: Callable[[], MemberChanger | None] = lambda: None
     """Quorum member changes for this cluster's generation (asked only by a ``members: true`` run)."""
 
@@ -131,7 +134,12 @@ class ClusterAccess:
     def mover(self, run_id: str, settings_: MoveSettings | None = None) -> Mover:
         """A Mover whose temporary policies carry ``run_id`` (``derived_run_id``), as the CLI's do."""
         return Mover(
-            self.client, self.leader_transfer, settings_ or MoveSettings(), self.counter, run_id=run_id
+            self.client,
+            self.leader_transfer,
+            settings_ or MoveSettings(),
+            self.counter,
+            run_id=run_id,
+            drained=self.drained,
         )
 
     def __enter__(self) -> ClusterAccess:
@@ -168,10 +176,17 @@ def _aws_cluster() -> ClusterAccess:
         return [str(n["name"]) for n in client.nodes() if n.get("running")]
 
     run_eval = functools.partial(_ssm_eval, document, config.ssm_tag_key, config.ssm_tag_value, running_nodes)
+    # Every snapshot the workflow takes (planning, verify, report) marks drained nodes: on 3.x through the
+    # document's `drained` operation (running_nodes reads /api/nodes alone, so no eval runs inside one).
+    client.drained = drained_reader(run_eval)
     host, port = discover_amqp(config.management_url, client.overview(), config.amqp_port)
     counter = AmqpCounter(host, port, user, password, on_unreachable=logger.warning)
     return ClusterAccess(
-        client, RaLeaderTransfer(run_eval), counter, changer=lambda: member_changer(client, run_eval)
+        client,
+        RaLeaderTransfer(run_eval),
+        counter,
+        drained=client.drained,
+        changer=lambda: member_changer(client, run_eval),
     )
 
 

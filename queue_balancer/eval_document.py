@@ -2,11 +2,11 @@
 
 On AWS the ``run_eval`` port (``queue_balancer.leader_transfer``) reaches a node through SSM Run Command.
 ``AWS-RunShellScript`` would let whoever may invoke the Lambdas' role run any shell line as root on every
-broker; this document instead holds the Erlang of the four operations itself (the same funs the core
-applies locally; the member funs live here so the stacks may import them) and takes only an operation
-name (``allowedValues``) and the items as base64 triples (``allowedPattern``: base64 letters, ``,`` and
-``;``), which SSM checks before anything runs. The document builds the ``rabbitmqctl eval`` line; no
-parameter can reach the shell or Erlang's syntax.
+broker; this document instead holds the Erlang of its five operations itself (the same funs the core
+applies locally: leader transfer, member changes, maintenance mode; the member funs live here so the
+stacks may import them) and takes only an operation name (``allowedValues``) and the items as base64
+triples (``allowedPattern``: base64 letters, ``,`` and ``;``), which SSM checks before anything runs.
+The document builds the ``rabbitmqctl eval`` line; no parameter can reach the shell or Erlang's syntax.
 
 ``parameters`` turns an expression the core built (``leader_transfer.expression``) back into those
 parameters, so the port keeps its ``run_eval(expression)`` shape; an expression that is not one of the
@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from queue_balancer.errors import LeaderTransferError
 from queue_balancer.leader_transfer import RESULT_MARKER, TRANSFER_FUN, expression
+from queue_balancer.maintenance import DRAINED_FUN
 
 # add_member/4 waits up to 30 s (in ms) for Ra to commit the new membership.
 ADD_FUN = """
@@ -60,6 +61,7 @@ OPERATIONS: Final[Mapping[str, str]] = MappingProxyType(
         "add_member": ADD_FUN,
         "delete_member": DELETE_FUN,
         "member_status": STATUS_FUN,
+        "drained": DRAINED_FUN,
     }
 )
 """The Erlang fun of each operation the document runs, by the name its ``operation`` parameter takes."""
@@ -99,7 +101,7 @@ def content() -> dict[str, Any]:
         raise AssertionError("an operation's Erlang contains a single quote; it would end the shell word")
     return {
         "schemaVersion": "2.2",
-        "description": "queue-balancer: quorum leader transfer and member changes through rabbitmqctl eval",
+        "description": "queue-balancer: quorum leaders, members and maintenance mode through rabbitmqctl eval",
         "parameters": {
             "operation": {"type": "String", "allowedValues": list(OPERATIONS)},
             "items": {
@@ -131,7 +133,7 @@ def parameters(expression_: str) -> dict[str, list[str]]:
                 return {"operation": [operation], "items": [";".join(",".join(t) for t in triples)]}
             break
     raise LeaderTransferError(
-        "the SSM document runs only the balancer's leader-transfer and member operations; "
+        "the SSM document runs only the balancer's leader-transfer, member and maintenance operations; "
         f"refusing another expression: {expression_[:80]!r}"
     )
 

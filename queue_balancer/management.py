@@ -15,6 +15,7 @@ from urllib.parse import quote
 import requests
 
 from queue_balancer.errors import ManagementError, NotFound
+from queue_balancer.maintenance import DrainedReader, with_maintenance
 from queue_balancer.model import DOT_SEGMENTS, Snapshot
 from queue_balancer.observe import refresh_unsettled
 from queue_balancer.voters import mark_non_voters
@@ -52,7 +53,12 @@ class ManagementClient:
         backoff: float = 0.5,
         session: requests.Session | None = None,
         fallbacks: Sequence[str] = (),
+        drained: DrainedReader | None = None,
     ) -> None:
+        self.drained = drained
+        """Where maintenance mode is read when ``/api/nodes`` does not report it (3.x): every snapshot
+        marks the drained nodes, so no caller can plan onto one; without it 3.x snapshots say
+        ``drain_reported=False``."""
         self.base_url = url.rstrip("/")
         self.urls = (self.base_url, *(u.rstrip("/") for u in fallbacks if u.rstrip("/") != self.base_url))
         """Every endpoint of the cluster's API this client may use: it fails over when one goes away."""
@@ -75,6 +81,7 @@ class ManagementClient:
             retries=self.retries,
             backoff=self.backoff,
             fallbacks=self.urls,
+            drained=self.drained,
         )
 
     def __repr__(self) -> str:  # never show the password
@@ -163,9 +170,10 @@ class ManagementClient:
     def snapshot(self) -> Snapshot:
         """Nodes, queues and the version: what the planner needs. Queues the statistics show syncing or
         out of sync are re-read in the real-time view (``observe.refresh_unsettled``): never judged on
-        stale data. On 4.x quorum members without a vote are marked (``voters.mark_non_voters``)."""
+        stale data. On 4.x quorum members without a vote are marked (``voters.mark_non_voters``); nodes in
+        maintenance mode are marked on every version (through ``drained`` on 3.x)."""
         listed = Snapshot.from_api(self.nodes(), self.queues(), self.overview())
-        return mark_non_voters(self, refresh_unsettled(self, listed))
+        return mark_non_voters(self, refresh_unsettled(self, with_maintenance(listed, self.drained)))
 
     def queues_now(self, vhost: str | None = None) -> list[dict[str, Any]]:
         """All queues (of ``vhost``) as their processes see them now (quorum members and ``online``).
@@ -182,7 +190,8 @@ class ManagementClient:
         the statistics view (the real-time list lacks a classic queue's effective policy)."""
         quorum = [q for q in self.queues_now() if q.get("type") == "quorum"]
         others = [q for q in self.queues() if q.get("type") != "quorum"]
-        return Snapshot.from_api(self.nodes(), quorum + others, self.overview())
+        listed = Snapshot.from_api(self.nodes(), quorum + others, self.overview())
+        return with_maintenance(listed, self.drained)
 
     def version(self) -> str:
         """RabbitMQ's version, e.g. ``3.10.8`` or ``4.0.5``."""

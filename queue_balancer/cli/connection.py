@@ -19,7 +19,7 @@ from queue_balancer.counts import AmqpCounter, amqp_endpoint, discover_amqp
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.leader_transfer import CommandEval, RaLeaderTransfer
 from queue_balancer.lock import ClusterLock
-from queue_balancer.maintenance import drained_nodes
+from queue_balancer.maintenance import drained_reader
 from queue_balancer.management import ManagementClient
 from queue_balancer.model import Snapshot
 from queue_balancer.movers import Mover, MoveSettings
@@ -38,25 +38,25 @@ class Connection:
     counter: AmqpCounter | None
 
     def snapshot(self) -> Snapshot:
-        """Nodes, queues and version; on 3.10 maintenance mode through the eval port, where configured."""
-        return self._with_maintenance(self.client.snapshot())
+        """Nodes, queues and version; on 3.10 maintenance mode through the eval port, where configured
+        (``connect`` gives the client its ``drained`` reader)."""
+        return self.client.snapshot()
 
     def members_snapshot(self) -> Snapshot:
         """The members plan's snapshot (quorum queues in the real-time view), maintenance mode as above."""
-        return self._with_maintenance(self.client.members_snapshot())
-
-    def _with_maintenance(self, snapshot: Snapshot) -> Snapshot:
-        if not snapshot.drain_reported and self.leader_transfer is not None:
-            drained = drained_nodes(self.leader_transfer.run_eval, snapshot.running_nodes)
-            snapshot = snapshot.with_drained(drained)
-        return snapshot
+        return self.client.members_snapshot()
 
     run_id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(4))
     """This process's run: it owns the lock and names the temporary policies."""
 
     def mover(self, settings: MoveSettings | None = None) -> Mover:
         return Mover(
-            self.client, self.leader_transfer, settings or MoveSettings(), self.counter, run_id=self.run_id
+            self.client,
+            self.leader_transfer,
+            settings or MoveSettings(),
+            self.counter,
+            run_id=self.run_id,
+            drained=self.client.drained,
         )
 
     def lock(self, command: str) -> ClusterLock:
@@ -78,7 +78,14 @@ def connect(args: argparse.Namespace) -> Connection:
         transfer = RaLeaderTransfer(CommandEval.parse(eval_command)) if eval_command else None
         # Several URLs (comma-separated): the client fails over to the next when a node goes away.
         urls = [u.strip() for u in url.split(",") if u.strip()]
-        client = ManagementClient(urls[0], user, password, timeout=args.timeout, fallbacks=urls[1:])
+        client = ManagementClient(
+            urls[0],
+            user,
+            password,
+            timeout=args.timeout,
+            fallbacks=urls[1:],
+            drained=drained_reader(transfer.run_eval) if transfer else None,
+        )
         host, port = discover_amqp(urls[0], client.overview(), args.amqp_port)
         amqp_fallbacks = tuple(amqp_endpoint(u, port) for u in urls[1:])
         counter = AmqpCounter(host, port, user, password, fallbacks=amqp_fallbacks, on_unreachable=notice)
@@ -96,12 +103,14 @@ def connect(args: argparse.Namespace) -> Connection:
         )
     cluster = LocalCluster(config)
     node_one, *peers = cluster.nodes
+    run_eval = partial(_eval_on_any_node, cluster)
     client = ManagementClient(
         node_one.management_url,
         config.user,
         config.password,
         timeout=args.timeout,
         fallbacks=[n.management_url for n in peers],
+        drained=drained_reader(run_eval),
     )
     counter = AmqpCounter(
         "127.0.0.1",
@@ -110,7 +119,7 @@ def connect(args: argparse.Namespace) -> Connection:
         config.password,
         fallbacks=tuple(("127.0.0.1", n.amqp_port) for n in peers),
     )
-    return Connection(client, RaLeaderTransfer(partial(_eval_on_any_node, cluster)), counter)
+    return Connection(client, RaLeaderTransfer(run_eval), counter)
 
 
 def _eval_on_any_node(cluster: LocalCluster, expression: str) -> str:

@@ -26,21 +26,30 @@ from queue_balancer.planner import PlanOptions, plan
 from queue_balancer.runner import run_moves
 from queue_balancer.safety import another_round, preflight
 
+EVAL_COMMAND_HINT = "pass --eval-command 'rabbitmqctl -n rabbit@<node> eval' (or set RABBITMQ_EVAL_COMMAND)"
 
-def quorum_notice(connection: Connection, snapshot: Snapshot) -> None:
-    """One line before the output when quorum queues are there but cannot be moved, and how to fix it."""
+
+def eval_notices(connection: Connection, snapshot: Snapshot) -> None:
+    """Lines before the output for what the run cannot see or do without an eval command, and how to fix it:
+    quorum queues that cannot be moved, and maintenance mode that 3.x reports only over the Erlang CLI."""
+    if not snapshot.drain_reported:
+        stderr_line(
+            "queue-balancer: maintenance mode cannot be read (RabbitMQ "
+            f"{snapshot.platform.version or '3.x'} reports it only through rabbitmqctl): every node is "
+            f"treated as not drained, so a drained node may be a target; {EVAL_COMMAND_HINT}"
+        )
     count = sum(1 for q in snapshot.queues if q.type is QueueType.QUORUM)
     if connection.leader_transfer is None and count:
         stderr_line(
-            f"queue-balancer: {count} quorum queues cannot be moved: no leader-transfer command; pass "
-            "--eval-command 'rabbitmqctl -n rabbit@<node> eval' (or set RABBITMQ_EVAL_COMMAND)"
+            f"queue-balancer: {count} quorum queues cannot be moved: no leader-transfer command; "
+            + EVAL_COMMAND_HINT
         )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     connection = connect(args)
     snapshot = connection.snapshot()
-    quorum_notice(connection, snapshot)
+    eval_notices(connection, snapshot)
     found = report.Report.of(snapshot, plan_options(args, connection))
     emit(
         args.format,
@@ -76,7 +85,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         connection = connect(args)
         snapshot = connection.snapshot()
-        quorum_notice(connection, snapshot)
+        eval_notices(connection, snapshot)
         result = plan(snapshot, plan_options(args, connection))
     pinned = report.pinned_queues(snapshot)
     emit(
@@ -134,7 +143,7 @@ def cmd_balance(args: argparse.Namespace) -> int:
             remove_dead_runs_policies(connection, heartbeat)
             return cmd_balance_members(args, connection, options, heartbeat.check)
     snapshot = connection.snapshot()
-    quorum_notice(connection, snapshot)
+    eval_notices(connection, snapshot)
     before = report.Report.of(snapshot, options)
     if args.dry_run:
         dry = plan(snapshot, options)
@@ -184,7 +193,7 @@ def _balance(
         history.extend(result.moves)
         # Re-read (waiting a bounded time for queues still syncing) and re-plan: failed moves and
         # queues skipped as syncing get another round while that improves the spread.
-        snapshot = settle(connection.client, sleep=time.sleep, clock=time.monotonic)
+        snapshot = settle(connection, sleep=time.sleep, clock=time.monotonic)
         if options.max_moves is not None:
             options = dataclasses.replace(options, max_moves=max(options.max_moves - len(history), 0))
         current = plan(snapshot, options)

@@ -48,14 +48,15 @@ def expected_mirrors(definition: Mapping[str, Any], cluster_size: int, leader: s
     return 0
 
 
-def kept_mirrors(live: Queue, target: str, running: Sequence[str]) -> tuple[str, ...]:
+def kept_mirrors(live: Queue, target: str, serving: Sequence[str]) -> tuple[str, ...]:
     """The mirrors the queue keeps through the move: its synchronised ones and the target, plus spare
-    nodes until the primary can go without the queue holding fewer copies than now."""
+    nodes until the primary can go without the queue holding fewer copies than now. ``serving`` are the
+    nodes a spare may be on: running and not in maintenance mode (a drained node takes no new copy)."""
     synced = [n for n in live.replicas if n in live.in_sync and n != target]
     keep = [*synced, target]
     copies_now = 1 + len(live.in_sync)
-    wanted = min(copies_now, len(running) - 1)
-    spares = [n for n in sorted(running) if n not in keep and n != live.leader]
+    wanted = min(copies_now, len(serving) - 1)
+    spares = [n for n in sorted(serving) if n not in keep and n != live.leader]
     return tuple(keep + spares[: max(wanted - len(keep), 0)])
 
 
@@ -66,8 +67,9 @@ def older_than_target(live: Queue, target: str) -> list[str]:
     return list(live.replicas[: live.replicas.index(target)])
 
 
-def start(ctx: MoveContext, progress: MoveProgress, live: Queue, running: Sequence[str]) -> MoveProgress:
-    """The first change: mirror the queue on its primary, its synchronised mirrors and the target."""
+def start(ctx: MoveContext, progress: MoveProgress, live: Queue, serving: Sequence[str]) -> MoveProgress:
+    """The first change: mirror the queue on its primary, its synchronised mirrors and the target (spares
+    from ``serving``: running nodes not in maintenance mode)."""
     move = progress.move
     name = ctx.policy_name(move.ref)
     unsynced = set(live.replicas) - set(live.in_sync)
@@ -80,7 +82,7 @@ def start(ctx: MoveContext, progress: MoveProgress, live: Queue, running: Sequen
     # A retried start (its first attempt put the policy, then its Lambda died) carries on syncing: the
     # mirrors the first attempt asked for are among the replicas, synchronised or not.
     kept = (*(n for n in live.replicas if n != move.target), move.target) if retried else None
-    progress = replace(progress, policy=name, mirrors=kept or kept_mirrors(live, move.target, running))
+    progress = replace(progress, policy=name, mirrors=kept or kept_mirrors(live, move.target, serving))
     return ask(ctx, replace(progress, phase=Phase.SYNCING), (move.source, *progress.mirrors))
 
 

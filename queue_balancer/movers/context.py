@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from queue_balancer.errors import BalancerError, MoveStateError, NodeDown
+from queue_balancer.maintenance import DrainedReader
 from queue_balancer.model import Move, Queue, QueueCount, QueueRef
 from queue_balancer.movers.policies import put_temporary_policy, temporary_policy_name
 from queue_balancer.movers.ports import LeaderTransfer, ManagementApi, MessageCounter
@@ -25,6 +26,9 @@ class MoveContext:
     clock: Callable[[], float] = time.time
     run_id: str = ""
     """The run that owns this move's temporary policies (``policies.temporary_policy_name``)."""
+    drained: DrainedReader | None = None
+    """Maintenance mode where ``/api/nodes`` does not report it (3.x): spare mirrors and targets must
+    not be drained nodes (``maintenance``)."""
 
     def live(self, move: Move) -> Queue:
         """The queue as its process sees it now."""

@@ -9,12 +9,13 @@ plain JSON, so the same move can be continued by another process.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from queue_balancer.errors import BalancerError, NotFound
-from queue_balancer.model import Move, Queue, QueueCount, QueueRef, QueueType
+from queue_balancer.maintenance import with_maintenance
+from queue_balancer.model import Move, Queue, QueueCount, QueueRef, QueueType, Snapshot
 from queue_balancer.movers import classic, quorum
 from queue_balancer.movers.context import MoveContext
 from queue_balancer.movers.policies import own_policy
@@ -44,10 +45,15 @@ _LISTED_PHASES = frozenset({Phase.TRANSFERRING, Phase.VERIFYING})
 """Quorum phases that need only the leader, which the real-time list reports like the single view. Classic
 moves keep the single view: the list's synchronised mirrors can lag (3.10)."""
 
+DRAINED_FRESH_SECONDS = 10.0
+"""How long a move start trusts the last answer about maintenance mode (3.x; 4.x reports it with the nodes)."""
+
 
 @dataclass
 class Mover(MoveContext):
     """Moves queue leaders through the management API (and a leader-transfer port for quorum queues)."""
+
+    _drained_seen: tuple[float, frozenset[str]] | None = field(default=None, init=False, repr=False)
 
     def start(self, moves: Sequence[Move]) -> list[MoveProgress]:
         """Start a batch of moves; quorum transfers of the batch go to the cluster in one call."""
@@ -57,19 +63,34 @@ class Mover(MoveContext):
         """``start``, each move handed over as soon as it made its first change (quorum ones after the
         batch's one transfer call): a caller that records each before the next is never interrupted
         holding a stale state."""
-        running = tuple(str(n["name"]) for n in self.client.nodes() if n.get("running"))
+        nodes = Snapshot.from_api(self.client.nodes(), [])
+        if any(m.type is QueueType.CLASSIC for m in moves):
+            # Spare mirrors come from these nodes; a quorum-only batch (one Ra call, well under a second)
+            # does not pay an eval on 3.x and keeps the plan's view of maintenance mode.
+            nodes = with_maintenance(nodes, self._recently_drained)
         counts = self.counts([m.ref for m in moves])
         transfers = []
         for move in moves:
-            progress = self._guarded(move, partial(self._start_one, move, running, counts.get(move.ref)))
+            progress = self._guarded(move, partial(self._start_one, move, nodes, counts.get(move.ref)))
             if progress.phase is Phase.TRANSFERRING:
                 transfers.append(progress)
             else:
                 yield progress
         yield from quorum.transfer(self, transfers)
 
-    def _start_one(self, move: Move, running: tuple[str, ...], count: QueueCount | None) -> MoveProgress:
+    def _recently_drained(self, running: Sequence[str]) -> frozenset[str]:
+        """The ``drained`` port's answer, asked again after ``DRAINED_FRESH_SECONDS``: on 3.x it is an
+        Erlang VM start (0.5-4 s), and a run starts a classic batch whenever a move ends."""
+        if self.drained is None:
+            return frozenset()
         now = self.clock()
+        if self._drained_seen is None or now - self._drained_seen[0] >= DRAINED_FRESH_SECONDS:
+            self._drained_seen = (now, frozenset(self.drained(running)))
+        return self._drained_seen[1]
+
+    def _start_one(self, move: Move, nodes: Snapshot, count: QueueCount | None) -> MoveProgress:
+        now = self.clock()
+        running = nodes.running_nodes
         live = self.live(move)
         own: tuple[str, Mapping[str, Any]] | None = None
         if count is not None and move.type is QueueType.QUORUM:
@@ -95,6 +116,9 @@ class Mover(MoveContext):
         down = [n for n in (move.source, move.target) if n not in running]
         if down:
             return self.finish(progress, Phase.FAILED, f"node {down[0]} is not running")
+        if move.target in nodes.drained_nodes:
+            reason = f"node {move.target} is in maintenance mode (rabbitmq-upgrade drain)"
+            return self.finish(progress, Phase.FAILED, reason)
         if live.leader == move.target:
             # A retried start (or a move RabbitMQ already made): finish the job instead of failing it.
             if move.type is QueueType.CLASSIC:
@@ -104,7 +128,7 @@ class Mover(MoveContext):
             return self.finish(progress, Phase.FAILED, f"leader is on {live.leader}, not {move.source}")
         if move.type is QueueType.QUORUM:
             return quorum.start(self, progress)
-        return classic.start(self, progress, live, running)
+        return classic.start(self, progress, live, nodes.serving_nodes)
 
     def advance(self, progress: MoveProgress) -> MoveProgress:
         """Observe the queue once and take the next steps the observed state allows."""

@@ -7,9 +7,12 @@ import json
 
 import pytest
 
+from queue_balancer import eval_document
 from queue_balancer.cli import main
 from queue_balancer.local.cluster import ENV_BASE_DIR, LocalCluster
 from queue_balancer.local.seed import delete_seeded, seed
+from queue_balancer.maintenance import drained_reader
+from queue_balancer.management import ManagementClient
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -48,3 +51,48 @@ def test_a_drained_node_is_never_a_target(cluster: LocalCluster, capsys: pytest.
     finally:
         cluster.rabbitmq_upgrade("revive", node=drained)
         delete_seeded(cluster, prefix="drain")
+
+
+def test_balance_and_the_workflow_snapshot_never_target_a_drained_node_on_3_10(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """3.10 has no being_drained in /api/nodes: every round of `balance` (the later ones re-plan on a
+    settled snapshot) and the workflow's snapshot (the SSM document's `drained` operation, evaluated here
+    by rabbitmqctl as SSM would) read it through the eval. About 30-60 s: 6 empty queues, one balance."""
+    cluster = local_cluster
+    monkeypatch.setenv(ENV_BASE_DIR, str(cluster.base_dir))
+    for name in ("RABBITMQ_MANAGEMENT_URL", "RABBITMQ_USER", "RABBITMQ_PASSWORD", "RABBITMQ_EVAL_COMMAND"):
+        monkeypatch.delenv(name, raising=False)
+    drained = cluster.nodes[2]
+
+    def through_the_document(expression: str) -> str:
+        given = eval_document.parameters(expression)
+        return cluster.eval_erlang(eval_document.eval_expression(given["operation"][0], given["items"][0]))
+
+    seed(cluster, queues=6, messages=0, queue_type="mixed", prefix="drainbal")
+    try:
+        cluster.rabbitmq_upgrade("drain", node=drained)
+        node_one = cluster.nodes[0]
+        workflow_client = ManagementClient(
+            node_one.management_url,
+            cluster.config.user,
+            cluster.config.password,
+            drained=drained_reader(through_the_document),
+        )
+        assert workflow_client.snapshot().drained_nodes == (drained.name,)
+        assert workflow_client.members_snapshot().drained_nodes == (drained.name,)
+
+        capsys.readouterr()
+        code = main(["--local", "balance", "--pattern", r"^drainbal\.", "--rounds", "3", "--format", "json"])
+        summary = json.loads(capsys.readouterr().out)
+        assert code == 0, summary["moves"]
+        assert summary["moves"] and {m["to"] for m in summary["moves"]} == {cluster.nodes[1].name}
+        leaders = {
+            str(q["name"]): q.get("node")
+            for q in workflow_client.queues()
+            if str(q["name"]).startswith("drainbal.")
+        }
+        assert drained.name not in leaders.values(), leaders
+    finally:
+        cluster.rabbitmq_upgrade("revive", node=drained)
+        delete_seeded(cluster, prefix="drainbal")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from queue_balancer.errors import ManagementError, MoveStateError
 from queue_balancer.model import Move, QueueType
 from queue_balancer.movers import POLICY_PREFIX, MoveContext, MoveProgress, Mover, MoveSettings, Phase
-from queue_balancer.movers.mover import LIST_READ_MIN
+from queue_balancer.movers.mover import DRAINED_FRESH_SECONDS, LIST_READ_MIN
 from queue_balancer.movers.policies import temporary_policy_name
 from tests.unit.fake_cluster import Counter, FakeCluster, FakeQueue, Transfer
 
@@ -311,3 +312,58 @@ def test_a_resumed_slice_puts_the_policy_a_lost_slice_changed(clock: Clock) -> N
     done = run(m, stored, clock, polls=30)
     assert (done.phase, queue.leader) == (Phase.DONE, "c")
     assert clock.now < 1030  # before: no PUT, the move waited for b until its deadline, then failed
+
+
+class Drained:
+    """The maintenance-mode port of 3.x (an eval on AWS and in the CLI): these nodes are drained."""
+
+    def __init__(self, *nodes: str) -> None:
+        self.nodes, self.asked = set(nodes), 0
+
+    def __call__(self, running: Sequence[str]) -> set[str]:
+        self.asked += 1
+        return self.nodes & set(running)
+
+
+def test_a_spare_mirror_is_never_put_on_a_drained_node(clock: Clock) -> None:
+    cluster = FakeCluster(("a", "b", "c", "d"))
+    cluster.add_policy("/", "ha-two", ".*", HA_TWO)
+    classic(cluster)  # leader a, mirror b; moved to b, a spare keeps the two copies while a goes
+    drained = Drained("c")
+    m = replace(mover(cluster, clock), drained=drained)
+    [progress] = m.start([Move("/", "q", QueueType.CLASSIC, "a", "b", 10)])
+    assert progress.mirrors == ("b", "d") and drained.asked == 1
+    done = run(m, progress, clock)
+    assert done.phase is Phase.DONE and "c" not in cluster.queues[("/", "q")].mirrors
+
+
+def test_a_move_to_a_drained_node_is_refused_before_any_change(cluster: FakeCluster, clock: Clock) -> None:
+    move = classic(cluster)
+    [progress] = replace(mover(cluster, clock), drained=Drained("c")).start([move])
+    assert (progress.phase, progress.outcome) == (
+        Phase.FAILED,
+        "node c is in maintenance mode (rabbitmq-upgrade drain)",
+    )
+    assert not [c for c in cluster.calls if c[0] == "put_policy" and c[2].startswith(POLICY_PREFIX)]
+
+
+def test_a_quorum_only_batch_does_not_ask_for_maintenance_mode(cluster: FakeCluster, clock: Clock) -> None:
+    cluster.add_queue(FakeQueue("/", "qq", "a", ["b", "c"], {"b", "c"}, 5, kind="quorum"))
+    drained = Drained()
+    m = replace(mover(cluster, clock), drained=drained)
+    [progress] = m.start([Move("/", "qq", QueueType.QUORUM, "a", "c", 5)])
+    assert progress.phase is Phase.TRANSFERRING and drained.asked == 0
+
+
+def test_maintenance_mode_is_asked_again_only_after_a_while(cluster: FakeCluster, clock: Clock) -> None:
+    """On 3.x each answer is an Erlang VM start: a run starting a classic move whenever one ends must not
+    pay it every time, yet a node drained mid-run is seen within DRAINED_FRESH_SECONDS."""
+    drained = Drained()
+    m = replace(mover(cluster, clock), drained=drained)
+    first = m.start([classic(cluster, "q1")])
+    m.start([classic(cluster, "q2")])
+    assert drained.asked == 1 and first[0].phase is not Phase.FAILED
+    drained.nodes.add("c")
+    clock.now += DRAINED_FRESH_SECONDS
+    [late] = m.start([classic(cluster, "q3")])
+    assert drained.asked == 2 and late.outcome == "node c is in maintenance mode (rabbitmq-upgrade drain)"

@@ -7,9 +7,10 @@ from typing import Any, cast
 import pytest
 
 from queue_balancer.cli.connection import Connection
-from queue_balancer.cli.engine import quorum_notice
+from queue_balancer.cli.engine import eval_notices
 from queue_balancer.counts import AmqpCounter, CountUnavailable, amqp_listeners, discover_amqp
 from queue_balancer.errors import ClusterNotReady, NotFound
+from queue_balancer.maintenance import with_maintenance
 from queue_balancer.management import ManagementClient
 from queue_balancer.model import Move, Plan, QueueRef, QueueType, Snapshot
 from queue_balancer.observe import looks_unsettled, refresh_unsettled, settle
@@ -163,10 +164,25 @@ def test_quorum_queues_that_cannot_move_are_said_in_one_line(capsys: pytest.Capt
         "members": ["a", "b"],
         "online": ["a"],
     }
-    snapshot = Snapshot.from_api(NODES, [quorum, classic("c")])
+    reported = [{**n, "being_drained": False} for n in NODES]
+    snapshot = Snapshot.from_api(reported, [quorum, classic("c")])
     without = Connection(cast(ManagementClient, None), None, None)
-    quorum_notice(without, snapshot)
+    eval_notices(without, snapshot)
     [line] = capsys.readouterr().err.splitlines()
     assert "1 quorum queues cannot be moved" in line and "--eval-command" in line
-    quorum_notice(without, Snapshot.from_api(NODES, [classic("c")]))
+    eval_notices(without, Snapshot.from_api(reported, [classic("c")]))
+    assert capsys.readouterr().err == ""
+
+
+def test_maintenance_mode_that_cannot_be_read_is_said_once_at_the_top(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """3.10 without an eval command: /api/nodes has no being_drained, and nothing else can read it."""
+    blind = Snapshot.from_api(NODES, [classic("c")], {"rabbitmq_version": "3.10.8"})
+    without = Connection(cast(ManagementClient, None), None, None)
+    eval_notices(without, blind)
+    [line] = capsys.readouterr().err.splitlines()
+    assert "maintenance mode cannot be read (RabbitMQ 3.10.8" in line
+    assert "treated as not drained" in line and "--eval-command" in line
+    eval_notices(without, with_maintenance(blind, lambda nodes: {"b"}))
     assert capsys.readouterr().err == ""
