@@ -15,6 +15,7 @@ from typing import Any
 from queue_balancer.errors import ConfigurationError, TrafficGateClosed
 from queue_balancer.lifecycle import EVENTS_AT_START, Outcome, RunInput, Step, advance, started
 from queue_balancer.lifecycle.routing import Route
+from queue_balancer.lock import LockLost
 from queue_balancer.model import JsonDict, Snapshot
 from queue_balancer.movers import cleanup
 from queue_balancer.safety import preflight, traffic_gate
@@ -67,14 +68,21 @@ def _continuation(raw: JsonDict, cluster: str) -> tuple[RunInput, RunState]:
 def begin_run(
     db: LifecycleStore, client: ClusterApi, config: RunInput, run: RunState, execution_arn: str
 ) -> RunState:
-    """Take the cluster's lock (``LockHeld`` while a CLI run holds it, before anything is written),
-    remove the temporary policies of runs that are not live, write the run's first lifecycle (or hand a
-    continued run to this execution), then refuse while a node is down, partitioned or in alarm. A
-    closed traffic gate routes the run to its report as skipped: a busy hour is not a failure."""
+    """Take the cluster's lock (``LockHeld`` while a CLI run holds it, before anything is written;
+    ``LockLost`` for a continuation its parent did not hand the run to, as AcquireLock checks too: a
+    copied ``continue`` input never drives a live run), remove the temporary policies of runs that are
+    not live, write the run's first lifecycle (or hand a continued run to this execution), then refuse
+    while a node is down, partitioned or in alarm. A closed traffic gate routes the run to its report as
+    skipped: a busy hour is not a failure."""
     lock = run_lock(client, run.run_id, until=float(run.lock["expires_at"]))
     if run.continuation:
-        lock.renew()
         before = db.lifecycle(run.cluster)
+        if before.execution_arn != execution_arn:
+            raise LockLost(
+                f"run {run.run_id} of cluster {run.cluster} was handed to {before.execution_arn}, "
+                f"not to {execution_arn}: a copied continuation never takes a live run over"
+            )
+        lock.renew()
         db.save(before, advance(before, Step.CONTINUED, now=iso(), execution_arn=execution_arn))
     else:
         lock.acquire()

@@ -19,6 +19,7 @@ from queue_balancer.lifecycle import Counts, Event, EventRefused, Lifecycle, Run
 from queue_balancer.lock import ClusterLock
 from queue_balancer.model import QueueRef
 from queue_balancer.movers import derived_run_id, exact_pattern, temporary_policy_name
+from queue_balancer.workflow.start import accept_input
 from tests.conftest import wait_until
 from tests.statemachine.conftest import Harness, spread
 
@@ -145,6 +146,24 @@ def test_a_second_run_fails_fast_while_one_holds_the_lock_and_reset_clears_every
     assert (record.state, record.outcome, record.counts.pending) == (State.IDLE, "reset", 0)
     assert harness.lock() is None
     assert harness.cluster_lock() is None
+
+
+def test_a_copied_continuation_input_cannot_take_over_a_live_run(harness: Harness) -> None:
+    """The console's "New execution" on a continuation copies its input; the run it names is live (parked
+    here): the copy must change nothing, since the parent handed the run to another execution."""
+    harness.seed(3, "quorum", "q")
+    live = harness.start({"action": "load", **FAST}, name="live-run")
+    harness.wait_state(State.READY, token=True)
+    handed = accept_input({"action": "load", **FAST}, "live-run", harness.outputs.ClusterName).to_dict()
+
+    copy = harness.finished(harness.start({"action": "continue", **handed}, name="live-run-c9"), timeout=30)
+
+    assert (copy["status"], copy["error"]) == ("FAILED", "AlreadyRunning")
+    assert harness.lifecycle().execution_arn == live
+    lock = harness.lock()
+    assert lock is not None and (lock["run_id"], lock["execution_arn"]) == ("live-run", live)
+    perform(harness.workflow, Event.RESET)
+    assert harness.finished(live)["status"] == "SUCCEEDED"
 
 
 def _temporary_policy(harness: Harness, run_id: str) -> str:

@@ -114,9 +114,22 @@ def test_begin_run_hands_a_continuation_to_the_new_execution(fake: FakeCluster) 
     config, run = begun(db, fake)
     reports(db, Step.PLANNED, Step.BATCH)  # a run continues in a fresh execution between batches
     child = "arn:aws:states:us-east-1:123456789012:execution:balancer:run-1-c1"
+    record = db.lifecycle(CLUSTER)  # the parent hands the run over (continue_as_new) before the child starts
+    db.save(record, advance(record, Step.CONTINUED, now="t", execution_arn=child))
     again = begin_run(db, fake, config, replace(run, continuation=True), child)
     assert again.run_id == "run-1" and db.lifecycle(CLUSTER).execution_arn == child
     assert LOCK_PARAMETER in fake.global_parameters
+
+
+def test_begin_run_refuses_a_continuation_the_parent_did_not_hand_the_run_to(fake: FakeCluster) -> None:
+    db = FakeStore()
+    config, run = begun(db, fake)
+    reports(db, Step.PLANNED, Step.BATCH)
+    copy = "arn:aws:states:us-east-1:123456789012:execution:balancer:copy-of-run-1-c1"
+    before = db.lifecycle(CLUSTER)
+    with pytest.raises(LockLost, match=r"was handed to .*:run-1, not to .*:copy-of-run-1-c1"):
+        begin_run(db, fake, config, replace(run, continuation=True), copy)
+    assert db.lifecycle(CLUSTER) == before  # the live run keeps its lifecycle
 
 
 def test_control_reaches_the_cluster_only_to_renew_the_locks(fake: FakeCluster) -> None:
