@@ -13,7 +13,7 @@ from pathlib import Path
 
 from queue_balancer import arguments, report
 from queue_balancer.cli.connection import Connection, connect, plan_options
-from queue_balancer.cli.exit_codes import EXIT_MOVES_FAILED, EXIT_OK
+from queue_balancer.cli.exit_codes import EXIT_ERROR, EXIT_MOVES_FAILED, EXIT_OK
 from queue_balancer.cli.members import add_member_flags, cmd_balance_members, cmd_plan_members
 from queue_balancer.cli.options import FORMATS, add_format_option, add_scope_options
 from queue_balancer.cli.output import Progress, emit, notice, stderr_line
@@ -158,8 +158,11 @@ def cmd_balance(args: argparse.Namespace) -> int:
 def remove_dead_runs_policies(connection: Connection, heartbeat: Heartbeat) -> None:
     """Under the lock, first: the temporary policies of runs that died (SIGKILL, a lost network during a
     rollback, a stopped workflow) still pin their queues to a node and hide the queues' own policies."""
-    for vhost, name in cleanup(connection.client, heartbeat.lock.live_runs()):
+    cleaned = cleanup(connection.client, heartbeat.lock.live_runs())
+    for vhost, name in cleaned.removed:
         notice(f"removed temporary policy {name} in vhost {vhost}, left by a run that is not live")
+    for vhost, name, detail in cleaned.syncing:
+        notice(f"kept temporary policy {name} in vhost {vhost} ({detail}): still syncing, run cleanup again")
 
 
 def _balance(
@@ -210,11 +213,15 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     connection = connect(args)
     lock = connection.lock("cleanup")
     with holding(lock):
-        removed = cleanup(connection.client, lock.live_runs())
-    lines = [f"removed temporary policy {name} in vhost {vhost}" for vhost, name in removed]
-    data = {"removed": [{"vhost": vhost, "policy": name} for vhost, name in removed]}
-    emit(args.format, data, lambda: "\n".join([*lines, f"{len(removed)} temporary policies removed"]))
-    return EXIT_OK
+        cleaned = cleanup(connection.client, lock.live_runs())
+    lines = [f"removed temporary policy {name} in vhost {vhost}" for vhost, name in cleaned.removed]
+    lines += [
+        f"kept temporary policy {name} in vhost {vhost}: {detail}; still syncing, run cleanup again"
+        for vhost, name, detail in cleaned.syncing
+    ]
+    lines.append(f"{len(cleaned.removed)} temporary policies removed, {len(cleaned.syncing)} still syncing")
+    emit(args.format, cleaned.to_dict(), lambda: "\n".join(lines))
+    return EXIT_ERROR if cleaned.syncing else EXIT_OK
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -259,6 +266,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     add_member_flags(sub)
     sub.set_defaults(func=cmd_balance)
 
-    sub = commands.add_parser("cleanup", help="remove temporary policies left behind by an interrupted run")
+    sub = commands.add_parser(
+        "cleanup",
+        help="remove temporary policies left behind by an interrupted run, each once its queue's copies are in sync",
+    )
     add_format_option(sub)
     sub.set_defaults(func=cmd_cleanup)

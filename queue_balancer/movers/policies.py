@@ -123,19 +123,3 @@ def put_temporary_policy(
 def mirrored_on(nodes: list[str]) -> dict[str, Any]:
     """HA keys that mirror a queue on exactly ``nodes``, synchronising new mirrors by themselves."""
     return {"ha-mode": "nodes", "ha-params": nodes, "ha-sync-mode": "automatic"}
-
-
-def cleanup(api: ManagementApi, live_runs: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """Remove the temporary policies of dead runs (every run not in ``live_runs``); returns (vhost, name).
-
-    A caller holds the cluster lock (``lock``), so the only live runs are its own and, while its lease
-    lasts, the lock's holder: their policies are moves under way, not leftovers.
-    """
-    removed = []
-    for policy in api.policies():
-        name = str(policy["name"])
-        if not is_temporary(name) or owning_run(name) in live_runs:
-            continue
-        if api.delete_policy(str(policy["vhost"]), name):
-            removed.append((str(policy["vhost"]), name))
-    return removed

@@ -1,7 +1,8 @@
 """Cleanup: where every Catch of the workflow leads. Undo, verify, write IDLE, word the notification.
 
 Removes the temporary ``queue-balancer-*`` policies of dead runs, this one's included
-(``movers.cleanup``; the live holder of the cluster's lock keeps its own), so each queue falls back to
+(``movers.cleanup``: each once every copy of its queue is synchronised, a queue still syncing keeps its
+policy and is named; the live holder of the cluster's lock keeps its own), so each queue falls back to
 its own policy; gives back the cluster's lock (``queue_balancer.lock``); lists the queues whose mirrors
 are not (yet) in sync; marks the lifecycle IDLE with the failure; words the failure notification.
 Policies are only touched while this run still holds the DynamoDB lock: otherwise they may belong to
@@ -94,12 +95,19 @@ def undo(client: ClusterApi, run: RunState) -> list[str]:
     held = run_lock(client, run.run_id)
     # This run's policies are leftovers now; another live holder's (a CLI run that took an expired
     # lock) are moves under way.
-    removed = cleanup(client, held.live_runs() - {held.run_id})
+    cleaned = cleanup(client, held.live_runs() - {held.run_id})
     held.release()
+    removed = cleaned.removed
     lines = [
         f"Cleanup removed {len(removed)} temporary polic{'y' if len(removed) == 1 else 'ies'}"
         + (": " + ", ".join(f"`{v}`/`{n}`" for v, n in removed[:LISTED]) if removed else ".")
     ]
+    if cleaned.syncing:
+        lines.append(
+            f"Left {len(cleaned.syncing)} temporary policies in place, still syncing (they hold every copy, "
+            "nothing is lost): run `queue-balancer cleanup` again once they are in sync:"
+        )
+        lines += [f"- `{v}` / `{n}`: {detail}" for v, n, detail in cleaned.syncing[:LISTED]]
     unsynced = [
         q
         for q in client.snapshot().queues
@@ -108,6 +116,7 @@ def undo(client: ClusterApi, run: RunState) -> list[str]:
     if not unsynced:
         return [*lines, "Every mirrored queue is in sync."]
     lines.append(
-        f"Queues whose mirrors are not in sync yet ({len(unsynced)}; their own policy re-synchronises them):"
+        f"Queues whose mirrors are not in sync yet ({len(unsynced)}; with `ha-sync-mode: manual` a mirror "
+        "stays so until a sync is requested: `rabbitmqctl sync_queue`):"
     )
     return lines + [f"- `{q.vhost}` / `{q.name}` on {q.leader}" for q in unsynced[:LISTED]]

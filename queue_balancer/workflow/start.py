@@ -87,7 +87,8 @@ def begin_run(
     else:
         lock.acquire()
         # Under the lock, first: dead runs' temporary policies (a stopped execution, a killed CLI) still
-        # pin their queues and hide the queues' own policies.
+        # pin their queues and hide the queues' own policies. One whose queue is still syncing stays (it
+        # holds every copy) for the next run's cleanup; this run's own policies rank above it.
         cleanup(client, lock.live_runs())
         record = started(
             run.cluster, run_id=run.run_id, execution_arn=execution_arn, action=config.action, now=iso()

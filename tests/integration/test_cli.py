@@ -39,7 +39,7 @@ def test_dry_run_and_every_engine_report_honour_format_json(
     assert main(["report", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["spread"] == 6
     assert main(["cleanup", "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"removed": []}
+    assert json.loads(capsys.readouterr().out) == {"removed": [], "still_syncing": []}
     assert main(["report"]) == 0
     text = capsys.readouterr().out
     assert "equilibrium (least-loaded node / even share): 0%" in text

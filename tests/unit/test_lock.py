@@ -252,8 +252,8 @@ def test_cleanup_removes_only_the_policies_of_dead_runs() -> None:
     for run in ("live", "dead", ""):
         cluster.add_policy("/", temporary_policy_name(ref, run), "^q$", {"ha-mode": "all"})
     cluster.add_policy("/", "own", ".*", {"ha-mode": "all"})
-    removed = cleanup(cluster, frozenset({"live"}))
-    assert sorted(name for _, name in removed) == sorted(
+    removed = cleanup(cluster, frozenset({"live"}), sleep=lambda _s: None)
+    assert sorted(name for _, name in removed.removed) == sorted(
         [temporary_policy_name(ref, "dead"), temporary_policy_name(ref, "")]
     )
     assert sorted(name for _, name in cluster.policy_store) == sorted(
@@ -278,4 +278,4 @@ def test_a_live_workflow_holder_keeps_its_policies_from_a_cli_cleanup() -> None:
     cluster.add_policy("/", temporary_policy_name(ref, workflow), "^q$", {"ha-mode": "all"})
     with pytest.raises(LockHeld, match=f"run {workflow} of tester"):
         lock(api, "cli").acquire()
-    assert cleanup(cluster, lock(api, "cli").live_runs()) == []
+    assert cleanup(cluster, lock(api, "cli").live_runs()).removed == []
