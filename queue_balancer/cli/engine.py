@@ -197,9 +197,7 @@ def _balance(
         # Re-read (waiting a bounded time for queues still syncing) and re-plan: failed moves and
         # queues skipped as syncing get another round while that improves the spread.
         snapshot = settle(connection, sleep=time.sleep, clock=time.monotonic)
-        if options.max_moves is not None:
-            options = dataclasses.replace(options, max_moves=max(options.max_moves - len(history), 0))
-        current = plan(snapshot, options)
+        current = plan(snapshot, round_options(options, len(history)))
         if not another_round(current, round_number, args.rounds):
             break
     summary = report.RunSummary(
@@ -207,6 +205,14 @@ def _balance(
     )
     emit(args.format, summary.to_dict(), lambda: report.summary_text(summary))
     return EXIT_MOVES_FAILED if summary.failed else EXIT_OK
+
+
+def round_options(run: PlanOptions, moves_so_far: int) -> PlanOptions:
+    """The next round's options: ``--max-moves`` bounds the whole run, so a round may make what the run's
+    limit leaves after every move made so far (counted once, from the run's own limit)."""
+    if run.max_moves is None:
+        return run
+    return dataclasses.replace(run, max_moves=max(run.max_moves - moves_so_far, 0))
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:

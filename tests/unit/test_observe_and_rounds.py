@@ -7,14 +7,14 @@ from typing import Any, cast
 import pytest
 
 from queue_balancer.cli.connection import Connection
-from queue_balancer.cli.engine import eval_notices
+from queue_balancer.cli.engine import eval_notices, round_options
 from queue_balancer.counts import AmqpCounter, CountUnavailable, amqp_listeners, discover_amqp
 from queue_balancer.errors import ClusterNotReady, NotFound
 from queue_balancer.maintenance import with_maintenance
 from queue_balancer.management import ManagementClient
 from queue_balancer.model import Move, Plan, QueueRef, QueueType, Snapshot
 from queue_balancer.observe import looks_unsettled, refresh_unsettled, settle
-from queue_balancer.planner import plan
+from queue_balancer.planner import PlanOptions, plan
 from queue_balancer.safety import another_round, traffic_gate
 
 NODES = [{"name": n, "running": True} for n in ("a", "b", "c")]
@@ -186,3 +186,12 @@ def test_maintenance_mode_that_cannot_be_read_is_said_once_at_the_top(
     assert "treated as not drained" in line and "--eval-command" in line
     eval_notices(without, with_maintenance(blind, lambda nodes: {"b"}))
     assert capsys.readouterr().err == ""
+
+
+def test_max_moves_bounds_the_whole_run_counting_each_move_once() -> None:
+    """ops-2 #9 (b): --max-moves 10 with 4 then 2 moves leaves 4 for round 3 (it used to leave 0)."""
+    run = PlanOptions(max_moves=10)
+    assert round_options(run, 4).max_moves == 6
+    assert round_options(run, 4 + 2).max_moves == 4
+    assert round_options(run, 12).max_moves == 0
+    assert round_options(PlanOptions(), 50) == PlanOptions()
