@@ -49,6 +49,14 @@ DRAINED_FRESH_SECONDS = 10.0
 """How long a move start trusts the last answer about maintenance mode (3.x; 4.x reports it with the nodes)."""
 
 
+def elsewhere(progress: MoveProgress, leader: str | None) -> str:
+    """Why a move ends with its leader on a third node. After our own transfer, Ra's election may choose
+    another member (a lagging target does not win): that is our call's outcome, not another actor's."""
+    if progress.phase is Phase.TRANSFERRING:
+        return f"the election after the transfer chose {leader}, not {progress.move.target}"
+    return f"leader moved to {leader} by someone else"
+
+
 @dataclass
 class Mover(MoveContext):
     """Moves queue leaders through the management API (and a leader-transfer port for quorum queues)."""
@@ -174,7 +182,7 @@ class Mover(MoveContext):
             if self.clock() > progress.deadline:
                 return self.abort(progress, f"timed out while {phase.value}")
             if live.leader not in (move.source, move.target):
-                return self.abort(progress, f"leader moved to {live.leader} by someone else")
+                return self.abort(progress, elsewhere(progress, live.leader))
         return PHASES[phase](self, progress, live)
 
     def abort(self, progress: MoveProgress, reason: str) -> MoveProgress:

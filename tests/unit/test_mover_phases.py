@@ -367,3 +367,25 @@ def test_maintenance_mode_is_asked_again_only_after_a_while(cluster: FakeCluster
     clock.now += DRAINED_FRESH_SECONDS
     [late] = m.start([classic(cluster, "q3")])
     assert drained.asked == 2 and late.outcome == "node c is in maintenance mode (rabbitmq-upgrade drain)"
+
+
+def test_an_election_won_by_a_third_member_is_named_as_our_transfers_outcome(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    """ops-2 #9 (d): Ra may elect another member after our own transfer (a lagging target does not win)."""
+    queue = cluster.add_queue(FakeQueue("/", "qq", "a", ["b", "c"], {"b", "c"}, 5, kind="quorum"))
+    m = mover(cluster, clock)
+    [progress] = m.start([Move("/", "qq", QueueType.QUORUM, "a", "c", 5)])
+    queue.leader = "b"  # the election after the transfer
+    assert progress.phase is Phase.TRANSFERRING
+    failed = m.advance(progress)
+    assert (failed.phase, failed.outcome) == (Phase.FAILED, "the election after the transfer chose b, not c")
+
+
+def test_a_classic_leader_taken_elsewhere_mid_move_is_someone_elses_doing(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    m = mover(cluster, clock)
+    [progress] = m.start([classic(cluster)])
+    cluster.queues[("/", "q")].leader = "b"
+    assert m.advance(progress).outcome.startswith("leader moved to b by someone else")
