@@ -12,14 +12,16 @@ the run that holds it now.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
+from queue_balancer.batch_run import BatchStore
 from queue_balancer.lifecycle import Outcome, finished
 from queue_balancer.lock import LockLost
-from queue_balancer.model import JsonDict, QueueType
+from queue_balancer.member_moves import MemberProgress
+from queue_balancer.model import JsonDict, Queue, QueueType
 from queue_balancer.movers import cleanup
 from queue_balancer.report import subject_line
 from queue_balancer.workflow.leases import iso, run_lock
@@ -75,7 +77,7 @@ def fail_run(
         "",
     ]
     if (db.lock(run.cluster) or {}).get("run_id") == run.run_id:
-        lines += undo(connect(), run)
+        lines += undo(connect(), run, db)
     else:
         lines.append("The run no longer held the cluster's lock: policies left to the run that holds it.")
     counts = run.counts
@@ -90,7 +92,7 @@ def fail_run(
     return FailedRun(subject, "\n".join(lines), replace(run, next=""))
 
 
-def undo(client: ClusterApi, run: RunState) -> list[str]:
+def undo(client: ClusterApi, run: RunState, db: BatchStore) -> list[str]:
     """Remove the dead runs' temporary policies, give the cluster's lock back, say what is not in sync."""
     held = run_lock(client, run.run_id)
     # This run's policies are leftovers now; another live holder's (a CLI run that took an expired
@@ -108,11 +110,9 @@ def undo(client: ClusterApi, run: RunState) -> list[str]:
             "nothing is lost): run `queue-balancer cleanup` again once they are in sync:"
         )
         lines += [f"- `{v}` / `{n}`: {detail}" for v, n, detail in cleaned.syncing[:LISTED]]
-    unsynced = [
-        q
-        for q in client.snapshot().queues
-        if q.type is QueueType.CLASSIC and set(q.replicas) - set(q.in_sync)
-    ]
+    queues = client.snapshot().queues
+    lines += members_left_over(db, run, queues)
+    unsynced = [q for q in queues if q.type is QueueType.CLASSIC and set(q.replicas) - set(q.in_sync)]
     if not unsynced:
         return [*lines, "Every mirrored queue is in sync."]
     lines.append(
@@ -120,3 +120,42 @@ def undo(client: ClusterApi, run: RunState) -> list[str]:
         "stays so until a sync is requested: `rabbitmqctl sync_queue`):"
     )
     return lines + [f"- `{q.vhost}` / `{q.name}` on {q.leader}" for q in unsynced[:LISTED]]
+
+
+def members_left_over(db: BatchStore, run: RunState, queues: Sequence[Queue]) -> list[str]:
+    """Quorum queues the failure leaves exposed: a member change of the batch under way cut off with
+    more members than before (a new member may still be catching up: the queue tolerates fewer
+    failures until it has), and queues with members not online."""
+    live = {q.ref: q for q in queues if q.type is QueueType.QUORUM}
+    lines = []
+    cut_off = [(p, live[p.move.ref]) for p in _members_under_way(db, run) if p.move.ref in live]
+    grown = [(p, q) for p, q in cut_off if 1 + len(q.replicas) > len(p.move.members)]
+    if grown:
+        lines.append(
+            f"Quorum queues whose member change was cut off ({len(grown)}; more members than before, "
+            "not rolled back: `balance --members` or `rabbitmq-queues delete_member` settles them):"
+        )
+        lines += [
+            f"- `{p.move.vhost}` / `{p.move.queue}`: {1 + len(q.replicas)} members, {len(p.move.members)} "
+            f"before (added {', '.join(p.added) or '-'}; catching up: {', '.join(p.catching_up) or '-'})"
+            for p, q in grown[:LISTED]
+        ]
+    offline = [q for q in live.values() if set(q.replicas) - set(q.in_sync)]
+    if offline:
+        lines.append(f"Quorum queues with members not online ({len(offline)}):")
+        lines += [
+            f"- `{q.vhost}` / `{q.name}`: {', '.join(sorted(set(q.replicas) - set(q.in_sync)))}"
+            for q in offline[:LISTED]
+        ]
+    return lines
+
+
+def _members_under_way(db: BatchStore, run: RunState) -> list[MemberProgress]:
+    """The member changes under way in the run's current batch (none for a leaders batch)."""
+    if not run.current:
+        return []
+    try:
+        batch = db.member_batch(run.run_id, int(run.current["generation"]), int(run.current["index"]))
+    except KeyError:  # a leaders batch, or none stored
+        return []
+    return batch.active

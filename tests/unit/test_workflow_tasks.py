@@ -12,10 +12,13 @@ from dataclasses import replace
 
 import pytest
 
+from queue_balancer.contract import PlanKind
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.lifecycle import Control, Decision, RunInput, State, Step, advance
 from queue_balancer.lifecycle.routing import Route
 from queue_balancer.lock import LOCK_PARAMETER, LockHeld, LockLost
+from queue_balancer.member_moves import MemberBatch, MemberPhase, MemberProgress
+from queue_balancer.members import MemberMove
 from queue_balancer.model import QueueRef
 from queue_balancer.movers.policies import temporary_policy_name
 from queue_balancer.workflow.control import ControlEvent, child_execution_arn, control
@@ -231,3 +234,21 @@ def test_a_stored_before_report_of_another_shape_is_named_not_asserted() -> None
     assert report_from_dict({}).nodes == ()
     with pytest.raises(MalformedItem, match="stored before report"):
         report_from_dict({"nodes": "a,b"})
+
+
+def test_fail_run_names_a_quorum_member_change_it_cut_off(fake: FakeCluster) -> None:
+    """ops-2 #8: a member added and still catching up when RunBatch failed: 4 members where there were
+    3 (quorum 3 of 4: no further failure tolerated until it caught up). The notification says so."""
+    db = FakeStore()
+    _, run = begun(db, fake)
+    fake.add_queue(FakeQueue("/", "qq", "a", ["b", "c"], {"b", "c"}, 5, kind="quorum"))
+    change = MemberMove("/", "qq", "a", ("a", "b", "c"), add=("d",), remove=("b",))
+    db.put_plan("run-1", 1, [[change]], kind=PlanKind.MEMBERS)
+    under_way = MemberProgress(change, MemberPhase.CHANGING, 0.0, 600.0, added=("d",), catching_up={"d": 7})
+    db.save_batch_state("run-1", 1, 0, MemberBatch(active=[under_way]))
+    fake.queues[("/", "qq")].mirrors.append("d")
+    failed = fail_run(
+        db, lambda: fake, replace(run, current={"generation": 1, "index": 0}), CaughtError("X", "why")
+    )
+    assert "Quorum queues whose member change was cut off (1;" in failed.message
+    assert "- `/` / `qq`: 4 members, 3 before (added d; catching up: d)" in failed.message
