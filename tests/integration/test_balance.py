@@ -391,3 +391,26 @@ def test_a_stopped_node_stops_the_run_before_anything_moves(
     finally:
         cluster.rabbitmqctl("start_app", node=third)
         wait_until(lambda: all(n["running"] for n in client.nodes()), timeout=60, what="all nodes running")
+
+
+def test_cleanup_of_a_dead_runs_move_keeps_every_synchronised_copy(
+    cluster: LocalCluster, client: ManagementClient
+) -> None:
+    """A run dies mid-move (its policy asked for the target's mirror); the next cleanup holds every copy
+    until it is synchronised, then hands the queue back to its own policy: no copy and no message lost."""
+    seeded = seed(cluster, queues=1, messages=20, queue_type="classic")
+    [name] = seeded.queue_names
+    before = len(Queue.from_api(client.queue_now("/", name)).in_sync)
+    dead = Mover(client, None, MoveSettings(poll_interval=0.2), None, run_id="dead1")
+    [progress] = dead.start(
+        [Move("/", name, QueueType.CLASSIC, cluster.nodes[0].name, cluster.nodes[2].name, 20)]
+    )
+    assert progress.phase is Phase.SYNCING and temporary_policies(client)
+    assert main(["--local", "cleanup"]) == 0
+    assert temporary_policies(client) == []
+    wait_until(
+        lambda: len(Queue.from_api(client.queue_now("/", name)).in_sync) >= before,
+        timeout=30,
+        what=f"{name} back on its own mirrors",
+    )
+    assert drain(cluster, "/", seeded.queue_names) == 20
