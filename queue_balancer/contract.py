@@ -174,6 +174,10 @@ CLUSTER_ACCESS = "cluster"
 EVAL_ACCESS = "eval"
 """``ssm:SendCommand`` of the balancer's own eval document on the cluster's nodes (quorum leader transfers,
 member changes): a root-level reach into every broker, so only the functions that move queues get it."""
+NOTIFY_ACCESS = "notify"
+"""``sns:Publish`` on the notification topic (and its key): Cleanup's on-failure destination, so a Cleanup that
+EventBridge invoked (an execution that ended without cleaning up) and that still failed after Lambda's own
+retries is reported instead of dropped."""
 FUNCTION_ACCESS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     {
         "ValidateInput": frozenset(),
@@ -185,7 +189,7 @@ FUNCTION_ACCESS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         "VerifyRound": frozenset({TABLE_ACCESS, CLUSTER_ACCESS}),
         "ReportRun": frozenset({TABLE_ACCESS, CLUSTER_ACCESS}),
         "FinishRun": frozenset({TABLE_ACCESS, CLUSTER_ACCESS}),
-        "Cleanup": frozenset({TABLE_ACCESS, CLUSTER_ACCESS}),
+        "Cleanup": frozenset({TABLE_ACCESS, CLUSTER_ACCESS, NOTIFY_ACCESS}),
     }
 )
 """Function name (``${<Name>FunctionArn}``) -> what its role grants beyond logs and the VPC."""

@@ -15,7 +15,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sns as sns
 from cdk_nag import NagPackSuppression, NagSuppressions
 
-from queue_balancer.contract import CLUSTER_ACCESS, EVAL_ACCESS, TABLE_ACCESS, function_access
+from queue_balancer.contract import CLUSTER_ACCESS, EVAL_ACCESS, NOTIFY_ACCESS, TABLE_ACCESS, function_access
 from stacks.balancer_props import BalancedCluster
 
 
@@ -26,12 +26,15 @@ def function_role(
     cluster: BalancedCluster,
     secret: secretsmanager.ISecret,
     table: dynamodb.ITable,
+    topic: sns.ITopic,
+    topic_key: kms.IKey,
     eval_document_name: str,
     log_group: logs.ILogGroup,
 ) -> iam.Role:
-    """One function's own role: its log group and the VPC always; the admin secret, the lifecycle items
-    and the balancer's own command document on the cluster's nodes only as ``contract.FUNCTION_ACCESS``
-    says (never ``AWS-RunShellScript``: that would be any shell line as root on every broker)."""
+    """One function's own role: its log group and the VPC always; the admin secret, the lifecycle items,
+    the notification topic and the balancer's own command document on the cluster's nodes only as
+    ``contract.FUNCTION_ACCESS`` says (never ``AWS-RunShellScript``: that would be any shell line as root
+    on every broker)."""
     access = function_access(name)
     role = iam.Role(
         stack,
@@ -67,6 +70,17 @@ def function_role(
         )  # fmt: skip
     if CLUSTER_ACCESS in access:
         secret.grant_read(role)
+    if NOTIFY_ACCESS in access:
+        statements += [
+            iam.PolicyStatement(
+                sid="NotificationTopic", actions=["sns:Publish"], resources=[topic.topic_arn]
+            ),
+            iam.PolicyStatement(
+                sid="NotificationTopicKey",
+                actions=["kms:Decrypt", "kms:GenerateDataKey"],
+                resources=[topic_key.key_arn],
+            ),
+        ]
     if EVAL_ACCESS in access:
         statements += [
             iam.PolicyStatement(

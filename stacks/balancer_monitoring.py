@@ -1,10 +1,11 @@
-"""What an operator watches of the workflow: the failed-run alarm and the balancer's dashboard."""
+"""What an operator watches of the workflow: the failed-run and cleanup-failure alarms and the dashboard."""
 
 from __future__ import annotations
 
 from aws_cdk import Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
@@ -28,10 +29,43 @@ def failed_runs_alarm(
         label="Failed, timed-out or aborted runs",
         period=period,
     )
-    alarm = failed.create_alarm(
+    return _on_first(
         scope,
         "FailedRuns",
-        alarm_description=f"A queue balancer run of {cluster_name} failed, timed out or was aborted",
+        failed,
+        topic,
+        f"A queue balancer run of {cluster_name} failed, timed out or was aborted",
+    )
+
+
+def cleanup_failures_alarm(
+    scope: Construct, cleanup: lambda_.IFunction, topic: sns.ITopic, cluster_name: str
+) -> cloudwatch.Alarm:
+    """Alarm (to the topic) when Cleanup fails: invoked by EventBridge for a run that ended without cleaning
+    up, its failure leaves that run's locks, temporary policies and lifecycle behind (the on-failure
+    destination sends the event and the error to the same topic)."""
+    return _on_first(
+        scope,
+        "CleanupFailures",
+        cleanup.metric_errors(statistic="Sum", period=Duration.minutes(5)),
+        topic,
+        f"Cleanup of a queue balancer run of {cluster_name} failed: its locks, temporary policies or "
+        "lifecycle may be left behind (`queue-balancer status`, `reset`)",
+    )
+
+
+def _on_first(
+    scope: Construct,
+    name: str,
+    metric: cloudwatch.Metric | cloudwatch.MathExpression,
+    topic: sns.ITopic,
+    description: str,
+) -> cloudwatch.Alarm:
+    """Alarm ``name`` to the topic as soon as ``metric`` counts one in its period."""
+    alarm = metric.create_alarm(
+        scope,
+        name,
+        alarm_description=description,
         threshold=1,
         comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
         evaluation_periods=1,

@@ -39,7 +39,7 @@ from queue_balancer.contract import (
     function_placeholder,
 )
 from stacks.balancer_iam import function_role, state_machine_role
-from stacks.balancer_monitoring import balancer_dashboard, failed_runs_alarm
+from stacks.balancer_monitoring import balancer_dashboard, cleanup_failures_alarm, failed_runs_alarm
 from stacks.balancer_props import BalancerProps
 from stacks.lambda_asset import ARCHITECTURE, RUNTIME, lambda_code, runtime_requirements
 from stacks.network import subnets_by_id
@@ -84,6 +84,9 @@ class BalancerStack(Stack):
         self.schedule = self._schedule()
         self.ended_runs = self._ended_runs()
         self.failed_runs_alarm = failed_runs_alarm(self, self.state_machine, self.topic, self.cluster_name)
+        self.cleanup_failures_alarm = cleanup_failures_alarm(
+            self, self.functions["Cleanup"], self.topic, self.cluster_name
+        )
         self.dashboard = balancer_dashboard(
             self, self.state_machine_name, self.state_machine, self.failed_runs_alarm
         )
@@ -171,6 +174,8 @@ class BalancerStack(Stack):
                 cluster=self.props.cluster,
                 secret=self.secret,
                 table=self.table,
+                topic=self.topic,
+                topic_key=self.topic_key,
                 eval_document_name=document.ref,
                 log_group=log_group,
             )
@@ -254,7 +259,23 @@ class BalancerStack(Stack):
     def _ended_runs(self) -> events.Rule:
         """An execution stopped (StopExecution, the console), timed out (the ASL's TimeoutSeconds) or failed
         on a path without cleanup leaves its locks and temporary policies: Cleanup undoes them
-        (``queue_balancer.workflow.ended``), as it does for a caught failure."""
+        (``queue_balancer.workflow.ended``), as it does for a caught failure. EventBridge's retries cover
+        delivery only: a Cleanup that Lambda accepted and that fails its own two retries (the management API
+        down, say) goes to the notification topic (on-failure destination) with the event and the error,
+        instead of being dropped with the run's locks and policies left behind."""
+        # L1: SnsDestination would grant kms:GenerateDataKey* on its own; the role has what
+        # contract.FUNCTION_ACCESS names (NOTIFY_ACCESS), without a wildcard.
+        lambda_.CfnEventInvokeConfig(
+            self,
+            "CleanupOnFailure",
+            function_name=self.functions["Cleanup"].function_name,
+            qualifier="$LATEST",
+            maximum_retry_attempts=2,
+            maximum_event_age_in_seconds=int(Duration.hours(6).to_seconds()),
+            destination_config=lambda_.CfnEventInvokeConfig.DestinationConfigProperty(
+                on_failure=lambda_.CfnEventInvokeConfig.OnFailureProperty(destination=self.topic.topic_arn)
+            ),
+        )
         return events.Rule(
             self,
             "EndedRuns",

@@ -18,6 +18,7 @@ from queue_balancer.contract import (
     EVAL_ACCESS,
     FUNCTION_ACCESS,
     FUNCTION_PLACEHOLDER,
+    NOTIFY_ACCESS,
     TABLE_ACCESS,
     asl_placeholders,
     snake_case,
@@ -225,6 +226,7 @@ def test_a_function_reaches_only_what_the_contract_grants_it(app_synth: Synthesi
     assert ("secretsmanager:GetSecretValue" in granted) == (CLUSTER_ACCESS in access)
     assert ("dynamodb:" in granted) == (TABLE_ACCESS in access)
     assert ("ssm:" in granted) == (EVAL_ACCESS in access)
+    assert ("sns:Publish" in granted) == (NOTIFY_ACCESS in access)
     assert f"{name}Logs" in granted  # its own log group, not the others'
     assert all(f"{other}Logs" not in granted for other in FUNCTION_ACCESS if other != name)
 
@@ -311,6 +313,39 @@ def test_an_execution_that_ends_without_cleaning_up_goes_to_cleanup(app_synth: S
     )
 
 
+def test_a_cleanup_that_fails_after_its_retries_is_reported_and_alarms(app_synth: Synthesized) -> None:
+    """EventBridge's retries cover delivery only: a Cleanup of an ended run that Lambda accepted and that
+    failed goes to the topic (on-failure destination), and its Errors alarm to the same topic."""
+    template = app_synth.template(STACK)
+    functions = app_synth.resources(STACK, "AWS::Lambda::Function")
+    (cleanup_id,) = [
+        k for k, f in functions.items() if f["Properties"]["Handler"] == "lambdas.cleanup.handler"
+    ]
+    topic_id, _ = only(app_synth.resources(STACK, "AWS::SNS::Topic"))
+    template.has_resource_properties(
+        "AWS::Lambda::EventInvokeConfig",
+        {
+            "FunctionName": {"Ref": cleanup_id},
+            "MaximumRetryAttempts": 2,
+            "DestinationConfig": {"OnFailure": {"Destination": {"Ref": topic_id}}},
+        },
+    )
+    template.has_resource_properties(
+        "AWS::CloudWatch::Alarm",
+        {
+            "Namespace": "AWS/Lambda",
+            "MetricName": "Errors",
+            "Dimensions": [{"Name": "FunctionName", "Value": {"Ref": cleanup_id}}],
+            "Threshold": 1,
+            "EvaluationPeriods": 1,
+            "AlarmActions": [{"Ref": topic_id}],
+        },
+    )
+    granted = by_sid(statements_of(app_synth, "CleanupRole"))
+    assert granted["NotificationTopic"]["Resource"] == {"Ref": topic_id}
+    assert granted["NotificationTopicKey"]["Action"] == ["kms:Decrypt", "kms:GenerateDataKey"]
+
+
 def test_the_state_machine_times_out_after_three_days(asl_text: str) -> None:
     """A backstop for an execution that hangs: it then ends TIMED_OUT, which goes to Cleanup."""
     assert json.loads(asl_text)["TimeoutSeconds"] == 3 * 86400
@@ -328,7 +363,11 @@ def test_dashboard_and_failed_run_alarm(app_synth: Synthesized) -> None:
         "ExecutionsFailed",
     ):
         assert metric in body
-    _, alarm = only(app_synth.resources(STACK, "AWS::CloudWatch::Alarm"))
+    [alarm] = [
+        a
+        for a in app_synth.resources(STACK, "AWS::CloudWatch::Alarm").values()
+        if "Metrics" in a["Properties"]
+    ]
     metrics = json.dumps(alarm["Properties"]["Metrics"])
     assert "ExecutionsFailed" in metrics and "AWS/States" in metrics
     # An aborted run leaves its lock and temporary policies behind: it pages like a failed one.
