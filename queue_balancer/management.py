@@ -187,11 +187,18 @@ class ManagementClient:
 
     def members_snapshot(self) -> Snapshot:
         """Nodes and queues for the members plan: quorum queues from the real-time view, the others from
-        the statistics view (the real-time list lacks a classic queue's effective policy)."""
-        quorum = [q for q in self.queues_now() if q.get("type") == "quorum"]
-        others = [q for q in self.queues() if q.get("type") != "quorum"]
-        listed = Snapshot.from_api(self.nodes(), quorum + others, self.overview())
-        return with_maintenance(listed, self.drained)
+        the statistics view. The real-time list names a queue's policy but not its effective definition
+        (seen on 4.0.5), where ``target-group-size`` lives: that comes from the statistics view, seconds late."""
+        listed = self.queues()
+        effective = {(q["vhost"], q["name"]): q.get("effective_policy_definition") for q in listed}
+        quorum = [
+            {"effective_policy_definition": effective.get((q["vhost"], q["name"])), **q}
+            for q in self.queues_now()
+            if q.get("type") == "quorum"
+        ]
+        others = [q for q in listed if q.get("type") != "quorum"]
+        snapshot = Snapshot.from_api(self.nodes(), quorum + others, self.overview())
+        return with_maintenance(snapshot, self.drained)
 
     def version(self) -> str:
         """RabbitMQ's version, e.g. ``3.10.8`` or ``4.0.5``."""

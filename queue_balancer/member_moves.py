@@ -13,8 +13,10 @@ One queue's change (a ``MemberMove``) is a small state machine driven by observa
    before it has caught up); when they do not, a member on a node gone from the cluster (no longer in
    ``/api/nodes``) is removed first, which drops no copy. A member on a node merely stopped still holds its
    data on disk and may come back: the change waits for it (until its deadline) instead. A member that is
-   online is removed only when the rest still form a quorum, and only after the adds, so the queue never
-   holds fewer in-sync copies than before the change.
+   online is removed only when the rest still form a quorum, and only after the adds: a change that adds
+   members never holds fewer in-sync copies than before it. A remove-only change drops the copies it names:
+   the plan makes one only for a member on a departed node (no copy) or when the operator asks for fewer
+   members (an explicit group size, ``members.replica_count``).
 3. **Verify** as a leader move is verified: the members are exactly the planned ones, all online, and the
    exact message count (passive declare over AMQP) is unchanged.
 4. **Roll back** on failure or interruption: the members this change added and no longer needs are

@@ -3,9 +3,13 @@
 After a node is replaced or added it holds no quorum members at all, leaders can only move among the
 old nodes, and losing one more old node can cost queues their quorum. The members plan puts it right:
 
-1. **Targets**: every quorum queue keeps its replica count (``x-quorum-initial-group-size``, else the
-   cluster default, at most the number of eligible nodes); members sit only on *eligible* nodes (running,
-   not drained): a member on a departed, stopped or drained node is replaced.
+1. **Targets**: every quorum queue keeps at least the members it has on nodes still in the cluster and
+   grows to its declared size (``x-quorum-target-group-size`` argument or ``target-group-size`` policy
+   key, which RabbitMQ 3.13+ grows queues back to, and ``x-quorum-initial-group-size``, else RabbitMQ's
+   default of 3): a queue grown by ``rabbitmq-queues grow <node> all`` keeps its extra members. Only an
+   explicit ``group_size`` shrinks a queue (never below its target group size). Members sit on *eligible*
+   nodes (running, not drained, not excluded): a member on a departed node is replaced, one on a stopped or
+   drained node too while the eligible nodes can make the count up; otherwise it stays.
 2. **Balance**: members per eligible node as even as reachable (the smallest possible maximum, then the
    largest possible minimum under it), then the fewest member changes (each kept member saves an add and
    a remove), then the fewest leaders losing their member: a min-cost flow over groups of interchangeable
@@ -38,19 +42,19 @@ _QUEUE_STATES = ("running", "live", "idle", "flow", "minority")
 
 @dataclass(frozen=True)
 class MembersOptions:
-    """Which queues (``selection``: vhosts, name pattern), the cluster's default replica count, and the
+    """Which queues (``selection``: vhosts, name pattern), the replica count the operator asks for, and the
     nodes that must hold no members (drained or in maintenance)."""
 
     selection: PlanOptions = field(default_factory=PlanOptions)
-    default_group_size: int = DEFAULT_GROUP_SIZE
+    group_size: int | None = None
+    """Members every selected queue gets, grown *or shrunk* to it (never below its target group size).
+    None: every queue keeps its members and grows to its declared size (``replica_count``)."""
     excluded: frozenset[str] = frozenset()
     """Besides the nodes in maintenance mode, which the snapshot names."""
 
     def __post_init__(self) -> None:
-        if self.default_group_size < 1:
-            raise ConfigurationError(
-                f"the default group size must be 1 or more, got {self.default_group_size}"
-            )
+        if self.group_size is not None and self.group_size < 1:
+            raise ConfigurationError(f"the group size must be 1 or more, got {self.group_size}")
 
 
 @dataclass(frozen=True)
@@ -140,19 +144,33 @@ def quorum_of(members: int) -> int:
     return members // 2 + 1
 
 
-def target_size(queue: Queue, options: MembersOptions, eligible: int, staying: int = 0) -> int:
-    """Members a queue should have on the eligible nodes: its declared size (else the default) less the
-    members that stay on drained nodes; at most one per node."""
-    return min((queue.group_size or options.default_group_size) - staying, eligible)
+def replica_count(queue: Queue, options: MembersOptions, known: frozenset[str]) -> int:
+    """Members a queue should have in all. By default never fewer than it has on ``known`` nodes (the
+    cluster's, running or not: a member on a departed node is no copy), and at least its declared size.
+    An explicit ``options.group_size`` is taken as asked, shrinking too, but never below the target group
+    size, which RabbitMQ 3.13+ would grow the queue back to."""
+    floor = queue.target_group_size or 0
+    if options.group_size is not None:
+        return max(options.group_size, floor)
+    current = sum(1 for n in queue.members if n in known)
+    return max(current, floor, queue.group_size or DEFAULT_GROUP_SIZE)
+
+
+def target_size(count: int, eligible: int, staying: int = 0) -> int:
+    """Members a queue of ``count`` replicas gets on the eligible nodes: the count less the members that
+    stay elsewhere, at most one per node."""
+    return min(count - staying, eligible)
 
 
 def staying_members(
-    queue: Queue, options: MembersOptions, eligible: int, held: frozenset[str]
+    queue: Queue, count: int, eligible: int, held: frozenset[str], running: frozenset[str]
 ) -> tuple[str, ...]:
-    """Members on running nodes in maintenance that stay: only as many as the eligible nodes cannot make up,
-    so draining a node for an upgrade never costs a queue a replica (its members leave only to a new home)."""
-    missing = (queue.group_size or options.default_group_size) - eligible
-    return tuple(sorted(n for n in queue.members if n in held))[: max(0, missing)]
+    """Members on ``held`` nodes (in the cluster but not eligible: stopped, drained, excluded) that stay:
+    only as many as the eligible nodes cannot make up to ``count``, running ones first. Draining or
+    stopping a node never costs a queue a replica: its members leave only to a new home."""
+    missing = count - eligible
+    kept = sorted((n for n in queue.members if n in held), key=lambda n: (n not in running, n))
+    return tuple(sorted(kept[: max(0, missing)]))
 
 
 def classify_members(queue: Queue, running: frozenset[str]) -> Skipped | None:
@@ -193,7 +211,7 @@ def plan_members(snapshot: Snapshot, options: MembersOptions | None = None) -> M
         else:
             skipped.append(verdict)
             fixed.update(n for n in queue.members if n in eligible)
-    moves = _balance(eligible, fixed, movable, options, running - frozenset(eligible))
+    moves = _balance(eligible, fixed, movable, options, frozenset(known), running)
     moves.sort(key=lambda m: (m.messages, m.vhost, m.queue))
     before = _members_per_node(queues, eligible)
     after = Counter(before)
@@ -240,18 +258,21 @@ def _balance(
     fixed: Mapping[str, int],
     queues: Sequence[Queue],
     options: MembersOptions,
-    held: frozenset[str],
+    known: frozenset[str],
+    running: frozenset[str],
 ) -> list[MemberMove]:
     eligible = frozenset(nodes)
     if not eligible:
         return []
+    held = known - eligible
     groups: dict[_GroupKey, list[Queue]] = defaultdict(list)
     staying: dict[QueueRef, tuple[str, ...]] = {}
     for queue in queues:
         kept = frozenset(n for n in queue.members if n in eligible)
         leader = queue.leader if queue.leader in eligible else ""
-        staying[queue.ref] = staying_members(queue, options, len(nodes), held)
-        groups[(leader, kept, target_size(queue, options, len(nodes), len(staying[queue.ref])))].append(queue)
+        count = replica_count(queue, options, known)
+        staying[queue.ref] = staying_members(queue, count, len(nodes), held, running)
+        groups[(leader, kept, target_size(count, len(nodes), len(staying[queue.ref])))].append(queue)
     if not groups:
         return []
     network = _MembersNetwork(nodes, fixed, groups)

@@ -79,6 +79,9 @@ class Queue:
     consumers: int = 0
     group_size: int | None = None
     """A quorum queue's ``x-quorum-initial-group-size``: how many members it was declared with."""
+    target_group_size: int | None = None
+    """A quorum queue's ``x-quorum-target-group-size`` argument or ``target-group-size`` policy key (the
+    larger): RabbitMQ 3.13+ membership reconciliation grows the queue back to it, never shrinks it."""
     non_voters: tuple[str, ...] = ()
     """Quorum members that hold no vote (RabbitMQ 4.x: ``non_voter``, or ``promotable`` while a new member
     catches up). ``members``/``online`` list them like voters, yet Ra would make one leader if asked (seen
@@ -120,13 +123,29 @@ class Queue:
             policy=data.get("policy") or None,
             policy_definition=dict(data.get("effective_policy_definition") or {}),
             consumers=int(data.get("consumers") or 0),
-            group_size=_group_size(data.get("arguments")),
+            group_size=_size(data.get("arguments"), "x-quorum-initial-group-size"),
+            target_group_size=_target_group_size(data),
         )
 
 
-def _group_size(arguments: Any) -> int | None:
-    size = arguments.get("x-quorum-initial-group-size") if isinstance(arguments, Mapping) else None
+def _size(settings: Any, key: str) -> int | None:
+    """A positive integer setting (queue argument or policy key), else None."""
+    size = settings.get(key) if isinstance(settings, Mapping) else None
     return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
+def _target_group_size(data: Mapping[str, Any]) -> int | None:
+    """The larger of the argument and the effective policy's key, as RabbitMQ's reconciliation reads them
+    (``rabbit_quorum_queue_periodic_membership_reconciliation:get_target_size``)."""
+    sizes = [
+        size
+        for size in (
+            _size(data.get("arguments"), "x-quorum-target-group-size"),
+            _size(data.get("effective_policy_definition"), "target-group-size"),
+        )
+        if size is not None
+    ]
+    return max(sizes, default=None)
 
 
 @dataclass(frozen=True)

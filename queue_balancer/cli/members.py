@@ -10,11 +10,12 @@ from collections.abc import Callable
 from queue_balancer import report
 from queue_balancer.cli.connection import Connection
 from queue_balancer.cli.exit_codes import EXIT_MOVES_FAILED, EXIT_OK
+from queue_balancer.cli.options import GROUP_SIZE_HELP
 from queue_balancer.cli.output import emit
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.member_changes import member_changer
 from queue_balancer.member_moves import MemberMover, MemberProgress, run_member_moves
-from queue_balancer.members import DEFAULT_GROUP_SIZE, MembersOptions, MembersPlan, plan_members
+from queue_balancer.members import MembersOptions, MembersPlan, plan_members
 from queue_balancer.members_run import MembersSummary
 from queue_balancer.model import Snapshot
 from queue_balancer.planner import PlanOptions
@@ -25,16 +26,14 @@ def add_member_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--members",
         action="store_true",
-        help="quorum queue members instead of leaders: every queue keeps its replica count, on running "
-        "nodes only, spread evenly with the fewest member changes",
+        help="quorum queue members instead of leaders: every queue keeps its members (at least its "
+        "declared size), on running nodes only, spread evenly with the fewest member changes",
     )
     parser.add_argument(
         "--group-size",
         type=int,
-        default=DEFAULT_GROUP_SIZE,
         metavar="N",
-        help=f"with --members: replicas of a quorum queue declared without x-quorum-initial-group-size "
-        f"(the cluster's quorum_cluster_size, default {DEFAULT_GROUP_SIZE})",
+        help=GROUP_SIZE_HELP,
     )
     parser.add_argument(
         "--exclude-node",
@@ -47,7 +46,7 @@ def add_member_flags(parser: argparse.ArgumentParser) -> None:
 def members_options(args: argparse.Namespace, selection: PlanOptions) -> MembersOptions:
     return MembersOptions(
         selection=selection,
-        default_group_size=args.group_size,
+        group_size=args.group_size,
         excluded=frozenset(args.exclude_node or ()),
     )
 

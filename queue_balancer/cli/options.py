@@ -7,8 +7,16 @@ import argparse
 
 from queue_balancer import arguments
 from queue_balancer.lifecycle import DEFAULT_POLL_SECONDS, MAX_POLL_SECONDS
+from queue_balancer.members import DEFAULT_GROUP_SIZE
 
 FORMATS = ("text", "json", "markdown")
+GROUP_SIZE_HELP = (
+    "with --members: give every selected quorum queue exactly N members: grows smaller queues and "
+    "SHRINKS larger ones (never below a target-group-size). Default: no queue shrinks; each keeps its "
+    "members and grows to its target-group-size or x-quorum-initial-group-size "
+    f"(else {DEFAULT_GROUP_SIZE})"
+)
+"""``--group-size`` of ``balance --members`` and ``workflow run --members``: the only way to shrink."""
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -143,8 +151,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "--group-size",
         type=int,
         metavar="N",
-        help="with --members: replicas of a quorum queue declared without x-quorum-initial-group-size "
-        "(default 3)",
+        help=GROUP_SIZE_HELP,
     )
     run.add_argument(
         "--exclude-node",

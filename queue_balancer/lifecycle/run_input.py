@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from queue_balancer.errors import ConfigurationError
-from queue_balancer.members import DEFAULT_GROUP_SIZE, MembersOptions
+from queue_balancer.members import MembersOptions
 from queue_balancer.model import JsonDict
 from queue_balancer.planner import PlanOptions
 
@@ -39,8 +39,8 @@ class RunInput:
     inside a batch too); ``rounds`` bounds verify-and-replan; ``poll_seconds`` is the wait between two
     slices of a long mirror sync; the rates (messages per second, cluster-wide) gate the run on low
     traffic, as the seed asks. ``members`` balances quorum queue members (replicas) instead of leaders,
-    as ``balance --members`` does: ``group_size`` is the replica count of a queue declared without
-    ``x-quorum-initial-group-size``, ``exclude_nodes`` the nodes that must hold no members.
+    as ``balance --members`` does: ``group_size``, when given, is the replica count of every selected
+    queue (larger ones shrink; without it none does), ``exclude_nodes`` the nodes that must hold no members.
     """
 
     action: str = "balance"
@@ -55,7 +55,7 @@ class RunInput:
     max_deliver_rate: float | None = None
     poll_seconds: int = DEFAULT_POLL_SECONDS
     members: bool = False
-    group_size: int = DEFAULT_GROUP_SIZE
+    group_size: int | None = None
     exclude_nodes: tuple[str, ...] = ()
 
     @classmethod
@@ -136,7 +136,9 @@ class RunInput:
         }
         data.update({k: v for k, v in optional.items() if v is not None})
         if self.members:
-            data.update(members=True, group_size=self.group_size, exclude_nodes=list(self.exclude_nodes))
+            data.update(members=True, exclude_nodes=list(self.exclude_nodes))
+            if self.group_size is not None:
+                data["group_size"] = self.group_size
         return data
 
     def plan_options(self, *, quorum_transfer: bool = True) -> PlanOptions:
@@ -152,7 +154,7 @@ class RunInput:
         """The members plan's options (``members: true``): the same selection as a leader run."""
         return MembersOptions(
             selection=self.plan_options(),
-            default_group_size=self.group_size,
+            group_size=self.group_size,
             excluded=frozenset(self.exclude_nodes),
         )
 
@@ -180,13 +182,15 @@ _LEADERS_ONLY = ("per_vhost", "max_moves")
 """The members plan spreads every selected quorum queue's members over the whole cluster at once."""
 
 
-def _members_fields(data: Mapping[str, Any], problems: list[str]) -> tuple[bool, int, list[str]]:
+def _members_fields(data: Mapping[str, Any], problems: list[str]) -> tuple[bool, int | None, list[str]]:
     """``members``, ``group_size`` and ``exclude_nodes``; the fields of the other kind of run refused."""
     members = data.get("members", False)
     if not isinstance(members, bool):
         problems.append("members must be true or false")
         members = False
-    group_size = _integer(data, "group_size", DEFAULT_GROUP_SIZE, 1, MAX_GROUP_SIZE, problems)
+    group_size = None
+    if data.get("group_size") is not None:  # only an explicit size shrinks queues
+        group_size = _integer(data, "group_size", 1, 1, MAX_GROUP_SIZE, problems)
     excluded = data.get("exclude_nodes", [])
     if not isinstance(excluded, list) or not all(isinstance(n, str) and n for n in excluded):
         problems.append("exclude_nodes must be a list of node names")

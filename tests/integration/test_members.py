@@ -1,9 +1,9 @@
 """Quorum members on real nodes: spread by `balance --members`, and the replacement of a node under a new name.
 
-Cost: the first test runs on the shared session cluster (~15 s); each replacement test starts its own
-cluster (3 nodes, then 5 nodes) on its own port block (the session block + 70), stops one node, starts a
-new one under a new name and forgets the old one (~1 min each on 2 cores). Every cluster is stopped
-however the test ends.
+Cost: the first two tests run on the shared session clusters (~15 s and ~5 s a version); each replacement
+test starts its own cluster (3 nodes, then 5 nodes) on its own port block (the session block + 70), stops
+one node, starts a new one under a new name and forgets the old one (~1 min each on 2 cores). Every cluster
+is stopped however the test ends.
 """
 
 from __future__ import annotations
@@ -94,6 +94,63 @@ def test_balance_members_spreads_replicas_and_keeps_every_message(
     for queue in client.queues_now():
         parsed = Queue.from_api(queue)
         assert len(parsed.members) == 2 and set(parsed.in_sync) == set(parsed.replicas), parsed
+
+
+def test_grown_queues_keep_their_members_unless_a_smaller_group_size_is_asked_for(
+    versioned: LocalCluster, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After `rabbitmq-queues grow <node> all` queues have more members than declared: the plan leaves them
+    (an explicit --group-size shrinks); a target group size (4.x policy key, 3.x argument) is read as
+    declared."""
+    cluster = versioned
+    user, password = cluster.credentials
+    client = ManagementClient(cluster.nodes[0].management_url, user, password)
+    changer = member_changer(client, cluster.eval_erlang)
+    assert changer is not None
+    nodes = [n.name for n in cluster.nodes]
+    grown = [f"members-grown-{i}" for i in range(3)]
+    for name in grown:
+        declare(client, "/", name, **{"x-queue-type": "quorum", "x-quorum-initial-group-size": 2})
+    on_4 = not client.version().startswith("3.")
+    target = {"x-quorum-target-group-size": 3} if not on_4 else {}  # 3.x has no such policy key
+    declare(
+        client,
+        "/",
+        "members-target",
+        **{"x-queue-type": "quorum", "x-quorum-initial-group-size": 1},
+        **target,
+    )
+    if on_4:
+        client.put_policy(
+            "/", "members-target", pattern="^members-target$", definition={"target-group-size": 3}, priority=0
+        )
+    try:
+        listed = {q["name"]: Queue.from_api(q) for q in client.queues_now()}
+        changer.add(
+            [(QueueRef("/", n), node) for n in grown for node in nodes if node not in listed[n].members]
+        )
+
+        def ready() -> bool:
+            queues = {q.name: q for q in client.members_snapshot().queues}
+            return all(len(queues[n].members) == 3 == 1 + len(queues[n].in_sync) for n in grown) and (
+                queues["members-target"].target_group_size == 3  # the statistics view shows the policy late
+            )
+
+        wait_until(ready, timeout=30, what="every grown queue with 3 members online, the target read")
+        scope = ("--pattern", "^members-")  # the 4.0 session cluster may hold other tests' queues
+
+        assert run_cli(cluster.base_dir, monkeypatch, "plan", "--members", *scope) == 0
+        kept = json.loads(capsys.readouterr().out)
+        changes = {m["queue"]: (len(m["add"]), len(m["remove"])) for m in kept["moves"]}
+        assert changes == {"members-target": (2, 0)}  # grown to its target group size, nothing shrunk
+
+        assert run_cli(cluster.base_dir, monkeypatch, "plan", "--members", "--group-size", "2", *scope) == 0
+        shrunk = json.loads(capsys.readouterr().out)
+        changes = {m["queue"]: (len(m["add"]), len(m["remove"])) for m in shrunk["moves"]}
+        assert changes == {**dict.fromkeys(grown, (0, 1)), "members-target": (2, 0)}
+    finally:
+        if on_4:
+            client.delete_policy("/", "members-target")
 
 
 @pytest.fixture(params=[3, 5], ids=["3-nodes", "5-nodes"])

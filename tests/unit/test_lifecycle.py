@@ -233,12 +233,16 @@ def test_a_members_run_input_round_trips_and_gives_the_members_plan_its_options(
     )
     assert RunInput.parse(members.to_dict()) == members
     options = members.members_options()
-    assert (options.default_group_size, options.excluded, options.selection.vhosts) == (
+    assert (options.group_size, options.excluded, options.selection.vhosts) == (
         5,
         frozenset({"rabbit@x"}),
         ("v",),
     )
     assert "members" not in RunInput.parse({}).to_dict()  # a leader run's stored config is unchanged
+    unsized = RunInput.parse(
+        {"members": True}
+    )  # no size given: no queue shrinks, not even after a round trip
+    assert RunInput.parse(unsized.to_dict()).members_options().group_size is None
 
 
 @pytest.mark.parametrize(

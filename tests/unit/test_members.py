@@ -16,6 +16,7 @@ from queue_balancer.members import (
     MembersOptions,
     MembersPlan,
     plan_members,
+    replica_count,
     staying_members,
     target_size,
 )
@@ -32,6 +33,7 @@ def quorum(
     *,
     leader: str | None = None,
     size: int | None = None,
+    target: int | None = None,
     online: tuple[str, ...] | None = None,
     messages: int = 0,
     vhost: str = "/",
@@ -39,7 +41,10 @@ def quorum(
     leader = leader or members[0]
     others = tuple(m for m in members if m != leader)
     alive = others if online is None else tuple(m for m in others if m in online)
-    return Queue(vhost, name, QueueType.QUORUM, leader, others, alive, messages, group_size=size)
+    return Queue(
+        vhost, name, QueueType.QUORUM, leader, others, alive, messages,
+        group_size=size, target_group_size=target,
+    )  # fmt: skip
 
 
 def snapshot(queues: list[Queue], nodes: tuple[str, ...] = NODES[:3], down: tuple[str, ...] = ()) -> Snapshot:
@@ -65,23 +70,92 @@ def test_five_nodes_three_replicas_spread_evenly_with_the_fewest_changes() -> No
     assert all(m.leader not in m.remove for m in result.moves)  # the leaders keep their members
 
 
-def test_missing_members_are_added_and_surplus_ones_removed() -> None:
+def test_queues_with_fewer_members_than_declared_grow() -> None:
+    queues = [quorum("declared", ("rabbit@a",), size=4), quorum("undeclared", ("rabbit@b",))]
+    moves = {m.queue: m for m in plan_members(snapshot(queues, nodes=NODES)).moves}
+    assert len(moves["declared"].add) == 3 and not moves["declared"].remove
+    assert len(moves["undeclared"].add) == 2 and not moves["undeclared"].remove  # RabbitMQ's default, 3
+
+
+def test_queues_grown_beyond_their_declared_size_are_left_alone() -> None:
+    # `rabbitmq-queues grow <node> all` on 5 nodes: 5 members each, declared with 3 or without a size.
     queues = [
-        quorum("short", ("rabbit@a",), size=3),
-        quorum("long", NODES[:5], size=3),
+        quorum("q1", NODES, leader="rabbit@a", size=3),
+        quorum("q2", NODES, leader="rabbit@a"),
+        quorum("q3", NODES, leader="rabbit@c", size=3),
     ]
     result = plan_members(snapshot(queues, nodes=NODES))
+    assert result.moves == ()
+    assert result.after == result.before == dict.fromkeys(NODES, 3)
+
+
+def test_a_queue_with_more_members_than_nodes_to_spread_on_keeps_them() -> None:
+    # 4 members on 4 of 5 nodes: the spread cannot improve without dropping a copy, so nothing changes.
+    queues = [quorum("wide", NODES[:4], size=3), quorum("narrow", ("rabbit@e",), size=1)]
+    assert plan_members(snapshot(queues, nodes=NODES)).moves == ()
+
+
+def test_an_explicit_smaller_group_size_shrinks() -> None:
+    queues = [quorum("q", NODES, leader="rabbit@c", size=3), quorum("small", ("rabbit@a",), size=1)]
+    result = plan_members(snapshot(queues, nodes=NODES), MembersOptions(group_size=3))
     moves = {m.queue: m for m in result.moves}
-    assert len(moves["short"].add) == 2 and not moves["short"].remove
-    assert len(moves["long"].remove) == 2 and not moves["long"].add
-    assert "rabbit@a" not in moves["long"].remove  # the leader's member stays
-    assert max(result.after.values()) - min(result.after.values()) <= 1
+    assert len(moves["q"].remove) == 2 and not moves["q"].add
+    assert "rabbit@c" not in moves["q"].remove  # the leader's member stays
+    assert len(moves["small"].add) == 2  # an explicit size grows the smaller queues too
+    assert sum(result.after.values()) == 6
 
 
-def test_default_group_size_applies_to_queues_declared_without_one() -> None:
-    queues = [quorum("q", ("rabbit@a",))]
-    assert len(plan_members(snapshot(queues), MembersOptions(default_group_size=2)).moves[0].add) == 1
-    assert len(plan_members(snapshot(queues)).moves[0].add) == 2  # RabbitMQ's default, 3 members
+def test_an_explicit_size_never_shrinks_below_the_target_group_size() -> None:
+    # RabbitMQ 3.13+ membership reconciliation would grow the queue back to its target group size.
+    queues = [quorum("q", NODES, target=4), quorum("p", NODES)]
+    moves = {
+        m.queue: m for m in plan_members(snapshot(queues, nodes=NODES), MembersOptions(group_size=2)).moves
+    }
+    assert len(moves["q"].remove) == 1 and len(moves["p"].remove) == 3
+
+
+def test_the_target_group_size_is_a_declared_size() -> None:
+    queues = [quorum("q", ("rabbit@a", "rabbit@b", "rabbit@c"), size=3, target=5)]
+    [move] = plan_members(snapshot(queues, nodes=NODES)).moves
+    assert move.add == ("rabbit@d", "rabbit@e") and move.remove == ()
+
+
+def test_a_departed_nodes_member_is_replaced_up_to_the_declared_size() -> None:
+    # 5 members with a target group size of 5 (4.x policy); OLD left the cluster and e replaced it.
+    queues = [quorum("q", (*NODES[:4], OLD), target=5)]
+    [move] = plan_members(snapshot(queues, nodes=NODES)).moves
+    assert (move.add, move.remove) == (("rabbit@e",), (OLD,))
+
+
+def test_a_departed_nodes_member_above_the_declared_size_is_removed_without_a_replacement() -> None:
+    # No copy is lost: a member on a node gone from the cluster holds nothing (as after forget_cluster_node).
+    queues = [quorum("q", (*NODES[:4], OLD), size=3)]
+    [move] = plan_members(snapshot(queues, nodes=NODES)).moves
+    assert (move.add, move.remove) == ((), (OLD,))
+
+
+def test_a_stopped_nodes_member_stays_when_no_other_node_can_take_it() -> None:
+    # 5 members on 5 nodes, one stopped (a restart): removing its member would only drop a copy.
+    queues = [quorum(f"q{i}", NODES, leader=NODES[i], size=3) for i in range(4)]
+    result = plan_members(snapshot(queues, nodes=NODES, down=("rabbit@e",)))
+    assert result.moves == ()
+
+
+def test_a_stopped_nodes_member_moves_to_a_free_running_node() -> None:
+    queues = [quorum("q", NODES[:3], size=3)]
+    [move] = plan_members(snapshot(queues, nodes=NODES[:4], down=("rabbit@c",))).moves
+    assert (move.add, move.remove) == (("rabbit@d",), ("rabbit@c",))
+
+
+def test_the_declared_sizes_are_read_from_arguments_and_the_effective_policy() -> None:
+    listed = {"vhost": "/", "name": "q", "type": "quorum", "leader": "rabbit@a", "members": ["rabbit@a"]}
+    arguments = {"x-quorum-initial-group-size": 3, "x-quorum-target-group-size": 4}
+    queue = Queue.from_api(
+        {**listed, "arguments": arguments, "effective_policy_definition": {"target-group-size": 5}}
+    )
+    assert (queue.group_size, queue.target_group_size) == (3, 5)  # the larger target, as RabbitMQ's
+    assert Queue.from_api({**listed, "arguments": arguments}).target_group_size == 4
+    assert Queue.from_api(listed).target_group_size is None
 
 
 def test_no_member_lands_on_a_stopped_or_excluded_node() -> None:
@@ -139,8 +213,8 @@ def test_options_are_checked() -> None:
         plan_members(snapshot([]), MembersOptions(excluded=frozenset({"rabbit@zz"})))
     with pytest.raises(ConfigurationError, match="no queues in vhost"):
         plan_members(snapshot([]), MembersOptions(selection=PlanOptions(vhosts=("nope",))))
-    with pytest.raises(ConfigurationError, match="default group size"):
-        MembersOptions(default_group_size=0)
+    with pytest.raises(ConfigurationError, match="group size must be 1 or more"):
+        MembersOptions(group_size=0)
 
 
 def test_plan_round_trips_through_json() -> None:
@@ -177,13 +251,22 @@ def clusters(draw: st.DrawFn) -> tuple[Snapshot, MembersOptions]:
         members = draw(st.lists(st.sampled_from(holders), min_size=1, max_size=4, unique=True))
         leader = draw(st.sampled_from(members))
         size = draw(st.one_of(st.none(), st.integers(1, 4)))
+        target = draw(st.one_of(st.none(), st.integers(1, 4)))
         online = tuple(m for m in members if m in nodes and m not in down)
         messages = draw(st.integers(0, 3))
         queues.append(
-            quorum(f"q{i}", tuple(members), leader=leader, size=size, online=online, messages=messages)
+            quorum(
+                f"q{i}",
+                tuple(members),
+                leader=leader,
+                size=size,
+                target=target,
+                online=online,
+                messages=messages,
+            )
         )
     return snapshot(queues, nodes=nodes, down=down), MembersOptions(
-        default_group_size=draw(st.integers(1, 3)), excluded=excluded
+        group_size=draw(st.one_of(st.none(), st.integers(1, 3))), excluded=excluded
     )
 
 
@@ -221,13 +304,16 @@ def test_plan_matches_brute_force(case: tuple[Snapshot, MembersOptions]) -> None
             kept_leaders += q.leader in nodes_
         return _score(loads, eligible, changes, kept_leaders)
 
-    held = frozenset(snap.running_nodes) - frozenset(eligible)
-    staying = {q.name: staying_members(q, options, len(eligible), held) for q in free}
+    known = frozenset(n.name for n in snap.nodes)
+    held = known - frozenset(eligible)
+    running = frozenset(snap.running_nodes)
+    count = {q.name: replica_count(q, options, known) for q in free}
+    staying = {q.name: staying_members(q, count[q.name], len(eligible), held, running) for q in free}
     options_per_queue = [
         [
             (*c, *staying[q.name])
             for c in itertools.combinations(
-                eligible, target_size(q, options, len(eligible), len(staying[q.name]))
+                eligible, target_size(count[q.name], len(eligible), len(staying[q.name]))
             )
         ]
         for q in free
@@ -237,8 +323,9 @@ def test_plan_matches_brute_force(case: tuple[Snapshot, MembersOptions]) -> None
     for q, members in zip(free, planned, strict=True):
         off = set(members) - set(eligible)
         assert off == set(staying[q.name]), f"{q.name} keeps a member off the eligible nodes"
-        desired = q.group_size or options.default_group_size
-        assert len(members) == min(desired, len(eligible) + len(off))
+        assert len(members) == min(count[q.name], len(eligible) + len(off))
+        if options.group_size is None:  # no copy on a node of the cluster is dropped unless asked
+            assert len(members) >= min(sum(n in known for n in q.members), len(eligible) + len(held))
     assert evaluate(planned) == best
     untouched = Counter(n for q in snap.queues if q.name in skipped for n in q.members)
     expected = untouched + Counter(n for members in planned for n in members)
