@@ -133,7 +133,7 @@ def members_left_over(db: BatchStore, run: RunState, queues: Sequence[Queue]) ->
     if grown:
         lines.append(
             f"Quorum queues whose member change was cut off ({len(grown)}; more members than before, "
-            "not rolled back: `balance --members` or `rabbitmq-queues delete_member` settles them):"
+            "not rolled back: `balance --members --group-size N` or `rabbitmq-queues delete_member` removes the extra):"
         )
         lines += [
             f"- `{p.move.vhost}` / `{p.move.queue}`: {1 + len(q.replicas)} members, {len(p.move.members)} "
