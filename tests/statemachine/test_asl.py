@@ -26,6 +26,7 @@ NO_CLEANUP = {
     "MarkFailed",
     "ReleaseLockAfterFailure",
     "ReleaseLockAfterRefusal",  # a CLI run holds the cluster: its policies are not this run's
+    "NotifySkipped",  # another run holds the cluster: nothing of this run to undo
     "ReleaseLock",
 }
 PLACEHOLDER_VALUES = {
