@@ -26,4 +26,6 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     run = RunState.from_dict(event["run"])
     error = CaughtError.parse(event.get("error") or {})
     logger.error("run failed", extra={"error": error.name, "reason": error.reason})
-    return fail_run(store(), lambda: cluster().client, run, error).to_dict()
+    return fail_run(
+        store(), lambda: cluster().client, run, error, member_mover=lambda: cluster().member_mover()
+    ).to_dict()

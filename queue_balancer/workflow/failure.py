@@ -1,10 +1,12 @@
 """Cleanup: where every Catch of the workflow leads. Undo, verify, write IDLE, word the notification.
 
-Removes the temporary ``queue-balancer-*`` policies of dead runs, this one's included
+Rolls back the quorum member changes under way in the run's current batch (``roll_back_members``), then
+removes the temporary ``queue-balancer-*`` policies of dead runs, this one's included
 (``movers.cleanup``: each once every copy of its queue is synchronised, a queue still syncing keeps its
 policy and is named; the live holder of the cluster's lock keeps its own), so each queue falls back to
 its own policy; gives back the cluster's lock (``queue_balancer.lock``); lists the queues whose mirrors
-are not (yet) in sync; marks the lifecycle IDLE with the failure; words the failure notification.
+are not (yet) in sync and the quorum queues left with more members than before or members offline;
+marks the lifecycle IDLE with the failure; words the failure notification.
 Policies are only touched while this run still holds the DynamoDB lock: otherwise they may belong to
 the run that holds it now.
 """
@@ -18,9 +20,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from queue_balancer.batch_run import BatchStore
+from queue_balancer.errors import BalancerError
 from queue_balancer.lifecycle import Outcome, finished
 from queue_balancer.lock import LockLost
-from queue_balancer.member_moves import MemberProgress
+from queue_balancer.member_moves import MemberMover, MemberProgress, roll_back_members
 from queue_balancer.model import JsonDict, Queue, QueueType
 from queue_balancer.movers import cleanup
 from queue_balancer.report import subject_line
@@ -66,10 +69,15 @@ class FailedRun:
 
 
 def fail_run(
-    db: LifecycleStore, connect: Callable[[], ClusterApi], run: RunState, error: CaughtError
+    db: LifecycleStore,
+    connect: Callable[[], ClusterApi],
+    run: RunState,
+    error: CaughtError,
+    member_mover: Callable[[], MemberMover] | None = None,
 ) -> FailedRun:
-    """Undo what the run left in the cluster (only while it holds the lock; ``connect`` is called only
-    then), record the failure for ``last-report``/``status``/``info``, and word the notification."""
+    """Undo what the run left in the cluster (only while it holds the lock; ``connect`` and
+    ``member_mover`` are called only then), record the failure for ``last-report``/``status``/``info``,
+    and word the notification."""
     lines = [
         f"**queue-balancer** run `{run.run_id}` on cluster `{run.cluster}` failed: `{error.name}`",
         "",
@@ -77,6 +85,8 @@ def fail_run(
         "",
     ]
     if (db.lock(run.cluster) or {}).get("run_id") == run.run_id:
+        if member_mover is not None:
+            lines += roll_back_member_changes(db, run, member_mover)
         lines += undo(connect(), run, db)
     else:
         lines.append("The run no longer held the cluster's lock: policies left to the run that holds it.")
@@ -159,3 +169,25 @@ def _members_under_way(db: BatchStore, run: RunState) -> list[MemberProgress]:
     except KeyError:  # a leaders batch, or none stored
         return []
     return batch.active
+
+
+def roll_back_member_changes(
+    db: BatchStore, run: RunState, member_mover: Callable[[], MemberMover]
+) -> list[str]:
+    """Undo the member changes under way in the run's current batch (the members they added beyond their
+    removals go again, so each queue keeps its replica count), and store the batch as it ends."""
+    if not run.current or not _members_under_way(db, run):
+        return []
+    generation, index = int(run.current["generation"]), int(run.current["index"])
+    batch = db.member_batch(run.run_id, generation, index)
+    try:
+        mover = member_mover()
+    except BalancerError as exc:
+        return [f"Member changes under way NOT rolled back: {exc}"]
+    under_way = len(batch.active)
+    roll_back_members(mover, batch, "the run failed", lambda _: None)
+    db.save_batch_state(run.run_id, generation, index, batch)
+    lines = [f"Rolled back {under_way} quorum member change{'' if under_way == 1 else 's'} under way:"]
+    return lines + [
+        f"- `{p.move.vhost}` / `{p.move.queue}`: {p.outcome}" for p in batch.finished[-under_way:][:LISTED]
+    ]

@@ -17,7 +17,7 @@ from queue_balancer.errors import ConfigurationError
 from queue_balancer.lifecycle import Control, Decision, RunInput, State, Step, advance
 from queue_balancer.lifecycle.routing import Route
 from queue_balancer.lock import LOCK_PARAMETER, LockHeld, LockLost
-from queue_balancer.member_moves import MemberBatch, MemberPhase, MemberProgress
+from queue_balancer.member_moves import MemberBatch, MemberMover, MemberPhase, MemberProgress
 from queue_balancer.members import MemberMove
 from queue_balancer.model import QueueRef
 from queue_balancer.movers.policies import temporary_policy_name
@@ -32,7 +32,7 @@ from queue_balancer.workflow.run_report import report_run
 from queue_balancer.workflow.run_state import RunState
 from queue_balancer.workflow.start import accept_input, begin_run
 from queue_balancer.workflow.verify import verify_round
-from tests.unit.fake_cluster import FakeCluster, FakeQueue
+from tests.unit.fake_cluster import FakeCluster, FakeQueue, Members
 from tests.unit.fake_store import FakeStore
 
 CLUSTER = "main"
@@ -252,3 +252,27 @@ def test_fail_run_names_a_quorum_member_change_it_cut_off(fake: FakeCluster) -> 
     )
     assert "Quorum queues whose member change was cut off (1;" in failed.message
     assert "- `/` / `qq`: 4 members, 3 before (added d; catching up: d)" in failed.message
+
+
+def test_fail_run_rolls_back_the_member_changes_under_way(fake: FakeCluster) -> None:
+    """ops-2 #8: Cleanup removes the member the cut-off change added, and stores the batch as ended."""
+    db = FakeStore()
+    _, run = begun(db, fake)
+    fake.add_queue(FakeQueue("/", "qq", "a", ["b", "c"], {"b", "c"}, 5, kind="quorum"))
+    change = MemberMove("/", "qq", "a", ("a", "b", "c"), add=("d",), remove=("b",))
+    db.put_plan("run-1", 1, [[change]], kind=PlanKind.MEMBERS)
+    under_way = MemberProgress(change, MemberPhase.CHANGING, 0.0, 600.0, added=("d",), catching_up={"d": 7})
+    db.save_batch_state("run-1", 1, 0, MemberBatch(active=[under_way]))
+    fake.queues[("/", "qq")].mirrors.append("d")
+    failed = fail_run(
+        db,
+        lambda: fake,
+        replace(run, current={"generation": 1, "index": 0}),
+        CaughtError("X", "why"),
+        member_mover=lambda: MemberMover(fake, Members(fake)),
+    )
+    assert fake.queues[("/", "qq")].mirrors == ["b", "c"]
+    assert "Rolled back 1 quorum member change under way:" in failed.message
+    assert "- `/` / `qq`: the run failed; rolled back: removed d" in failed.message
+    assert "cut off" not in failed.message
+    assert db.member_batch("run-1", 1, 0).active == []
