@@ -236,10 +236,9 @@ def test_a_stored_before_report_of_another_shape_is_named_not_asserted() -> None
         report_from_dict({"nodes": "a,b"})
 
 
-def test_fail_run_names_a_quorum_member_change_it_cut_off(fake: FakeCluster) -> None:
-    """ops-2 #8: a member added and still catching up when RunBatch failed: 4 members where there were
-    3 (quorum 3 of 4: no further failure tolerated until it caught up). The notification says so."""
-    db = FakeStore()
+def cut_off_member_change(db: FakeStore, fake: FakeCluster) -> RunState:
+    """A run whose member change of qq (add d, then remove b) was cut off after d joined, still catching
+    up: 4 members where there were 3 (quorum 3 of 4: no further failure tolerated until it has)."""
     _, run = begun(db, fake)
     fake.add_queue(FakeQueue("/", "qq", "a", ["b", "c"], {"b", "c"}, 5, kind="quorum"))
     change = MemberMove("/", "qq", "a", ("a", "b", "c"), add=("d",), remove=("b",))
@@ -247,9 +246,13 @@ def test_fail_run_names_a_quorum_member_change_it_cut_off(fake: FakeCluster) -> 
     under_way = MemberProgress(change, MemberPhase.CHANGING, 0.0, 600.0, added=("d",), catching_up={"d": 7})
     db.save_batch_state("run-1", 1, 0, MemberBatch(active=[under_way]))
     fake.queues[("/", "qq")].mirrors.append("d")
-    failed = fail_run(
-        db, lambda: fake, replace(run, current={"generation": 1, "index": 0}), CaughtError("X", "why")
-    )
+    return replace(run, current={"generation": 1, "index": 0})
+
+
+def test_fail_run_names_a_quorum_member_change_it_cut_off(fake: FakeCluster) -> None:
+    """ops-2 #8: without a way to change members, the notification names the change left mid-way."""
+    db = FakeStore()
+    failed = fail_run(db, lambda: fake, cut_off_member_change(db, fake), CaughtError("X", "why"))
     assert "Quorum queues whose member change was cut off (1;" in failed.message
     assert "- `/` / `qq`: 4 members, 3 before (added d; catching up: d)" in failed.message
 
@@ -257,17 +260,10 @@ def test_fail_run_names_a_quorum_member_change_it_cut_off(fake: FakeCluster) -> 
 def test_fail_run_rolls_back_the_member_changes_under_way(fake: FakeCluster) -> None:
     """ops-2 #8: Cleanup removes the member the cut-off change added, and stores the batch as ended."""
     db = FakeStore()
-    _, run = begun(db, fake)
-    fake.add_queue(FakeQueue("/", "qq", "a", ["b", "c"], {"b", "c"}, 5, kind="quorum"))
-    change = MemberMove("/", "qq", "a", ("a", "b", "c"), add=("d",), remove=("b",))
-    db.put_plan("run-1", 1, [[change]], kind=PlanKind.MEMBERS)
-    under_way = MemberProgress(change, MemberPhase.CHANGING, 0.0, 600.0, added=("d",), catching_up={"d": 7})
-    db.save_batch_state("run-1", 1, 0, MemberBatch(active=[under_way]))
-    fake.queues[("/", "qq")].mirrors.append("d")
     failed = fail_run(
         db,
         lambda: fake,
-        replace(run, current={"generation": 1, "index": 0}),
+        cut_off_member_change(db, fake),
         CaughtError("X", "why"),
         member_mover=lambda: MemberMover(fake, Members(fake)),
     )
