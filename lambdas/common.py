@@ -176,16 +176,13 @@ def _aws_cluster() -> ClusterAccess:
         return [str(n["name"]) for n in client.nodes() if n.get("running")]
 
     run_eval = functools.partial(_ssm_eval, document, config.ssm_tag_key, config.ssm_tag_value, running_nodes)
-    # Every snapshot the workflow takes (planning, verify, report) marks drained nodes: on 3.x through the
-    # document's `drained` operation (running_nodes reads /api/nodes alone, so no eval runs inside one).
-    client.drained = drained_reader(run_eval)
     host, port = discover_amqp(config.management_url, client.overview(), config.amqp_port)
     counter = AmqpCounter(host, port, user, password, on_unreachable=logger.warning)
     return ClusterAccess(
         client,
         RaLeaderTransfer(run_eval),
         counter,
-        drained=client.drained,
+        drained=drained_reader(run_eval),
         changer=lambda: member_changer(client, run_eval),
     )
 
@@ -199,9 +196,16 @@ def store() -> LifecycleStore:
     return _serving[-1].store()
 
 
-def cluster() -> ClusterAccess:
-    """A fresh connection to the balanced cluster (close it with ``with``)."""
-    return _serving[-1].cluster()
+def cluster(*, maintenance: bool = False) -> ClusterAccess:
+    """A fresh connection to the balanced cluster (close it with ``with``).
+
+    ``maintenance``: its snapshots mark drained nodes, on 3.x through the eval document's ``drained``
+    operation, for the functions that plan (LoadQueues, VerifyRound); only a role with the contract's
+    ``EVAL_ACCESS`` may send it (running_nodes reads /api/nodes alone, so no eval runs inside another)."""
+    access = _serving[-1].cluster()
+    if maintenance and isinstance(access.client, ManagementClient):
+        access.client.drained = access.drained
+    return access
 
 
 @contextmanager

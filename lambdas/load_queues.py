@@ -16,7 +16,7 @@ from queue_balancer.workflow.run_state import RunState
 def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     config = RunInput.parse(event["config"])
     run = RunState.from_dict(event["run"])
-    with cluster() as access:
+    with cluster(maintenance=True) as access:
         planned = load_plan(store(), access.client, config, run)
     logger.info(
         "planned",

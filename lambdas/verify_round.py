@@ -15,7 +15,7 @@ from queue_balancer.workflow.verify import verify_round
 def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     config = RunInput.parse(event["config"])
     run = RunState.from_dict(event["run"])
-    with cluster() as access:
+    with cluster(maintenance=True) as access:
         verified = verify_round(store(), access.client, config, run)
     logger.info(
         "round verified",

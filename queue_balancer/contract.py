@@ -173,7 +173,8 @@ CLUSTER_ACCESS = "cluster"
 """The cluster's admin secret (the management API and AMQP)."""
 EVAL_ACCESS = "eval"
 """``ssm:SendCommand`` of the balancer's own eval document on the cluster's nodes (quorum leader transfers,
-member changes): a root-level reach into every broker, so only the functions that move queues get it."""
+member changes, maintenance mode on 3.x): a root-level reach into every broker, so only the functions that
+move queues or plan them (a plan must see drained nodes) get it."""
 NOTIFY_ACCESS = "notify"
 """``sns:Publish`` on the notification topic (and its key): Cleanup's on-failure destination, so a Cleanup that
 EventBridge invoked (an execution that ended without cleaning up) and that still failed after Lambda's own
@@ -182,11 +183,11 @@ FUNCTION_ACCESS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     {
         "ValidateInput": frozenset(),
         "Preflight": frozenset({TABLE_ACCESS, CLUSTER_ACCESS}),
-        "LoadQueues": frozenset({TABLE_ACCESS, CLUSTER_ACCESS}),
+        "LoadQueues": frozenset({TABLE_ACCESS, CLUSTER_ACCESS, EVAL_ACCESS}),
         "ControlCheck": frozenset({TABLE_ACCESS, CLUSTER_ACCESS}),
         "RunBatch": frozenset({TABLE_ACCESS, CLUSTER_ACCESS, EVAL_ACCESS}),
         "ParkRun": frozenset({TABLE_ACCESS, CLUSTER_ACCESS}),
-        "VerifyRound": frozenset({TABLE_ACCESS, CLUSTER_ACCESS}),
+        "VerifyRound": frozenset({TABLE_ACCESS, CLUSTER_ACCESS, EVAL_ACCESS}),
         "ReportRun": frozenset({TABLE_ACCESS, CLUSTER_ACCESS}),
         "FinishRun": frozenset({TABLE_ACCESS, CLUSTER_ACCESS}),
         "Cleanup": frozenset({TABLE_ACCESS, CLUSTER_ACCESS, NOTIFY_ACCESS}),

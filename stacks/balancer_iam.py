@@ -113,7 +113,7 @@ def function_role(
             NagPackSuppression(
                 id="AwsSolutions-IAM5",
                 reason="Only actions without resource-level permissions use '*': the VPC network "
-                "interfaces Lambda manages, X-Ray segments and, for the function that moves queues, "
+                "interfaces Lambda manages, X-Ray segments and, for the functions that move or plan queues, "
                 "ssm:GetCommandInvocation and ec2:DescribeInstances (finding a running node by its tag); "
                 "its ssm:SendCommand on instance/* is limited by the condition on the cluster nodes' tag "
                 "(instances are replaced by the Auto Scaling group, their IDs are not known at deploy time).",
