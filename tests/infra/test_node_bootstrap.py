@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import pika
 import pika.exceptions
 import pytest
 
+from queue_balancer.lock import LOCK_PARAMETER
 from stacks.node_user_data import BOOTSTRAP_SCRIPT
 from tests.infra.local_ports import node_ports
 
@@ -407,7 +409,14 @@ def test_the_balancer_user_reads_and_writes_policies_but_touches_no_message(
     assert isinstance(queues, list) and [q["name"] for q in queues] == ["orders"]
     policy = {"pattern": "^orders$", "definition": {"ha-mode": "all"}, "apply-to": "queues", "priority": 9}
     node.api("/api/policies/%2F/queue-balancer-test", user, password, method="PUT", body=policy)
+    # The cluster lock is a global parameter: policymaker may write it. Queue actions (an explicit mirror
+    # sync, 3.x) are administrator-only: the README says when an existing cluster's user needs that tag.
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        node.api("/api/queues/%2F/orders/actions", user, password, method="POST", body={"action": "sync"})
     node.api("/api/policies/%2F/queue-balancer-test", user, password, method="DELETE")
+    lock = {"name": LOCK_PARAMETER, "value": {"run_id": "probe"}}
+    node.api(f"/api/global-parameters/{LOCK_PARAMETER}", user, password, method="PUT", body=lock)
+    node.api(f"/api/global-parameters/{LOCK_PARAMETER}", user, password, method="DELETE")
     # Exact counts by a passive declare work; publishing and consuming are refused.
     parameters = pika.ConnectionParameters(
         "127.0.0.1", AMQP_PORT, credentials=pika.PlainCredentials(user, password)
