@@ -17,6 +17,10 @@ two machines' clocks never agree exactly, so the lock rests on three rules that 
 - **Renewals**: a holder whose renewals fail (the API unreachable, a call hanging) stops changing the
   cluster once its last successful renewal is older than half its lease, well before anyone else may
   have watched the lock for a whole lease.
+- **No late writes**: every write of the lock ends (all attempts) by the run's half-lease point, and
+  ``holding`` makes the run's management client retry no write once ``check`` fails (the client's own
+  total deadline per write, ``management.WRITE_DEADLINE_SECONDS``, covers the rest). A taker whose write
+  came too late puts back the value it replaced, only while the lock still holds its own.
 """
 
 from __future__ import annotations
@@ -54,7 +58,10 @@ class GlobalParameters(Protocol):
 
     def global_parameter(self, name: str) -> dict[str, Any]: ...
 
-    def put_global_parameter(self, name: str, value: Mapping[str, Any]) -> None: ...
+    def put_global_parameter(
+        self, name: str, value: Mapping[str, Any], *, deadline: float | None = None
+    ) -> None:
+        """``deadline``: seconds for all attempts together (the client's default when None)."""
 
     def delete_global_parameter(self, name: str) -> bool: ...
 
@@ -162,20 +169,29 @@ class ClusterLock:
                 "looks dead but",
             )
         while True:
+            read_at, seen = self._fresh(read_at, seen)
             now = self.wall_clock()
             mine = LockHolder(self.owner, self.run_id, now, now, self.lease_seconds)
-            self.api.put_global_parameter(LOCK_PARAMETER, mine.to_value())
+            try:
+                self.api.put_global_parameter(
+                    LOCK_PARAMETER, mine.to_value(), deadline=self.write_window - (self.clock() - read_at)
+                )
+            except BalancerError:
+                self._withdraw(mine, seen)  # a timed-out PUT may still have landed
+                raise
             took = self.clock() - read_at
             if took <= self.write_window:
                 break
-            # Our write may have landed after another taker read its own value back: that one stops when
-            # its next renewal finds ours (or at half its lease). Ours counts once unchanged for a lease.
+            # Our write may have landed after another taker read its own value back: put back what it
+            # replaced (that taker's renewal must not find ours); the value we read counts once unchanged
+            # for a whole lease, as a dead holder's does.
+            self._withdraw(mine, seen)
             read_at = self._watch_unchanged(
-                mine.to_value(),
+                seen,
                 self.lease_seconds,
                 started,
                 f"writing the cluster's lock took {took:.1f} s (more than {self.write_window:g} s), so "
-                "another run may have taken it meanwhile; our value",
+                "another run may have taken it meanwhile (our write was withdrawn); the lock",
             )
         self.sleep(self.settle)
         after = self.holder()
@@ -184,6 +200,37 @@ class ClusterLock:
             raise LockHeld(f"another balancer run took this cluster at the same moment: {who}")
         self.renewed_at = read_at
         return mine
+
+    def _fresh(self, read_at: float, seen: Any) -> tuple[float, Any]:
+        """The read our write follows: ``seen`` while it is young enough, else read again (half the
+        write window gone: the PUT would likely end past it); ``LockHeld`` when the value changed or even
+        a fresh read leaves no time to write (nothing is written then)."""
+        if self.clock() - read_at <= self.write_window / 2:
+            return read_at, seen
+        read_at = self.clock()
+        again = self._read()
+        if again != seen:
+            holder = LockHolder.from_value(again)
+            who = holder.describe(self.wall_clock()) if holder else "nobody (it was removed)"
+            raise LockHeld(
+                f"another balancer run holds this cluster: its lock changed before we wrote ({who})"
+            )
+        if self.clock() - read_at >= self.write_window:
+            raise LockHeld(
+                f"reading the cluster's lock took {self.clock() - read_at:.1f} s (more than "
+                f"{self.write_window:g} s): too slow to take it safely; nothing written"
+            )
+        return read_at, seen
+
+    def _withdraw(self, mine: LockHolder, previous: Any) -> None:
+        """Put back the value our late write replaced (``previous``), only while the lock holds ours."""
+        with suppress(BalancerError):
+            if self.holder() != mine:
+                return
+            if isinstance(previous, Mapping):
+                self.api.put_global_parameter(LOCK_PARAMETER, previous, deadline=self.write_window)
+            else:
+                self.api.delete_global_parameter(LOCK_PARAMETER)
 
     def _watch_unchanged(self, seen: Any, lease: float, started: float, what: str) -> float:
         """Return once ``seen`` has stayed the lock's value for ``lease`` seconds (the start time of the
@@ -219,16 +266,22 @@ class ClusterLock:
         renewed = LockHolder(
             self.owner, self.run_id, current.acquired_at, self.wall_clock(), self.lease_seconds
         )
-        self.api.put_global_parameter(LOCK_PARAMETER, renewed.to_value())
+        self.api.put_global_parameter(LOCK_PARAMETER, renewed.to_value(), deadline=self.time_left())
         # Counted only if it took under half the lease minus the gap allowed before it: then it cannot land
         # after another run has watched the lock unchanged for a whole lease.
         if self.clock() - started <= self.lease_seconds / 6:
             self.renewed_at = started
 
+    def time_left(self) -> float | None:
+        """Seconds until ``check`` fails: a write of this lock must end by then (None: not yet taken)."""
+        if self.renewed_at is None:
+            return None
+        return max(self.lease_seconds / 2 - (self.clock() - self.renewed_at), 0.001)
+
     def check(self) -> None:
         """``LockLost`` once the last successful take or renewal is older than half the lease."""
         if self.renewed_at is None:
-            return  # never taken by this process: a workflow task renewing its run's lock
+            return  # not taken yet: nothing to stop
         silent = self.clock() - self.renewed_at
         if silent > self.lease_seconds / 2:
             raise LockLost(
@@ -285,16 +338,28 @@ class Heartbeat:
             raise self._error
 
 
+class Guarded(Protocol):
+    """A client that asks ``guard`` before retrying a write (``ManagementClient``)."""
+
+    guard: Callable[[], None] | None
+
+
 @contextmanager
-def holding(lock: ClusterLock) -> Iterator[Heartbeat]:
-    """Hold the lock (renewed in the background) for the block; released however the block ends."""
+def holding(lock: ClusterLock, writer: Guarded | None = None) -> Iterator[Heartbeat]:
+    """Hold the lock (renewed in the background) for the block; released however the block ends.
+    ``writer``, the client the run changes the cluster through, retries no write once the lock's
+    ``check`` fails (a retry could land after a takeover)."""
     lock.acquire()
     heartbeat = Heartbeat(lock)
     thread = threading.Thread(target=heartbeat.run, name="queue-balancer-lock", daemon=True)
     thread.start()
+    if writer is not None:
+        writer.guard = heartbeat.check
     try:
         yield heartbeat
     finally:
+        if writer is not None:
+            writer.guard = None
         heartbeat.stop()
         thread.join(timeout=5)
         with suppress(BalancerError):  # the lease ends by itself

@@ -8,7 +8,7 @@ method, the URL and the HTTP status, so a user can act on it.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -26,6 +26,10 @@ QUEUE_COLUMNS = (
     "exclusive,state,policy,effective_policy_definition,consumers,arguments,durable,auto_delete"
 )
 RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+WRITE_METHODS = frozenset({"PUT", "POST", "DELETE"})
+WRITE_DEADLINE_SECONDS = 15.0
+"""All attempts of one write together: under half the shortest lock lease (60 s) minus a 15 s
+margin, so a write issued while the run's lock was valid lands before anyone may take the lock over."""
 
 
 def encode(segment: str) -> str:
@@ -54,6 +58,7 @@ class ManagementClient:
         session: requests.Session | None = None,
         fallbacks: Sequence[str] = (),
         drained: DrainedReader | None = None,
+        write_deadline: float = WRITE_DEADLINE_SECONDS,
     ) -> None:
         self.drained = drained
         """Where maintenance mode is read when ``/api/nodes`` does not report it (3.x): every snapshot
@@ -66,6 +71,12 @@ class ManagementClient:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.write_deadline = write_deadline
+        self.guard: Callable[[], None] | None = None
+        """Called before a write is retried (a held lock's ``check``): raises once the run may no longer
+        change the cluster, so no retry lands after the lock could have been taken over."""
+        self.clock: Callable[[], float] = time.monotonic
+        self.sleep: Callable[[float], None] = time.sleep
         self._session = session or requests.Session()
         self._session.auth = (user, password)
         self._session.headers["content-type"] = "application/json"
@@ -82,6 +93,7 @@ class ManagementClient:
             backoff=self.backoff,
             fallbacks=self.urls,
             drained=self.drained,
+            write_deadline=self.write_deadline,
         )
 
     def __repr__(self) -> str:  # never show the password
@@ -90,38 +102,64 @@ class ManagementClient:
     # ---- transport -------------------------------------------------------------------------------
 
     def request(
-        self, method: str, path: str, *, params: Mapping[str, str] | None = None, body: Any = None
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        deadline: float | None = None,
     ) -> Any:
         """One API call; retries connection errors and 5xx answers (all our writes are idempotent).
 
         An endpoint that cannot be reached is first replaced by the next one of ``urls`` not tried in
-        this call (a node that went away), then retried with backoff. Every attempt has ``timeout``.
+        this call (a node that went away), then retried with backoff. Every attempt has ``timeout``. A
+        write's attempts all end within ``deadline`` seconds (``write_deadline`` unless given), and a write
+        is retried only while ``guard`` allows it: a late write must not land after a lock takeover.
         """
+        write = method in WRITE_METHODS
+        budget = deadline if deadline is not None else self.write_deadline if write else None
+        ends = None if budget is None else self.clock() + budget
         attempt = 0
         tried = set()
         while True:
             attempt += 1
             url = f"{self.base_url}/api/{path}"
+            timeout = self.timeout if ends is None else max(min(self.timeout, ends - self.clock()), 0.001)
             try:
-                response = self._session.request(method, url, params=params, json=body, timeout=self.timeout)
+                response = self._session.request(method, url, params=params, json=body, timeout=timeout)
             except requests.RequestException as exc:
                 tried.add(self.base_url)
                 untried = [u for u in self.urls if u not in tried]
-                if untried:
+                if untried and self._may_retry(write, ends, 0.0):
                     self.base_url = untried[0]
                     continue
-                if attempt <= self.retries:
-                    time.sleep(self.backoff * attempt)
+                if attempt <= self.retries and self._may_retry(write, ends, self.backoff * attempt):
+                    self.sleep(self.backoff * attempt)
                     continue
                 raise ManagementError(
-                    f"cannot reach the management API at {self.base_url}: {_short(exc)}",
+                    f"cannot reach the management API at {self.base_url}: {_short(exc)}"
+                    + (f" (write deadline {budget:g} s)" if write else ""),
                     method=method,
                     url=url,
                 ) from exc
-            if response.status_code in RETRYABLE_STATUS and attempt <= self.retries:
-                time.sleep(self.backoff * attempt)
+            if (
+                response.status_code in RETRYABLE_STATUS
+                and attempt <= self.retries
+                and self._may_retry(write, ends, self.backoff * attempt)
+            ):
+                self.sleep(self.backoff * attempt)
                 continue
             return self._decode(method, url, response)
+
+    def _may_retry(self, write: bool, ends: float | None, pause: float) -> bool:
+        """Whether another attempt may start after ``pause``: time is left before ``ends``, and for a
+        write the ``guard`` (the run's lock) still allows changing the cluster (it raises otherwise)."""
+        if ends is not None and self.clock() + pause >= ends:
+            return False
+        if write and self.guard is not None:
+            self.guard()
+        return True
 
     def _decode(self, method: str, url: str, response: requests.Response) -> Any:
         status = response.status_code
@@ -270,8 +308,16 @@ class ManagementClient:
         result: dict[str, Any] = self.get(f"global-parameters/{encode(name)}")
         return result
 
-    def put_global_parameter(self, name: str, value: Mapping[str, Any]) -> None:
-        self.request("PUT", f"global-parameters/{encode(name)}", body={"name": name, "value": dict(value)})
+    def put_global_parameter(
+        self, name: str, value: Mapping[str, Any], *, deadline: float | None = None
+    ) -> None:
+        """``deadline``: all attempts together (the lock's take gives what is left of its write window)."""
+        self.request(
+            "PUT",
+            f"global-parameters/{encode(name)}",
+            body={"name": name, "value": dict(value)},
+            deadline=deadline,
+        )
 
     def delete_global_parameter(self, name: str) -> bool:
         try:

@@ -139,7 +139,7 @@ def cmd_balance(args: argparse.Namespace) -> int:
     if args.members:
         if args.dry_run:
             return cmd_balance_members(args, connection, options)
-        with holding(connection.lock("balance --members")) as heartbeat:
+        with holding(connection.lock("balance --members"), connection.client) as heartbeat:
             remove_dead_runs_policies(connection, heartbeat)
             return cmd_balance_members(args, connection, options, heartbeat.check)
     snapshot = connection.snapshot()
@@ -150,7 +150,7 @@ def cmd_balance(args: argparse.Namespace) -> int:
         emit(args.format, dry.to_dict(), lambda: plan_text(dry))
         return EXIT_OK
     preflight(snapshot)
-    with holding(connection.lock("balance")) as heartbeat:
+    with holding(connection.lock("balance"), connection.client) as heartbeat:
         remove_dead_runs_policies(connection, heartbeat)
         return _balance(args, connection, options, before, heartbeat)
 
@@ -218,7 +218,7 @@ def round_options(run: PlanOptions, moves_so_far: int) -> PlanOptions:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     connection = connect(args)
     lock = connection.lock("cleanup")
-    with holding(lock):
+    with holding(lock, connection.client):
         cleaned = cleanup(connection.client, lock.live_runs())
     lines = [f"removed temporary policy {name} in vhost {vhost}" for vhost, name in cleaned.removed]
     lines += [

@@ -36,7 +36,10 @@ class SlowWrites:
     def global_parameter(self, name: str) -> dict[str, Any]:
         return self.client.global_parameter(name)
 
-    def put_global_parameter(self, name: str, value: Mapping[str, Any]) -> None:
+    def put_global_parameter(
+        self, name: str, value: Mapping[str, Any], *, deadline: float | None = None
+    ) -> None:
+        """The delay stands for the network: the PUT itself is not cut by ``deadline``."""
         if self.slow:
             self.slow = False
             time.sleep(self.delay)  # the write is on its way: this is what is measured, not waited for

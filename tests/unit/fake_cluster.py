@@ -171,7 +171,9 @@ class FakeCluster:
             raise NotFound(f"global parameter {name} not found", status=404)
         return {"name": name, "value": self.global_parameters[name]}
 
-    def put_global_parameter(self, name: str, value: Mapping[str, Any]) -> None:
+    def put_global_parameter(
+        self, name: str, value: Mapping[str, Any], *, deadline: float | None = None
+    ) -> None:
         self.global_parameters[name] = dict(value)
 
     def delete_global_parameter(self, name: str) -> bool:

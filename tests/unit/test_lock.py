@@ -19,6 +19,7 @@ from queue_balancer.lock import (
     LockHeld,
     LockHolder,
     LockLost,
+    holding,
 )
 from queue_balancer.model import QueueRef
 from queue_balancer.movers import cleanup, derived_run_id, temporary_policy_name
@@ -52,12 +53,17 @@ class Parameters:
     clocks: Clocks = field(default_factory=Clocks)
     values: dict[str, Any] = field(default_factory=dict)
     put_seconds: list[float] = field(default_factory=list)
+    read_seconds: float = 0.0
+    timeouts: bool = False
+    """A PUT slower than its ``deadline`` fails on the client's side, but lands (a late write)."""
+    deadlines: list[float | None] = field(default_factory=list)
     earlier_reads: list[Any] = field(default_factory=list)
     """What the next reads answer: reads served before another taker's write landed."""
     reads: int = 0
 
     def global_parameter(self, name: str) -> dict[str, Any]:
         self.reads += 1
+        self.clocks.advance(self.read_seconds)
         if self.earlier_reads:
             value = self.earlier_reads.pop(0)
             if value is None:
@@ -67,9 +73,16 @@ class Parameters:
             raise NotFound(f"not found: {name}", status=404)
         return {"name": name, "value": self.values[name]}
 
-    def put_global_parameter(self, name: str, value: Mapping[str, Any]) -> None:
-        if self.put_seconds:
-            self.clocks.advance(self.put_seconds.pop(0))
+    def put_global_parameter(
+        self, name: str, value: Mapping[str, Any], *, deadline: float | None = None
+    ) -> None:
+        self.deadlines.append(deadline)
+        seconds = self.put_seconds.pop(0) if self.put_seconds else 0.0
+        if self.timeouts and deadline is not None and seconds > deadline:
+            self.clocks.advance(deadline)
+            self.values[name] = dict(value)  # the server got it; the answer came too late
+            raise ManagementError("cannot reach the management API: timed out")
+        self.clocks.advance(seconds)
         self.values[name] = dict(value)
 
     def delete_global_parameter(self, name: str) -> bool:
@@ -181,6 +194,71 @@ def test_a_slow_write_is_refused_when_the_wait_is_shorter_than_a_lease() -> None
         LockHeld, match=r"writing the cluster's lock took 1.1 s \(more than 1 s\).* watched only"
     ):
         lock(api, "one", wait=10).acquire()
+    assert LOCK_PARAMETER not in api.values  # its late value withdrawn: nobody's renewal finds it
+
+
+def test_a_taker_whose_read_has_aged_reads_again_and_writes_nothing_over_a_new_holder() -> None:
+    """Our read (no lock) took 0.6 s, more than half the write window: meanwhile run two took the lock.
+    Writing now could land after two read its own value back; we read again, see two, and refuse."""
+    api = Parameters(
+        values={LOCK_PARAMETER: holder_value("two", 1_000_000.0)}, earlier_reads=[None], read_seconds=0.6
+    )
+    with pytest.raises(LockHeld, match=r"changed before we wrote .*run two"):
+        lock(api, "one").acquire()
+    assert api.values[LOCK_PARAMETER]["run_id"] == "two" and api.deadlines == []
+
+
+def test_a_read_slower_than_the_write_window_is_refused_before_any_write() -> None:
+    api = Parameters(read_seconds=1.1)
+    with pytest.raises(LockHeld, match=r"reading the cluster's lock took 1.1 s .*nothing written"):
+        lock(api, "one").acquire()
+    assert LOCK_PARAMETER not in api.values
+
+
+def test_the_takers_put_gets_what_is_left_of_the_window_and_a_late_landing_is_withdrawn() -> None:
+    """The PUT times out at the window's end but the server applied it: the dead holder's value we read
+    is put back (only because the lock still holds ours), so no live run is aborted by ours."""
+    dead = holder_value("zero", 0)
+    api = Parameters(values={LOCK_PARAMETER: dead}, put_seconds=[5.0], timeouts=True, read_seconds=0.2)
+    with pytest.raises(ManagementError, match="timed out"):
+        lock(api, "one").acquire()
+    assert api.deadlines[0] == pytest.approx(WRITE_WINDOW_SECONDS - 0.2)
+    assert api.values[LOCK_PARAMETER] == dead
+
+
+def test_a_late_write_is_not_withdrawn_once_another_run_overwrote_it() -> None:
+    api = FailingRenewals()
+    mine = LockHolder("tester one", "one", 0, 0, 60)
+    api.values[LOCK_PARAMETER] = holder_value("two", 5)
+    lock(api, "one")._withdraw(mine, None)
+    assert api.values[LOCK_PARAMETER]["run_id"] == "two"
+
+
+def test_a_renewal_must_end_by_half_the_lease() -> None:
+    """Its PUT's deadline (all attempts) is what is left before check() stops the run: no renewal lands
+    after another run may have watched the lock for a whole lease."""
+    api = Parameters()
+    held = lock(api, "one")
+    held.acquire()  # began at 0, took the 1.25 s settle
+    api.clocks.advance(24)
+    held.renew()
+    assert api.deadlines[-1] == pytest.approx(30 - 25.25)
+
+
+def test_holding_makes_the_runs_writer_ask_the_lock_before_every_retry() -> None:
+    @dataclass
+    class Writer:
+        guard: Callable[[], None] | None = None
+
+    api = Parameters()
+    writer = Writer()
+    held = lock(api, "one")
+    with holding(held, writer) as heartbeat:
+        assert writer.guard == heartbeat.check
+        api.clocks.advance(31)  # no renewal for over half the lease
+        with pytest.raises(LockLost):
+            writer.guard()
+    assert writer.guard is None
 
 
 def test_a_slow_write_another_run_then_overwrites_is_refused() -> None:
@@ -197,10 +275,12 @@ def test_a_settle_not_longer_than_the_write_window_is_refused() -> None:
 
 
 class FailingRenewals(Parameters):
-    def put_global_parameter(self, name: str, value: Mapping[str, Any]) -> None:
+    def put_global_parameter(
+        self, name: str, value: Mapping[str, Any], *, deadline: float | None = None
+    ) -> None:
         if self.values.get(name, {}).get("run_id") == value["run_id"]:
             raise ManagementError("PUT global-parameters: HTTP 503", status=503)
-        super().put_global_parameter(name, value)
+        super().put_global_parameter(name, value, deadline=deadline)
 
 
 def test_a_run_whose_renewals_fail_stops_at_half_its_lease_and_stays_stopped() -> None:
