@@ -28,7 +28,7 @@ from typing import Any
 from queue_balancer.errors import NotFound
 from queue_balancer.model import Queue, QueueType
 from queue_balancer.movers.context import MoveContext
-from queue_balancer.movers.policies import mirrored_on, policy_exists
+from queue_balancer.movers.policies import mirrored_on, policy_exists, request_sync
 from queue_balancer.movers.progress import MoveProgress, Phase
 from queue_balancer.movers.verify import verify
 
@@ -222,7 +222,7 @@ def nudge_sync(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MovePro
         return progress
     manual = handed_back and progress.original_definition.get("ha-sync-mode", "manual") != "automatic"
     if (manual and progress.messages_before) or waited_ > ctx.settings.sync_nudge_after:
-        ctx.client.queue_action(progress.move.vhost, progress.move.queue, "sync")
+        request_sync(ctx.client, progress.move.vhost, progress.move.queue)
         return replace(progress, nudges=1)
     return progress
 

@@ -19,7 +19,14 @@ from typing import Any
 
 from queue_balancer.errors import NotFound
 from queue_balancer.model import JsonDict, Queue, QueueType
-from queue_balancer.movers.policies import is_temporary, mirrored_on, own_policy, owning_run, pcre_matches
+from queue_balancer.movers.policies import (
+    is_temporary,
+    mirrored_on,
+    own_policy,
+    owning_run,
+    pcre_matches,
+    request_sync,
+)
 from queue_balancer.movers.ports import ManagementApi
 
 SYNC_WAIT_SECONDS = 60.0
@@ -88,7 +95,7 @@ def cleanup(
             elif leftover not in nudged and set(live.replicas) - set(live.in_sync):
                 # A mirror of a manual-sync queue never catches up by itself; an automatic sync may
                 # not start for a mirror the queue already had.
-                api.queue_action(leftover.vhost, str(leftover.queue), "sync")
+                request_sync(api, leftover.vhost, str(leftover.queue))
                 nudged.add(leftover)
         if not waiting or clock() >= deadline:
             break

@@ -8,11 +8,12 @@ force during the move); only its HA keys differ. ``own_policy`` finds the policy
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from queue_balancer.errors import NotFound
+from queue_balancer.errors import ManagementError, NotFound
 from queue_balancer.model import Queue, QueueRef, QueueType
 from queue_balancer.movers.ports import ManagementApi
 
@@ -20,6 +21,8 @@ POLICY_PREFIX = "queue-balancer-"
 
 
 RUN_ID = re.compile(r"[0-9a-z]{1,16}")
+
+_log = logging.getLogger(__name__)
 
 
 def temporary_policy_name(ref: QueueRef, run_id: str = "") -> str:
@@ -118,6 +121,26 @@ def put_temporary_policy(
     definition = {k: v for k, v in own_definition.items() if not k.startswith("ha-")}
     definition.update(ha_definition)
     api.put_policy(ref.vhost, name, pattern=exact_pattern(ref.name), definition=definition, priority=priority)
+
+
+def request_sync(api: ManagementApi, vhost: str, queue: str) -> bool:
+    """Ask a mirrored queue to synchronise its mirrors; False when the user may not (the sync action needs
+    the administrator tag, which a monitoring + policymaker user lacks). The caller keeps waiting on what it
+    observes either way: an automatic-sync queue catches up without it, and a deadline bounds the rest."""
+    try:
+        api.queue_action(vhost, queue, "sync")
+    except ManagementError as error:
+        if error.status not in (401, 403):
+            raise
+        _log.warning(
+            "cannot start the sync of queue '%s' in vhost '%s' (HTTP %s): the sync action needs a user with "
+            "the administrator tag; waiting for the mirrors to catch up by themselves",
+            queue,
+            vhost,
+            error.status,
+        )
+        return False
+    return True
 
 
 def mirrored_on(nodes: list[str]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from queue_balancer.errors import LeaderTransferError
+from queue_balancer.errors import LeaderTransferError, ManagementError
 from queue_balancer.leader_transfer import RESULT_MARKER, TRANSFER_FUN, RaLeaderTransfer, expression
 from queue_balancer.model import Move, QueueRef, QueueType
 from queue_balancer.movers import (
@@ -17,7 +17,7 @@ from queue_balancer.movers import (
     expected_mirrors,
     temporary_policy_name,
 )
-from queue_balancer.movers.policies import mirrored_on, pcre_matches, put_temporary_policy
+from queue_balancer.movers.policies import mirrored_on, pcre_matches, put_temporary_policy, request_sync
 from tests.unit.fake_cluster import FakeCluster
 
 
@@ -97,3 +97,23 @@ def test_a_temporary_policy_sits_above_every_policy_temporary_ones_included() ->
         cluster, ref, mine, {"ha-mode": "all"}, mirrored_on(["c"])
     )  # a retry: not above itself
     assert cluster.policy_store[("/", mine)]["priority"] == 51
+
+
+class RefusedSync(FakeCluster):
+    """A user without the administrator tag: the management API refuses the sync action."""
+
+    def queue_action(self, vhost: str, name: str, action: str) -> None:
+        raise ManagementError("Not_Authorized", method="POST", url="/api/queues/x/actions", status=401)
+
+
+def test_a_sync_the_user_may_not_start_is_waited_out_not_failed() -> None:
+    assert request_sync(RefusedSync(), "/", "q") is False
+
+
+def test_a_sync_refused_for_another_reason_fails() -> None:
+    class Broken(FakeCluster):
+        def queue_action(self, vhost: str, name: str, action: str) -> None:
+            raise ManagementError("boom", status=500)
+
+    with pytest.raises(ManagementError):
+        request_sync(Broken(), "/", "q")
