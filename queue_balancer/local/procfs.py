@@ -72,14 +72,26 @@ def listener_owner(port: int) -> str | None:
     return None
 
 
-def cmdline_of(pid: int) -> list[str] | None:
-    """The argv of a live process; None for a missing process or a zombie."""
+def has_exited(pid: int) -> bool:
+    """True once ``pid`` is gone or a zombie: it holds no memory, file or socket any more.
+
+    Not the same as an empty command line: a killed VM loses its argv when its memory is unmapped,
+    which on a loaded machine takes seconds, and only then closes its sockets and exits.
+    """
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def cmdline_of(pid: int) -> list[str] | None:
+    """The argv of a live process; None for a missing process, a zombie or one on its way out."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
         return None
-    if state in ("Z", "X") or not raw:
+    if has_exited(pid) or not raw:
         return None  # a zombie is not running, whatever kill(pid, 0) says
     return raw.rstrip(b"\0").decode(errors="replace").split("\0")
 
@@ -105,11 +117,11 @@ def arg_after(cmdline: list[str], flag: str) -> str | None:
 
 
 def wait_pid_exit(pid: int, deadline: float) -> bool:
-    """Wait until ``pid`` is gone (reaping it if it is our child); False at the deadline."""
+    """Wait until ``pid`` has exited (reaping it if it is our child); False at the deadline."""
     while True:
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child (epmd, wrapper), or it lingers
-        if cmdline_of(pid) is None:
+        if has_exited(pid):
             return True
         if time.monotonic() > deadline:
             return False

@@ -23,6 +23,7 @@ import requests
 from queue_balancer.local import cluster as cluster_module
 from queue_balancer.local import commands
 from queue_balancer.local.cluster import LocalCluster, LocalClusterConfig, LocalClusterError
+from queue_balancer.local.procfs import has_exited
 from queue_balancer.local.seed import QueueType, seed, seed_unmirrored
 from tests.conftest import TEST_PORTS
 
@@ -76,7 +77,7 @@ def test_one_node_is_restarted_killed_and_brought_back_alone(
     assert restarted.running and restarted.pid != pid and node3.name in _running(management)
 
     local_cluster.kill_node(3)
-    assert restarted.pid and not _alive(restarted.pid) and not local_cluster.status()[2].running
+    assert restarted.pid and has_exited(restarted.pid) and not local_cluster.status()[2].running
     local_cluster.up()
     assert local_cluster.status()[2].running and node3.name in _running(management)
     assert {s.name: s.pid for s in local_cluster.status()[:2]} == others, "the other nodes are untouched"
@@ -332,7 +333,7 @@ def test_down_stops_only_its_own_nodes(local_cluster: LocalCluster, tmp_path: Pa
         local_cluster.down()
 
         assert not any(s.running for s in local_cluster.status())
-        assert all(not _alive(pid) for pid in ours if pid)
+        assert all(has_exited(pid) for pid in ours if pid)
         assert not _accepts(local_cluster.config.epmd_port), "our epmd must be stopped too"
         assert other.status()[0].running and other.status()[0].pid == other_pid
         overview = requests.get(
@@ -398,14 +399,6 @@ def _accepts(port: int) -> bool:
     with socket.socket() as probe:
         probe.settimeout(1)
         return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def _listening_sockets(pid: int) -> set[tuple[str, int]]:
