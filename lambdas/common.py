@@ -35,7 +35,8 @@ from queue_balancer.member_changes import MemberChanger, member_changer
 from queue_balancer.member_moves import MemberMover
 from queue_balancer.model import JsonDict
 from queue_balancer.movers import Mover, MoveSettings
-from queue_balancer.movers.ports import LeaderTransfer
+from queue_balancer.movers.ports import LeaderTransfer, StreamTransfer
+from queue_balancer.stream_transfer import StreamLeaderTransfer
 from queue_balancer.workflow.ports import ClosableCounter, ClusterApi, LifecycleStore
 
 # The stack sets POWERTOOLS_SERVICE_NAME/POWERTOOLS_METRICS_NAMESPACE (docs/aws-contract.md); the same
@@ -123,6 +124,8 @@ class ClusterAccess:
     """Maintenance mode on 3.x (the SSM document's ``drained`` operation); the client's snapshots use it."""
     changer: Callable[[], MemberChanger | None] = lambda: None
     """Quorum member changes for this cluster's generation (asked only by a ``members: true`` run)."""
+    stream_transfer: StreamTransfer | None = None
+    """Best-effort stream leader moves (a ``move_streams`` run), through the same SSM document."""
 
     def member_mover(self) -> MemberMover:
         """A MemberMover for a ``members: true`` run: eval through SSM on 3.x, HTTP on 4.x."""
@@ -140,6 +143,7 @@ class ClusterAccess:
             self.counter,
             run_id=run_id,
             drained=self.drained,
+            stream_transfer=self.stream_transfer,
         )
 
     def __enter__(self) -> ClusterAccess:
@@ -184,6 +188,7 @@ def _aws_cluster() -> ClusterAccess:
         counter,
         drained=drained_reader(run_eval),
         changer=lambda: member_changer(client, run_eval),
+        stream_transfer=StreamLeaderTransfer(run_eval),
     )
 
 

@@ -2,8 +2,8 @@
 
 On AWS the ``run_eval`` port (``queue_balancer.leader_transfer``) reaches a node through SSM Run Command.
 ``AWS-RunShellScript`` would let whoever may invoke the Lambdas' role run any shell line as root on every
-broker; this document instead holds the Erlang of its five operations itself (the same funs the core
-applies locally: leader transfer, member changes, maintenance mode; the member funs live here so the
+broker; this document instead holds the Erlang of its six operations itself (the same funs the core
+applies locally: quorum and stream leader transfer, member changes, maintenance mode; the member funs live here so the
 stacks may import them) and takes only an operation name (``allowedValues``) and the items as base64
 triples (``allowedPattern``: base64 letters, ``,`` and ``;``), which SSM checks before anything runs.
 The document builds the ``rabbitmqctl eval`` line; no parameter can reach the shell or Erlang's syntax.
@@ -23,6 +23,7 @@ from typing import Any, Final
 from queue_balancer.errors import LeaderTransferError
 from queue_balancer.leader_transfer import RESULT_MARKER, TRANSFER_FUN, expression
 from queue_balancer.maintenance import DRAINED_FUN
+from queue_balancer.stream_transfer import STREAM_TRANSFER_FUN
 
 # add_member/4 waits up to 30 s (in ms) for Ra to commit the new membership.
 ADD_FUN = """
@@ -62,6 +63,7 @@ OPERATIONS: Final[Mapping[str, str]] = MappingProxyType(
         "delete_member": DELETE_FUN,
         "member_status": STATUS_FUN,
         "drained": DRAINED_FUN,
+        "transfer_stream": STREAM_TRANSFER_FUN,
     }
 )
 """The Erlang fun of each operation the document runs, by the name its ``operation`` parameter takes."""

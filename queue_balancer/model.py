@@ -173,6 +173,15 @@ class Platform:
         return cls(version=version, classic_mirroring=not (major.isdigit() and int(major) >= 4))
 
     @property
+    def stream_transfer(self) -> bool:
+        """Whether ``rabbit_stream_queue:transfer_leadership/2`` exists (RabbitMQ 3.12+; checked in the
+        3.10.8, 3.11 and 3.12.0 sources). An unknown version counts as without: the eval checks again."""
+        parts = self.version.split(".")
+        if len(parts) < 2 or not (parts[0].isdigit() and parts[1].isdigit()):
+            return False
+        return (int(parts[0]), int(parts[1])) >= (3, 12)
+
+    @property
     def non_voting_members(self) -> bool:
         """Whether quorum queues may have members without a vote (RabbitMQ 4+, the generation without
         classic mirroring)."""

@@ -9,7 +9,7 @@
    are reachable at once, the feasible load vectors being the bases of a polymatroid), and among the
    placements within those bounds the one with the fewest moves: a min-cost flow over groups of
    interchangeable queues.
-3. **Order**: cheapest moves first (quorum transfers, then classic queues by message count), so large
+3. **Order**: cheapest moves first (quorum transfers, classic queues by message count, streams), so large
    mirror syncs, which block their queue while they run, come last.
 """
 
@@ -36,6 +36,8 @@ class PlanOptions:
     max_moves: int | None = None
     quorum_transfer: bool = True
     """False when no leader-transfer primitive is configured: quorum queues are then skipped."""
+    move_streams: bool = False
+    """Streams movable, best effort (``--move-streams``): their coordinator may choose another member."""
 
     def __post_init__(self) -> None:
         if self.pattern is not None:
@@ -81,18 +83,20 @@ def classify(
     quorum_transfer: bool = True,
     classic_mirroring: bool = True,
     drained: frozenset[str] = frozenset(),
+    streams: StreamRules | None = None,
 ) -> Candidate | Skipped:
     """Movable (with its possible targets) or skipped (with a reason an operator can act on).
 
     ``running`` are the nodes a leader may go to (running, not in maintenance mode); ``drained`` the
-    running nodes in maintenance mode; ``classic_mirroring`` False on RabbitMQ 4+, which removed it.
+    running nodes in maintenance mode; ``classic_mirroring`` False on RabbitMQ 4+, which removed it;
+    ``streams`` whether streams may move (``--move-streams``) and how, None to leave them alone.
     """
 
     def skip(reason: str) -> Skipped:
         return Skipped(queue.vhost, queue.name, queue.leader, reason)
 
-    if queue.type is QueueType.STREAM:
-        return skip("stream: streams are left alone")
+    if queue.type is QueueType.STREAM and streams is None:
+        return skip("stream: streams are left alone (--move-streams moves them, best effort)")
     if queue.exclusive:
         return skip("exclusive: owned by one connection, it lives and dies with it")
     if queue.name in DOT_SEGMENTS or queue.vhost in DOT_SEGMENTS:
@@ -108,6 +112,8 @@ def classify(
         return skip(f"queue is {queue.state}")
     if queue.type is QueueType.QUORUM:
         return _classify_quorum(queue, running, quorum_transfer, skip)
+    if queue.type is QueueType.STREAM and streams is not None:
+        return _classify_stream(queue, running, streams, skip)
     if not classic_mirroring:
         return skip(
             "classic queue on RabbitMQ 4+, which removed classic mirroring: no move can keep a copy, so it "
@@ -131,6 +137,35 @@ def _classify_quorum(
     if len(targets) == 1:
         held = f" ({', '.join(queue.non_voters)}: no vote, never made leader)" if queue.non_voters else ""
         return skip(f"quorum queue with no other online {voting}member to lead it{held}")
+    return Candidate(queue, targets)
+
+
+@dataclass(frozen=True)
+class StreamRules:
+    """What a stream move needs: ``rabbit_stream_queue:transfer_leadership/2`` on this version (3.12+) and
+    an eval port to call it through."""
+
+    version: str
+    supported: bool
+    eval_port: bool
+
+
+def _classify_stream(
+    queue: Queue, running: frozenset[str], rules: StreamRules, skip: Callable[[str], Skipped]
+) -> Candidate | Skipped:
+    if not rules.supported:
+        return skip(
+            f"stream on RabbitMQ {rules.version or '(unknown version)'}, which has no "
+            "rabbit_stream_queue:transfer_leadership/2 (3.12+): it stays as fixed load (upgrade to move streams)"
+        )
+    if not rules.eval_port:
+        return skip("stream: no leader-transfer primitive configured (see --eval-command)")
+    # The restart stops every member and elects among a majority: all must run, or the choice narrows.
+    if set(queue.in_sync) != set(queue.replicas):
+        return skip(f"stream with members offline ({len(queue.in_sync) + 1} of {len(queue.members)} online)")
+    targets = frozenset({queue.leader, *(n for n in queue.replicas if n in running)})
+    if len(targets) == 1:
+        return skip("stream with no other running member to lead it")
     return Candidate(queue, targets)
 
 
@@ -173,6 +208,11 @@ def survey(snapshot: Snapshot, options: PlanOptions) -> Survey:
     check_filters(snapshot, options)
     running = frozenset(snapshot.serving_nodes)
     drained = frozenset(snapshot.drained_nodes)
+    streams = (
+        StreamRules(snapshot.platform.version, snapshot.platform.stream_transfer, options.quorum_transfer)
+        if options.move_streams
+        else None
+    )
     scopes: dict[tuple[str, str], _Scope] = defaultdict(_Scope)
     skipped: list[Skipped] = []
     counted: list[Queue] = []
@@ -183,6 +223,7 @@ def survey(snapshot: Snapshot, options: PlanOptions) -> Survey:
             quorum_transfer=options.quorum_transfer,
             classic_mirroring=snapshot.platform.classic_mirroring,
             drained=drained,
+            streams=streams,
         )
         scope = scopes[(queue.vhost if options.per_vhost else "", queue.type.value)]
         if queue.leader in running:
@@ -275,13 +316,17 @@ def check_filters(snapshot: Snapshot, options: PlanOptions) -> None:
         raise ConfigurationError(f"no queue name matches --pattern {options.pattern!r}{where}")
 
 
+_TYPE_COST = {QueueType.QUORUM: 0, QueueType.CLASSIC: 1, QueueType.STREAM: 2}
+"""Quorum transfers are cheap; a classic move copies its messages to a new mirror first; a stream move
+restarts the stream (its clients reconnect) and may land elsewhere: last."""
+
+
 def move_cost(move: Move) -> tuple[int, int, str, str]:
-    """Quorum transfers are cheap; a classic move copies its messages to a new mirror first."""
-    return (0 if move.type is QueueType.QUORUM else 1, move.messages, move.vhost, move.queue)
+    return (_TYPE_COST[move.type], move.messages, move.vhost, move.queue)
 
 
 def queue_cost(queue: Queue) -> tuple[int, int, str, str]:
-    return (0 if queue.type is QueueType.QUORUM else 1, queue.messages, queue.vhost, queue.name)
+    return (_TYPE_COST[queue.type], queue.messages, queue.vhost, queue.name)
 
 
 GroupKey = tuple[QueueType, str, frozenset[str]]

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from queue_balancer.members import mirror_spread
-from queue_balancer.model import JsonDict, Skipped, Snapshot, equilibrium, spread
+from queue_balancer.model import JsonDict, QueueType, Skipped, Snapshot, equilibrium, spread
 from queue_balancer.movers import MoveProgress, Phase
 from queue_balancer.movers.policies import is_temporary, owning_run
 from queue_balancer.movers.verify import CHANGED_UNDER_TRAFFIC
@@ -239,6 +239,11 @@ class RunSummary:
         """Done, but the message count changed meanwhile (clients kept using the queue)."""
         return tuple(p for p in self.moves if p.outcome.startswith(CHANGED_UNDER_TRAFFIC))
 
+    @property
+    def best_effort(self) -> tuple[MoveProgress, ...]:
+        """Stream moves (``--move-streams``): landed or left by the coordinator on another member, said so."""
+        return tuple(p for p in self.moves if p.move.type is QueueType.STREAM and p.phase is Phase.DONE)
+
     def brief_dict(self, limit: int = STORED_LIST) -> JsonDict:
         """The figures of the run with at most ``limit`` failed moves and skipped queues listed (a stored
         item has a size limit; the counts say how many there were)."""
@@ -255,6 +260,7 @@ class RunSummary:
             "skipped_count": len(self.after.skipped),
             "seconds": round(self.seconds, 2),
             "failed": [{**p.move.to_dict(), "outcome": p.outcome} for p in self.failed[:limit]],
+            "best_effort": [{**p.move.to_dict(), "outcome": p.outcome} for p in self.best_effort[:limit]],
             "skipped": [s.to_dict() for s in self.after.skipped[:limit]],
         }
 
@@ -317,6 +323,7 @@ def summary_markdown(run: RunSummary) -> str:
         f"moves: {done} done, {len(run.failed)} failed, {len(run.after.skipped)} skipped, {run.seconds:.1f} s",
     ]
     lines += [f"- failed: `{p.move.vhost}` / `{p.move.queue}`: {p.outcome}" for p in run.failed[:50]]
+    lines += [f"- stream `{p.move.vhost}` / `{p.move.queue}`: {p.outcome}" for p in run.best_effort[:50]]
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ from queue_balancer.management import ManagementClient
 from queue_balancer.model import Snapshot
 from queue_balancer.movers import Mover, MoveSettings
 from queue_balancer.planner import PlanOptions
+from queue_balancer.stream_transfer import StreamLeaderTransfer
 
 if TYPE_CHECKING:
     from queue_balancer.local.cluster import LocalCluster
@@ -57,6 +58,9 @@ class Connection:
             self.counter,
             run_id=self.run_id,
             drained=self.client.drained,
+            stream_transfer=StreamLeaderTransfer(self.leader_transfer.run_eval)
+            if self.leader_transfer
+            else None,
         )
 
     def lock(self, command: str) -> ClusterLock:
@@ -142,5 +146,6 @@ def plan_options(args: argparse.Namespace, connection: Connection | None) -> Pla
         pattern=args.pattern,
         per_vhost=args.per_vhost,
         max_moves=getattr(args, "max_moves", None),
+        move_streams=getattr(args, "move_streams", False),
         quorum_transfer=connection is None or connection.leader_transfer is not None,
     )

@@ -51,6 +51,13 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+MOVE_STREAMS_HELP = (
+    "move stream leaders too, best effort (RabbitMQ 3.12+; off by default): the stream coordinator restarts "
+    "the stream with the target as preferred leader and may choose another member; up to 3 attempts per "
+    "stream, EACH RESTARTING THE STREAM'S WRITER (its publishers and consumers reconnect). A stream left on "
+    "another member is reported 'best effort: coordinator chose X', not failed"
+)
+
 PER_VHOST_PLAN_HELP = "balance every vhost on its own (max - min <= 1 within each vhost)"
 
 
@@ -78,6 +85,7 @@ def add_scope_options(
             metavar="M",
             help="at most M moves in all (the most useful first)",
         )
+        parser.add_argument("--move-streams", action="store_true", help=MOVE_STREAMS_HELP)
 
 
 def add_format_option(parser: argparse.ArgumentParser, choices: tuple[str, ...] = FORMATS[:2]) -> None:

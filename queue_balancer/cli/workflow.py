@@ -66,6 +66,7 @@ _RUN_OPTIONS = {  # option dest -> the run input's key
     "poll_seconds": "poll_seconds",
     "vhost": "vhosts",
     "per_vhost": "per_vhost",
+    "move_streams": "move_streams",
     "members": "members",
     "group_size": "group_size",
     "exclude_node": "exclude_nodes",

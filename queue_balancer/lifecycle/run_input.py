@@ -57,6 +57,8 @@ class RunInput:
     members: bool = False
     group_size: int | None = None
     exclude_nodes: tuple[str, ...] = ()
+    move_streams: bool = False
+    """Stream leaders moved too, best effort (``--move-streams``); off by default."""
 
     @classmethod
     def parse(cls, data: Any) -> RunInput:
@@ -97,6 +99,9 @@ class RunInput:
         per_vhost = data.get("per_vhost", False)
         if not isinstance(per_vhost, bool):
             problems.append("per_vhost must be true or false")
+        move_streams = data.get("move_streams", False)
+        if not isinstance(move_streams, bool):
+            problems.append("move_streams must be true or false")
         rates = {k: _rate(data, k, problems) for k in ("max_publish_rate", "max_deliver_rate")}
         members, group_size, excluded = _members_fields(data, problems)
         if problems:
@@ -116,6 +121,7 @@ class RunInput:
             members=members,
             group_size=group_size,
             exclude_nodes=tuple(excluded),
+            move_streams=move_streams is True,
         )
 
     def to_dict(self) -> JsonDict:
@@ -135,6 +141,8 @@ class RunInput:
             "max_deliver_rate": self.max_deliver_rate,
         }
         data.update({k: v for k, v in optional.items() if v is not None})
+        if self.move_streams:
+            data["move_streams"] = True
         if self.members:
             data.update(members=True, exclude_nodes=list(self.exclude_nodes))
             if self.group_size is not None:
@@ -148,6 +156,7 @@ class RunInput:
             per_vhost=self.per_vhost,
             max_moves=self.max_moves,
             quorum_transfer=quorum_transfer,
+            move_streams=self.move_streams,
         )
 
     def members_options(self) -> MembersOptions:
@@ -175,10 +184,11 @@ _INPUT_FIELDS = frozenset(
         "members",
         "group_size",
         "exclude_nodes",
+        "move_streams",
     }
 )
 _MEMBERS_ONLY = ("group_size", "exclude_nodes")
-_LEADERS_ONLY = ("per_vhost", "max_moves")
+_LEADERS_ONLY = ("per_vhost", "max_moves", "move_streams")
 """The members plan spreads every selected quorum queue's members over the whole cluster at once."""
 
 

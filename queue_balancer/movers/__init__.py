@@ -4,7 +4,7 @@
 - ``ports``: what a move needs from the cluster (management API, leader transfer, message counts)
 - ``policies``: the temporary policy (name, exact pattern, keys), the queue's own policy
 - ``leftovers``: ``cleanup`` of dead runs' temporary policies, keeping every synchronised copy
-- ``classic``, ``quorum``, ``verify``: one function per phase of each kind of move
+- ``classic``, ``quorum``, ``stream``, ``verify``: one function per phase of each kind of move
 - ``mover``: the ``Mover`` that starts, advances (dispatching on the phase) and aborts moves
 """
 
@@ -18,7 +18,7 @@ from queue_balancer.movers.policies import (
     exact_pattern,
     temporary_policy_name,
 )
-from queue_balancer.movers.ports import LeaderTransfer, ManagementApi, MessageCounter
+from queue_balancer.movers.ports import LeaderTransfer, ManagementApi, MessageCounter, StreamTransfer
 from queue_balancer.movers.progress import TERMINAL, MoveProgress, MoveSettings, Phase
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "MoveSettings",
     "Mover",
     "Phase",
+    "StreamTransfer",
     "cleanup",
     "derived_run_id",
     "exact_pattern",

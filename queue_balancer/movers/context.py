@@ -11,7 +11,7 @@ from queue_balancer.errors import BalancerError, MoveStateError, NodeDown
 from queue_balancer.maintenance import DrainedReader
 from queue_balancer.model import Move, Queue, QueueCount, QueueRef
 from queue_balancer.movers.policies import put_temporary_policy, temporary_policy_name
-from queue_balancer.movers.ports import LeaderTransfer, ManagementApi, MessageCounter
+from queue_balancer.movers.ports import LeaderTransfer, ManagementApi, MessageCounter, StreamTransfer
 from queue_balancer.movers.progress import MoveProgress, MoveSettings, Phase
 
 
@@ -29,6 +29,8 @@ class MoveContext:
     drained: DrainedReader | None = None
     """Maintenance mode where ``/api/nodes`` does not report it (3.x): spare mirrors and targets must
     not be drained nodes (``maintenance``)."""
+    stream_transfer: StreamTransfer | None = None
+    """Best-effort stream leader moves (``stream_transfer``), through the same eval port as quorum transfers."""
 
     def live(self, move: Move) -> Queue:
         """The queue as its process sees it now."""

@@ -16,7 +16,7 @@ from typing import Any
 from queue_balancer.errors import BalancerError, NotFound
 from queue_balancer.maintenance import with_maintenance
 from queue_balancer.model import Move, Queue, QueueCount, QueueRef, QueueType, Snapshot
-from queue_balancer.movers import classic, quorum
+from queue_balancer.movers import classic, quorum, stream
 from queue_balancer.movers.context import MoveContext
 from queue_balancer.movers.policies import own_policy
 from queue_balancer.movers.progress import MoveProgress, Phase
@@ -31,12 +31,14 @@ PHASES: dict[Phase, PhaseStep] = {
     Phase.RESTORING: classic.restoring,
     Phase.ROLLING_BACK: classic.rolling_back,
     Phase.TRANSFERRING: quorum.transferring,
+    Phase.RESTARTING: stream.restarting,
     Phase.VERIFYING: verify,
 }
 """What ``advance`` does in each phase, given the queue as its process sees it now."""
 
-UNGUARDED = frozenset({Phase.VERIFYING, Phase.ROLLING_BACK})
-"""Phases exempt from the phase deadline and the leader check (they end by themselves, bounded)."""
+UNGUARDED = frozenset({Phase.VERIFYING, Phase.ROLLING_BACK, Phase.RESTARTING})
+"""Phases exempt from the phase deadline and the leader check (they end by themselves, bounded; a restarted
+stream may lead on any member and fails at its own deadline with what it saw)."""
 
 LIST_READ_MIN = 8
 """From this many quorum moves waiting for their new leader, one real-time list per vhost replaces a read
@@ -77,14 +79,17 @@ class Mover(MoveContext):
             # does not pay an eval on 3.x and keeps the plan's view of maintenance mode.
             nodes = with_maintenance(nodes, self._recently_drained)
         counts = self.counts([m.ref for m in moves])
-        transfers = []
+        transfers, restarts = [], []
         for move in moves:
             progress = self._guarded(move, partial(self._start_one, move, nodes, counts.get(move.ref)))
             if progress.phase is Phase.TRANSFERRING:
                 transfers.append(progress)
+            elif progress.phase is Phase.RESTARTING:
+                restarts.append(progress)
             else:
                 yield progress
         yield from quorum.transfer(self, transfers)
+        yield from stream.transfer(self, restarts)
 
     def _recently_drained(self, running: Sequence[str]) -> frozenset[str]:
         """The ``drained`` port's answer, asked again after ``DRAINED_FRESH_SECONDS``: on 3.x it is an
@@ -101,7 +106,7 @@ class Mover(MoveContext):
         running = nodes.running_nodes
         live = self.live(move)
         own: tuple[str, Mapping[str, Any]] | None = None
-        if count is not None and move.type is QueueType.QUORUM:
+        if count is not None and move.type is not QueueType.CLASSIC:
             # A transfer writes no policy and an exact count needs no settled statistics: the statistics
             # view and the queue's own policy (two API calls per move) would go unused.
             messages = count.messages
@@ -136,6 +141,8 @@ class Mover(MoveContext):
             return self.finish(progress, Phase.FAILED, f"leader is on {live.leader}, not {move.source}")
         if move.type is QueueType.QUORUM:
             return quorum.start(self, progress)
+        if move.type is QueueType.STREAM:
+            return stream.start(self, progress)
         return classic.start(self, progress, live, nodes.serving_nodes)
 
     def advance(self, progress: MoveProgress) -> MoveProgress:

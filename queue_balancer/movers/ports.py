@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from queue_balancer.model import Move, QueueCount, QueueRef
+from queue_balancer.stream_transfer import StreamAnswer
 
 
 class ManagementApi(Protocol):
@@ -56,6 +57,12 @@ class LeaderTransfer(Protocol):
     """Moves quorum leaders exactly (see ``leader_transfer``)."""
 
     def transfer(self, moves: Sequence[Move]) -> dict[QueueRef, str]: ...
+
+
+class StreamTransfer(Protocol):
+    """Restarts streams with a preferred leader, a bounded number of times each (see ``stream_transfer``)."""
+
+    def transfer_streams(self, moves: Sequence[Move]) -> Mapping[QueueRef, StreamAnswer]: ...
 
 
 class MessageCounter(Protocol):

@@ -16,6 +16,7 @@ class Phase(StrEnum):
     REORDERING = "reordering"  # re-adding a mirror older than the target, so the target is the oldest
     PROMOTING = "promoting"  # primary dropped, waiting for the target (the oldest mirror) to be promoted
     TRANSFERRING = "transferring"  # waiting for Ra to report the new quorum leader
+    RESTARTING = "restarting"  # a stream restarted by its coordinator: waiting for every member and the count
     RESTORING = "restoring"  # waiting for the queue's own policy to re-mirror it
     VERIFYING = "verifying"  # waiting for the statistics to settle, then comparing message counts
     ROLLING_BACK = "rolling_back"  # every copy kept, then the queue handed back to its own policy
@@ -69,6 +70,8 @@ class MoveProgress:
     """The mirrors kept through the move (the target among them): never fewer copies than before."""
     asked: tuple[str, ...] = ()
     """The nodes the temporary policy mirrors the queue on right now (so a poll puts it only on change)."""
+    attempts: int = 0
+    """A stream move's restarts asked of its coordinator (``stream_transfer``): each restarts the writer."""
 
     @property
     def finished(self) -> bool:
@@ -89,6 +92,7 @@ class MoveProgress:
             "phase_started_at": self.phase_started_at,
             "mirrors": list(self.mirrors),
             "asked": list(self.asked),
+            "attempts": self.attempts,
         }
 
     @classmethod
@@ -105,6 +109,7 @@ class MoveProgress:
             phase_started_at=float(data.get("phase_started_at", 0.0)),
             mirrors=tuple(str(n) for n in data.get("mirrors") or ()),
             asked=tuple(str(n) for n in data.get("asked") or ()),
+            attempts=int(data.get("attempts", 0)),
         )
 
 

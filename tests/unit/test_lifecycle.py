@@ -307,3 +307,13 @@ def test_executions_hold_everything_and_only_as_many_as_needed(moves: int, batch
 def test_the_next_step_runs_only_if_it_fits() -> None:
     assert fits_in_history(0, 1000)
     assert not fits_in_history(HISTORY_LIMIT - HISTORY_RESERVE - 999, 1000)
+
+
+def test_move_streams_is_off_by_default_validated_and_carried_to_the_plan() -> None:
+    assert RunInput.parse({}).move_streams is False and "move_streams" not in RunInput.parse({}).to_dict()
+    asked = RunInput.parse({"move_streams": True})
+    assert asked.plan_options().move_streams and RunInput.parse(asked.to_dict()) == asked
+    with pytest.raises(ConfigurationError, match="move_streams must be true or false"):
+        RunInput.parse({"move_streams": "yes"})
+    with pytest.raises(ConfigurationError, match="move_streams does not apply with members: true"):
+        RunInput.parse({"members": True, "move_streams": True})

@@ -112,7 +112,9 @@ def test_skip_reasons() -> None:
         "quorum queue without a quorum online (1 of 3 members)": quorum(
             "q", "rabbit@a", ("rabbit@a", "rabbit@b", "rabbit@c"), online=()
         ),
-        "stream: streams are left alone": Queue("/", "s", QueueType.STREAM, "rabbit@a"),
+        "stream: streams are left alone (--move-streams moves them, best effort)": Queue(
+            "/", "s", QueueType.STREAM, "rabbit@a"
+        ),
         "leader node rabbit@z is not running": mirrored("z", "rabbit@z"),
     }
     for reason, queue in cases.items():
@@ -339,3 +341,43 @@ def test_a_snapshot_file_with_the_version_plans_by_that_version() -> None:
     four = Snapshot.from_api(nodes, queues, {"rabbitmq_version": "4.0.5"})
     assert (four.platform.classic_mirroring, four.drain_reported) == (False, False)
     assert not plan(four).moves
+
+
+def _streams_on_a(
+    version: str, count: int = 6, online: tuple[str, ...] = ("rabbit@b", "rabbit@c")
+) -> Snapshot:
+    queues = [
+        Queue("/", f"s{i}", QueueType.STREAM, "rabbit@a", ("rabbit@b", "rabbit@c"), online)
+        for i in range(count)
+    ]
+    queues += [quorum(f"q{i}", "rabbit@a", NODES[:3]) for i in range(3)]
+    return replace(snapshot(queues), platform=Platform.from_overview({"rabbitmq_version": version}))
+
+
+def test_streams_stay_fixed_load_unless_asked_and_then_are_even_on_their_own() -> None:
+    four = _streams_on_a("4.0.5")
+    assert not [m for m in plan(four).moves if m.type is QueueType.STREAM]
+    asked = plan(four, PlanOptions(move_streams=True))
+    streams = [m for m in asked.moves if m.type is QueueType.STREAM]
+    assert Counter(m.target for m in streams) == {"rabbit@b": 2, "rabbit@c": 2}
+    assert asked.after == {"rabbit@a": 3, "rabbit@b": 3, "rabbit@c": 3}
+    assert asked.moves[-1].type is QueueType.STREAM  # restarts come after every cheaper move
+
+
+def test_streams_asked_on_a_version_without_the_primitive_or_the_eval_port_say_why() -> None:
+    for version, options, says in [
+        ("3.10.8", PlanOptions(move_streams=True), "no rabbit_stream_queue:transfer_leadership/2 (3.12+)"),
+        ("3.11.28", PlanOptions(move_streams=True), "RabbitMQ 3.11.28"),
+        ("", PlanOptions(move_streams=True), "(unknown version)"),
+        ("4.0.5", PlanOptions(move_streams=True, quorum_transfer=False), "see --eval-command"),
+    ]:
+        result = plan(_streams_on_a(version), options)
+        reasons = {s.reason for s in result.skipped if s.queue.startswith("s")}
+        assert len(reasons) == 1 and says in reasons.pop(), version
+        assert not [m for m in result.moves if m.type is QueueType.STREAM]
+    assert Platform(version="3.12.0").stream_transfer and not Platform(version="3.11.9").stream_transfer
+
+
+def test_a_stream_with_a_member_offline_is_not_restarted() -> None:
+    result = plan(_streams_on_a("4.0.5", 2, online=("rabbit@b",)), PlanOptions(move_streams=True))
+    assert {s.reason for s in result.skipped} == {"stream with members offline (2 of 3 online)"}

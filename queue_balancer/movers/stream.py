@@ -1,0 +1,101 @@
+"""A stream's move, best effort: its coordinator restarts it and chooses the new writer among its members.
+
+``start`` changes nothing; ``transfer`` asks for every stream of the batch in one eval (each stream up to
+``STREAM_ATTEMPTS`` restarts, see ``stream_transfer``); ``restarting`` then observes, in the real-time view
+and within the phase deadline, that every member runs again and that the message count did not drop. A
+stream that ends on another member than the target is reported as such ("best effort: coordinator chose
+X"), not failed: the next round plans with it where it is. One whose members do not all come back, or whose
+count dropped, fails with that context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from queue_balancer.errors import BalancerError
+from queue_balancer.model import Queue
+from queue_balancer.movers.context import MoveContext
+from queue_balancer.movers.progress import MoveProgress, Phase
+from queue_balancer.stream_transfer import NOT_SUPPORTED
+
+MOVED = "moved (best effort"
+"""The outcome of a stream that landed on its target: ``moved (best effort, 2 attempts)``."""
+MISSED = "best effort: coordinator chose"
+"""The outcome of a stream the coordinator left on another member: not a failed move."""
+
+
+def start(ctx: MoveContext, progress: MoveProgress) -> MoveProgress:
+    """Nothing changes yet: the batch's restarts go to the cluster together (``transfer``)."""
+    if ctx.stream_transfer is None:
+        return ctx.finish(
+            progress, Phase.FAILED, "no leader-transfer primitive configured (see --eval-command)"
+        )
+    return replace(progress, phase=Phase.RESTARTING, attempts=0)
+
+
+def transfer(ctx: MoveContext, started: list[MoveProgress]) -> list[MoveProgress]:
+    """Ask the coordinator to restart every stream of the batch on its target; then each is observed."""
+    asked = [p for p in started if p.phase is Phase.RESTARTING and not p.attempts]
+    if not asked or ctx.stream_transfer is None:
+        return started
+    ids = {id(p) for p in asked}
+    try:
+        answers = dict(ctx.stream_transfer.transfer_streams([p.move for p in asked]))
+    except BalancerError as exc:
+        reason = f"stream transfer failed (some of the batch's streams may have restarted): {exc}"
+        return [ctx.finish(p, Phase.FAILED, reason) if id(p) in ids else p for p in started]
+    result = []
+    for p in started:
+        answer = answers.get(p.move.ref) if id(p) in ids else None
+        if answer is None and id(p) in ids:
+            result.append(ctx.finish(p, Phase.FAILED, "no answer from the stream transfer"))
+        elif answer is None:
+            result.append(p)
+        elif answer.result == NOT_SUPPORTED:
+            reason = "this RabbitMQ has no rabbit_stream_queue:transfer_leadership/2 (3.12+): nothing changed"
+            result.append(ctx.finish(p, Phase.FAILED, reason))
+        elif "not_found" in answer.result and not answer.attempts:
+            result.append(ctx.finish(p, Phase.FAILED, "queue was deleted"))
+        else:
+            result.append(ctx.next_phase(replace(p, attempts=max(answer.attempts, 1)), Phase.RESTARTING))
+    return result
+
+
+def restarting(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProgress:
+    """Every member running again and the count not dropped: then landed, or left elsewhere (not failed)."""
+    move = progress.move
+    members_back = bool(live.leader) and set(live.in_sync) == set(live.replicas)
+    late = ctx.clock() > progress.deadline
+    if not members_back:
+        if late:
+            online = len(live.in_sync) + (1 if live.leader else 0)
+            reason = (
+                f"stream restarted but its members did not all come back: {online} of "
+                f"{len(live.members)} running, leader {live.leader or '(none)'}"
+            )
+            return ctx.finish(progress, Phase.FAILED, reason)
+        return progress
+    messages = _messages(ctx, progress)
+    if messages is None:
+        return ctx.finish(progress, Phase.FAILED, "queue was deleted")
+    if messages < progress.messages_before:
+        # The new writer publishes its count a moment after it starts: a drop is judged at the deadline.
+        if late:
+            change = f"message count {progress.messages_before} -> {messages} after the restart"
+            return ctx.finish(progress, Phase.FAILED, f"verification: {change}")
+        return progress
+    tries = f"{progress.attempts} attempt{'s' if progress.attempts != 1 else ''}"
+    if live.leader == move.target:
+        return ctx.finish(progress, Phase.DONE, f"{MOVED}, {tries})")
+    return ctx.finish(progress, Phase.DONE, f"{MISSED} {live.leader}, not {move.target} ({tries})")
+
+
+def _messages(ctx: MoveContext, progress: MoveProgress) -> int | None:
+    """The count the stream's leader reports (AMQP), else the statistics view's (which, after a restart,
+    may still add the old writer's count: only a drop below the count before is judged)."""
+    move = progress.move
+    counts = ctx.counts([move.ref]) if progress.exact_count else {}
+    if move.ref in counts:
+        count = counts[move.ref]
+        return None if count is None else count.messages
+    return Queue.from_api(ctx.client.queue(move.vhost, move.queue)).messages

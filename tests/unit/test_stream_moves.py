@@ -1,0 +1,98 @@
+"""A stream move's phases against in-memory ports: landed, left elsewhere (not failed), members not back
+or a dropped count (failed), and a RabbitMQ without the primitive (nothing changed)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from queue_balancer.model import Move, Queue, QueueCount, QueueRef, QueueType
+from queue_balancer.movers import MoveContext, MoveProgress, Phase
+from queue_balancer.movers import stream as stream_move
+from queue_balancer.stream_transfer import NOT_SUPPORTED, StreamAnswer
+
+MOVE = Move("/", "s", QueueType.STREAM, "rabbit@a", "rabbit@b", 100)
+
+
+@dataclass
+class Streams:
+    answer: StreamAnswer
+    asked: list[Move] = field(default_factory=list)
+
+    def transfer_streams(self, moves: Sequence[Move]) -> Mapping[QueueRef, StreamAnswer]:
+        self.asked += moves
+        return {m.ref: self.answer for m in moves}
+
+
+@dataclass
+class Counter:
+    messages: int
+
+    def message_counts(self, refs: Sequence[QueueRef]) -> dict[QueueRef, QueueCount | None]:
+        return {r: QueueCount(self.messages, 0) for r in refs}
+
+
+def context(answer: str, attempts: int, messages: int = 100) -> tuple[MoveContext, list[float]]:
+    now = [0.0]
+    ctx = MoveContext(
+        client=Any,  # type: ignore[arg-type]  # a stream move makes no management call with an exact count
+        counter=Counter(messages),
+        stream_transfer=Streams(StreamAnswer(attempts, answer)),
+        clock=lambda: now[0],
+    )
+    return ctx, now
+
+
+def restarted(ctx: MoveContext) -> MoveProgress:
+    begun = MoveProgress(MOVE, Phase.VERIFYING, 0.0, 60.0, messages_before=100, exact_count=True)
+    (progress,) = stream_move.transfer(ctx, [stream_move.start(ctx, begun)])
+    return progress
+
+
+def live(leader: str, online: tuple[str, ...] = ("rabbit@a", "rabbit@b", "rabbit@c")) -> Queue:
+    replicas = tuple(n for n in ("rabbit@a", "rabbit@b", "rabbit@c") if n != leader)
+    return Queue("/", "s", QueueType.STREAM, leader, replicas, tuple(n for n in replicas if n in online))
+
+
+def test_a_stream_that_landed_is_moved_best_effort_with_its_attempts() -> None:
+    ctx, _ = context("{migrated,rabbit@b}", 2)
+    progress = restarted(ctx)
+    assert progress.phase is Phase.RESTARTING and progress.attempts == 2
+    done = stream_move.restarting(ctx, progress, live("rabbit@b"))
+    assert (done.phase, done.outcome) == (Phase.DONE, "moved (best effort, 2 attempts)")
+    assert MoveProgress.from_dict(done.to_dict()) == done
+
+
+def test_a_stream_the_coordinator_left_elsewhere_is_reported_not_failed() -> None:
+    ctx, _ = context("{migrated,rabbit@c}", 3)
+    done = stream_move.restarting(ctx, restarted(ctx), live("rabbit@c"))
+    assert done.phase is Phase.DONE
+    assert done.outcome == "best effort: coordinator chose rabbit@c, not rabbit@b (3 attempts)"
+
+
+def test_members_not_back_or_a_dropped_count_fail_at_the_deadline_with_what_was_seen() -> None:
+    ctx, now = context("{migrated,rabbit@b}", 1)
+    progress = restarted(ctx)
+    waiting = stream_move.restarting(ctx, progress, live("rabbit@b", online=("rabbit@b", "rabbit@c")))
+    assert waiting == progress  # observed again at the next poll
+    now[0] = progress.deadline + 1
+    failed = stream_move.restarting(ctx, progress, live("rabbit@b", online=("rabbit@b", "rabbit@c")))
+    assert failed.phase is Phase.FAILED and "2 of 3 running, leader rabbit@b" in failed.outcome
+
+    ctx, now = context("{migrated,rabbit@b}", 1, messages=90)
+    progress = restarted(ctx)
+    assert stream_move.restarting(ctx, progress, live("rabbit@b")) == progress
+    now[0] = progress.deadline + 1
+    failed = stream_move.restarting(ctx, progress, live("rabbit@b"))
+    assert (failed.phase, failed.outcome) == (
+        Phase.FAILED,
+        "verification: message count 100 -> 90 after the restart",
+    )
+
+
+def test_a_rabbitmq_without_the_primitive_changes_nothing_and_says_so() -> None:
+    ctx, _ = context(NOT_SUPPORTED, 0)
+    failed = restarted(ctx)
+    assert failed.phase is Phase.FAILED and "transfer_leadership/2 (3.12+): nothing changed" in failed.outcome
+    assert StreamAnswer(1, "{migrated,'rabbit@b'}").chosen == "rabbit@b"
