@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from urllib.parse import quote
 
+import pika
 import pytest
 import requests
 
@@ -23,6 +24,8 @@ from queue_balancer.cli import main
 from queue_balancer.local.cluster import ENV_BASE_DIR, LocalCluster
 from queue_balancer.local.layout import LAYOUT_FILE
 from queue_balancer.local.seed import seed, seed_unmirrored
+from queue_balancer.model import Move, QueueType
+from queue_balancer.stream_transfer import NOT_SUPPORTED, StreamLeaderTransfer
 from tests.conftest import wait_until
 from tests.integration.conftest import Management
 
@@ -183,3 +186,29 @@ def test_an_interrupt_on_a_terminal_starts_its_report_on_a_line_of_its_own(
         stayed = re.search(r"stayed on (\S+?)(;|$)", fate)
         where = target if fate == "moved" else source if "rolled back" in fate else stayed and stayed[1]
         assert leaders[name] == where, f"{name}: {fate!r}, but led by {leaders[name]}"
+
+
+def test_move_streams_on_3_10_skips_streams_with_a_reason_and_the_eval_changes_nothing(
+    cluster: LocalCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Debian's 3.10.8 has streams but no rabbit_stream_queue:transfer_leadership/2 (3.12+): the plan says so,
+    and the node-side check answers without restarting the stream."""
+    node_one = cluster.nodes[0]
+    params = pika.ConnectionParameters(
+        "127.0.0.1", node_one.amqp_port, "/", pika.PlainCredentials(*cluster.credentials)
+    )
+    with pika.BlockingConnection(params) as connection:
+        channel = connection.channel()
+        for name in ("st.0", "st.1"):
+            arguments = {"x-queue-type": "stream", "x-queue-leader-locator": "client-local"}
+            channel.queue_declare(name, durable=True, arguments=arguments)
+    assert main(["plan", "--move-streams", "--format", "json"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    reasons = {s["reason"] for s in planned["skipped"] if s["queue"].startswith("st.")}
+    assert len(
+        reasons
+    ) == 1 and "RabbitMQ 3.10.8, which has no rabbit_stream_queue:transfer_leadership/2" in (reasons.pop())
+    assert not planned["moves"]
+    move = Move("/", "st.0", QueueType.STREAM, node_one.name, cluster.nodes[1].name)
+    answer = StreamLeaderTransfer(cluster.eval_erlang).transfer_streams([move])[move.ref]
+    assert (answer.attempts, answer.result) == (0, NOT_SUPPORTED)
