@@ -125,7 +125,9 @@ def plan_text(result: Plan) -> str:
     lines += [f"{n:<24}{result.before[n]:>6}  {result.after[n]:>5}" for n in result.nodes]
     lines.append(f"{len(result.moves)} moves, {len(result.skipped)} queues skipped")
     lines += [
-        f"  {m.ref} ({m.type.value}, {m.messages} msgs): {m.source} -> {m.target}" for m in result.moves
+        f"  {m.ref} ({m.type.value}, {m.messages} msgs): {m.source} -> {m.target}"
+        + (" (best effort: restarts the stream)" if m.type is QueueType.STREAM else "")
+        for m in result.moves
     ]
     lines += report.skipped_lines(result.skipped, 20)
     return "\n".join(lines)

@@ -218,6 +218,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"run {record.run_id}: execution {execution} {status or 'not found'}, round {record.round}"
             )
         lines += _skipped_lines(facts, record.counts.skipped)
+        lines += [
+            f"stream {m['queue']!r} in vhost {m['vhost']!r}: {m['outcome']}"
+            for m in facts.get("streams_best_effort") or []
+        ]
         if lock:
             lines.append(f"lock held by run {lock['run_id']} until {lock['expires']}")
         if record.active and status in ENDED:
@@ -251,6 +255,8 @@ def _run_facts(record: Lifecycle, meta: Mapping[str, Any]) -> dict[str, Any]:
         facts["skipped_queues"] = report["skipped"]
     elif "skipped" in meta:  # no report yet: the queues the current plan leaves where they are
         facts["skipped_queues"] = meta["skipped"]
+    if report.get("best_effort"):
+        facts["streams_best_effort"] = report["best_effort"]
     return facts
 
 

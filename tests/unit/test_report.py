@@ -93,3 +93,23 @@ def test_the_report_shows_the_copies_per_node_of_ha_mode_exactly_queues() -> Non
     assert (data["exactly_copies"], data["exactly_copies_spread"]) == (dict(report.exactly_copies), 3)
     assert "Classic queues under ha-mode exactly: copies per node" in text(report)
     assert Report.of(_snapshot([("/", "rabbit@a", QueueType.CLASSIC)])).exactly_copies == {}
+
+
+def test_stream_moves_are_listed_as_best_effort_in_every_report_and_none_counts_as_failed() -> None:
+    before = Report.of(_snapshot([("/", "rabbit@a", QueueType.STREAM)] * 3))
+    after = Report.of(
+        _snapshot([("/", "rabbit@a", QueueType.STREAM)] * 2 + [("/", "rabbit@c", QueueType.STREAM)])
+    )
+    elsewhere = MoveProgress(
+        Move("/", "q1", QueueType.STREAM, "rabbit@a", "rabbit@b"),
+        Phase.DONE,
+        0,
+        0,
+        outcome="best effort: coordinator chose rabbit@c, not rabbit@b (3 attempts)",
+        finished_at=4.0,
+    )
+    run = RunSummary(before, after, (elsewhere,), 5.0)
+    line = "best effort: coordinator chose rabbit@c, not rabbit@b (3 attempts)"
+    assert line in summary_text(run) and f"- stream `/` / `q1`: {line}" in summary_markdown(run)
+    brief = run.brief_dict()
+    assert brief["moves_failed"] == 0 and brief["best_effort"][0]["outcome"] == line
