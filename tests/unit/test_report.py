@@ -35,17 +35,15 @@ def test_report_counts_leaders_by_type_and_vhost_with_the_seed_figure() -> None:
     assert markdown(report).startswith("| node | total |")
 
 
+def _ended(name: str, queue_type: QueueType, phase: Phase, outcome: str) -> MoveProgress:
+    move = Move("/", name, queue_type, "rabbit@a", "rabbit@b")
+    return MoveProgress(move, phase, 0, 0, outcome=outcome, finished_at=1.5)
+
+
 def test_run_summary_shows_before_after_and_failures() -> None:
     before = Report.of(_snapshot([("/", "rabbit@a", QueueType.CLASSIC)] * 3))
     after = Report.of(_snapshot([("/", n, QueueType.CLASSIC) for n in NODES]))
-    failed = MoveProgress(
-        Move("/", "q9", QueueType.CLASSIC, "rabbit@a", "rabbit@b"),
-        Phase.FAILED,
-        0,
-        0,
-        outcome="timed out while syncing",
-        finished_at=1.5,
-    )
+    failed = _ended("q9", QueueType.CLASSIC, Phase.FAILED, "timed out while syncing")
     run = RunSummary(before, after, (failed,), 2.0)
     assert "spread 3 -> 0" in summary_text(run)
     assert "timed out while syncing" in summary_text(run)
@@ -100,16 +98,8 @@ def test_stream_moves_are_listed_as_best_effort_in_every_report_and_none_counts_
     after = Report.of(
         _snapshot([("/", "rabbit@a", QueueType.STREAM)] * 2 + [("/", "rabbit@c", QueueType.STREAM)])
     )
-    elsewhere = MoveProgress(
-        Move("/", "q1", QueueType.STREAM, "rabbit@a", "rabbit@b"),
-        Phase.DONE,
-        0,
-        0,
-        outcome="best effort: coordinator chose rabbit@c, not rabbit@b (3 attempts)",
-        finished_at=4.0,
-    )
-    run = RunSummary(before, after, (elsewhere,), 5.0)
     line = "best effort: coordinator chose rabbit@c, not rabbit@b (3 attempts)"
+    run = RunSummary(before, after, (_ended("q1", QueueType.STREAM, Phase.DONE, line),), 5.0)
     assert line in summary_text(run) and f"- stream `/` / `q1`: {line}" in summary_markdown(run)
     brief = run.brief_dict()
     assert brief["moves_failed"] == 0 and brief["best_effort"][0]["outcome"] == line
