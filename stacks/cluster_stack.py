@@ -46,6 +46,7 @@ CLI_PORTS = (35672, 35682)
 
 DATA_DEVICE = "/dev/sdf"
 LIFECYCLE_HOOK_NAME = "rabbitmq-leave-cluster"
+LAUNCH_HOOK_NAME = "rabbitmq-join-cluster"
 # Every AWS API the nodes (SSM agent, secrets, logs, metrics, peer discovery, cfn-signal) and the
 # balancer's Lambdas (secrets, SSM Run Command, EC2, SNS, X-Ray, Step Functions) call.
 INTERFACE_ENDPOINTS = {
@@ -269,9 +270,9 @@ class ClusterStack(Stack):
         )
         role.add_to_policy(
             iam.PolicyStatement(
-                sid="LeaveOnTermination",
-                # The termination hook's handler on the node completes its own lifecycle action. Scoped by
-                # the group's tag: naming the group's ARN here would make the group wait for this policy.
+                sid="LifecycleActions",
+                # A node completes (and heartbeats) its own launch and termination actions. Scoped by the
+                # group's tag: naming the group's ARN here would make the group wait for this policy.
                 actions=["autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"],
                 resources=[
                     self.format_arn(
@@ -403,8 +404,22 @@ class ClusterStack(Stack):
                 wait_on_resource_signals=True,
             ),
         )
-        # The leaving node's own rabbitmq-lifecycle service drains it and has it forgotten by a peer,
-        # then completes the action; a dead node is forgotten by the next node that boots.
+        # Every launch waits in Pending:Wait, out of the load balancer, until the node's bootstrap completes
+        # the action: CONTINUE once it is a member and its queues caught up (the moment it signals
+        # CloudFormation), ABANDON if it fails. So AZRebalance, an instance refresh and the group's own
+        # replacements take an old node only after its successor joined, as the rolling update does. The
+        # bootstrap heartbeats every minute; a node that stops heartbeating (it hung or died before its
+        # script ran) is abandoned 15 minutes later and replaced.
+        group.add_lifecycle_hook(
+            "JoinCluster",
+            lifecycle_hook_name=LAUNCH_HOOK_NAME,
+            lifecycle_transition=autoscaling.LifecycleTransition.INSTANCE_LAUNCHING,
+            heartbeat_timeout=Duration.minutes(15),
+            default_result=autoscaling.DefaultResult.ABANDON,
+        )
+        # The leaving node's own rabbitmq-lifecycle service grows its queues onto a spare node, drains it and
+        # has it forgotten by a peer, then completes the action; a dead node is forgotten by the next node
+        # that boots.
         group.add_lifecycle_hook(
             "LeaveCluster",
             lifecycle_hook_name=LIFECYCLE_HOOK_NAME,
@@ -427,6 +442,7 @@ class ClusterStack(Stack):
                 "QUEUE_TYPE": s.queue_type,
                 "NODE_COUNT": str(s.node_count),
                 "LIFECYCLE_HOOK_NAME": LIFECYCLE_HOOK_NAME,
+                "LAUNCH_HOOK_NAME": LAUNCH_HOOK_NAME,
                 "LOG_GROUP_NAME": self.node_log_group.log_group_name,
                 "DATA_DEVICE": DATA_DEVICE,
                 "METRICS_NAMESPACE": METRICS_NAMESPACE,

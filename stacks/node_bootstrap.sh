@@ -8,13 +8,15 @@
 # the node reads the Erlang cookie and the credentials from Secrets Manager with its instance role.
 #
 # A node's life (docs/deploy.md, "Replace or upgrade a node"):
-#   boot   -> join the existing cluster (explicitly if peer discovery left the node alone; only the
-#             first node by name of a group where no cluster runs forms one), forget members whose
-#             instance is gone, grow quorum queues that lost a member onto the new node, wait until
-#             losing any one node is safe again, and only then signal CloudFormation success.
-#   leave  -> (termination lifecycle hook) wait until this node is not quorum- or sync-critical,
-#             drain it, remove its quorum members, stop it, forget it from a peer, wait until the quorum
-#             queues that lost it regrew (onto the node with the fewest members), complete the action.
+#   boot   -> (held by the launch lifecycle hook, heartbeating) join the existing cluster (explicitly if
+#             peer discovery left the node alone; only the first node by name of a group where no cluster
+#             runs forms one), forget members whose instance is gone, grow quorum queues that lost a
+#             member onto the new node, wait until losing any one node is safe again with caught-up
+#             members, and only then complete the launch action (CONTINUE) and signal CloudFormation.
+#   leave  -> (termination lifecycle hook) grow each quorum queue of this node onto a spare node, wait
+#             until every other member caught up and this node is not quorum- or sync-critical, drain
+#             it, remove its quorum members, stop it, forget it from a peer, wait until the quorum queues
+#             that lost it regrew (onto the node with the fewest members), complete the action.
 #
 # Sourcing this file only defines functions: the infra tests source it and call the render_* functions
 # to check what a node would write, and run the membership steps against real local nodes.
@@ -302,18 +304,68 @@ queue_snapshot() {
     done
 }
 
+# jq: a mirrored classic queue (3.x) with a mirror not synchronised yet.
+MIRRORS_UNSYNCHRONISED='def mirrors_unsynchronised: .type == "classic" and (.slave_pids | type) == "array"
+    and (.synchronised_slave_pids | length) < (.slave_pids | length);'
+
 # stdin: queue_snapshot; $1: the number of running nodes. stdout: vhost/name of every queue that losing one
 # more node would cost its quorum or its last synchronised copy, or that lost a member not yet regrown
-# (an even member count below the running nodes).
+# (an even member count below the running nodes). It counts online quorum members: quorum_queues_lagging
+# then asks each quorum queue which of them caught up.
 queues_at_risk() {
-    jq -r --argjson running "$1" '
+    jq -r --argjson running "$1" "$MIRRORS_UNSYNCHRONISED"'
         select(
             (.type == "quorum"
              and (((.members | length) >= 3 and (.online | length) < ((.members | length) / 2 | floor) + 2)
                   or ((.members | length) % 2 == 0 and (.members | length) < $running)))
-            or (.type == "classic" and (.slave_pids | type) == "array"
-                and (.synchronised_slave_pids | length) < (.slave_pids | length)))
+            or mirrors_unsynchronised)
         | "\(.vhost)/\(.name)"'
+}
+
+# stdin: `rabbitmq-queues quorum_status --formatter json` of one queue. stdout: its members that caught up,
+# one a line: running (leader or follower), a voter (3.13+ adds a member as a non-voter and promotes it
+# once its initial sync is done; 3.10 has no such column), and whose log reaches the leader's commit index
+# (within CATCH_UP_ENTRIES: the rows are read one member after the other while clients publish). Columns:
+# 3.10 "Log Index"; 3.13/4.x "Last Written" (and "Last Log Index"). Nothing without a leader.
+caught_up_members() {
+    jq -r --argjson slack "${CATCH_UP_ENTRIES:-100}" '
+        (map(select(.["Raft State"] == "leader")) | first | .["Commit Index"]) as $commit
+        | .[]
+        | select($commit != null
+                 and (.["Raft State"] == "leader" or .["Raft State"] == "follower")
+                 and (.Membership // "voter") == "voter"
+                 and ((.["Last Written"] // .["Log Index"] // .["Last Log Index"] // -1) >= $commit - $slack))
+        | .["Node Name"]'
+}
+
+# stdin: queue_snapshot; $1: the leaving node, or "" at boot. stdout: one JSON object a line, the quorum
+# queues to ask and how many caught-up members each needs, not counting $1. At boot: every queue of 3 or
+# more members keeps its quorum if any one node goes (a majority plus one caught up). Leaving: every queue
+# with a member on $1 keeps all its other members caught up, the one grown onto a spare node included, so
+# it keeps its size and its quorum plus one once $1 is gone.
+quorum_queues_to_check() {
+    jq -c --arg leaving "$1" '
+        select(.type == "quorum")
+        | (.members | length) as $size
+        | if $leaving == "" then select($size >= 3) | {vhost, name, needed: (($size / 2 | floor) + 2)}
+          else select(.members | index($leaving)) | {vhost, name, needed: ($size - 1)} end'
+}
+
+# stdin: queue_snapshot; $1: the node asked; $2: the leaving node or "". stdout: vhost/name of every quorum
+# queue (quorum_queues_to_check) with fewer caught-up members than it needs. One CLI call per queue
+# checked (about 1 s each): the price of reading each member's Raft log.
+quorum_queues_lagging() {
+    local via=$1 leaving=$2 check vhost name needed caught_up
+    while IFS= read -r check; do
+        vhost=$(jq -r .vhost <<<"$check")
+        name=$(jq -r .name <<<"$check")
+        needed=$(jq -r .needed <<<"$check")
+        caught_up=$(queues_ctl "$via" quorum_status -p "$vhost" "$name" --formatter json </dev/null 2>/dev/null |
+            caught_up_members | grep -cvxF -- "${leaving:-/}" || true)
+        if ((caught_up < needed)); then
+            printf '%s/%s\n' "$vhost" "$name"
+        fi
+    done < <(quorum_queues_to_check "$leaving")
 }
 
 # stdin: queue_snapshot; $1: running nodes as a JSON array. stdout: the one holding the fewest quorum members.
@@ -325,8 +377,9 @@ node_with_fewest_members() {
 }
 
 # Waits (up to SYNC_TIMEOUT seconds) until no queue is at risk, growing quorum queues that lost a member
-# onto the running node with the fewest members (the new node, when it joined before the old one left):
-# the condition for taking the next node, and for a new node to signal success.
+# onto the running node with the fewest members (the new node, when it joined before the old one left),
+# and then until every quorum queue's members caught up (quorum_queues_lagging): the condition for taking
+# the next node, and for a new node to signal success.
 await_replicas() {
     local via=$1 deadline=$((SECONDS + ${SYNC_TIMEOUT:-1800})) running snapshot at_risk target
     while :; do
@@ -334,8 +387,11 @@ await_replicas() {
         snapshot=$(queue_snapshot "$via")
         at_risk=$(queues_at_risk "$(jq length <<<"$running")" <<<"$snapshot")
         if [[ -z $at_risk ]]; then
-            log "every queue keeps its quorum and a synchronised copy if any one node goes"
-            return 0
+            at_risk=$(quorum_queues_lagging "$via" "" <<<"$snapshot")
+            if [[ -z $at_risk ]]; then
+                log "every queue keeps its quorum (of caught-up members) and a synchronised copy if any one node goes"
+                return 0
+            fi
         fi
         if ((SECONDS >= deadline)); then
             log "queues still at risk: $(head -5 <<<"$at_risk" | tr '\n' ' ')"
@@ -357,25 +413,72 @@ become_member() {
     await_replicas "$me"
 }
 
-# Succeeds once node $1 may stop without costing a queue its quorum or its last synchronised mirror; each
-# check waits LEAVE_WAIT_SECONDS and is asked again until LEAVE_DEADLINE_SECONDS (default 24 h: under the
-# hook's global timeout, 100 x its 15-minute heartbeat, while watch_lifecycle keeps heartbeating).
+# stdin: queue_snapshot; $1: the leaving node; $2: `cluster_status --formatter json`. stdout: for each
+# quorum queue with a member on $1, "vhost NUL name NUL node NUL" of the spare node to grow it onto: a
+# running node, not in maintenance, that holds none of its members, the one with the fewest members first
+# (counting those assigned here). Nothing for a queue without a spare node.
+spare_members_to_add() {
+    jq -s -j --arg leaving "$1" --argjson status "$2" '
+        ($status.running_nodes // []) as $running
+        | ($status.maintenance_status // {}) as $maintenance
+        | [$running[] | select(. != $leaving and ($maintenance[.] // "not under maintenance") == "not under maintenance")]
+            as $candidates
+        | (reduce (.[] | select(.type == "quorum") | .members[]) as $n ({}; .[$n] += 1)) as $held
+        | reduce (.[] | select(.type == "quorum" and (.members | index($leaving)))) as $q
+            ({held: $held, out: []};
+             .held as $now
+             | ([$candidates[] | select(. as $n | $q.members | index($n) | not)]
+                | sort_by(. as $n | $now[$n] // 0) | first) as $spare
+             | if $spare == null then .
+               else .held[$spare] += 1 | .out += [$q.vhost, $q.name, $spare] end)
+        | .out[] | ., "\u0000"'
+}
+
+# Grow before shrink: each quorum queue with a member on the leaving node $1 gains a member on a spare node
+# (spare_members_to_add) before $1 goes, so it keeps its size; await_not_critical then waits until that
+# member caught up. Without a spare node (terminate before launch) the queue keeps its other members only.
+grow_onto_spare_nodes() {
+    local me=$1 status vhost name node
+    status=$(ctl "$me" cluster_status --formatter json) || return 1
+    while IFS= read -r -d '' vhost && IFS= read -r -d '' name && IFS= read -r -d '' node; do
+        log "growing $vhost/$name onto $node before $me leaves"
+        queues_ctl "$me" add_member -p "$vhost" "$name" "$node" </dev/null >/dev/null || return 1
+    done < <(queue_snapshot "$me" | spare_members_to_add "$me" "$status")
+}
+
+# Succeeds once node $1 may stop without costing a queue its quorum or its last synchronised mirror, and
+# without leaving a quorum queue with a member that has not caught up (quorum_queues_lagging: RabbitMQ's
+# await_online_quorum_plus_one counts online members, not caught-up ones). Each of RabbitMQ's checks waits
+# LEAVE_WAIT_SECONDS; all are asked again until LEAVE_DEADLINE_SECONDS (default 24 h: under the hook's
+# global timeout, 100 x its 15-minute heartbeat, while watch_lifecycle keeps heartbeating).
 await_not_critical() {
     local me=$1 deadline=$((SECONDS + ${LEAVE_DEADLINE_SECONDS:-86400})) wait=${LEAVE_WAIT_SECONDS:-600}
-    until upgrade_ctl "$me" await_online_quorum_plus_one -t "$wait" &&
-        { version_at_least 4.0 || upgrade_ctl "$me" await_online_synchronized_mirror -t "$wait"; }; do
+    local snapshot lagging
+    while :; do
+        lagging=$(upgrade_ctl "$me" await_online_quorum_plus_one -t "$wait" >/dev/null 2>&1 || echo "quorum-critical")
+        if [[ -z $lagging ]] && ! version_at_least 4.0; then
+            lagging=$(upgrade_ctl "$me" await_online_synchronized_mirror -t "$wait" >/dev/null 2>&1 || echo "sync-critical")
+        fi
+        if [[ -z $lagging ]] && snapshot=$(queue_snapshot "$me"); then
+            lagging=$(jq -r "$MIRRORS_UNSYNCHRONISED"' select(mirrors_unsynchronised) | "\(.vhost)/\(.name)"' \
+                <<<"$snapshot")
+            [[ -n $lagging ]] || lagging=$(quorum_queues_lagging "$me" "$me" <<<"$snapshot")
+        fi
+        [[ -n $lagging ]] || return 0
         if ((SECONDS >= deadline)); then
-            log "$me is still quorum- or sync-critical: it does not drain, shrink or leave"
+            log "$me is still quorum- or sync-critical ($(head -5 <<<"$lagging" | tr '\n' ' ')): it does not drain, shrink or leave"
             return 1
         fi
-        log "$me is quorum- or sync-critical: waiting again"
+        log "$me is quorum- or sync-critical, or a member has not caught up ($(head -5 <<<"$lagging" | tr '\n' ' ')): waiting"
+        sleep "${POLL_SECONDS:-5}"
     done
 }
 
 # The termination hook's steps for node $1: leave the cluster without ever costing a queue its quorum or
-# its last synchronised copy. The last running node of a cluster does not leave (its data stays).
-# Every step returns on failure explicitly: called as a condition (watch_lifecycle), bash ignores set -e
-# inside the function, and a failed safety check must never lead to the shrink and the forget.
+# its last synchronised copy, and, while a spare node runs, without shrinking a quorum queue below its size
+# of caught-up members (grow before shrink). The last running node of a cluster does not leave (its data
+# stays). Every step returns on failure explicitly: called as a condition (watch_lifecycle), bash ignores
+# set -e inside the function, and a failed safety check must never lead to the shrink and the forget.
 leave_cluster() {
     local me=$1 status peer
     status=$(ctl "$me" cluster_status --formatter json) || return 1
@@ -385,7 +488,8 @@ leave_cluster() {
         log "$me is the only running member: it keeps its data and does not leave"
         return 0
     fi
-    log "$me leaves the cluster (peer $peer): waiting until it is not quorum- or sync-critical"
+    log "$me leaves the cluster (peer $peer): growing its quorum queues onto spare nodes, then waiting until every member caught up and $me is not quorum- or sync-critical"
+    grow_onto_spare_nodes "$me" || return 1
     await_not_critical "$me" || return 1
     upgrade_ctl "$me" drain || return 1
     queues_ctl "$me" shrink "$me" >/dev/null || return 1
@@ -417,11 +521,45 @@ auto_scaling_group() {
         --query 'AutoScalingInstances[0].AutoScalingGroupName' --output text
 }
 
+# $1: the lifecycle hook's name; $2: the action (complete-lifecycle-action, record-lifecycle-action-heartbeat).
 lifecycle_action() {
-    local action=$1
-    shift
+    local hook=$1 action=$2
+    shift 2
     aws autoscaling "$action" --auto-scaling-group-name "$(auto_scaling_group)" \
-        --lifecycle-hook-name "$LIFECYCLE_HOOK_NAME" --instance-id "$(imds instance-id)" "$@"
+        --lifecycle-hook-name "$hook" --instance-id "$(imds instance-id)" "$@"
+}
+
+# Heartbeats hook $1 every minute in the background (its 15-minute heartbeat timeout never runs out while
+# this node works); stdout: the heartbeat loop's pid, to kill when done.
+start_heartbeats() {
+    (while sleep 60; do lifecycle_action "$1" record-lifecycle-action-heartbeat 2>/dev/null || true; done) \
+        >/dev/null &
+    printf '%s\n' "$!"
+}
+
+# Completes this instance's launch action with $1 (CONTINUE or ABANDON) and stops its heartbeats. The
+# instances the group launched when the stack was created have no launch action (the hook is created
+# after the group): nothing to complete then.
+complete_launch() {
+    local attempt error
+    [[ -n ${LAUNCH_HOOK_NAME:-} ]] || return 0
+    [[ -z ${LAUNCH_HEARTBEATS:-} ]] || kill "$LAUNCH_HEARTBEATS" 2>/dev/null || true
+    for attempt in 1 2 3 4 5; do
+        if error=$(lifecycle_action "$LAUNCH_HOOK_NAME" complete-lifecycle-action \
+            --lifecycle-action-result "$1" 2>&1 >/dev/null); then
+            log "launch action completed: $1"
+            return 0
+        fi
+        if [[ $error == *"No active Lifecycle Action"* ]]; then
+            log "no launch action to complete (an instance of the stack's creation)"
+            return 0
+        fi
+        log "completing the launch action with $1 failed ($attempt/5): $error"
+        sleep 10
+    done
+    # Not fatal: the group abandons the action when its heartbeat times out, and the termination hook
+    # then takes this node out of the cluster in order.
+    log "the launch action stays open: the group abandons this instance in 15 minutes"
 }
 
 # Runs as the rabbitmq-lifecycle service: waits until the group moves this instance to Terminated (the
@@ -433,13 +571,12 @@ watch_lifecycle() {
         sleep 5
     done
     log "the Auto Scaling group terminates this instance: $me leaves the cluster"
-    (while sleep 60; do lifecycle_action record-lifecycle-action-heartbeat || true; done) &
-    heartbeat=$!
+    heartbeat=$(start_heartbeats "$LIFECYCLE_HOOK_NAME")
     if ! leave_cluster "$me"; then
         log "leaving failed (MembersNotRunning alarms); the next node to boot forgets $me (forget_departed_members)"
     fi
     kill "$heartbeat" 2>/dev/null || true
-    lifecycle_action complete-lifecycle-action --lifecycle-action-result CONTINUE
+    lifecycle_action "$LIFECYCLE_HOOK_NAME" complete-lifecycle-action --lifecycle-action-result CONTINUE
 }
 
 render_lifecycle_service() {
@@ -660,6 +797,8 @@ on_error() {
     # A node that is not a member of the cluster must not take client traffic behind the load balancer.
     systemctl stop rabbitmq-server || true
     signal_cloudformation 1
+    # The group terminates this instance and launches another; the old node it would replace stays.
+    complete_launch ABANDON
     exit "$status"
 }
 
@@ -668,6 +807,8 @@ bootstrap() {
     trap 'on_error $LINENO' ERR
     exec > >(tee -a /var/log/rabbitmq-node.log) 2>&1
     log "bootstrapping RabbitMQ $RABBITMQ_VERSION (Erlang $ERLANG_VERSION) for cluster $CLUSTER_NAME"
+    # The launch hook holds this instance in Pending:Wait (out of service) until complete_launch.
+    [[ -z ${LAUNCH_HOOK_NAME:-} ]] || LAUNCH_HEARTBEATS=$(start_heartbeats "$LAUNCH_HOOK_NAME")
     systemctl enable --now amazon-ssm-agent || log "amazon-ssm-agent is not installed"
     prepare_data_volume
     install_packages
@@ -676,14 +817,16 @@ bootstrap() {
     install_cookie
     start_rabbitmq
     me=$(this_node)
-    # Success is signalled only once this node is a member of the cluster and any one node may go again:
-    # the rolling update takes the next node only then.
+    # Success is signalled only once this node is a member of the cluster and any one node may go again
+    # (every queue's members caught up): the rolling update, and through the launch hook AZRebalance, an
+    # instance refresh or a replacement of an unhealthy node, take the next node only then.
     become_member "$me"
     ensure_admin_user "$me"
     ensure_balancer_user "$me"
     apply_default_policy "$me"
     install_services
-    log "node $me is up, a member of the cluster, and every queue has its replicas"
+    log "node $me is up, a member of the cluster, and every queue's members caught up"
+    complete_launch CONTINUE
     signal_cloudformation 0
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from aws_cdk import aws_ec2 as ec2
 
 BOOTSTRAP_SCRIPT = Path(__file__).resolve().parent / "node_bootstrap.sh"
 USER_DATA_LIMIT = 16 * 1024  # EC2 rejects larger user data (before base64)
+# A line that is only a comment ("# ..." or "#"): none of the script's heredocs or quoted strings has one
+# (their comments are "## ..."), so dropping them changes no function (tests/infra/test_node_bootstrap.py).
+_COMMENT_LINE = re.compile(r"^[ \t]*#( .*)?\n", re.MULTILINE)
 
 
 def node_settings(values: Mapping[str, str]) -> list[str]:
@@ -28,9 +32,15 @@ def node_settings(values: Mapping[str, str]) -> list[str]:
     return lines
 
 
+def without_comment_lines(text: str) -> str:
+    """The script as a node runs it: its comment lines are for readers of the repository, not for EC2."""
+    return _COMMENT_LINE.sub("", text)
+
+
 def packed_script(text: str) -> list[str]:
-    """``text`` gzipped (deterministically: no timestamp) and base64-encoded in lines of 76 characters."""
-    encoded = base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
+    """``text`` without its comment lines, gzipped (deterministically: no timestamp) and base64-encoded in
+    lines of 76 characters."""
+    encoded = base64.b64encode(gzip.compress(without_comment_lines(text).encode(), mtime=0)).decode()
     return [encoded[i : i + 76] for i in range(0, len(encoded), 76)]
 
 
@@ -39,7 +49,8 @@ def add_node_bootstrap(
 ) -> None:
     """Install node_bootstrap.sh as rabbitmq-node with its settings, then run it once (at first boot).
 
-    The script travels gzipped and base64-encoded (``packed_script``): as text it outgrew EC2's 16 KB.
+    The script travels without its comment lines, gzipped and base64-encoded (``packed_script``): as text
+    it outgrew EC2's 16 KB.
     """
     body = script if script is not None else BOOTSTRAP_SCRIPT.read_text()
     user_data.add_commands(

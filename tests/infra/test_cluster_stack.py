@@ -13,8 +13,8 @@ import pytest
 from aws_cdk.assertions import Match
 
 from stacks.cluster_settings import ClusterSettings
-from stacks.cluster_stack import LIFECYCLE_HOOK_NAME
-from stacks.node_user_data import BOOTSTRAP_SCRIPT, USER_DATA_LIMIT
+from stacks.cluster_stack import LAUNCH_HOOK_NAME, LIFECYCLE_HOOK_NAME
+from stacks.node_user_data import BOOTSTRAP_SCRIPT, USER_DATA_LIMIT, without_comment_lines
 from tests.infra.checks import (
     cfn_lint_errors,
     nag_findings,
@@ -96,33 +96,75 @@ def test_the_signal_follows_membership_and_replicas(cluster_synth: Synthesized) 
     assert "'3'" in _user_data(cluster_synth).split("NODE_COUNT=", 1)[1][:4]
 
 
+def _hooks(synth: Synthesized) -> dict[str, dict[str, Any]]:
+    hooks = synth.resources(STACK, "AWS::AutoScaling::LifecycleHook").values()
+    return {h["Properties"]["LifecycleTransition"]: h["Properties"] for h in hooks}
+
+
 def test_a_termination_hook_holds_a_leaving_node_until_it_left_the_cluster(
     cluster_synth: Synthesized,
 ) -> None:
-    (hook,) = cluster_synth.resources(STACK, "AWS::AutoScaling::LifecycleHook").values()
-    props = hook["Properties"]
-    assert props["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+    props = _hooks(cluster_synth)["autoscaling:EC2_INSTANCE_TERMINATING"]
     assert props["LifecycleHookName"] == LIFECYCLE_HOOK_NAME
     assert props["DefaultResult"] == "CONTINUE" and props["HeartbeatTimeout"] == 900
     (group_id,) = cluster_synth.resources(STACK, "AWS::AutoScaling::AutoScalingGroup")
     assert props["AutoScalingGroupName"] == {"Ref": group_id}
     user_data = _user_data(cluster_synth)
     assert f"LIFECYCLE_HOOK_NAME='{LIFECYCLE_HOOK_NAME}'" in user_data
-    # The node completes its own action: allowed on groups carrying the cluster's tag only.
+
+
+def test_a_launch_hook_holds_every_new_node_out_of_service_until_it_joined(
+    cluster_synth: Synthesized,
+) -> None:
+    """AZRebalance, instance refresh and health replacements wait for the successor as the rolling update
+    does: the launch action is completed by the bootstrap (CONTINUE) only with the success signal, and a
+    node that fails or stops heartbeating is abandoned (terminated), never put in service."""
+    assert set(_hooks(cluster_synth)) == {
+        "autoscaling:EC2_INSTANCE_LAUNCHING",
+        "autoscaling:EC2_INSTANCE_TERMINATING",
+    }
+    cluster_synth.template(STACK).has_resource_properties(
+        "AWS::AutoScaling::LifecycleHook",
+        {
+            "LifecycleHookName": LAUNCH_HOOK_NAME,
+            "LifecycleTransition": "autoscaling:EC2_INSTANCE_LAUNCHING",
+            "DefaultResult": "ABANDON",
+            "HeartbeatTimeout": 900,
+            "AutoScalingGroupName": {"Ref": Match.string_like_regexp("^Nodes")},
+        },
+    )
+    assert f"LAUNCH_HOOK_NAME='{LAUNCH_HOOK_NAME}'" in _user_data(cluster_synth)
+    script = BOOTSTRAP_SCRIPT.read_text()
+    body = script.split("\nbootstrap() {\n", 1)[1].split("\n}\n", 1)[0]
+    assert (
+        body.index("start_heartbeats")
+        < body.index('become_member "$me"')
+        < body.index("complete_launch CONTINUE")
+    )
+    assert "complete_launch ABANDON" in script.split("\non_error() {\n", 1)[1].split("\n}\n", 1)[0]
+
+
+def test_a_node_completes_only_its_own_groups_lifecycle_actions(cluster_synth: Synthesized) -> None:
     statements = [
         s
         for p in cluster_synth.resources(STACK, "AWS::IAM::Policy").values()
         if "NodeRole" in p["Properties"]["PolicyName"]
         for s in p["Properties"]["PolicyDocument"]["Statement"]
     ]
-    (leave,) = [s for s in statements if s.get("Sid") == "LeaveOnTermination"]
-    assert set(leave["Action"]) == {
+    lifecycle = [s for s in statements if any("Lifecycle" in a for a in _as_list(s["Action"]))]
+    assert len(lifecycle) == 1 and lifecycle[0]["Sid"] == "LifecycleActions"
+    assert set(lifecycle[0]["Action"]) == {
         "autoscaling:CompleteLifecycleAction",
         "autoscaling:RecordLifecycleActionHeartbeat",
     }
-    assert leave["Condition"] == {
+    # Allowed on groups carrying the cluster's tag only (naming the group would make it wait for its policy).
+    assert lifecycle[0]["Condition"] == {
         "StringEquals": {"autoscaling:ResourceTag/queue-balancer-cluster": "rabbitmq"}
     }
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
 
 
 def test_node_logs_go_to_their_log_group(cluster_synth: Synthesized) -> None:
@@ -160,7 +202,8 @@ def test_user_data_installs_the_bootstrap_script_verbatim_without_secrets(cluste
     packed = user_data.split("| gunzip > /usr/local/sbin/rabbitmq-node\n", 1)[1].split(
         "\nRABBITMQ_NODE_SCRIPT\n"
     )[0]
-    assert gzip.decompress(base64.b64decode(packed)).decode() == BOOTSTRAP_SCRIPT.read_text()
+    installed = gzip.decompress(base64.b64decode(packed)).decode()
+    assert installed == without_comment_lines(BOOTSTRAP_SCRIPT.read_text())
     assert len(user_data.encode()) < USER_DATA_LIMIT - 1024  # the references resolve to short ARNs
     settings = user_data.split("<<'RABBITMQ_NODE_SETTINGS'\n", 1)[1].split("\nRABBITMQ_NODE_SETTINGS\n", 1)[0]
     values = dict(line.split("=", 1) for line in settings.splitlines())

@@ -27,7 +27,7 @@ import pika.exceptions
 import pytest
 
 from queue_balancer.lock import LOCK_PARAMETER
-from stacks.node_user_data import BOOTSTRAP_SCRIPT
+from stacks.node_user_data import BOOTSTRAP_SCRIPT, without_comment_lines
 from tests.infra.local_ports import node_ports
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -137,6 +137,93 @@ def test_the_successor_grows_queues_onto_the_node_with_the_fewest_members() -> N
     ]
     running = json.dumps(["a", "b", "c", "new"])
     assert render("node_with_fewest_members", running, stdin="\n".join(lines)).strip() == "new"
+
+
+# `rabbitmq-queues quorum_status --formatter json` as 3.10.8 and 4.0.5 print it (captured here, trimmed).
+STATUS_3_10 = [
+    {"Node Name": "new", "Raft State": "follower", "Log Index": 2870, "Commit Index": 2870},
+    {"Node Name": "a", "Raft State": "leader", "Log Index": 3005, "Commit Index": 3005},
+    {"Node Name": "b", "Raft State": "follower", "Log Index": 2990, "Commit Index": 2990},
+    {"Node Name": "c", "Raft State": "noproc", "Log Index": 3005, "Commit Index": 3005},
+]
+STATUS_4_0 = [
+    {"Node Name": "a", "Raft State": "leader", "Membership": "voter", "Last Log Index": 3006,
+     "Last Written": 3006, "Last Applied": 3006, "Commit Index": 3006},
+    {"Node Name": "b", "Raft State": "follower", "Membership": "voter", "Last Log Index": 3006,
+     "Last Written": 3006, "Last Applied": 3006, "Commit Index": 3006},
+    {"Node Name": "new", "Raft State": "follower", "Membership": "promotable", "Last Log Index": 3006,
+     "Last Written": 3006, "Last Applied": 3006, "Commit Index": 3006},
+    {"Node Name": "c", "Raft State": "follower", "Membership": "voter", "Last Log Index": 3006,
+     "Last Written": 12, "Last Applied": 12, "Commit Index": 12},
+]  # fmt: skip
+
+
+def test_a_member_caught_up_when_it_runs_votes_and_its_log_reaches_the_commit_index() -> None:
+    """3.10 has no Membership column: its log index decides (within CATCH_UP_ENTRIES of the leader's
+    commit index); 4.x also needs a voter (a new member is promotable until its initial sync ends)."""
+    assert render("caught_up_members", stdin=json.dumps(STATUS_3_10)).split() == ["a", "b"]
+    assert render("caught_up_members", stdin=json.dumps(STATUS_4_0)).split() == ["a", "b"]
+    strict = render("caught_up_members", stdin=json.dumps(STATUS_3_10), env={"CATCH_UP_ENTRIES": "0"})
+    assert strict.split() == ["a"]
+    leaderless = [{**row, "Raft State": "follower"} for row in STATUS_3_10]
+    assert render("caught_up_members", stdin=json.dumps(leaderless)) == ""
+
+
+def test_quorum_queues_need_a_majority_plus_one_at_boot_and_every_other_member_to_leave() -> None:
+    three, five = ["a", "b", "c"], ["a", "b", "c", "d", "e"]
+    lines = [
+        queue_line("q3", "quorum", members=three, online=three),
+        queue_line("q5", "quorum", members=five, online=five),
+        queue_line("elsewhere", "quorum", members=["b", "c", "d"], online=["b", "c", "d"]),
+        queue_line("two", "quorum", members=["a", "b"], online=["a", "b"]),
+        queue_line("mirrored", "classic", slave_pids=["p1"], synchronised_slave_pids=["p1"]),
+    ]
+    stdin = "\n".join(lines) + "\n"
+    boot = [json.loads(line) for line in render("quorum_queues_to_check", "", stdin=stdin).splitlines()]
+    assert [(q["name"], q["needed"]) for q in boot] == [("q3", 3), ("q5", 4), ("elsewhere", 3)]
+    leave = [json.loads(line) for line in render("quorum_queues_to_check", "a", stdin=stdin).splitlines()]
+    assert [(q["name"], q["needed"]) for q in leave] == [("q3", 2), ("q5", 4), ("two", 1)]
+
+
+def test_a_leaving_node_grows_each_of_its_quorum_queues_onto_the_emptiest_spare_node() -> None:
+    """Spare: running, not in maintenance, holding none of the queue's members; assignments spread."""
+    lines = [
+        queue_line("q1", "quorum", members=["old", "b", "c"], online=["old", "b", "c"]),
+        queue_line("q2", "quorum", members=["old", "b", "d"], online=["old", "b", "d"]),
+        queue_line("q3", "quorum", members=["old", "b", "c"], online=["old", "b", "c"]),
+        queue_line("full", "quorum", members=["old", "b", "c", "d", "e"], online=["old", "b", "c"]),
+        queue_line("not-mine", "quorum", members=["b", "c", "d"], online=["b", "c", "d"]),
+    ]
+    status = {
+        "running_nodes": ["old", "b", "c", "d", "e", "drained"],
+        "maintenance_status": {"drained": "marked for maintenance", "e": "not under maintenance"},
+    }
+    out = render("spare_members_to_add", "old", json.dumps(status), stdin="\n".join(lines))
+    fields = out.split("\0")
+    assert fields[-1] == ""
+    triples = [tuple(fields[i : i + 3]) for i in range(0, len(fields) - 1, 3)]
+    # Members held: e 1, d 3, c 4. q1 -> e; q2 -> e (d holds q2); q3: d and e hold 3 each now -> d (first).
+    assert triples == [("/", "q1", "e"), ("/", "q2", "e"), ("/", "q3", "d")]
+
+
+def test_the_installed_script_is_the_same_program_without_its_comment_lines(tmp_path: Path) -> None:
+    """The user data carries the script without comment lines (EC2's 16 KB): every function and value is
+    unchanged (bash prints functions without comments, heredocs and quoted strings included)."""
+    installed = tmp_path / "rabbitmq-node"
+    installed.write_text(without_comment_lines(BOOTSTRAP_SCRIPT.read_text()))
+    values = "SETTINGS_FILE DATA_DIR CONF_DIR IMDS SIGNING_KEYS MIRRORS_UNSYNCHRONISED"
+    as_written, as_installed = (
+        subprocess.run(
+            ["bash", "-c", f'source "$1"; declare -f; declare -p {values}', "bash", str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for path in (BOOTSTRAP_SCRIPT, installed)
+    )
+    assert as_written == as_installed and "caught_up_members ()" in as_installed
+    text = "#!/bin/bash\na\n  # b\n#\n## conf\nc # d\n"
+    assert without_comment_lines(text) == "#!/bin/bash\na\n## conf\nc # d\n"
 
 
 def test_cluster_figures_count_members_not_running_and_partitions() -> None:

@@ -4,8 +4,10 @@ stacks/node_bootstrap.sh, run as they are against local RabbitMQ 3.10 nodes whil
 Three replacements in a row, each under a new node name, with quorum and mirrored classic queues:
 
 1. launch-before-terminate (the rolling update's order): the new node boots, ``become_member`` checks it is
-   a member with a majority running, grows the queues, waits until
-   any one node may go; then ``leave_cluster`` (the termination hook) drains, shrinks and forgets the old one.
+   a member with a majority running, grows the queues, waits until any one node may go; then
+   ``leave_cluster`` (the termination hook) grows each quorum queue onto the new node, waits until that
+   member caught up, and only then drains, shrinks and forgets the old one. A watcher reads every quorum
+   queue's Raft state meanwhile: no queue ever has fewer than 3 caught-up members (grow before shrink).
 2. terminate-before-launch: ``leave_cluster`` on the old node first, then the new node boots.
 3. a node that dies without its hook (SIGKILL): the next node to boot forgets it (``forget_departed_members``).
 
@@ -14,7 +16,8 @@ queues 2 synchronised mirrors; at the end no confirmed message is missing. Only 
 Scaling group's instances, an AWS call) is replaced by the test. Cost: about 2-3 minutes on 2 cores (six
 node starts, about 80 RabbitMQ CLI calls of ~1 s each); 10+ minutes when the machine is shared (a CLI call
 then takes 3-4 s), hence its own timeout. Every node is stopped however the test ends.
-A second test (about 45 s, three nodes) terminates a quorum-critical node: it must refuse to leave.
+A second test (about 45 s, three nodes) terminates a quorum-critical node that holds only a follower of the
+queue: it must refuse to leave.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import pika.exceptions
 import pytest
 
 from queue_balancer.local.cluster import RABBITMQ_BIN, LocalCluster, LocalClusterConfig, LocalNode
+from queue_balancer.local.layout import LocalClusterError
 from stacks.node_user_data import BOOTSTRAP_SCRIPT
 from tests.conftest import wait_until
 from tests.infra.local_ports import node_ports
@@ -184,6 +188,41 @@ class Publisher:
         return None
 
 
+@dataclass
+class CaughtUpWatcher:
+    """Reads each quorum queue's Raft state (``quorum_status``) through a node that stays, over and over, and
+    keeps the fewest caught-up members seen: running members whose log reaches the leader's commit index
+    (within the script's CATCH_UP_ENTRIES). A reading without a leader or that fails is not counted."""
+
+    group: Group
+    via: LocalNode
+    fewest: dict[str, int] = field(default_factory=dict)
+    readings: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for name in QUORUM:
+                try:
+                    out = self.group.cluster.rabbitmq_queues(
+                        "-q", "quorum_status", name, "--formatter", "json", node=self.via
+                    )
+                except LocalClusterError:  # a failed reading is skipped, never counted
+                    continue
+                rows: list[dict[str, object]] = json.loads(out)
+                commits = [int(str(r["Commit Index"])) for r in rows if r.get("Raft State") == "leader"]
+                if not commits:
+                    continue
+                caught_up = sum(
+                    1
+                    for r in rows
+                    if r.get("Raft State") in ("leader", "follower")
+                    and int(str(r.get("Log Index", -1))) >= commits[0] - 100
+                )
+                self.readings += 1
+                self.fewest[name] = min(self.fewest.get(name, caught_up), caught_up)
+
+
 @pytest.fixture(autouse=True)
 def quiet_pika() -> Iterator[None]:
     """The publisher reconnects on purpose; pika logs every refused attempt as an error."""
@@ -276,7 +315,16 @@ def test_three_replacements_keep_the_majority_the_replicas_and_every_message(gro
         old = group.instances[0]
         new = group.start_successor()
         group.run(f"become_member {new.name}")
-        group.run(f"leave_cluster {old.name}")
+        watcher = CaughtUpWatcher(group, via=group.instances[1])
+        watching = threading.Thread(target=watcher.run, daemon=True)
+        watching.start()
+        try:
+            log = group.run(f"leave_cluster {old.name}")
+        finally:
+            watcher.stop.set()
+            watching.join(timeout=60)
+        assert watcher.readings >= len(QUORUM) and watcher.fewest == dict.fromkeys(QUORUM, 3), watcher
+        assert log.count(f"onto {new.name} before {old.name} leaves") == len(QUORUM), log
         group.stop(old)
         departed.append(old.name)
         assert_healthy(group, departed)
@@ -331,13 +379,14 @@ def test_a_quorum_critical_node_refuses_to_leave_and_keeps_its_members(group: Gr
     """One node is down (its replacement still pending) when another is terminated: the hook's safety check
     times out, and leave_cluster, called as watch_lifecycle calls it (an ``if`` condition, where bash ignores
     ``set -e``), must fail before it drains, shrinks or forgets anything."""
-    # The queue is declared on the leaving node, so it leads it: 3.10's quorum-critical check (observed)
-    # only reports the queues the node leads.
+    # The queue is declared on another node, which leads it: the leaving node holds only a follower. The
+    # script's own check counts the caught-up members of every queue of the node, whatever RabbitMQ's own
+    # check (await_online_quorum_plus_one) says about followers.
     leaving, first, down = group.instances
     user, password = group.cluster.credentials
     with pika.BlockingConnection(
         pika.ConnectionParameters(
-            "127.0.0.1", leaving.amqp_port, credentials=pika.PlainCredentials(user, password)
+            "127.0.0.1", first.amqp_port, credentials=pika.PlainCredentials(user, password)
         )
     ) as connection:
         connection.channel().queue_declare(QUORUM[0], durable=True, arguments={"x-queue-type": "quorum"})
