@@ -14,6 +14,8 @@ from queue_balancer.cli import main
 from queue_balancer.cli.exit_codes import EXIT_ERROR, EXIT_OK
 from queue_balancer.cli.main import full_parser
 from queue_balancer.cli.reference import commands
+from queue_balancer.cli.workflow import _given_run_options, _run_facts
+from queue_balancer.lifecycle import Lifecycle
 
 REPORTING = frozenset(
     ("report", "plan", "balance", "cleanup", "run", "load", "info", "status", "last-report", "notifications")
@@ -85,3 +87,15 @@ def test_plan_max_moves_from_a_snapshot_reaches_the_most_even_spread_those_moves
     assert main(["plan", "--snapshot", str(path), "--max-moves", "3"]) == EXIT_OK
     text = capsys.readouterr().out
     assert "rabbit@a" in text and "19" in text and "**" not in text
+
+
+def test_move_streams_is_offered_where_leaders_are_planned_and_reaches_the_run_input_and_status() -> None:
+    parser = full_parser()
+    for words in (["plan"], ["balance"]):
+        assert parser.parse_args([*words, "--move-streams"]).move_streams is True
+        assert parser.parse_args(words).move_streams is False
+    assert _given_run_options(parser.parse_args(["run", "--move-streams"])) == {"move_streams": True}
+    assert "move_streams" not in _given_run_options(parser.parse_args(["run"]))
+    landed = {"vhost": "/", "queue": "s", "outcome": "best effort: coordinator chose rabbit@c, not rabbit@b"}
+    facts = _run_facts(Lifecycle("c"), {"report": {"best_effort": [landed]}})
+    assert facts["streams_best_effort"] == [landed]
