@@ -176,8 +176,9 @@ class ClusterLock:
                 self.api.put_global_parameter(
                     LOCK_PARAMETER, mine.to_value(), deadline=self.write_window - (self.clock() - read_at)
                 )
-            except BalancerError:
-                self._withdraw(mine, seen)  # a timed-out PUT may still have landed
+            except BaseException:
+                # A timed-out PUT may still have landed, and so may one cut off by Ctrl-C or SIGTERM.
+                self._withdraw(mine, seen)
                 raise
             took = self.clock() - read_at
             if took <= self.write_window:
@@ -193,8 +194,12 @@ class ClusterLock:
                 f"writing the cluster's lock took {took:.1f} s (more than {self.write_window:g} s), so "
                 "another run may have taken it meanwhile (our write was withdrawn); the lock",
             )
-        self.sleep(self.settle)
-        after = self.holder()
+        try:
+            self.sleep(self.settle)
+            after = self.holder()
+        except BaseException:
+            self._withdraw(mine, seen)  # interrupted (Ctrl-C, SIGTERM) after our write: leave no lock behind
+            raise
         if after is None or after.run_id != self.run_id:
             who = after.describe(self.wall_clock()) if after else "nobody (it was removed)"
             raise LockHeld(f"another balancer run took this cluster at the same moment: {who}")

@@ -165,6 +165,26 @@ def test_a_run_that_loses_the_race_after_writing_is_refused() -> None:
         lock(api, "one").acquire()
 
 
+@pytest.mark.parametrize("previous", [None, "dead"], ids=["no lock before", "a dead run's lock before"])
+def test_an_interrupt_while_the_write_settles_leaves_the_lock_as_it_was(previous: str | None) -> None:
+    """Ctrl-C (or SIGTERM, the same KeyboardInterrupt) in the 1.25 s after our write: a run that never
+    started must not hold the cluster for a whole lease."""
+    api = Parameters()
+    before = holder_value("dead", api.clocks.wall - 600) if previous else None
+    if before:
+        api.values[LOCK_PARAMETER] = before
+    taker = lock(api, "one", wait=200)
+
+    def interrupt() -> None:
+        if api.values.get(LOCK_PARAMETER, {}).get("run_id") == "one":
+            raise KeyboardInterrupt  # the settle after our own write
+
+    api.clocks.on_sleep = [interrupt] * 100  # the watch of a dead lock sleeps a lease away first
+    with pytest.raises(KeyboardInterrupt):
+        taker.acquire()
+    assert api.values.get(LOCK_PARAMETER) == before
+
+
 def test_a_slow_write_that_lands_during_the_others_settle_leaves_one_holder() -> None:
     """B read "no lock" before A wrote; B's PUT takes 0.8 s (the review's case: longer than the old fixed
     0.5 s settle) and lands while A waits: A reads B's value back and is refused, B holds."""
