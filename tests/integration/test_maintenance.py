@@ -46,7 +46,7 @@ def test_a_drained_node_is_never_a_target(cluster: LocalCluster, capsys: pytest.
         # Judged on the drained node alone: on a loaded machine an election may move a leader off node 1
         # (node 1 becomes a target), and 3.10's maintenance flag reads back a moment after `revive`.
         wait_until(
-            lambda: drained.name in targets(), timeout=30, what=f"{drained.name} a target once revived"
+            lambda: drained.name in targets(), timeout=90, what=f"{drained.name} a target once revived"
         )
     finally:
         cluster.rabbitmq_upgrade("revive", node=drained)

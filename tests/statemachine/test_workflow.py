@@ -292,7 +292,7 @@ def test_a_failure_mid_move_cleans_up_notifies_and_releases_the_lock(
 
     harness.endpoint.dispatcher.handlers[name] = broken
     arn = harness.start({"action": "balance", "concurrency": 1, **FAST})
-    wait_until(lambda: harness.temporary_policies(), timeout=30, what="the move's temporary policy")
+    wait_until(lambda: harness.temporary_policies(), timeout=120, what="the move's temporary policy")
 
     done = harness.finished(arn)
     assert (done["status"], done["error"]) == ("FAILED", "RuntimeError")
