@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SUDO_N := $(if $(SUDO),sudo -n)
 STAMP := $(VENV)/.installed
 QB := $(BIN)/queue-balancer
 
@@ -50,11 +51,16 @@ PYTEST := $(PY) -m pytest -p no:cacheprovider
 PYTEST_WORKERS ?= 2
 PYTEST_PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 
+# The RabbitMQ 4 root file system (a download, about a minute, once per machine) is built in the background
+# from the first moment, next to pip and ruff; the RabbitMQ 4 tests wait on its lock if it is not done yet.
 # ruff first: a lint error fails in seconds. mypy (CPU for minutes from a cold cache) then runs next to
 # pytest (mostly waiting on nodes); its output is printed after pytest's and either failure fails the target.
-test: system-deps venv lint
-	@typed=$$(mktemp); $(BIN)/mypy >$$typed 2>&1 & mypy=$$!; \
+test: system-deps
+	@built=$$(mktemp); $(SUDO_N) python3 -m queue_balancer.local.rootfs >$$built 2>&1 & rootfs=$$!; \
+	$(MAKE) --no-print-directory venv lint || { wait $$rootfs; rm -f $$built; exit 1; }; \
+	typed=$$(mktemp); $(BIN)/mypy >$$typed 2>&1 & mypy=$$!; \
 	$(PYTEST) $(PYTEST_PARALLEL) tests; code=$$?; \
+	wait $$rootfs || { echo "--- the RabbitMQ 4 root file system build"; cat $$built; }; rm -f $$built; \
 	wait $$mypy; typecheck=$$?; echo "--- mypy (ran next to pytest)"; cat $$typed; rm -f $$typed; \
 	[ $$code -eq 5 ] && { echo "no tests collected"; exit 1; }; \
 	[ $$typecheck -eq 0 ] || { echo "mypy failed"; exit $$typecheck; }; exit $$code

@@ -27,6 +27,21 @@ _WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... under xdist
 _SYNTH_FIXTURES = frozenset({"cluster_synth", "app_synth", "existing_synth"})
 # Tiers that need no node: they go last and fill the workers' gaps.
 _CHEAP_TIERS = ("tests/unit/", "tests/test_quality.py")
+# The groups that take longest (seconds of one worker, measured with `--durations` on 2 workers under load,
+# 2026-11-27; only their order matters). They start first, alternating between the workers (xdist hands
+# out the first groups round robin), so no long group starts last and leaves one worker idle at the end.
+_LONGEST_GROUPS = {
+    "tests/statemachine/test_workflow.py": 580,
+    "tests/infra/test_node_replacement.py": 450,
+    "tests/faults/test_faults.py": 390,
+    "tests/statemachine/test_cli_workflow.py": 275,
+    "tests/integration/test_members.py": 265,
+    "tests/statemachine/test_speed.py": 220,
+    "tests/integration/test_local_cluster.py": 170,
+    "tests/integration/test_balance.py": 140,
+    "tests/infra/test_node_bootstrap.py": 115,
+    "tests/integration/test_maintenance.py": 100,
+}
 
 
 def xdist_worker_index(worker: str | None = _WORKER) -> int:
@@ -60,9 +75,15 @@ def xdist_group(item: pytest.Item) -> str:
 
 
 def schedule_on_workers(items: list[pytest.Item]) -> None:
-    """Under xdist: group the tests for `--dist loadgroup` and put the tiers that wait on nodes first."""
+    """Under xdist: group the tests for `--dist loadgroup`, the longest groups first, then the other tiers
+    that wait on nodes, then the cheap ones (collection order otherwise)."""
     if not _WORKER:
         return  # alone, the suite runs in collection order
     for item in items:
         item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
-    items.sort(key=lambda item: item.nodeid.startswith(_CHEAP_TIERS))  # stable: collection order kept
+    items.sort(
+        key=lambda item: (
+            item.nodeid.startswith(_CHEAP_TIERS),
+            -_LONGEST_GROUPS.get(xdist_group(item), 0),
+        )
+    )  # stable: collection order kept within a group
