@@ -5,6 +5,11 @@ quorum leader (see ``queue_balancer.leader_transfer``). So the operation goes to
 carrying the cluster's tag through the balancer's own command document (``queue_balancer.eval_document``:
 an operation name and base64 items, validated by SSM; the document builds the ``rabbitmqctl eval`` line),
 never as a shell line, and its output comes back through ``GetCommandInvocation``.
+
+A batch goes out as as many commands as SSM's limits need (``eval_document.commands``: 64 KB of document
+and parameters, 24,000 characters of output read back), all sent before the first is awaited, and their
+answers come back as one output, in the items' order. A command that fails, or whose answer is cut short,
+is a ``LeaderTransferError`` naming it: the other commands' operations may have run.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from botocore.exceptions import ClientError
 
 from queue_balancer.contract import NODE_TAG_KEY
 from queue_balancer.errors import LeaderTransferError
-from queue_balancer.eval_document import parameters
+from queue_balancer.eval_document import STDOUT_LIMIT, commands
+from queue_balancer.leader_transfer import answer_line, read_answers
 
 TERMINAL = frozenset({"Success", "Failed", "Cancelled", "TimedOut", "Cancelling"})
 
@@ -40,19 +46,36 @@ class SsmEval:
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
     def __call__(self, expression: str) -> str:
-        document_parameters = parameters(expression)  # refuses anything but the document's operations
+        chunks = commands(expression)  # refuses anything but the document's operations
         instance = self.instance()
+        sent: list[str] = []
+        for number, chunk in enumerate(chunks, 1):
+            try:
+                answer = self.ssm.send_command(
+                    InstanceIds=[instance],
+                    DocumentName=self.document,
+                    Parameters=chunk,
+                    TimeoutSeconds=max(30, int(self.timeout)),
+                    Comment=f"queue-balancer {chunk['operation'][0]} {number}/{len(chunks)}",
+                )
+            except ClientError as exc:
+                raise LeaderTransferError(
+                    f"SSM refused {self.document} for {instance} (command {number} of {len(chunks)}"
+                    f"{'; the earlier ones run' if sent else ''}): {exc}"
+                ) from exc
+            sent.append(answer["Command"]["CommandId"])
+        return answer_line([a for command in sent for a in self._answers(command, instance, len(chunks))])
+
+    def _answers(self, command_id: str, instance: str, commands_sent: int) -> list[dict[str, Any]]:
+        output = self._output(command_id, instance)
         try:
-            sent = self.ssm.send_command(
-                InstanceIds=[instance],
-                DocumentName=self.document,
-                Parameters=document_parameters,
-                TimeoutSeconds=max(30, int(self.timeout)),
-                Comment=f"queue-balancer {document_parameters['operation'][0]}",
-            )
-        except ClientError as exc:
-            raise LeaderTransferError(f"SSM refused {self.document} for {instance}: {exc}") from exc
-        return self._output(sent["Command"]["CommandId"], instance)
+            return read_answers(output)
+        except LeaderTransferError as exc:
+            cut = len(output) >= STDOUT_LIMIT
+            raise LeaderTransferError(
+                f"command {command_id} on {instance} (one of {commands_sent}): {exc}"
+                + (f" (SSM returns the first {STDOUT_LIMIT} characters of an output)" if cut else "")
+            ) from None
 
     def instance(self) -> str:
         """A tagged EC2 instance that the management API reports as a running node (the first, sorted, so

@@ -10,7 +10,9 @@ The document builds the ``rabbitmqctl eval`` line; no parameter can reach the sh
 
 ``parameters`` turns an expression the core built (``leader_transfer.expression``) back into those
 parameters, so the port keeps its ``run_eval(expression)`` shape; an expression that is not one of the
-operations is refused before anything is sent.
+operations is refused before anything is sent. ``commands`` splits them into as many commands as SSM's
+limits need: a document and its parameters together stay under 64 KB, and ``GetCommandInvocation``
+returns only the first 24,000 characters of a command's output.
 """
 
 from __future__ import annotations
@@ -75,6 +77,25 @@ ITEMS_PATTERN = f"^{_TRIPLE}(;{_TRIPLE})*$"
 _ITEM = re.compile(f'\\{{<<"({_B64})">>, <<"({_B64})">>, <<"({_B64})">>\\}}')
 _ITEMS_SLOT = "R <- []"
 
+STDOUT_LIMIT = 24_000
+"""``GetCommandInvocation`` returns the first 24,000 characters of a command's standard output."""
+ITEMS_BYTES_LIMIT = 40_000
+"""The ``items`` of one command at the most: SSM refuses a document plus its parameters over 64 KB (the
+document is about 2.6 KB); the rest is margin."""
+ANSWER_CHARS_LIMIT = 20_000
+"""One command's answers at the most, as estimated before sending: under ``STDOUT_LIMIT`` with margin."""
+ITEMS_PER_COMMAND = 100
+_ANSWER_CHARS = {
+    # one item's answer beyond its names (repeated as UTF-8 text, never more characters than bytes): its
+    # keys and Ra's answer as text
+    # (``ok``, ``already_leader``, a short error term; a crash report is longer, and is then cut short)
+    "transfer_leader": 100,
+    "add_member": 100,
+    "delete_member": 100,
+    "member_status": 7 * 300,  # a proplist of about 250 characters per member, up to 7 members
+    "drained": 60,
+}
+
 
 def document_name(cluster_name: str) -> str:
     """One document per cluster (SSM names are per account and region; ``AWS``/``Amazon`` prefixes are reserved)."""
@@ -138,6 +159,35 @@ def parameters(expression_: str) -> dict[str, list[str]]:
         "the SSM document runs only the balancer's leader-transfer, member and maintenance operations; "
         f"refusing another expression: {expression_[:80]!r}"
     )
+
+
+def commands(expression_: str) -> list[dict[str, list[str]]]:
+    """``parameters`` for ``expression_``, split into commands that each fit SSM's limits: at most
+    ``ITEMS_PER_COMMAND`` items, ``ITEMS_BYTES_LIMIT`` bytes of items and ``ANSWER_CHARS_LIMIT``
+    characters of estimated answers (see ``_ANSWER_CHARS``), in the items' order."""
+    whole = parameters(expression_)
+    operation = whole["operation"][0]
+    chunks: list[list[str]] = [[]]
+    size = answers = 0
+    for item in whole["items"][0].split(";"):
+        answer = _ANSWER_CHARS[operation] + _decoded_bytes(item)
+        full = (
+            len(chunks[-1]) >= ITEMS_PER_COMMAND
+            or size + len(item) + 1 > ITEMS_BYTES_LIMIT
+            or answers + answer > ANSWER_CHARS_LIMIT
+        )
+        if chunks[-1] and full:
+            chunks.append([])
+            size = answers = 0
+        chunks[-1].append(item)
+        size += len(item) + 1
+        answers += answer
+    return [{"operation": [operation], "items": [";".join(chunk)]} for chunk in chunks]
+
+
+def _decoded_bytes(item: str) -> int:
+    """The bytes of an item's names once decoded (what its answer repeats): 3 for every 4 of base64."""
+    return sum(len(part) * 3 // 4 for part in item.split(","))
 
 
 def _triple(parts: tuple[str, ...]) -> str:

@@ -76,12 +76,33 @@ def run_batch(
     """Apply an Erlang ``fun`` to every item in one ``rabbitmqctl eval``; its JSON answers, in order."""
     if not items:
         return []
-    output = run_eval(expression(fun, items))
+    answers = read_answers(run_eval(expression(fun, items)))
+    if len(answers) != len(items):
+        raise LeaderTransferError(f"rabbitmqctl eval answered {len(answers)} of {len(items)} items")
+    return answers
+
+
+def read_answers(output: str) -> list[dict[str, Any]]:
+    """The answers in an eval's output (its ``RESULT_MARKER`` line); ``LeaderTransferError`` when there is
+    none, or it is cut short or not a list of JSON objects: the operations may have run all the same."""
     for line in output.splitlines():
         if line.startswith(RESULT_MARKER):
-            answers: list[dict[str, Any]] = json.loads(line[len(RESULT_MARKER) :])
+            try:
+                answers = json.loads(line[len(RESULT_MARKER) :])
+            except ValueError as exc:
+                raise LeaderTransferError(
+                    f"rabbitmqctl eval's answer is unreadable ({len(output)} characters, cut short or "
+                    f"garbled: {exc}); its operations may have run all the same"
+                ) from None
+            if not isinstance(answers, list) or not all(isinstance(a, dict) for a in answers):
+                raise LeaderTransferError(f"rabbitmqctl eval's answer is not a list of objects: {line[:200]}")
             return answers
     raise LeaderTransferError(f"rabbitmqctl eval gave no result; the node said: {output.strip()[:300]}")
+
+
+def answer_line(answers: Sequence[dict[str, Any]]) -> str:
+    """The output an eval of these answers prints (``read_answers`` reads it back)."""
+    return RESULT_MARKER + json.dumps(list(answers), ensure_ascii=False) + "\n"
 
 
 def expression(fun: str, items: Sequence[tuple[str, str, str]]) -> str:
