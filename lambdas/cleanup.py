@@ -4,12 +4,14 @@ where EventBridge sends an execution that ended without that (stopped, timed out
 
 from __future__ import annotations
 
+import time
+
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lambdas.common import cluster, logger, store, task
 from lambdas.settings import settings
 from queue_balancer.model import JsonDict
-from queue_balancer.workflow.ended import StatusChange, end_abandoned_run
+from queue_balancer.workflow.ended import UNDO_SECONDS, StatusChange, end_abandoned_run
 from queue_balancer.workflow.failure import CaughtError, fail_run
 from queue_balancer.workflow.run_state import RunState
 
@@ -22,7 +24,10 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
             "execution ended without cleaning up",
             extra={"execution": change.execution_arn, "status": change.status},
         )
-        return end_abandoned_run(store(), lambda: cluster().client, settings().cluster_name, change).to_dict()
+        deadline = time.time() + context.get_remaining_time_in_millis() / 1000 - UNDO_SECONDS
+        return end_abandoned_run(
+            store(), lambda: cluster().client, settings().cluster_name, change, deadline=deadline
+        ).to_dict()
     run = RunState.from_dict(event["run"])
     error = CaughtError.parse(event.get("error") or {})
     logger.error("run failed", extra={"error": error.name, "reason": error.reason})

@@ -48,6 +48,7 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
             access.member_mover() if config.members else access.mover(derived_run_id(run.run_id)),
             batch,
             renew=lambda until: renew_leases(db, access.client, run, execution_arn, until),
+            writer=access.client,
             on_change=_log_finished,
         )
     return _after(run, batch, result).to_dict()

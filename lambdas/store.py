@@ -62,12 +62,21 @@ class Store:
         """The first write of a run (it holds the lock): replaces whatever the last run left."""
         self.table.put_item(Item=record.to_item())
 
-    def save(self, before: Lifecycle, after: Lifecycle, *, expect_requested: bool = False) -> None:
+    def save(
+        self,
+        before: Lifecycle,
+        after: Lifecycle,
+        *,
+        expect_requested: bool = False,
+        expect_state: bool = False,
+    ) -> None:
         """Write the fields that changed, only while the item still belongs to ``after.run_id``.
 
         Fields this run did not change are left alone, so a request the CLI records meanwhile survives.
         With ``expect_requested`` the write also requires the pending request to be what ``before`` saw
-        (used when the run consumes a request). Raises LockLost when the item belongs to another run.
+        (used when the run consumes a request); with ``expect_state``, its state and ``ending`` (a
+        slice's writes: never onto a run that ended or is being ended meanwhile). Raises LockLost when
+        the item belongs to another run or, with ``expect_state``, is no longer in that state.
         """
         old, new = before.to_item(), after.to_item()
         sets = {k: v for k, v in new.items() if k not in (PARTITION_KEY, SORT_KEY) and old.get(k) != v}
@@ -85,6 +94,15 @@ class Store:
             else:
                 values[":was_requested"] = before.requested.value
                 condition += " AND #requested = :was_requested"
+        if expect_state:
+            names.update({"#state": "state", "#ending": "ending"})
+            values[":was_state"] = before.state.value
+            condition += " AND #state = :was_state"
+            if before.ending is None:
+                condition += " AND attribute_not_exists(#ending)"
+            else:
+                values[":was_ending"] = before.ending
+                condition += " AND #ending = :was_ending"
         expression = ""
         if sets:
             expression += "SET " + ", ".join(f"#{k} = :{k}" for k in sets)
@@ -101,7 +119,22 @@ class Store:
         except ClientError as exc:
             if not _conditional(exc):
                 raise
-            owner = self.lifecycle(after.cluster).run_id
+            now = self.lifecycle(after.cluster)
+            owner = now.run_id
+            if (
+                expect_state
+                and owner == values[":owner"]
+                and (now.state, now.ending)
+                != (
+                    before.state,
+                    before.ending,
+                )
+            ):
+                raise LockLost(
+                    f"the lifecycle of run {owner} is {now.state}"
+                    + (f", being ended ({now.ending})" if now.ending else "")
+                    + f" now, not {before.state}"
+                ) from exc
             if expect_requested and owner == values[":owner"]:
                 raise RequestChanged(
                     f"the request for run {owner} changed while it was being honoured"

@@ -8,6 +8,15 @@ the next slice, and says where the run goes: back to ControlCheck (batch complet
 execution's history needs a continuation) or to the state machine's Wait loop (long syncs left).
 Idempotent under retries: the Mover resumes a move that already happened, and the stored progress is
 only ever replaced by a later one. The Lambda handler parses the event and makes this one call.
+
+A slice stops starting moves within ``CONTROL_INTERVAL`` when its execution was stopped or timed out:
+it marks itself in the lifecycle item (``slice_until``) before it changes anything, and Cleanup of the
+ended execution asks it to stop (``requested`` and ``ending``) and waits until that mark is gone
+before it removes policies and gives the locks back; the slice rolls back its moves under way as on
+``stop``. A slice also ends once the item is another run's or no longer BALANCING, or a lock is no
+longer its own (then without a rollback: that would write without the lock), and makes no write once
+its cluster lock's last confirmed renewal is older than half its lease (``RunLease.check``). Its writes
+to the lifecycle item are conditional on the run still BALANCING: none lands on a run that moved on.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -33,10 +43,11 @@ from queue_balancer.lifecycle import (
     BatchProgress,
     Counts,
     Lifecycle,
+    State,
     fits_in_history,
 )
 from queue_balancer.lifecycle.routing import Route
-from queue_balancer.lock import LockLost
+from queue_balancer.lock import Guarded, LockLost, guarding
 from queue_balancer.member_moves import MemberBatch, MemberMover, MemberPhase, MemberProgress
 from queue_balancer.movers import MoveProgress, Mover, Phase
 from queue_balancer.runner import BatchState
@@ -45,6 +56,9 @@ TIMEOUT_MARGIN_SECONDS = 30.0
 """Time left to the Lambda timeout when a slice ends at the latest (rollbacks, the final write)."""
 PROGRESS_INTERVAL = 1.0
 """Seconds between two writes of a batch's progress to the lifecycle item while its moves finish."""
+LOCK_CHECK_SECONDS = 5.0
+"""Seconds between two reads of the run's locks while a slice runs (its lifecycle item is read every
+``CONTROL_INTERVAL``)."""
 
 
 class BatchStore(Protocol):
@@ -52,8 +66,17 @@ class BatchStore(Protocol):
 
     def lifecycle(self, cluster: str) -> Lifecycle: ...
 
-    def save(self, before: Lifecycle, after: Lifecycle, *, expect_requested: bool = False) -> None:
-        """Write what changed while the item belongs to ``after.run_id`` (LockLost otherwise)."""
+    def save(
+        self,
+        before: Lifecycle,
+        after: Lifecycle,
+        *,
+        expect_requested: bool = False,
+        expect_state: bool = False,
+    ) -> None:
+        """Write what changed while the item belongs to ``after.run_id`` and, with ``expect_state``, is
+        still in ``before``'s state and ``ending`` (LockLost otherwise); with ``expect_requested``, while
+        its request is ``before``'s (RequestChanged otherwise)."""
         ...
 
     def batch_state(self, run_id: str, generation: int, index: int) -> BatchState: ...
@@ -133,19 +156,57 @@ Finished = Callable[[MoveProgress | MemberProgress], None]
 """Called with every move (or member change) whose phase changed: the handler logs the finished ones."""
 
 
+class RunLease(Protocol):
+    """The run's hold on the cluster while a slice runs (``workflow.leases.RunLeases``)."""
+
+    def check(self) -> None:
+        """``LockLost`` once the cluster lock's last confirmed renewal is older than the safe part of its
+        lease (no I/O: asked before every step and every write)."""
+        ...
+
+    def verify(self) -> None:
+        """``LockLost`` when either of the run's locks is another run's, or nobody's (reads them)."""
+        ...
+
+
 def run_slice(
     store: BatchStore,
     mover: Mover | MemberMover,
     batch: BatchSlice,
     *,
-    renew: Callable[[int], None],
+    renew: Callable[[int], RunLease],
+    writer: Guarded | None = None,
     on_change: Finished = lambda _: None,
     now: Callable[[], float] = time.time,
 ) -> SliceResult:
-    """Drive one slice of ``batch``: renew the run's locks (``renew(expires_at)``, raising when they are
-    another run's), resume the batch's stored progress, record what finished, keep what did not. A
-    ``MemberMover`` drives a batch of member changes (``members: true``), a ``Mover`` one of leader moves."""
-    renew(batch.lease_until(now()))
+    """Drive one slice of ``batch``: mark the slice under way in the lifecycle item, renew the run's
+    locks (``renew(expires_at)``, raising when they are another run's), resume the batch's stored
+    progress, record what finished, keep what did not, and remove the mark. A ``MemberMover`` drives a
+    batch of member changes (``members: true``), a ``Mover`` one of leader moves. ``writer``, the client
+    the moves write through, makes no write once the lease's ``check`` fails."""
+    started = now()
+    record = _running(store.lifecycle(batch.cluster), batch)
+    if record.ending is not None:
+        raise LockLost(f"run {batch.run_id} is being ended ({record.ending}): this slice changes nothing")
+    store.save(
+        record, replace(record, slice_until=int(started + batch.remaining_seconds) + 1), expect_state=True
+    )
+    try:
+        lease = renew(batch.lease_until(started))
+        with guarding(writer, lease.check):
+            return _drive(store, mover, batch, lease, on_change, now)
+    finally:
+        _unmark(store, batch)
+
+
+def _drive(
+    store: BatchStore,
+    mover: Mover | MemberMover,
+    batch: BatchSlice,
+    lease: RunLease,
+    on_change: Finished,
+    now: Callable[[], float],
+) -> SliceResult:
     state: BatchState | MemberBatch
     done_phase: Phase | MemberPhase
     if isinstance(mover, MemberMover):
@@ -157,17 +218,23 @@ def run_slice(
         state, done_phase = leaders, Phase.DONE
         drive = functools.partial(drive_slice, mover, leaders)
     board = _ProgressBoard(store, batch, state, len(state.finished), done_phase)
+    verified_at = now()
 
     def requested() -> bool:
-        """The operator's request (read every ``CONTROL_INTERVAL``); the batch's progress goes with it."""
-        record = store.lifecycle(batch.cluster)
-        if record.run_id != batch.run_id:
-            raise LockLost(f"the lifecycle of cluster {batch.cluster} belongs to run {record.run_id} now")
+        """The operator's request, or Cleanup's for an ended execution (read every ``CONTROL_INTERVAL``);
+        the batch's progress goes with it. ``LockLost`` once the run is another's or over, or a lock is
+        no longer its own (checked every ``LOCK_CHECK_SECONDS``): a rollback then would write without
+        the lock, so the moves under way are left to the next holder's cleanup."""
+        nonlocal verified_at
+        record = _running(store.lifecycle(batch.cluster), batch)
+        if now() - verified_at >= LOCK_CHECK_SECONDS:
+            lease.verify()
+            verified_at = now()
         board.show(record, now())
         return record.requested is not None
 
     limits = SliceLimits(concurrency=batch.concurrency, budget_seconds=batch.budget_seconds)
-    end = drive(limits, requested, on_change=on_change)
+    end = drive(limits, requested, on_change=on_change, check=lease.check)
     store.record_results(*batch.key, state.finished)
     counted = board.counted
     done = sum(1 for p in state.finished[counted:] if p.phase is done_phase)
@@ -188,6 +255,26 @@ def run_slice(
         pending=len(state.pending),
         active=len(state.active),
     )
+
+
+def _running(record: Lifecycle, batch: BatchSlice) -> Lifecycle:
+    """``record`` while it is this run's and BALANCING; ``LockLost`` once another run took it, or the
+    run ended without this slice (Cleanup, ``stop`` after a dead execution: its locks are given back)."""
+    if record.run_id != batch.run_id:
+        raise LockLost(f"the lifecycle of cluster {batch.cluster} belongs to run {record.run_id} now")
+    if record.state is not State.BALANCING:
+        raise LockLost(
+            f"run {batch.run_id} is {record.state} now ({record.outcome or 'ended'}): its slice changes nothing more"
+        )
+    return record
+
+
+def _unmark(store: BatchStore, batch: BatchSlice) -> None:
+    """Remove the slice's mark (Cleanup of an ended execution waits for that), while the item is the run's."""
+    record = store.lifecycle(batch.cluster)
+    if record.run_id == batch.run_id and record.slice_until is not None:
+        with suppress(LockLost):  # another run took the item meanwhile: its own now
+            store.save(record, replace(record, slice_until=None))
 
 
 @dataclass
@@ -214,8 +301,13 @@ class _ProgressBoard:
         counts, progress = self._now()
         if (record.counts, record.batch) != (counts, progress):
             updated_at = datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
-            self.store.save(record, replace(record, counts=counts, batch=progress, updated_at=updated_at))
-            self.written_at = moment
+            with suppress(LockLost):  # the run ended or is being ended meanwhile: the next poll says so
+                self.store.save(
+                    record,
+                    replace(record, counts=counts, batch=progress, updated_at=updated_at),
+                    expect_state=True,
+                )
+                self.written_at = moment
 
     def _now(self) -> tuple[Counts, BatchProgress]:
         base, state = self.batch.counts, self.state

@@ -68,14 +68,22 @@ def drive_slice(
     requested: Callable[[], bool],
     *,
     on_change: Listener = lambda _: None,
+    check: Callable[[], None] = lambda: None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> SliceEnd:
-    """Drive ``state`` (updated in place) until the batch is complete or the slice must end."""
+    """Drive ``state`` (updated in place) until the batch is complete or the slice must end. ``check``
+    runs before every step and ends the slice by raising (the run's lock: nothing more is changed)."""
     return _bounded(
         _Driven(
             run=functools.partial(
-                drive, mover, state, concurrency=limits.concurrency, on_change=on_change, sleep=sleep
+                drive,
+                mover,
+                state,
+                concurrency=limits.concurrency,
+                on_change=on_change,
+                sleep=sleep,
+                check=check,
             ),
             complete=lambda: state.complete,
             active=lambda: bool(state.active),
@@ -96,6 +104,7 @@ def drive_member_slice(
     requested: Callable[[], bool],
     *,
     on_change: Callable[[MemberProgress], None] = lambda _: None,
+    check: Callable[[], None] = lambda: None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> SliceEnd:
@@ -116,7 +125,13 @@ def drive_member_slice(
     return _bounded(
         _Driven(
             run=functools.partial(
-                drive_members, mover, batch, concurrency=limits.concurrency, on_change=on_change, sleep=sleep
+                drive_members,
+                mover,
+                batch,
+                concurrency=limits.concurrency,
+                on_change=on_change,
+                sleep=sleep,
+                check=check,
             ),
             complete=lambda: batch.complete,
             active=lambda: bool(batch.active),

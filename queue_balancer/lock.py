@@ -18,8 +18,9 @@ two machines' clocks never agree exactly, so the lock rests on three rules that 
   cluster once its last successful renewal is older than half its lease, well before anyone else may
   have watched the lock for a whole lease.
 - **No late writes**: every write of the lock ends (all attempts) by the run's half-lease point, and
-  ``holding`` makes the run's management client retry no write once ``check`` fails (the client's own
-  total deadline per write, ``management.WRITE_DEADLINE_SECONDS``, covers the rest). A taker whose write
+  ``holding`` (``guarding``) makes the run's management client start no write, and retry none, once
+  ``check`` fails (the client's own total deadline per write, ``management.WRITE_DEADLINE_SECONDS``,
+  covers the rest). A workflow slice guards its client the same way with its run's lock. A taker whose write
   came too late puts back the value it replaced, only while the lock still holds its own.
 """
 
@@ -344,27 +345,38 @@ class Heartbeat:
 
 
 class Guarded(Protocol):
-    """A client that asks ``guard`` before retrying a write (``ManagementClient``)."""
+    """A client that asks ``guard`` before every attempt of a write (``ManagementClient``)."""
 
     guard: Callable[[], None] | None
 
 
 @contextmanager
+def guarding(writer: Guarded | None, check: Callable[[], None]) -> Iterator[None]:
+    """``writer`` makes no write (no first attempt, no retry) once ``check`` fails, for the block: a write
+    begun after the lock's safe part of its lease could land after a takeover."""
+    if writer is None:
+        yield
+        return
+    writer.guard = check
+    try:
+        yield
+    finally:
+        writer.guard = None
+
+
+@contextmanager
 def holding(lock: ClusterLock, writer: Guarded | None = None) -> Iterator[Heartbeat]:
     """Hold the lock (renewed in the background) for the block; released however the block ends.
-    ``writer``, the client the run changes the cluster through, retries no write once the lock's
-    ``check`` fails (a retry could land after a takeover)."""
+    ``writer``, the client the run changes the cluster through, makes no write once the lock's
+    ``check`` fails (``guarding``)."""
     lock.acquire()
     heartbeat = Heartbeat(lock)
     thread = threading.Thread(target=heartbeat.run, name="queue-balancer-lock", daemon=True)
     thread.start()
-    if writer is not None:
-        writer.guard = heartbeat.check
     try:
-        yield heartbeat
+        with guarding(writer, heartbeat.check):
+            yield heartbeat
     finally:
-        if writer is not None:
-            writer.guard = None
         heartbeat.stop()
         thread.join(timeout=5)
         with suppress(BalancerError):  # the lease ends by itself

@@ -73,8 +73,8 @@ class ManagementClient:
         self.backoff = backoff
         self.write_deadline = write_deadline
         self.guard: Callable[[], None] | None = None
-        """Called before a write is retried (a held lock's ``check``): raises once the run may no longer
-        change the cluster, so no retry lands after the lock could have been taken over."""
+        """Called before every attempt of a write (a held lock's ``check``): raises once the run may no
+        longer change the cluster, so no write lands after the lock could have been taken over."""
         self.clock: Callable[[], float] = time.monotonic
         self.sleep: Callable[[float], None] = time.sleep
         self._session = session or requests.Session()
@@ -115,9 +115,12 @@ class ManagementClient:
         An endpoint that cannot be reached is first replaced by the next one of ``urls`` not tried in
         this call (a node that went away), then retried with backoff. Every attempt has ``timeout``. A
         write's attempts all end within ``deadline`` seconds (``write_deadline`` unless given), and a write
-        is retried only while ``guard`` allows it: a late write must not land after a lock takeover.
+        begins and is retried only while ``guard`` allows it: a late write must not land after a lock
+        takeover.
         """
         write = method in WRITE_METHODS
+        if write and self.guard is not None:
+            self.guard()  # no write begins once the run's lock says it may no longer change the cluster
         budget = deadline if deadline is not None else self.write_deadline if write else None
         ends = None if budget is None else self.clock() + budget
         attempt = 0

@@ -179,6 +179,12 @@ class Lifecycle:
     updated_at: str | None = None
     batch: BatchProgress | None = None
     """The batch under way or the last one of the current plan; none before the first or after the run."""
+    slice_until: int | None = None
+    """A RunBatch slice of the run is under way, in a Lambda that ends by then at the latest (epoch
+    seconds); the slice removes it when it ends."""
+    ending: str | None = None
+    """Set by Cleanup for a run whose execution ended without its own way out (the execution's status:
+    ABORTED, TIMED_OUT): a slice under way stops, and no slice starts any more."""
 
     @property
     def active(self) -> bool:
@@ -226,6 +232,8 @@ class Lifecycle:
             "started_at": self.started_at,
             "updated_at": self.updated_at,
             "batch": self.batch.to_dict() if self.batch else None,
+            "slice_until": self.slice_until,
+            "ending": self.ending,
         }
         item.update({k: v for k, v in optional.items() if v is not None})
         return item
@@ -250,6 +258,8 @@ class Lifecycle:
             started_at=_opt_str(item.get("started_at")),
             updated_at=_opt_str(item.get("updated_at")),
             batch=BatchProgress.from_dict(item["batch"]) if item.get("batch") else None,
+            slice_until=int(item["slice_until"]) if item.get("slice_until") is not None else None,
+            ending=_opt_str(item.get("ending")),
         )
 
 
@@ -313,7 +323,15 @@ def finished(
     """Back to IDLE with the run's final ``counts``; ``reset`` (``clear``) zeroes them instead."""
     final = Counts() if clear else (counts or current.counts)
     ended = advance(
-        current, Step.FINISHED, now=now, task_token=None, requested=None, outcome=outcome, counts=final
+        current,
+        Step.FINISHED,
+        now=now,
+        task_token=None,
+        requested=None,
+        outcome=outcome,
+        counts=final,
+        slice_until=None,
+        ending=None,
     )
     return replace(ended, round=0) if clear else ended
 

@@ -5,20 +5,37 @@ its temporary policies, the cluster's lock, the DynamoDB lock, a lifecycle still
 
 Only a run that this very execution still owns is touched: a run that cleaned up after itself, or went
 on in a continuation (a new execution), or a newer run, is left alone.
+
+Stopping an execution does not stop the RunBatch Lambda under way: its slice would go on moving queues
+for up to ``BUDGET_SECONDS``. So Cleanup first asks it to stop (``requested`` stop and ``ending`` in the
+lifecycle item: the slice reads it every ``CONTROL_INTERVAL`` and rolls back its moves under way, and
+no slice starts any more), then waits until the slice's mark (``slice_until``) is gone, at the most
+until that slice's Lambda has timed out or ``UNDO_SECONDS`` are left of Cleanup's own time, and only
+then removes policies and gives the locks back.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from contextlib import suppress
+from dataclasses import dataclass, replace
 from typing import Any
 
 from queue_balancer.contract import ENDED_WITHOUT_CLEANUP, STATUS_CHANGE
 from queue_balancer.errors import ConfigurationError
+from queue_balancer.lifecycle import Control, Lifecycle, State
+from queue_balancer.lock import LockLost
 from queue_balancer.model import JsonDict
 from queue_balancer.workflow.failure import CaughtError, FailedRun, fail_run
+from queue_balancer.workflow.leases import iso
 from queue_balancer.workflow.ports import ClusterApi, LifecycleStore
 from queue_balancer.workflow.run_state import RunState
+
+SLICE_POLL_SECONDS = 1.0
+"""How often Cleanup reads whether the slice it asked to stop has ended."""
+UNDO_SECONDS = 120.0
+"""What Cleanup keeps of its own time for undoing the run once it stopped waiting for a slice."""
 
 WHY = {
     "ABORTED": "the execution was stopped (StopExecution or the console) before it could clean up",
@@ -73,10 +90,18 @@ class EndedExecution:
 
 
 def end_abandoned_run(
-    db: LifecycleStore, connect: Callable[[], ClusterApi], cluster: str, change: StatusChange
+    db: LifecycleStore,
+    connect: Callable[[], ClusterApi],
+    cluster: str,
+    change: StatusChange,
+    *,
+    deadline: float,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> EndedExecution:
     """Undo the run of an execution that ended without cleaning up, if that execution still owns it:
-    its policies and the cluster's lock (``fail_run``), then its DynamoDB lock."""
+    stop its slice under way (waiting for it until ``deadline`` at the most, by ``clock``), then its
+    policies and the cluster's lock (``fail_run``), then its DynamoDB lock."""
     record = db.lifecycle(cluster)
     lock = db.lock(cluster) or {}
     owner = record.run_id if record.active and record.execution_arn == change.execution_arn else None
@@ -87,6 +112,9 @@ def end_abandoned_run(
             change.execution_arn, change.status, None, "the execution no longer owns a run: nothing to undo"
         )
     reason = WHY[change.status] + (f" ({change.error}: {change.cause[:300]})" if change.error else "")
+    if record.run_id == owner and record.state is State.BALANCING:
+        record, waited = stop_slice(db, record, change.status, deadline=deadline, clock=clock, sleep=sleep)
+        reason += f". {waited}"
     counts = record.counts if record.run_id == owner else None
     attempted = counts.done + counts.failed if counts else 0
     run = RunState(
@@ -104,3 +132,39 @@ def end_abandoned_run(
     )
     db.release_lock(cluster, owner)
     return EndedExecution(change.execution_arn, change.status, failed)
+
+
+def stop_slice(
+    db: LifecycleStore,
+    record: Lifecycle,
+    status: str,
+    *,
+    deadline: float,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[Lifecycle, str]:
+    """Ask a BALANCING run's slice to stop and end (``requested`` stop, ``ending``), and wait until no
+    slice is marked under way, or its Lambda has timed out, or ``deadline``. Returns the item as the
+    wait left it (the slice's last counts) and a sentence on what happened."""
+    asked = replace(record, requested=Control.STOP, ending=status, updated_at=iso())
+    with suppress(LockLost):  # another run took the item: it has no slice of this run's
+        db.save(record, asked)
+    began = clock()
+    current = db.lifecycle(record.cluster)
+    if current.run_id != record.run_id or current.slice_until is None:
+        return current, "No RunBatch slice was under way."
+    while True:
+        if clock() >= current.slice_until:
+            return current, "The RunBatch slice marked under way had timed out with its Lambda."
+        if clock() >= deadline:
+            return current, (
+                f"The RunBatch slice under way did not stop within {clock() - began:.0f} s: it starts no "
+                "move once it reads the lifecycle, but moves it had under way may keep their temporary policies"
+            )
+        sleep(SLICE_POLL_SECONDS)
+        current = db.lifecycle(record.cluster)
+        if current.run_id != record.run_id or current.slice_until is None:
+            return current, (
+                f"The RunBatch slice under way stopped within {clock() - began:.0f} s (its moves under way "
+                "rolled back)."
+            )

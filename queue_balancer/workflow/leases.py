@@ -8,6 +8,7 @@ the cluster. Whatever extends one extends the other, so neither lapses while the
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from queue_balancer.lifecycle import Lifecycle
@@ -37,12 +38,46 @@ def run_lock(client: GlobalParameters, run_id: str, *, until: float | None = Non
     )
 
 
+@dataclass(frozen=True)
+class RunLeases:
+    """Both locks of a run, just renewed: what a RunBatch slice asks before it changes the cluster."""
+
+    db: LifecycleStore
+    lock: ClusterLock
+    run: RunState
+
+    def check(self) -> None:
+        """``LockLost`` once the cluster lock's renewal is older than half its lease (``ClusterLock.check``)."""
+        self.lock.check()
+
+    def verify(self) -> None:
+        """``LockLost`` when the DynamoDB lock or the cluster's is no longer this run's."""
+        held = (self.db.lock(self.run.cluster) or {}).get("run_id")
+        if held != self.run.run_id:
+            raise LockLost(
+                f"run {self.run.run_id} no longer holds the lock of cluster {self.run.cluster} "
+                f"(held by {held or 'nobody'})"
+            )
+        holder = self.lock.holder()
+        if holder is None or holder.run_id != self.lock.run_id:
+            who = holder.describe(now()) if holder else "nobody"
+            raise LockLost(f"run {self.run.run_id} lost the cluster's lock; it is held by {who}")
+
+
 def renew_leases(
     db: LifecycleStore, client: GlobalParameters, run: RunState, execution_arn: str, expires_at: int
-) -> None:
-    """Push out both locks, DynamoDB's and the cluster's; ``LockLost`` if either is another run's now."""
+) -> RunLeases:
+    """Push out both locks, DynamoDB's and the cluster's; ``LockLost`` if either is another run's now,
+    or if the cluster lock's renewal was too slow to count (its lease gate would have nothing to go by)."""
     db.renew_lock(run.cluster, run.run_id, execution_arn, expires_at)
-    run_lock(client, run.run_id, until=expires_at).renew()
+    lock = run_lock(client, run.run_id, until=expires_at)
+    lock.renew()
+    if lock.renewed_at is None:
+        raise LockLost(
+            f"renewing the cluster's lock for run {run.run_id} took over a sixth of its "
+            f"{lock.lease_seconds:.0f} s lease: it may have landed too late to count"
+        )
+    return RunLeases(db, lock, run)
 
 
 def owned_lifecycle(db: LifecycleStore, run: RunState) -> Lifecycle:

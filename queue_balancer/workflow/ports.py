@@ -8,7 +8,7 @@ is the part of the management API the tasks use beyond a move's (``ManagementCli
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from queue_balancer.batch_run import BatchStore
@@ -32,10 +32,6 @@ class LifecycleStore(BatchStore, Protocol):
     reads and writes are ``BatchStore``'s, the core's port)."""
 
     def start(self, record: Lifecycle) -> None: ...
-
-    def save(self, before: Lifecycle, after: Lifecycle, *, expect_requested: bool = False) -> None:
-        """Write what changed while the item belongs to ``after.run_id``; LockLost/RequestChanged else."""
-        ...
 
     def renew_lock(self, cluster: str, run_id: str, execution_arn: str, expires_at: int) -> None: ...
 
@@ -66,6 +62,9 @@ class LifecycleStore(BatchStore, Protocol):
 
 class ClusterApi(ManagementApi, GlobalParameters, Protocol):
     """The management API as the handlers use it: a move's calls, the overview and a snapshot."""
+
+    guard: Callable[[], None] | None
+    """Asked before every write (``lock.Guarded``): a RunBatch slice's lease gate."""
 
     def overview(self) -> dict[str, Any]: ...
 

@@ -40,6 +40,9 @@ class FakeQueue:
         return 1 + len(self.synced & set(self.mirrors))
 
 
+WRITES = frozenset({"put_policy", "delete_policy", "queue_action"})
+
+
 class FakeCluster:
     """The management API of a cluster of ``nodes`` (all running), with policies applied at once."""
 
@@ -55,7 +58,8 @@ class FakeCluster:
         self.failures: dict[str, list[Exception]] = {}
         self.publish_rate = 0.0
         """The cluster-wide publish rate ``overview`` reports (the traffic gate's input)."""
-        """Errors to raise, in order, from the next calls of a method (by name)."""
+        self.guard: Callable[[], None] | None = None
+        """Asked before every write, as ``ManagementClient`` asks it (a run's lock: raises once lost)."""
 
     # ---- set-up -------------------------------------------------------------------------------------
 
@@ -75,6 +79,8 @@ class FakeCluster:
         self.failures.setdefault(method, []).extend(errors)
 
     def _call(self, method: str, *args: str) -> None:
+        if method in WRITES and self.guard is not None:
+            self.guard()
         self.calls.append((method, *args))
         pending = self.failures.get(method)
         if pending:
@@ -174,9 +180,13 @@ class FakeCluster:
     def put_global_parameter(
         self, name: str, value: Mapping[str, Any], *, deadline: float | None = None
     ) -> None:
+        if self.guard is not None:
+            self.guard()
         self.global_parameters[name] = dict(value)
 
     def delete_global_parameter(self, name: str) -> bool:
+        if self.guard is not None:
+            self.guard()
         return self.global_parameters.pop(name, None) is not None
 
     # ---- RabbitMQ's mirroring rules -----------------------------------------------------------------

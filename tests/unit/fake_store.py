@@ -48,7 +48,14 @@ class FakeStore:
     def start(self, record: Lifecycle) -> None:
         self.items[record.cluster] = record.to_item()
 
-    def save(self, before: Lifecycle, after: Lifecycle, *, expect_requested: bool = False) -> None:
+    def save(
+        self,
+        before: Lifecycle,
+        after: Lifecycle,
+        *,
+        expect_requested: bool = False,
+        expect_state: bool = False,
+    ) -> None:
         old, new = before.to_item(), after.to_item()
         if old == new:
             return
@@ -56,6 +63,11 @@ class FakeStore:
         owner = before.run_id or after.run_id
         if stored.get("run_id") != owner:
             raise LockLost(f"the lifecycle of cluster {after.cluster} belongs to run {stored.get('run_id')}")
+        if expect_state and (stored.get("state"), stored.get("ending")) != (
+            old.get("state"),
+            old.get("ending"),
+        ):
+            raise LockLost(f"the lifecycle of run {owner} is {stored.get('state')} now, not {before.state}")
         if expect_requested and stored.get("requested") != old.get("requested"):
             raise RequestChanged(f"the request for run {owner} changed while it was being honoured")
         for key in old.keys() - new.keys():

@@ -44,10 +44,30 @@ def world(queues: int = 4) -> tuple[FakeStore, FakeCluster]:
     for index in range(queues):
         cluster.add_queue(FakeQueue("/", f"q{index}", "a", messages=10))
         cluster.queue_action("/", f"q{index}", "sync")
-    store.start(started(CLUSTER, run_id=RUN_ID, execution_arn="arn", action="balance", now="t"))
+    store.start(balancing())
     moves = [Move("/", f"q{i}", QueueType.CLASSIC, "a", "bc"[i % 2]) for i in range(queues)]
     store.put_plan(RUN_ID, 1, [moves])
     return store, cluster
+
+
+def balancing() -> Lifecycle:
+    """The lifecycle of a run whose ControlCheck handed RunBatch a batch."""
+    record = started(CLUSTER, run_id=RUN_ID, execution_arn="arn", action="balance", now="t")
+    return replace(record, state=State.BALANCING)
+
+
+class Held:
+    """A lease that holds: the tests of the lease gate itself use the workflow's ``RunLeases``."""
+
+    def check(self) -> None:
+        """Never refuses."""
+
+    def verify(self) -> None:
+        """Never refuses."""
+
+
+def held(_: int) -> Held:
+    return Held()
 
 
 def mover(cluster: FakeCluster) -> Mover:
@@ -63,7 +83,12 @@ def batch(*, events: int = 100, remaining: float = 900.0, poll: int = 3) -> Batc
 def test_a_slice_completes_the_batch_records_every_move_and_goes_back_to_control() -> None:
     store, cluster = world()
     leases: list[int] = []
-    result = run_slice(store, mover(cluster), batch(), renew=leases.append, now=lambda: 1000.0)
+
+    def renew(until: int) -> Held:
+        leases.append(until)
+        return Held()
+
+    result = run_slice(store, mover(cluster), batch(), renew=renew, now=lambda: 1000.0)
     assert (result.end, result.route, result.wait) == (SliceEnd.COMPLETE, Route.CONTROL, 0)
     assert (result.done, result.failed, result.batch_complete) == (4, 0, True)
     assert [p.phase for p in store.results(RUN_ID)] == [Phase.DONE] * 4
@@ -75,7 +100,7 @@ def test_a_slice_completes_the_batch_records_every_move_and_goes_back_to_control
 def test_a_request_ends_the_slice_with_nothing_started_and_the_batch_kept_for_later() -> None:
     store, cluster = world()
     store.items[CLUSTER]["requested"] = Control.PAUSE.value
-    result = run_slice(store, mover(cluster), batch(), renew=lambda _: None)
+    result = run_slice(store, mover(cluster), batch(), renew=held)
     assert (result.end, result.route, result.finished) == (SliceEnd.REQUESTED, Route.CONTROL, 0)
     assert len(store.progress[(RUN_ID, 1, 0)].pending) == 4
     assert {q.leader for q in cluster.queues.values()} == {"a"}
@@ -85,11 +110,11 @@ def test_a_spent_budget_hands_the_moves_under_way_to_the_wait_loop_and_the_next_
     store, cluster = world()
     near_timeout = batch(remaining=TIMEOUT_MARGIN_SECONDS, poll=2)  # budget 0: one wave, then out
     assert near_timeout.budget_seconds == 0.0
-    first = run_slice(store, mover(cluster), near_timeout, renew=lambda _: None)
+    first = run_slice(store, mover(cluster), near_timeout, renew=held)
     assert (first.end, first.route, first.wait) == (SliceEnd.BUDGET, Route.WAIT_BATCH, 2)
     kept = store.progress[(RUN_ID, 1, 0)]
     assert len(kept.pending) + len(kept.active) + len(kept.finished) == 4 and kept.pending
-    second = run_slice(store, mover(cluster), batch(), renew=lambda _: None)
+    second = run_slice(store, mover(cluster), batch(), renew=held)
     assert second.end is SliceEnd.COMPLETE
     assert first.done + second.done == 4
     assert len(store.results(RUN_ID)) == 4  # the first slice's finished moves are not counted twice
@@ -97,9 +122,7 @@ def test_a_spent_budget_hands_the_moves_under_way_to_the_wait_loop_and_the_next_
 
 def test_a_full_history_goes_back_to_control_instead_of_the_wait_loop() -> None:
     store, cluster = world()
-    result = run_slice(
-        store, mover(cluster), batch(events=HISTORY_LIMIT, remaining=0.0), renew=lambda _: None
-    )
+    result = run_slice(store, mover(cluster), batch(events=HISTORY_LIMIT, remaining=0.0), renew=held)
     assert (result.end, result.route) == (SliceEnd.BUDGET, Route.CONTROL)  # ControlCheck continues anew
     assert (RUN_ID, 1, 0) in store.progress
 
@@ -108,14 +131,14 @@ def test_a_run_that_lost_the_lifecycle_moves_nothing() -> None:
     store, cluster = world()
     store.items[CLUSTER]["run_id"] = "run-2"
     with pytest.raises(LockLost, match="belongs to run run-2"):
-        run_slice(store, mover(cluster), batch(), renew=lambda _: None)
+        run_slice(store, mover(cluster), batch(), renew=held)
     assert {q.leader for q in cluster.queues.values()} == {"a"}
 
 
 def test_a_lease_that_cannot_be_renewed_stops_the_slice_before_any_move() -> None:
     store, cluster = world()
 
-    def lost(_: int) -> None:
+    def lost(_: int) -> Held:
         raise LockLost("run run-1 no longer holds the lock of cluster main")
 
     set_up = list(cluster.calls)
@@ -131,7 +154,7 @@ def members_world(
     store, cluster = FakeStore(), FakeCluster(("a", "b", "c", "d"))
     for index in range(3):
         cluster.add_queue(FakeQueue("/", f"qq{index}", "a", mirrors=["b", "c"], kind="quorum", messages=5))
-    store.start(started(CLUSTER, run_id=RUN_ID, execution_arn="arn", action="balance", now="t"))
+    store.start(balancing())
     changes = [
         MemberMove("/", f"qq{i}", "a", ("a", "b", "c"), add=("d",), remove=("bc"[i % 2],), messages=5)
         for i in range(3)
@@ -143,7 +166,7 @@ def members_world(
 
 def test_a_members_slice_adds_before_it_removes_and_records_every_change() -> None:
     store, cluster, mover = members_world()
-    result = run_slice(store, mover, batch(), renew=lambda _: None)
+    result = run_slice(store, mover, batch(), renew=held)
     assert (result.end, result.route, result.done, result.failed) == (SliceEnd.COMPLETE, Route.CONTROL, 3, 0)
     assert [(p.added, p.removed) for p in store.member_results(RUN_ID)] == [
         (("d",), ("b",)),
@@ -161,7 +184,7 @@ def test_a_members_slice_adds_before_it_removes_and_records_every_change() -> No
 def test_a_members_slice_honours_a_request_before_any_change() -> None:
     store, cluster, mover = members_world()
     store.items[CLUSTER]["requested"] = Control.STOP.value
-    result = run_slice(store, mover, batch(), renew=lambda _: None)
+    result = run_slice(store, mover, batch(), renew=held)
     assert (result.end, result.route, result.finished) == (SliceEnd.REQUESTED, Route.CONTROL, 0)
     assert len(store.progress[(RUN_ID, 1, 0)].pending) == 3
     assert all(q.mirrors == ["b", "c"] for q in cluster.queues.values())
@@ -180,7 +203,7 @@ def test_a_request_mid_change_removes_the_members_added_and_keeps_the_changes_fo
         return Members(cluster, lagging={"d"}, on_add=pause)
 
     store, cluster, mover = members_world(pausing)
-    result = run_slice(store, mover, batch(), renew=lambda _: None)
+    result = run_slice(store, mover, batch(), renew=held)
     assert (result.end, result.route, result.finished, result.active) == (
         SliceEnd.REQUESTED,
         Route.CONTROL,
@@ -195,7 +218,7 @@ def test_a_request_mid_change_removes_the_members_added_and_keeps_the_changes_fo
 def test_a_leader_slice_never_reads_a_members_batch() -> None:
     store, cluster, _ = members_world()
     with pytest.raises(KeyError, match="holds members"):
-        run_slice(store, mover(cluster), batch(), renew=lambda _: None)
+        run_slice(store, mover(cluster), batch(), renew=held)
 
 
 def test_the_lifecycle_follows_the_batch_move_by_move_and_ends_with_the_payloads_counts() -> None:
@@ -205,17 +228,17 @@ def test_the_lifecycle_follows_the_batch_move_by_move_and_ends_with_the_payloads
     shown: list[tuple[Counts, BatchProgress | None]] = []
     save = store.save
 
-    def watched(before: Lifecycle, after: Lifecycle, *, expect_requested: bool = False) -> None:
-        save(before, after, expect_requested=expect_requested)
+    def watched(
+        before: Lifecycle, after: Lifecycle, *, expect_requested: bool = False, expect_state: bool = False
+    ) -> None:
+        save(before, after, expect_requested=expect_requested, expect_state=expect_state)
         record = store.lifecycle(CLUSTER)
         shown.append((record.counts, record.batch))
 
     store.save = watched  # type: ignore[method-assign]
     before = Counts(pending=4, done=3, failed=1, skipped=2)  # earlier batches of the run
-    result = run_slice(
-        store, mover(cluster), replace(batch(), counts=before, batches=3), renew=lambda _: None
-    )
-    assert shown[0] == (before, BatchProgress(number=1, of=3, moves=4))  # before any move
+    result = run_slice(store, mover(cluster), replace(batch(), counts=before, batches=3), renew=held)
+    assert shown[1] == (before, BatchProgress(number=1, of=3, moves=4))  # before any move, after the mark
     assert shown[-1] == (
         Counts(pending=0, done=7, failed=1, skipped=2),
         BatchProgress(number=1, of=3, moves=4, done=4),
@@ -234,7 +257,7 @@ def test_a_batch_over_many_slices_counts_each_move_into_the_run_once() -> None:
     while slices < 50:
         slices += 1
         short = replace(batch(remaining=TIMEOUT_MARGIN_SECONDS), counts=counts)  # one wave per slice
-        result = run_slice(store, mover(cluster), short, renew=lambda _: None)
+        result = run_slice(store, mover(cluster), short, renew=held)
         counts = Counts(
             pending=counts.pending - result.finished,
             done=counts.done + result.done,
@@ -263,6 +286,6 @@ def test_a_new_plan_or_the_end_of_the_run_clears_the_batch_progress() -> None:
 
 def test_status_follows_a_members_batch_as_it_follows_leader_moves() -> None:
     store, _cluster, mover = members_world()
-    run_slice(store, mover, replace(batch(), counts=Counts(pending=3)), renew=lambda _: None)
+    run_slice(store, mover, replace(batch(), counts=Counts(pending=3)), renew=held)
     record = store.lifecycle(CLUSTER)
     assert (record.counts, record.batch) == (Counts(done=3), BatchProgress(1, 1, 3, done=3))

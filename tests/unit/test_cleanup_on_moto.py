@@ -4,8 +4,10 @@ delivery of the same event (EventBridge retries) finds nothing left to undo."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import boto3
@@ -24,10 +26,12 @@ from queue_balancer.contract import (
     cluster_pk,
     table_definition,
 )
-from queue_balancer.lifecycle import State, started
+from queue_balancer.lifecycle import Control, Counts, Lifecycle, State, started
+from queue_balancer.lock import LockLost
 from queue_balancer.model import QueueRef
 from queue_balancer.movers import derived_run_id, exact_pattern, temporary_policy_name
 from queue_balancer.workflow.leases import iso, run_lock
+from tests.conftest import wait_until
 from tests.unit.fake_cluster import Counter, FakeCluster, FakeQueue, Transfer
 from tests.unit.test_handlers import CONTEXT
 
@@ -96,3 +100,52 @@ def test_a_stopped_execution_leaves_no_lock_policy_or_busy_lifecycle(store: Stor
     assert (record.state, record.outcome) == (State.IDLE, "failed: ExecutionAborted")
     assert store.meta(RUN_ID)["error"] == "ExecutionAborted"
     assert again["skipped"] == "the execution no longer owns a run: nothing to undo"
+
+
+def test_cleanup_waits_until_the_slice_under_way_removes_its_mark_on_the_real_table(store: Store) -> None:
+    """The slice's side is played here through the same store: it sees the stop, writes its last counts
+    (only while its run is still BALANCING and as Cleanup asked) and removes its mark; Cleanup, which
+    waited for that, then writes IDLE with those counts."""
+    fake = FakeCluster()
+    run_lock(fake, RUN_ID, until=int(time.time()) + 900).acquire()
+    store.table.put_item(
+        Item={
+            PARTITION_KEY: cluster_pk(CLUSTER),
+            SORT_KEY: LOCK_SK,
+            "run_id": RUN_ID,
+            "execution_arn": EXECUTION,
+        }
+    )
+    record = started(CLUSTER, run_id=RUN_ID, execution_arn=EXECUTION, action="balance", now=iso())
+    store.start(replace(record, state=State.BALANCING, slice_until=int(time.time()) + 300))
+    slice_error: list[BaseException] = []
+
+    def stop_asked() -> Lifecycle | None:
+        current = store.lifecycle(CLUSTER)
+        return current if current.ending else None
+
+    def running_slice() -> None:
+        try:
+            asked = wait_until(stop_asked, timeout=10, what="Cleanup's stop")
+            assert asked.requested is Control.STOP and asked.slice_until is not None
+            store.save(asked, replace(asked, counts=Counts(done=3)), expect_state=True)
+            store.save(store.lifecycle(CLUSTER), replace(store.lifecycle(CLUSTER), slice_until=None))
+        except BaseException as exc:  # reported by the test below
+            slice_error.append(exc)
+
+    thread = threading.Thread(target=running_slice, daemon=True)
+    thread.start()
+    with inject(
+        Dependencies(store=lambda: store, cluster=lambda: ClusterAccess(fake, Transfer(fake), Counter(fake)))
+    ):
+        result = cleanup.handler(stopped(EXECUTION), CONTEXT)
+    thread.join(timeout=5)
+    assert not slice_error
+    assert "The RunBatch slice under way stopped within" in result["message"]
+    assert "Moves: 3 done" in result["message"]
+    ended = store.lifecycle(CLUSTER)
+    assert (ended.state, ended.slice_until, ended.ending, ended.counts.done) == (State.IDLE, None, None, 3)
+    as_the_slice_read_it = replace(ended, state=State.BALANCING)
+    with pytest.raises(LockLost, match="is IDLE now"):  # a late board write of the slice lands nowhere
+        store.save(as_the_slice_read_it, replace(ended, counts=Counts(done=4)), expect_state=True)
+    assert store.lifecycle(CLUSTER).counts.done == 3

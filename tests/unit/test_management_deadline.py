@@ -66,17 +66,23 @@ def test_a_given_deadline_cuts_the_call_short() -> None:
     assert session.timeouts == [0.8] and session.now == 0.8
 
 
-def test_no_write_is_retried_once_the_guard_says_the_lock_is_lost() -> None:
+def test_no_write_begins_or_is_retried_once_the_guard_says_the_lock_is_lost() -> None:
     session = HangingSession(status=503)
     client = client_on(session)
+    checks: list[str] = []
 
-    def lost() -> None:
-        raise LockLost("run r could not renew the cluster's lock for 31 s")
+    def lost_after_the_first_attempt() -> None:
+        checks.append("check")
+        if len(checks) > 1:
+            raise LockLost("run r could not renew the cluster's lock for 31 s")
 
-    client.guard = lost
+    client.guard = lost_after_the_first_attempt
     with pytest.raises(LockLost):
         client.delete_policy("/", "p")
     assert len(session.timeouts) == 1  # the first attempt only
+    with pytest.raises(LockLost):
+        client.put_policy("/", "p", pattern="^q$", definition={}, priority=1)
+    assert len(session.timeouts) == 1  # not even a first attempt
     with pytest.raises(ManagementError, match="HTTP 503"):
         client.nodes()  # reads are not the guard's business: retried, never refused
     assert len(session.timeouts) == 1 + 4
