@@ -85,7 +85,7 @@ document is about 2.6 KB); the rest is margin."""
 ANSWER_CHARS_LIMIT = 20_000
 """One command's answers at the most, as estimated before sending: under ``STDOUT_LIMIT`` with margin."""
 ITEMS_PER_COMMAND = 100
-_ANSWER_CHARS = {
+ANSWER_CHARS: Final[Mapping[str, int]] = {
     # one item's answer beyond its names (repeated as UTF-8 text, never more characters than bytes): its
     # keys and Ra's answer as text
     # (``ok``, ``already_leader``, a short error term; a crash report is longer, and is then cut short)
@@ -94,6 +94,7 @@ _ANSWER_CHARS = {
     "delete_member": 100,
     "member_status": 7 * 300,  # a proplist of about 250 characters per member, up to 7 members
     "drained": 60,
+    "transfer_stream": 150,  # with the restarts made and the last answer, ``{migrated,'rabbit@...'}``
 }
 
 
@@ -164,13 +165,13 @@ def parameters(expression_: str) -> dict[str, list[str]]:
 def commands(expression_: str) -> list[dict[str, list[str]]]:
     """``parameters`` for ``expression_``, split into commands that each fit SSM's limits: at most
     ``ITEMS_PER_COMMAND`` items, ``ITEMS_BYTES_LIMIT`` bytes of items and ``ANSWER_CHARS_LIMIT``
-    characters of estimated answers (see ``_ANSWER_CHARS``), in the items' order."""
+    characters of estimated answers (see ``ANSWER_CHARS``), in the items' order."""
     whole = parameters(expression_)
     operation = whole["operation"][0]
     chunks: list[list[str]] = [[]]
     size = answers = 0
     for item in whole["items"][0].split(";"):
-        answer = _ANSWER_CHARS[operation] + _decoded_bytes(item)
+        answer = ANSWER_CHARS[operation] + _decoded_bytes(item)
         full = (
             len(chunks[-1]) >= ITEMS_PER_COMMAND
             or size + len(item) + 1 > ITEMS_BYTES_LIMIT

@@ -172,3 +172,7 @@ def test_a_garbled_or_missing_answer_is_a_leader_transfer_error_with_what_the_no
         run_batch(lambda _: RESULT_MARKER + "[]", TRANSFER_FUN, items)
     with pytest.raises(LeaderTransferError, match="no result; the node said: Error: unable to connect"):
         run_batch(lambda _: "Error: unable to connect", TRANSFER_FUN, items)
+
+
+def test_every_operation_of_the_document_has_an_answer_size_to_chunk_by() -> None:
+    assert set(eval_document.ANSWER_CHARS) == set(eval_document.OPERATIONS)
