@@ -66,13 +66,8 @@ def stopped(execution: str) -> dict[str, Any]:
     return {"version": "0", "detail-type": STATUS_CHANGE, "source": "aws.states", "detail": detail}
 
 
-def test_a_stopped_execution_leaves_no_lock_policy_or_busy_lifecycle(store: Store) -> None:
-    fake = FakeCluster()
-    fake.add_queue(FakeQueue("/", "q0", "a", messages=10))
-    policy = temporary_policy_name(QueueRef("/", "q0"), derived_run_id(RUN_ID))
-    fake.add_policy(
-        "/", policy, exact_pattern("q0"), {"ha-mode": "nodes", "ha-params": ["a", "b"]}, priority=9
-    )
+def hold_both_locks(store: Store, fake: FakeCluster) -> None:
+    """The execution's DynamoDB lock (as AcquireLock writes it) and the cluster's."""
     expires = int(time.time()) + 900
     store.table.put_item(
         Item={
@@ -85,6 +80,16 @@ def test_a_stopped_execution_leaves_no_lock_policy_or_busy_lifecycle(store: Stor
         }
     )
     run_lock(fake, RUN_ID, until=expires).acquire()
+
+
+def test_a_stopped_execution_leaves_no_lock_policy_or_busy_lifecycle(store: Store) -> None:
+    fake = FakeCluster()
+    fake.add_queue(FakeQueue("/", "q0", "a", messages=10))
+    policy = temporary_policy_name(QueueRef("/", "q0"), derived_run_id(RUN_ID))
+    fake.add_policy(
+        "/", policy, exact_pattern("q0"), {"ha-mode": "nodes", "ha-params": ["a", "b"]}, priority=9
+    )
+    hold_both_locks(store, fake)
     store.start(started(CLUSTER, run_id=RUN_ID, execution_arn=EXECUTION, action="balance", now=iso()))
     access = ClusterAccess(fake, Transfer(fake), Counter(fake))
 
@@ -107,15 +112,7 @@ def test_cleanup_waits_until_the_slice_under_way_removes_its_mark_on_the_real_ta
     (only while its run is still BALANCING and as Cleanup asked) and removes its mark; Cleanup, which
     waited for that, then writes IDLE with those counts."""
     fake = FakeCluster()
-    run_lock(fake, RUN_ID, until=int(time.time()) + 900).acquire()
-    store.table.put_item(
-        Item={
-            PARTITION_KEY: cluster_pk(CLUSTER),
-            SORT_KEY: LOCK_SK,
-            "run_id": RUN_ID,
-            "execution_arn": EXECUTION,
-        }
-    )
+    hold_both_locks(store, fake)
     record = started(CLUSTER, run_id=RUN_ID, execution_arn=EXECUTION, action="balance", now=iso())
     store.start(replace(record, state=State.BALANCING, slice_until=int(time.time()) + 300))
     slice_error: list[BaseException] = []
