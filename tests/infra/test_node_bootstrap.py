@@ -272,6 +272,39 @@ def test_the_lifecycle_service_runs_the_hook_handler() -> None:
     assert "Restart=on-failure" in unit
 
 
+@pytest.mark.parametrize(
+    ("answer", "logged"),
+    [
+        ("", "launch action completed: CONTINUE"),
+        # The instances of the stack's creation: the hook is created after the group, they have no action.
+        ("No active Lifecycle Action found with instance ID i-0abc", "no launch action to complete"),
+    ],
+)
+def test_the_launch_action_is_completed_once_with_the_nodes_own_group_hook_and_instance(
+    tmp_path: Path, answer: str, logged: str
+) -> None:
+    calls = tmp_path / "aws-calls"
+    steps = f"""
+        imds() {{ echo i-0abc; }}
+        auto_scaling_group() {{ echo rabbitmq-nodes; }}
+        aws() {{ printf '%s\\n' "$*" >>{calls}; [[ -z "{answer}" ]] || {{ echo "{answer}" >&2; return 254; }}; }}
+        LAUNCH_HOOK_NAME=rabbitmq-join-cluster complete_launch CONTINUE
+    """
+    done = subprocess.run(
+        ["bash", "-c", f'set -Eeuo pipefail; source "$1"; {steps}', "bash", str(BOOTSTRAP_SCRIPT)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **SETTINGS},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0 and logged in done.stderr, done.stderr
+    assert calls.read_text().splitlines() == [
+        "autoscaling complete-lifecycle-action --auto-scaling-group-name rabbitmq-nodes --lifecycle-hook-name "
+        "rabbitmq-join-cluster --instance-id i-0abc --lifecycle-action-result CONTINUE"
+    ]
+
+
 def test_the_metrics_timer_runs_the_installed_script_every_minute() -> None:
     assert "ExecStart=/usr/local/sbin/rabbitmq-node metrics" in render("render_metrics_service")
     assert "OnUnitActiveSec=1min" in render("render_metrics_timer")
