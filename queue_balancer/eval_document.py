@@ -94,7 +94,7 @@ ANSWER_CHARS: Final[Mapping[str, int]] = {
     "delete_member": 100,
     "member_status": 7 * 300,  # a proplist of about 250 characters per member, up to 7 members
     "drained": 60,
-    "transfer_stream": 150,  # with the restarts made and the last answer, ``{migrated,'rabbit@...'}``
+    "transfer_stream": 220,  # restarts, offsets before/after and the last answer, ``{migrated,'rabbit@...'}``
 }
 
 

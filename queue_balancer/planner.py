@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.flow import MinCostFlow, largest_feasible, smallest_feasible
-from queue_balancer.model import DOT_SEGMENTS, Move, Plan, Queue, QueueType, Skipped, Snapshot
+from queue_balancer.model import DOT_SEGMENTS, Move, Plan, Queue, QueueRef, QueueType, Skipped, Snapshot
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class PlanOptions:
     """False when no leader-transfer primitive is configured: quorum queues are then skipped."""
     move_streams: bool = False
     """Streams movable, best effort (``--move-streams``): their coordinator may choose another member."""
+    streams_left: frozenset[QueueRef] = frozenset()
+    """Streams the coordinator left elsewhere earlier in this run: not restarted again before the next run."""
 
     def __post_init__(self) -> None:
         if self.pattern is not None:
@@ -148,6 +150,7 @@ class StreamRules:
     version: str
     supported: bool
     eval_port: bool
+    left: frozenset[QueueRef] = frozenset()
 
 
 def _classify_stream(
@@ -160,6 +163,9 @@ def _classify_stream(
         )
     if not rules.eval_port:
         return skip("stream: no leader-transfer primitive configured (see --eval-command)")
+    if queue.ref in rules.left:
+        # Under a publisher the writer's tail is ahead of its replicas: it wins the election again.
+        return skip("stream: its coordinator kept it elsewhere earlier in this run (tried again next run)")
     # The restart stops every member and elects among a majority: all must run, or the choice narrows.
     if set(queue.in_sync) != set(queue.replicas):
         return skip(f"stream with members offline ({len(queue.in_sync) + 1} of {len(queue.members)} online)")
@@ -209,7 +215,12 @@ def survey(snapshot: Snapshot, options: PlanOptions) -> Survey:
     running = frozenset(snapshot.serving_nodes)
     drained = frozenset(snapshot.drained_nodes)
     streams = (
-        StreamRules(snapshot.platform.version, snapshot.platform.stream_transfer, options.quorum_transfer)
+        StreamRules(
+            snapshot.platform.version,
+            snapshot.platform.stream_transfer,
+            options.quorum_transfer,
+            options.streams_left,
+        )
         if options.move_streams
         else None
     )

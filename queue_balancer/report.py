@@ -10,6 +10,7 @@ from queue_balancer.members import mirror_spread
 from queue_balancer.model import JsonDict, QueueType, Skipped, Snapshot, equilibrium, spread
 from queue_balancer.movers import MoveProgress, Phase
 from queue_balancer.movers.policies import is_temporary, owning_run
+from queue_balancer.movers.stream import left_elsewhere
 from queue_balancer.movers.verify import CHANGED_UNDER_TRAFFIC
 from queue_balancer.planner import PlanOptions, survey
 
@@ -244,6 +245,26 @@ class RunSummary:
         """Stream moves (``--move-streams``): landed or left by the coordinator on another member, said so."""
         return tuple(p for p in self.moves if p.move.type is QueueType.STREAM and p.phase is Phase.DONE)
 
+    @property
+    def streams_left(self) -> tuple[MoveProgress, ...]:
+        """Stream moves that ended without landing: neither failed nor done (``--move-streams``)."""
+        return left_elsewhere(self.moves)
+
+    @property
+    def done(self) -> int:
+        """Moves that did what was planned: not failed, and not a stream left on another member."""
+        return len(self.moves) - len(self.failed) - len(self.streams_left)
+
+    def headline(self) -> str:
+        """``N done (...), M failed``, with the streams left elsewhere counted apart."""
+        changed = (
+            f" ({len(self.changed_under_traffic)} changed under traffic)"
+            if self.changed_under_traffic
+            else ""
+        )
+        left = f", {len(self.streams_left)} streams left elsewhere (best effort)" if self.streams_left else ""
+        return f"moves: {self.done} done{changed}{left}, {len(self.failed)} failed"
+
     def brief_dict(self, limit: int = STORED_LIST) -> JsonDict:
         """The figures of the run with at most ``limit`` failed moves and skipped queues listed (a stored
         item has a size limit; the counts say how many there were)."""
@@ -255,8 +276,9 @@ class RunSummary:
                 "before": round(self.before.equilibrium, 3),
                 "after": round(self.after.equilibrium, 3),
             },
-            "moves_done": len(self.moves) - len(self.failed),
+            "moves_done": self.done,
             "moves_failed": len(self.failed),
+            "streams_left": len(self.streams_left),
             "skipped_count": len(self.after.skipped),
             "seconds": round(self.seconds, 2),
             "failed": [{**p.move.to_dict(), "outcome": p.outcome} for p in self.failed[:limit]],
@@ -268,8 +290,9 @@ class RunSummary:
         return {
             "before": self.before.to_dict(),
             "after": self.after.to_dict(),
-            "moves_done": sum(1 for p in self.moves if p.phase is Phase.DONE),
+            "moves_done": self.done,
             "moves_changed_under_traffic": len(self.changed_under_traffic),
+            "streams_left": len(self.streams_left),
             "moves_failed": len(self.failed),
             "seconds": round(self.seconds, 2),
             "moves": [
@@ -278,6 +301,7 @@ class RunSummary:
                     "result": p.phase.value,
                     "outcome": p.outcome,
                     "seconds": round(p.seconds, 2),
+                    **({"offsets_verified": p.offsets_verified} if p.move.type is QueueType.STREAM else {}),
                 }
                 for p in self.moves
             ],
@@ -294,14 +318,7 @@ def summary_text(run: RunSummary) -> str:
         f"spread {run.before.spread} -> {run.after.spread}   "
         f"equilibrium {run.before.equilibrium:.0%} -> {run.after.equilibrium:.0%}"
     )
-    done = len(run.moves) - len(run.failed)
-    changed = (
-        f" ({len(run.changed_under_traffic)} changed under traffic)" if run.changed_under_traffic else ""
-    )
-    lines.append(
-        f"moves: {done} done{changed}, {len(run.failed)} failed, {len(run.after.skipped)} queues skipped, "
-        f"{run.seconds:.1f} s"
-    )
+    lines.append(f"{run.headline()}, {len(run.after.skipped)} queues skipped, {run.seconds:.1f} s")
     for p in run.moves:
         if p.outcome:
             lines.append(f"  {p.move.ref} ({p.move.source} -> {p.move.target}): {p.phase.value}, {p.outcome}")
@@ -315,12 +332,11 @@ def summary_markdown(run: RunSummary) -> str:
     nodes = sorted(set(before) | set(after))
     lines = ["| node | before | after |", "|---|---:|---:|"]
     lines += [f"| {n} | {before.get(n, 0)} | {after.get(n, 0)} |" for n in nodes]
-    done = len(run.moves) - len(run.failed)
     lines += [
         "",
         f"spread {run.before.spread} -> {run.after.spread}, "
         f"equilibrium {run.before.equilibrium:.0%} -> {run.after.equilibrium:.0%}",
-        f"moves: {done} done, {len(run.failed)} failed, {len(run.after.skipped)} skipped, {run.seconds:.1f} s",
+        f"{run.headline()}, {len(run.after.skipped)} skipped, {run.seconds:.1f} s",
     ]
     lines += [f"- failed: `{p.move.vhost}` / `{p.move.queue}`: {p.outcome}" for p in run.failed[:50]]
     lines += [f"- stream `{p.move.vhost}` / `{p.move.queue}`: {p.outcome}" for p in run.best_effort[:50]]

@@ -9,6 +9,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from queue_balancer import arguments, report
@@ -21,6 +22,7 @@ from queue_balancer.errors import ConfigurationError
 from queue_balancer.lock import Heartbeat, holding
 from queue_balancer.model import Plan, QueueType, Snapshot
 from queue_balancer.movers import MoveProgress, cleanup
+from queue_balancer.movers.stream import streams_left
 from queue_balancer.observe import settle
 from queue_balancer.planner import PlanOptions, plan
 from queue_balancer.runner import run_moves
@@ -199,7 +201,7 @@ def _balance(
         # Re-read (waiting a bounded time for queues still syncing) and re-plan: failed moves and
         # queues skipped as syncing get another round while that improves the spread.
         snapshot = settle(connection, sleep=time.sleep, clock=time.monotonic)
-        current = plan(snapshot, round_options(options, len(history)))
+        current = plan(snapshot, round_options(options, history))
         if not another_round(current, round_number, args.rounds):
             break
     summary = report.RunSummary(
@@ -209,12 +211,14 @@ def _balance(
     return EXIT_MOVES_FAILED if summary.failed else EXIT_OK
 
 
-def round_options(run: PlanOptions, moves_so_far: int) -> PlanOptions:
+def round_options(run: PlanOptions, history: Sequence[MoveProgress]) -> PlanOptions:
     """The next round's options: ``--max-moves`` bounds the whole run, so a round may make what the run's
-    limit leaves after every move made so far (counted once, from the run's own limit)."""
+    limit leaves after every move made so far (counted once, from the run's own limit); a stream the
+    coordinator left elsewhere is not restarted again in this run."""
+    left = streams_left(history)
     if run.max_moves is None:
-        return run
-    return dataclasses.replace(run, max_moves=max(run.max_moves - moves_so_far, 0))
+        return dataclasses.replace(run, streams_left=left)
+    return dataclasses.replace(run, max_moves=max(run.max_moves - len(history), 0), streams_left=left)
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:

@@ -200,6 +200,12 @@ class Mover(MoveContext):
         """
         if progress.finished or progress.phase is Phase.ROLLING_BACK:
             return progress
+        if (
+            progress.move.type is QueueType.STREAM
+            and progress.phase is Phase.RESTARTING
+            and progress.attempts
+        ):
+            return stream.interrupted(self, progress, reason)
         try:
             if progress.move.type is QueueType.CLASSIC:
                 return classic.roll_back(self, progress, reason)

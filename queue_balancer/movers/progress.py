@@ -72,6 +72,8 @@ class MoveProgress:
     """The nodes the temporary policy mirrors the queue on right now (so a poll puts it only on change)."""
     attempts: int = 0
     """A stream move's restarts asked of its coordinator (``stream_transfer``): each restarts the writer."""
+    offsets_verified: bool = False
+    """A stream's offsets showed nothing committed was lost: its (non-monotonic) count is not judged."""
 
     @property
     def finished(self) -> bool:
@@ -93,6 +95,7 @@ class MoveProgress:
             "mirrors": list(self.mirrors),
             "asked": list(self.asked),
             "attempts": self.attempts,
+            "offsets_verified": self.offsets_verified,
         }
 
     @classmethod
@@ -110,6 +113,7 @@ class MoveProgress:
             mirrors=tuple(str(n) for n in data.get("mirrors") or ()),
             asked=tuple(str(n) for n in data.get("asked") or ()),
             attempts=int(data.get("attempts", 0)),
+            offsets_verified=bool(data.get("offsets_verified", False)),
         )
 
 

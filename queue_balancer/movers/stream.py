@@ -2,26 +2,46 @@
 
 ``start`` changes nothing; ``transfer`` asks for every stream of the batch in one eval (each stream up to
 ``STREAM_ATTEMPTS`` restarts, see ``stream_transfer``); ``restarting`` then observes, in the real-time view
-and within the phase deadline, that every member runs again and that the message count did not drop. A
-stream that ends on another member than the target is reported as such ("best effort: coordinator chose
-X"), not failed: the next round plans with it where it is. One whose members do not all come back, or whose
-count dropped, fails with that context.
+and within the phase deadline, that every member runs again. Nothing committed may be lost: the new
+writer's log tail must not be below the offset committed before (both read by the eval); only where the
+offsets could not be read is the message count compared (it moves with retention, so it is not monotonic).
+A stream that ends on another member than the target is reported as such ("best effort: coordinator chose
+X"), neither failed nor done: later rounds of the run leave it alone. One whose members do not all come
+back, or that lost committed messages, fails with that context.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 from queue_balancer.errors import BalancerError
-from queue_balancer.model import Queue
+from queue_balancer.model import Queue, QueueRef, QueueType
 from queue_balancer.movers.context import MoveContext
 from queue_balancer.movers.progress import MoveProgress, Phase
-from queue_balancer.stream_transfer import NOT_SUPPORTED
+from queue_balancer.stream_transfer import BUDGET_SPENT, EVAL_BUDGET_SECONDS, NOT_SUPPORTED
 
 MOVED = "moved (best effort"
 """The outcome of a stream that landed on its target: ``moved (best effort, 2 attempts)``."""
 MISSED = "best effort: coordinator chose"
 """The outcome of a stream the coordinator left on another member: not a failed move."""
+NOT_TRIED = "best effort: not restarted"
+"""The outcome of a stream whose turn came after the eval's time budget: nothing changed."""
+
+
+def left_elsewhere(moves: Iterable[MoveProgress]) -> tuple[MoveProgress, ...]:
+    """Stream moves that ended without landing (coordinator chose another member, or not restarted): not
+    failed, not moved either."""
+    return tuple(
+        p
+        for p in moves
+        if p.move.type is QueueType.STREAM and p.phase is Phase.DONE and not p.outcome.startswith(MOVED)
+    )
+
+
+def streams_left(moves: Iterable[MoveProgress]) -> frozenset[QueueRef]:
+    """The streams a later round of the same run leaves alone: under a publisher the writer wins again."""
+    return frozenset(p.move.ref for p in left_elsewhere(moves))
 
 
 def start(ctx: MoveContext, progress: MoveProgress) -> MoveProgress:
@@ -54,16 +74,26 @@ def transfer(ctx: MoveContext, started: list[MoveProgress]) -> list[MoveProgress
         elif answer.result == NOT_SUPPORTED:
             reason = "this RabbitMQ has no rabbit_stream_queue:transfer_leadership/2 (3.12+): nothing changed"
             result.append(ctx.finish(p, Phase.FAILED, reason))
+        elif answer.result == BUDGET_SPENT:
+            reason = f"{NOT_TRIED}: its turn came after the eval's {EVAL_BUDGET_SECONDS} s budget"
+            result.append(ctx.finish(p, Phase.DONE, reason))
         elif "not_found" in answer.result and not answer.attempts:
             result.append(ctx.finish(p, Phase.FAILED, "queue was deleted"))
+        elif answer.lost:
+            reason = (
+                f"verification: the writer had committed offset {answer.committed_before} before the restart, "
+                f"the new writer's log ends at {answer.tail_after}: committed messages lost"
+            )
+            result.append(ctx.finish(replace(p, attempts=answer.attempts), Phase.FAILED, reason))
         else:
-            result.append(ctx.next_phase(replace(p, attempts=max(answer.attempts, 1)), Phase.RESTARTING))
+            verified = answer.tail_after is not None and answer.committed_before is not None
+            restarted = replace(p, attempts=max(answer.attempts, 1), offsets_verified=verified)
+            result.append(ctx.next_phase(restarted, Phase.RESTARTING))
     return result
 
 
 def restarting(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProgress:
-    """Every member running again and the count not dropped: then landed, or left elsewhere (not failed)."""
-    move = progress.move
+    """Every member running again and nothing lost: then landed, or left elsewhere (not failed)."""
     members_back = bool(live.leader) and set(live.in_sync) == set(live.replicas)
     late = ctx.clock() > progress.deadline
     if not members_back:
@@ -75,6 +105,9 @@ def restarting(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MovePro
             )
             return ctx.finish(progress, Phase.FAILED, reason)
         return progress
+    if progress.offsets_verified:
+        # A retention trim or the new writer's first metrics tick moves the count: the offsets said it all.
+        return ctx.finish(progress, Phase.DONE, _where(progress, live.leader, ""))
     messages = _messages(ctx, progress)
     if messages is None:
         return ctx.finish(progress, Phase.FAILED, "queue was deleted")
@@ -84,10 +117,27 @@ def restarting(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MovePro
             change = f"message count {progress.messages_before} -> {messages} after the restart"
             return ctx.finish(progress, Phase.FAILED, f"verification: {change}")
         return progress
-    tries = f"{progress.attempts} attempt{'s' if progress.attempts != 1 else ''}"
-    if live.leader == move.target:
-        return ctx.finish(progress, Phase.DONE, f"{MOVED}, {tries})")
-    return ctx.finish(progress, Phase.DONE, f"{MISSED} {live.leader}, not {move.target} ({tries})")
+    return ctx.finish(progress, Phase.DONE, _where(progress, live.leader, ""))
+
+
+def _where(progress: MoveProgress, leader: str | None, note: str) -> str:
+    """``moved (best effort, 2 attempts)`` or ``best effort: coordinator chose X, not T (3 attempts)``."""
+    tries = f"{progress.attempts} attempt{'s' if progress.attempts != 1 else ''}{note}"
+    if leader == progress.move.target:
+        return f"{MOVED}, {tries})"
+    return f"{MISSED} {leader}, not {progress.move.target} ({tries})"
+
+
+def interrupted(ctx: MoveContext, progress: MoveProgress, reason: str) -> MoveProgress:
+    """An abort after the restarts (Ctrl-C, a stopped run, the phase deadline): nothing can be undone, so
+    say where the stream is now instead of a bare failure; unverified, and failed if it has no leader."""
+    try:
+        leader = ctx.live(progress.move).leader
+    except BalancerError as exc:
+        return ctx.finish(progress, Phase.FAILED, f"{reason} after the restart; where it is now: {exc}")
+    if not leader:
+        return ctx.finish(progress, Phase.FAILED, f"{reason} after the restart; the stream has no leader now")
+    return ctx.finish(progress, Phase.DONE, _where(progress, leader, f"; not verified: {reason}"))
 
 
 def _messages(ctx: MoveContext, progress: MoveProgress) -> int | None:

@@ -15,6 +15,7 @@ from queue_balancer.lifecycle.routing import Route
 from queue_balancer.members import MembersPlan, plan_members
 from queue_balancer.members_run import another_members_round
 from queue_balancer.model import Plan, Snapshot, spread
+from queue_balancer.movers.stream import streams_left
 from queue_balancer.observe import settle
 from queue_balancer.planner import plan
 from queue_balancer.safety import another_round
@@ -46,7 +47,11 @@ def verify_round(db: LifecycleStore, client: ClusterApi, config: RunInput, run: 
         spread_after = replanned.spread_before
     else:
         current = settle(client, sleep=time.sleep, clock=time.monotonic)
-        replanned = plan(current, config.plan_options(quorum_transfer=True))
+        # A stream its coordinator left elsewhere is not restarted again in this run.
+        options = replace(
+            config.plan_options(quorum_transfer=True), streams_left=streams_left(db.results(run.run_id))
+        )
+        replanned = plan(current, options)
         again = another_round(replanned, run.round, config.rounds)
         spread_after = spread(replanned.before)
     if not again:

@@ -172,6 +172,7 @@ def test_quorum_leaders_are_balanced_and_streams_move_only_when_asked_best_effor
         for move in moves:
             landed = move["outcome"].startswith("moved (best effort, ")
             assert landed or move["outcome"].startswith("best effort: coordinator chose "), move
+            assert move["offsets_verified"], "the writer's offsets were read before and after the restart"
         after = streams()
         assert all(set(q.in_sync) == set(q.replicas) and len(q.members) == 3 for q in after.values())
         assert counts() == dict.fromkeys(names, 50), "a restart keeps every message"

@@ -13,6 +13,7 @@ from queue_balancer.errors import ClusterNotReady, NotFound
 from queue_balancer.maintenance import with_maintenance
 from queue_balancer.management import ManagementClient
 from queue_balancer.model import Move, Plan, QueueRef, QueueType, Snapshot
+from queue_balancer.movers import MoveProgress, Phase
 from queue_balancer.observe import looks_unsettled, refresh_unsettled, settle
 from queue_balancer.planner import PlanOptions, plan
 from queue_balancer.safety import another_round, traffic_gate
@@ -188,10 +189,36 @@ def test_maintenance_mode_that_cannot_be_read_is_said_once_at_the_top(
     assert capsys.readouterr().err == ""
 
 
+def history(done: int) -> list[MoveProgress]:
+    return [
+        MoveProgress(Move("/", f"q{i}", QueueType.CLASSIC, "a", "b", 0), Phase.DONE, 0.0, 1.0)
+        for i in range(done)
+    ]
+
+
 def test_max_moves_bounds_the_whole_run_counting_each_move_once() -> None:
     """ops-2 #9 (b): --max-moves 10 with 4 then 2 moves leaves 4 for round 3 (it used to leave 0)."""
     run = PlanOptions(max_moves=10)
-    assert round_options(run, 4).max_moves == 6
-    assert round_options(run, 4 + 2).max_moves == 4
-    assert round_options(run, 12).max_moves == 0
-    assert round_options(PlanOptions(), 50) == PlanOptions()
+    assert round_options(run, history(4)).max_moves == 6
+    assert round_options(run, history(6)).max_moves == 4
+    assert round_options(run, history(12)).max_moves == 0
+    assert round_options(PlanOptions(), history(50)) == PlanOptions()
+
+
+def test_a_stream_its_coordinator_left_elsewhere_is_not_planned_again_in_the_run() -> None:
+    """ops-3 #4: under a publisher the writer wins every election: each re-plan restarted it 3 more times."""
+
+    def stream(name: str) -> dict[str, Any]:
+        return {**classic(name), "type": "stream", "members": ["a", "b", "c"], "online": ["a", "b", "c"]}
+
+    snapshot = Snapshot.from_api(NODES, [stream(f"s{i}") for i in (1, 2, 3)], {"rabbitmq_version": "4.0.5"})
+    options = PlanOptions(move_streams=True)
+    first, second = plan(snapshot, options).moves
+    left = MoveProgress(
+        first, Phase.DONE, 0.0, 1.0, outcome=f"best effort: coordinator chose a, not {first.target}"
+    )
+    landed = MoveProgress(second, Phase.DONE, 0.0, 1.0, outcome="moved (best effort, 1 attempt)")
+    again = plan(snapshot, round_options(options, [left, landed]))
+    assert again.moves and first.queue not in {m.queue for m in again.moves}
+    assert first.queue in {m.queue for m in plan(snapshot, round_options(options, [landed])).moves}
+    assert any(s.queue == first.queue and "earlier in this run" in s.reason for s in again.skipped)

@@ -103,3 +103,15 @@ def test_stream_moves_are_listed_as_best_effort_in_every_report_and_none_counts_
     assert line in summary_text(run) and f"- stream `/` / `q1`: {line}" in summary_markdown(run)
     brief = run.brief_dict()
     assert brief["moves_failed"] == 0 and brief["best_effort"][0]["outcome"] == line
+
+
+def test_streams_left_elsewhere_are_counted_apart_not_as_done() -> None:
+    """ops-3 #7: a run whose coordinator kept the stream on its source printed "1 done, 0 failed"."""
+    before = Report.of(_snapshot([("/", "rabbit@a", QueueType.STREAM)] * 2))
+    left = _ended("q1", QueueType.STREAM, Phase.DONE, "best effort: coordinator chose rabbit@a, not rabbit@b")
+    landed = _ended("q2", QueueType.STREAM, Phase.DONE, "moved (best effort, 1 attempt)")
+    run = RunSummary(before, before, (left, landed), 5.0)
+    assert "moves: 1 done, 1 streams left elsewhere (best effort), 0 failed" in summary_text(run)
+    assert "moves: 1 done, 1 streams left elsewhere (best effort), 0 failed" in summary_markdown(run)
+    assert (run.brief_dict()["moves_done"], run.brief_dict()["streams_left"]) == (1, 1)
+    assert (run.to_dict()["moves_done"], run.to_dict()["streams_left"]) == (1, 1)

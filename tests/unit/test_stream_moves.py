@@ -4,13 +4,13 @@ or a dropped count (failed), and a RabbitMQ without the primitive (nothing chang
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from queue_balancer.model import Move, Queue, QueueCount, QueueRef, QueueType
 from queue_balancer.movers import MoveContext, MoveProgress, Phase
 from queue_balancer.movers import stream as stream_move
-from queue_balancer.stream_transfer import NOT_SUPPORTED, StreamAnswer
+from queue_balancer.stream_transfer import BUDGET_SPENT, NOT_SUPPORTED, StreamAnswer
 
 MOVE = Move("/", "s", QueueType.STREAM, "rabbit@a", "rabbit@b", 100)
 
@@ -96,3 +96,52 @@ def test_a_rabbitmq_without_the_primitive_changes_nothing_and_says_so() -> None:
     failed = restarted(ctx)
     assert failed.phase is Phase.FAILED and "transfer_leadership/2 (3.12+): nothing changed" in failed.outcome
     assert StreamAnswer(1, "{migrated,'rabbit@b'}").chosen == "rabbit@b"
+    assert StreamAnswer(1, "{ok,'rabbit@b'}").chosen == "rabbit@b"  # 4.3+
+
+
+def test_a_stream_past_the_eval_budget_was_not_restarted_and_is_not_failed() -> None:
+    """ops-3 #6: the eval starts no restart past its budget; that stream is left, said so."""
+    ctx, _ = context(BUDGET_SPENT, 0)
+    left = restarted(ctx)
+    assert left.phase is Phase.DONE and left.outcome.startswith("best effort: not restarted")
+    assert stream_move.streams_left([left]) == {MOVE.ref}
+
+
+def test_an_interrupt_after_the_restart_says_where_the_stream_is() -> None:
+    """ops-3 #10: an abort after the restart used to say FAILED "interrupted" even when it had landed."""
+
+    @dataclass
+    class Api:
+        leader: str
+
+        def queue_now(self, vhost: str, name: str) -> dict[str, Any]:
+            return {"vhost": vhost, "name": name, "type": "stream", "node": self.leader, "members": []}
+
+    ctx, _ = context("{ok,'rabbit@b'}", 1)
+    progress = restarted(ctx)
+    for leader, outcome in (
+        ("rabbit@b", "moved (best effort, 1 attempt; not verified: interrupted)"),
+        (
+            "rabbit@a",
+            "best effort: coordinator chose rabbit@a, not rabbit@b (1 attempt; not verified: interrupted)",
+        ),
+    ):
+        seen = stream_move.interrupted(replace(ctx, client=Api(leader)), progress, "interrupted")  # type: ignore[arg-type]
+        assert (seen.phase, seen.outcome) == (Phase.DONE, outcome)
+
+
+def test_the_offsets_not_the_count_judge_a_restart() -> None:
+    """ops-3 #8: a retention trim (or a new writer's first 0) dropped the count and failed a healthy move;
+    a new writer whose log ends below the committed offset has lost messages and fails at once."""
+    ctx, _ = context("{ok,'rabbit@b'}", 1, messages=0)
+    ctx = replace(ctx, stream_transfer=Streams(StreamAnswer(1, "{ok,'rabbit@b'}", 49, 49)))
+    progress = restarted(ctx)
+    assert progress.offsets_verified
+    done = stream_move.restarting(ctx, progress, live("rabbit@b"))
+    assert (done.phase, done.outcome) == (Phase.DONE, "moved (best effort, 1 attempt)")
+    assert MoveProgress.from_dict(done.to_dict()) == done
+
+    ctx = replace(ctx, stream_transfer=Streams(StreamAnswer(1, "{ok,'rabbit@b'}", 49, 40)))
+    lost = restarted(ctx)
+    assert lost.phase is Phase.FAILED
+    assert "committed offset 49 before the restart, the new writer's log ends at 40" in lost.outcome
