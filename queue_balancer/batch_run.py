@@ -10,8 +10,9 @@ Idempotent under retries: the Mover resumes a move that already happened, and th
 only ever replaced by a later one. The Lambda handler parses the event and makes this one call.
 
 A slice stops starting moves within ``CONTROL_INTERVAL`` when its execution was stopped or timed out:
-it marks itself in the lifecycle item (``slice_until``) before it changes anything, and Cleanup of the
-ended execution asks it to stop (``requested`` and ``ending``) and waits until that mark is gone
+it marks itself in the lifecycle item (``slices``, keyed by its Lambda request id) before it changes
+anything, and Cleanup of the ended execution asks it to stop (``requested`` and ``ending``) and waits
+until no mark is left (a retried slice that overlaps another removes only its own)
 before it removes policies and gives the locks back; the slice rolls back its moves under way as on
 ``stop``. A slice also ends once the item is another run's or no longer BALANCING, or a lock is no
 longer its own (then without a rollback: that would write without the lock), and makes no write once
@@ -45,6 +46,7 @@ from queue_balancer.lifecycle import (
     Lifecycle,
     State,
     fits_in_history,
+    slice_mark,
 )
 from queue_balancer.lifecycle.routing import Route
 from queue_balancer.lock import Guarded, LockLost, guarding
@@ -114,6 +116,8 @@ class BatchSlice:
     """The run's counts before this slice (the lifecycle shows them moving as the slice's moves finish)."""
     batches: int = 1
     """Batches in the current plan."""
+    invocation: str = ""
+    """The Lambda request id: the key of this slice's mark in the lifecycle item."""
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -188,15 +192,15 @@ def run_slice(
     record = _running(store.lifecycle(batch.cluster), batch)
     if record.ending is not None:
         raise LockLost(f"run {batch.run_id} is being ended ({record.ending}): this slice changes nothing")
-    store.save(
-        record, replace(record, slice_until=int(started + batch.remaining_seconds) + 1), expect_state=True
-    )
+    until = int(started + batch.remaining_seconds) + 1
+    mark = slice_mark(batch.invocation)
+    store.save(record, replace(record, slices={**record.slices, mark: until}), expect_state=True)
     try:
         lease = renew(batch.lease_until(started))
         with guarding(writer, lease.check):
             return _drive(store, mover, batch, lease, on_change, now)
     finally:
-        _unmark(store, batch)
+        _unmark(store, batch, mark)
 
 
 def _drive(
@@ -269,12 +273,14 @@ def _running(record: Lifecycle, batch: BatchSlice) -> Lifecycle:
     return record
 
 
-def _unmark(store: BatchStore, batch: BatchSlice) -> None:
-    """Remove the slice's mark (Cleanup of an ended execution waits for that), while the item is the run's."""
+def _unmark(store: BatchStore, batch: BatchSlice, mark: str) -> None:
+    """Remove this slice's mark, and only its own (Cleanup of an ended execution waits until no mark is
+    left), while the item is the run's."""
     record = store.lifecycle(batch.cluster)
-    if record.run_id == batch.run_id and record.slice_until is not None:
+    if record.run_id == batch.run_id and mark in record.slices:
+        others = {key: until for key, until in record.slices.items() if key != mark}
         with suppress(LockLost):  # another run took the item meanwhile: its own now
-            store.save(record, replace(record, slice_until=None))
+            store.save(record, replace(record, slices=others))
 
 
 @dataclass

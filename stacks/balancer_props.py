@@ -3,6 +3,7 @@ deployment's choices and the workflow sources. ``app.py`` builds them from the c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_secretsmanager as secretsmanager
 
+from queue_balancer.workflow.ended import FUNCTION_SECONDS_NEEDED, UNDO_SECONDS
 from stacks import REPO_ROOT
 from stacks.names import check_cluster_name
 
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from stacks.cluster_stack import ClusterStack
 
 DEFAULT_SCHEDULE = "0 3 * * ? *"
+LAMBDA_MAX_MINUTES = 15
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,15 @@ class BalancerSettings:
     notification_email: str | None = None
     function_memory_mb: int = 512
     function_timeout_minutes: int = 5
+
+    def __post_init__(self) -> None:
+        shortest = math.ceil(FUNCTION_SECONDS_NEEDED / 60)
+        if not shortest <= self.function_timeout_minutes <= LAMBDA_MAX_MINUTES:
+            raise ValueError(
+                f"function_timeout_minutes {self.function_timeout_minutes}: from {shortest} (Cleanup waits for "
+                f"a RunBatch slice of up to {FUNCTION_SECONDS_NEEDED - UNDO_SECONDS:.0f} s, then keeps "
+                f"{UNDO_SECONDS:.0f} s to undo the run) to {LAMBDA_MAX_MINUTES} (Lambda's limit)"
+            )
 
     def schedule_expression(self) -> str:
         """``cron(...)`` of the schedule (a disabled placeholder when no cron is set)."""

@@ -26,6 +26,7 @@ from queue_balancer.lifecycle.fsm import (
     advance,
     decide,
     finished,
+    slice_mark,
     started,
 )
 from queue_balancer.lifecycle.pacing import (
@@ -100,5 +101,6 @@ __all__ = [
     "finished",
     "fits_in_history",
     "run_pk",
+    "slice_mark",
     "started",
 ]

@@ -71,6 +71,16 @@ class Control(StrEnum):
 
 
 # A stronger request replaces a weaker one; a weaker one never overrides a stronger one.
+SLICE_MARK_PREFIX = "slice_mark_"
+"""The lifecycle item's attribute of one slice's mark: this, then ``slice_mark(request_id)``."""
+
+
+def slice_mark(invocation: str) -> str:
+    """A Lambda request id as the key of its slice's mark (letters, digits and ``_``: an attribute name
+    the store's update expressions may use as a placeholder)."""
+    return "".join(c if c.isalnum() else "_" for c in invocation) or "unknown"
+
+
 _CONTROL_RANK = {Control.PAUSE: 0, Control.RELOAD: 1, Control.STOP: 2, Control.RESET: 3}
 
 
@@ -179,9 +189,11 @@ class Lifecycle:
     updated_at: str | None = None
     batch: BatchProgress | None = None
     """The batch under way or the last one of the current plan; none before the first or after the run."""
-    slice_until: int | None = None
-    """A RunBatch slice of the run is under way, in a Lambda that ends by then at the latest (epoch
-    seconds); the slice removes it when it ends."""
+    slices: Mapping[str, int] = field(default_factory=dict)
+    """The RunBatch slices of the run under way, by invocation (the Lambda request id, ``slice_mark``):
+    each in a Lambda that ends by then at the latest (epoch seconds). A slice removes its own mark when
+    it ends, so a retried slice that overlaps another cannot remove the other's. One attribute each
+    (``SLICE_MARK_PREFIX``): the store's writes of changed attributes then never touch another's."""
     ending: str | None = None
     """Set by Cleanup for a run whose execution ended without its own way out (the execution's status:
     ABORTED, TIMED_OUT): a slice under way stops, and no slice starts any more."""
@@ -232,10 +244,10 @@ class Lifecycle:
             "started_at": self.started_at,
             "updated_at": self.updated_at,
             "batch": self.batch.to_dict() if self.batch else None,
-            "slice_until": self.slice_until,
             "ending": self.ending,
         }
         item.update({k: v for k, v in optional.items() if v is not None})
+        item.update({SLICE_MARK_PREFIX + key: until for key, until in self.slices.items()})
         return item
 
     @classmethod
@@ -258,7 +270,11 @@ class Lifecycle:
             started_at=_opt_str(item.get("started_at")),
             updated_at=_opt_str(item.get("updated_at")),
             batch=BatchProgress.from_dict(item["batch"]) if item.get("batch") else None,
-            slice_until=int(item["slice_until"]) if item.get("slice_until") is not None else None,
+            slices={
+                key.removeprefix(SLICE_MARK_PREFIX): int(until)
+                for key, until in item.items()
+                if key.startswith(SLICE_MARK_PREFIX)
+            },
             ending=_opt_str(item.get("ending")),
         )
 
@@ -330,7 +346,7 @@ def finished(
         requested=None,
         outcome=outcome,
         counts=final,
-        slice_until=None,
+        slices={},
         ending=None,
     )
     return replace(ended, round=0) if clear else ended

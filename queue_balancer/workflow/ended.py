@@ -9,8 +9,8 @@ on in a continuation (a new execution), or a newer run, is left alone.
 Stopping an execution does not stop the RunBatch Lambda under way: its slice would go on moving queues
 for up to ``BUDGET_SECONDS``. So Cleanup first asks it to stop (``requested`` stop and ``ending`` in the
 lifecycle item: the slice reads it every ``CONTROL_INTERVAL`` and rolls back its moves under way, and
-no slice starts any more), then waits until the slice's mark (``slice_until``) is gone, at the most
-until that slice's Lambda has timed out or ``UNDO_SECONDS`` are left of Cleanup's own time, and only
+no slice starts any more), then waits until no slice's mark (``slices``) is left, at the most
+until the last marked slice's Lambda has timed out or ``UNDO_SECONDS`` are left of Cleanup's own time, and only
 then removes policies and gives the locks back.
 """
 
@@ -22,6 +22,8 @@ from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
+from queue_balancer.batch_run import TIMEOUT_MARGIN_SECONDS
+from queue_balancer.batch_slice import BUDGET_SECONDS
 from queue_balancer.contract import ENDED_WITHOUT_CLEANUP, STATUS_CHANGE
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.lifecycle import Control, Lifecycle, State
@@ -36,6 +38,9 @@ SLICE_POLL_SECONDS = 1.0
 """How often Cleanup reads whether the slice it asked to stop has ended."""
 UNDO_SECONDS = 120.0
 """What Cleanup keeps of its own time for undoing the run once it stopped waiting for a slice."""
+FUNCTION_SECONDS_NEEDED = BUDGET_SECONDS + TIMEOUT_MARGIN_SECONDS + UNDO_SECONDS
+"""The shortest Lambda timeout with which Cleanup can wait for a whole slice (its budget, then its
+rollback in the margin to its own timeout) and still keep ``UNDO_SECONDS``: the stack refuses less."""
 
 WHY = {
     "ABORTED": "the execution was stopped (StopExecution or the console) before it could clean up",
@@ -151,10 +156,10 @@ def stop_slice(
         db.save(record, asked)
     began = clock()
     current = db.lifecycle(record.cluster)
-    if current.run_id != record.run_id or current.slice_until is None:
+    if current.run_id != record.run_id or not current.slices:
         return current, "No RunBatch slice was under way."
     while True:
-        if clock() >= current.slice_until:
+        if clock() >= max(current.slices.values()):
             return current, "The RunBatch slice marked under way had timed out with its Lambda."
         if clock() >= deadline:
             return current, (
@@ -163,7 +168,7 @@ def stop_slice(
             )
         sleep(SLICE_POLL_SECONDS)
         current = db.lifecycle(record.cluster)
-        if current.run_id != record.run_id or current.slice_until is None:
+        if current.run_id != record.run_id or not current.slices:
             return current, (
                 f"The RunBatch slice under way stopped within {clock() - began:.0f} s (its moves under way "
                 "rolled back)."

@@ -129,3 +129,11 @@ def test_the_wildcard_check_catches_an_unscoped_grant() -> None:
         }
     }
     assert len(wildcard_violations(template)) == 2
+
+
+@pytest.mark.parametrize("minutes", [2, 4, 16])
+def test_a_function_timeout_too_short_for_cleanups_wait_and_undo_is_refused(minutes: int) -> None:
+    """aws-3 #8: at 2 minutes Cleanup could not wait for a slice at all before undoing the run."""
+    with pytest.raises(ValueError, match=f"function_timeout_minutes {minutes}: from 5 .* to 15"):
+        BalancerSettings(function_timeout_minutes=minutes)
+    assert BalancerSettings(function_timeout_minutes=5).function_timeout_minutes == 5

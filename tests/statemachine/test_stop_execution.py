@@ -31,13 +31,13 @@ def test_stop_execution_mid_batch_leaves_no_policy_no_lock_and_starts_no_move_af
     arn = harness.start({"concurrency": 1})  # one batch of 8 moves, one at a time
 
     def under_way() -> bool:
-        return harness.lifecycle().slice_until is not None and harness.leaders()[first] <= 11
+        return harness.lifecycle().slices != {} and harness.leaders()[first] <= 11
 
     wait_until(under_way, timeout=60, what="a slice of the batch under way")
 
     harness.aws("stepfunctions").stop_execution(executionArn=arn, error="Operator", cause="mid-batch")
     stopped = time.time()
-    assert harness.lifecycle().slice_until is not None, "the slice goes on after StopExecution"
+    assert harness.lifecycle().slices != {}, "the slice goes on after StopExecution"
     name = next(k for k in harness.endpoint.dispatcher.handlers if k.endswith("cleanup"))
     event = {
         "version": "0",
@@ -54,7 +54,7 @@ def test_stop_execution_mid_batch_leaves_no_policy_no_lock_and_starts_no_move_af
     assert harness.cluster_lock() is None and harness.lock() is None
     record = harness.lifecycle()
     assert (record.state, record.outcome) == (State.IDLE, "failed: ExecutionAborted")
-    assert (record.slice_until, record.ending, record.requested) == (None, None, None)
+    assert (dict(record.slices), record.ending, record.requested) == ({}, None, None)
     moves = recorded_moves(harness, record.run_id or "")
     late = [p.move.queue for p in moves if p.started_at > stopped + CONTROL_INTERVAL + 1.0]
     assert late == [], f"moves started after the stop: {late}"

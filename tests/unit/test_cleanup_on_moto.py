@@ -114,7 +114,7 @@ def test_cleanup_waits_until_the_slice_under_way_removes_its_mark_on_the_real_ta
     fake = FakeCluster()
     hold_both_locks(store, fake)
     record = started(CLUSTER, run_id=RUN_ID, execution_arn=EXECUTION, action="balance", now=iso())
-    store.start(replace(record, state=State.BALANCING, slice_until=int(time.time()) + 300))
+    store.start(replace(record, state=State.BALANCING, slices={"slice": int(time.time()) + 300}))
     slice_error: list[BaseException] = []
 
     def stop_asked() -> Lifecycle | None:
@@ -124,9 +124,9 @@ def test_cleanup_waits_until_the_slice_under_way_removes_its_mark_on_the_real_ta
     def running_slice() -> None:
         try:
             asked = wait_until(stop_asked, timeout=10, what="Cleanup's stop")
-            assert asked.requested is Control.STOP and asked.slice_until is not None
+            assert asked.requested is Control.STOP and asked.slices != {}
             store.save(asked, replace(asked, counts=Counts(done=3)), expect_state=True)
-            store.save(store.lifecycle(CLUSTER), replace(store.lifecycle(CLUSTER), slice_until=None))
+            store.save(store.lifecycle(CLUSTER), replace(store.lifecycle(CLUSTER), slices={}))
         except BaseException as exc:  # reported by the test below
             slice_error.append(exc)
 
@@ -141,7 +141,7 @@ def test_cleanup_waits_until_the_slice_under_way_removes_its_mark_on_the_real_ta
     assert "The RunBatch slice under way stopped within" in result["message"]
     assert "Moves: 3 done" in result["message"]
     ended = store.lifecycle(CLUSTER)
-    assert (ended.state, ended.slice_until, ended.ending, ended.counts.done) == (State.IDLE, None, None, 3)
+    assert (ended.state, dict(ended.slices), ended.ending, ended.counts.done) == (State.IDLE, {}, None, 3)
     as_the_slice_read_it = replace(ended, state=State.BALANCING)
     with pytest.raises(LockLost, match="is IDLE now"):  # a late board write of the slice lands nowhere
         store.save(as_the_slice_read_it, replace(ended, counts=Counts(done=4)), expect_state=True)

@@ -12,7 +12,8 @@ import pytest
 
 from queue_balancer.batch_run import BatchSlice, run_slice
 from queue_balancer.batch_slice import SliceEnd
-from queue_balancer.lifecycle import Control, Lifecycle, State
+from queue_balancer.lifecycle import Control, Lifecycle, State, slice_mark
+from queue_balancer.lifecycle.fsm import SLICE_MARK_PREFIX
 from queue_balancer.lock import LOCK_PARAMETER, LockHolder, LockLost
 from queue_balancer.member_moves import MemberProgress
 from queue_balancer.movers import POLICY_PREFIX, MoveProgress, Mover, MoveSettings, derived_run_id
@@ -57,7 +58,7 @@ def test_a_stop_between_two_moves_starts_no_other_and_the_slice_removes_its_mark
     assert sorted(q.leader for q in cluster.queues.values()) == ["a", "a", "a", "b"]
     assert not [name for _, name in cluster.policy_store if name.startswith(POLICY_PREFIX)]
     record = store.lifecycle(CLUSTER)
-    assert record.slice_until is None and record.counts.done == 1  # the board's last word landed
+    assert record.slices == {} and record.counts.done == 1  # the board's last word landed
 
 
 def test_no_slice_starts_once_cleanup_is_ending_the_run() -> None:
@@ -67,7 +68,7 @@ def test_no_slice_starts_once_cleanup_is_ending_the_run() -> None:
     calls = list(cluster.calls)
     with pytest.raises(LockLost, match="being ended \\(ABORTED\\)"):
         run_slice(store, mover(cluster), batch(), renew=held)
-    assert cluster.calls == calls and store.lifecycle(CLUSTER).slice_until is None
+    assert cluster.calls == calls and store.lifecycle(CLUSTER).slices == {}
 
 
 def test_cleanup_of_a_stopped_execution_waits_for_the_running_slice_then_undoes_the_run() -> None:
@@ -90,7 +91,7 @@ def test_cleanup_of_a_stopped_execution_waits_for_the_running_slice_then_undoes_
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     wait_until(
-        lambda: store.lifecycle(CLUSTER).slice_until is not None and bool(adds),
+        lambda: store.lifecycle(CLUSTER).slices != {} and bool(adds),
         timeout=10,
         what="the slice under way, its members added",
     )
@@ -101,9 +102,9 @@ def test_cleanup_of_a_stopped_execution_waits_for_the_running_slice_then_undoes_
     assert all(at < stopped_at for at in adds)  # no member change began after the stop
     assert all(q.mirrors == ["b", "c"] for q in cluster.queues.values())  # rolled back by the slice
     record = store.lifecycle(CLUSTER)
-    assert (record.state, record.slice_until, record.ending, record.requested) == (
+    assert (record.state, dict(record.slices), record.ending, record.requested) == (
         State.IDLE,
-        None,
+        {},
         None,
         None,
     )
@@ -121,7 +122,7 @@ def test_cleanup_does_not_wait_without_a_slice_nor_for_a_dead_one_and_gives_up_a
 
     def marked(until: float) -> Lifecycle:
         current = store.lifecycle(CLUSTER)
-        store.save(current, replace(current, slice_until=int(until)))
+        store.save(current, replace(current, slices={"retried": int(until)}))
         return store.lifecycle(CLUSTER)
 
     _, said = stop_slice(
@@ -154,7 +155,11 @@ def test_a_record_another_run_took_mid_slice_gets_no_write_and_the_cluster_no_mo
     later = [call[0] for call in cluster.calls[taken[0] :]]
     assert not {"put_policy", "delete_policy", "queue_action"} & set(later)
     item = store.items[CLUSTER]
-    assert (item["run_id"], item["done"], item.get("slice_until")) == ("run-2", 0, int(item["slice_until"]))
+    assert (item["run_id"], item["done"], len([k for k in item if k.startswith(SLICE_MARK_PREFIX)])) == (
+        "run-2",
+        0,
+        1,
+    )
 
 
 def test_a_lock_whose_last_confirmed_renewal_is_past_half_its_lease_stops_every_write() -> None:
@@ -195,3 +200,23 @@ def test_a_slice_ends_once_a_lock_is_no_longer_its_own() -> None:
     del cluster.global_parameters[LOCK_PARAMETER]
     with pytest.raises(LockLost, match="held by nobody"):
         lease.verify()
+
+
+def test_a_retried_slice_that_overlaps_another_removes_only_its_own_mark() -> None:
+    """aws-3 #8: Step Functions retried RunBatch while the first invocation still runs; the slice that
+    ends first leaves the other's mark, so Cleanup still waits for that one."""
+    store, cluster = world()
+    record = store.lifecycle(CLUSTER)
+    other = slice_mark("0a1b-first-invocation")
+    store.save(record, replace(record, slices={other: int(time.time()) + 300}))
+    run_slice(store, mover(cluster), replace(batch(), invocation="9f8e-retry"), renew=held)
+    assert store.lifecycle(CLUSTER).slices.keys() == {other}
+    now = [time.time()]
+
+    def later(seconds: float) -> None:
+        now[0] += seconds
+
+    _, waited = stop_slice(
+        store, store.lifecycle(CLUSTER), "ABORTED", deadline=now[0] + 5, clock=lambda: now[0], sleep=later
+    )
+    assert "did not stop within 5 s" in waited
