@@ -13,7 +13,8 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import boto3
@@ -103,13 +104,39 @@ def _secrets() -> parameters.SecretsProvider:
     return parameters.SecretsProvider(boto3_client=aws("secretsmanager"))
 
 
+@dataclass(frozen=True)
+class EvalWindow:
+    """What a RunBatch slice lets an SSM eval spend: the seconds of its budget left, and whether it was
+    asked to stop (then no further command goes out)."""
+
+    seconds_left: Callable[[], float]
+    stopping: Callable[[], bool]
+
+
+_eval_window: ContextVar[EvalWindow | None] = ContextVar("eval_window", default=None)
+
+
+@contextmanager
+def eval_window(window: EvalWindow) -> Iterator[None]:
+    """Bound every SSM eval made while the block runs by ``window``."""
+    token = _eval_window.set(window)
+    try:
+        yield
+    finally:
+        _eval_window.reset(token)
+
+
 def _ssm_eval(
     document: str, tag_key: str, tag_value: str, running_nodes: Callable[[], list[str]], expression: str
 ) -> str:
-    """``rabbitmqctl eval`` through SSM on a node the management API reports running; the SSM and EC2
-    clients are made on the first call, so the handlers that never transfer a quorum leader (most of
-    them) never pay for them on a cold start."""
-    return SsmEval(aws("ssm"), aws("ec2"), tag_key, tag_value, document, running_nodes)(expression)
+    """``rabbitmqctl eval`` through SSM on a node the management API reports running, within the
+    slice's ``eval_window`` if any; the SSM and EC2 clients are made on the first call, so the handlers
+    that never transfer a quorum leader (most of them) never pay for them on a cold start."""
+    run = SsmEval(aws("ssm"), aws("ec2"), tag_key, tag_value, document, running_nodes)
+    window = _eval_window.get()
+    if window is not None:
+        run = replace(run, window=window.seconds_left, stopping=window.stopping)
+    return run(expression)
 
 
 @dataclass(frozen=True)

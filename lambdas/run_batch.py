@@ -3,17 +3,19 @@
 The batch's progress lives in DynamoDB between slices; the payload carries only the route:
 ``wait_batch`` (long syncs left: the state machine waits ``$.run.wait`` seconds and calls this again)
 or ``control`` (ControlCheck decides). This handler parses the event, makes the one call, and turns
-the result into the run's counts, its logs and metrics.
+the result into the run's counts, its logs and metrics. Its SSM evals wait no longer than the slice's
+budget and send no further command once the run has a request (``common.eval_window``).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from lambdas.common import cluster, logger, metrics, store, task
+from lambdas.common import EvalWindow, cluster, eval_window, logger, metrics, store, task
 from queue_balancer.batch_run import BatchSlice, SliceResult, run_slice
 from queue_balancer.lifecycle import EVENTS_PER_RETRY, EVENTS_PER_SLICE, RunInput
 from queue_balancer.member_moves import MemberPhase, MemberProgress
@@ -39,10 +41,16 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
         remaining_seconds=context.get_remaining_time_in_millis() / 1000,
         counts=run.counts,
         batches=run.batches,
+        invocation=context.aws_request_id,
     )
     db = store()
     execution_arn = str(event["execution_arn"])
-    with cluster() as access:
+    ends = time.monotonic() + batch.budget_seconds
+    window = EvalWindow(
+        seconds_left=lambda: ends - time.monotonic(),
+        stopping=lambda: db.lifecycle(run.cluster).requested is not None,
+    )
+    with cluster() as access, eval_window(window):
         result = run_slice(
             db,
             access.member_mover() if config.members else access.mover(derived_run_id(run.run_id)),

@@ -7,13 +7,19 @@ an operation name and base64 items, validated by SSM; the document builds the ``
 never as a shell line, and its output comes back through ``GetCommandInvocation``.
 
 A batch goes out as as many commands as SSM's limits need (``eval_document.commands``: 64 KB of document
-and parameters, 24,000 characters of output read back), all sent before the first is awaited, and their
-answers come back as one output, in the items' order. A command that fails, or whose answer is cut short,
-is a ``LeaderTransferError`` naming it: the other commands' operations may have run.
+and parameters, 24,000 characters of output read back, ``COMMAND_SECONDS`` of estimated time), one at a
+time, and their answers come back as one output, in the items' order. Each command's wait is derived from
+the caller's ``window`` (a RunBatch slice's remaining budget), never beyond ``timeout`` (below the
+document's ``timeoutSeconds``). No further command is sent once the caller is ``stopping`` or its window
+cannot hold the command's estimated time: its items are answered ``NOT_ATTEMPTED`` (nothing changed; the
+mover starts them again in a later slice). A command that fails, or whose answer is cut short, answers
+each of its own items with the error; the other commands' answers stand. Only when every command sent
+failed is it a ``LeaderTransferError``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,8 +29,8 @@ from botocore.exceptions import ClientError
 
 from queue_balancer.contract import NODE_TAG_KEY
 from queue_balancer.errors import LeaderTransferError
-from queue_balancer.eval_document import STDOUT_LIMIT, commands
-from queue_balancer.leader_transfer import answer_line, read_answers
+from queue_balancer.eval_document import STDOUT_LIMIT, command_seconds, commands, item_names
+from queue_balancer.leader_transfer import NOT_ATTEMPTED, answer_line, read_answers
 
 TERMINAL = frozenset({"Success", "Failed", "Cancelled", "TimedOut", "Cancelling"})
 
@@ -41,39 +47,59 @@ class SsmEval:
     running_nodes: Callable[[], Iterable[str]]
     """The node names (``rabbit@host``) the management API reports running."""
     timeout: float = 90.0
+    """The longest wait for one command (the document's ``timeoutSeconds`` is 120)."""
     poll: float = 0.5
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    window: Callable[[], float] = field(default=lambda: math.inf, repr=False)
+    """Seconds the caller may still wait (a slice's remaining budget)."""
+    stopping: Callable[[], bool] = field(default=lambda: False, repr=False)
+    """Whether the caller was asked to stop (a slice's ``requested``): no further command is sent."""
 
     def __call__(self, expression: str) -> str:
         chunks = commands(expression)  # refuses anything but the document's operations
         instance = self.instance()
-        sent: list[str] = []
+        answers: list[dict[str, Any]] = []
+        errors: list[LeaderTransferError] = []
         for number, chunk in enumerate(chunks, 1):
+            seconds = command_seconds(chunk)
+            if number > 1 and (self.stopping() or self.window() < seconds):
+                answers += _answering(chunk, NOT_ATTEMPTED)
+                continue
+            wait = min(self.timeout, max(self.window(), seconds))
             try:
-                answer = self.ssm.send_command(
-                    InstanceIds=[instance],
-                    DocumentName=self.document,
-                    Parameters=chunk,
-                    TimeoutSeconds=max(30, int(self.timeout)),
-                    Comment=f"queue-balancer {chunk['operation'][0]} {number}/{len(chunks)}",
-                )
-            except ClientError as exc:
-                raise LeaderTransferError(
-                    f"SSM refused {self.document} for {instance} (command {number} of {len(chunks)}"
-                    f"{'; the earlier ones run' if sent else ''}): {exc}"
-                ) from exc
-            sent.append(answer["Command"]["CommandId"])
-        return answer_line([a for command in sent for a in self._answers(command, instance, len(chunks))])
+                answers += self._run(chunk, instance, f"{number}/{len(chunks)}", wait)
+            except LeaderTransferError as exc:
+                errors.append(exc)
+                answers += _answering(chunk, f"{{error,{exc}}}")
+        if errors and len(errors) == len(chunks):
+            raise errors[0]  # nothing came back: as one command failing
+        return answer_line(answers)
 
-    def _answers(self, command_id: str, instance: str, commands_sent: int) -> list[dict[str, Any]]:
-        output = self._output(command_id, instance)
+    def _run(
+        self, chunk: dict[str, list[str]], instance: str, which: str, wait: float
+    ) -> list[dict[str, Any]]:
+        """Send one command and read its answers, waiting ``wait`` seconds at the most."""
+        try:
+            sent = self.ssm.send_command(
+                InstanceIds=[instance],
+                DocumentName=self.document,
+                Parameters=chunk,
+                TimeoutSeconds=max(30, int(self.timeout)),
+                Comment=f"queue-balancer {chunk['operation'][0]} {which}",
+            )
+        except ClientError as exc:
+            raise LeaderTransferError(
+                f"SSM refused {self.document} for {instance} (command {which}): {exc}"
+            ) from exc
+        command_id = sent["Command"]["CommandId"]
+        output = self._output(command_id, instance, wait)
         try:
             return read_answers(output)
         except LeaderTransferError as exc:
             cut = len(output) >= STDOUT_LIMIT
             raise LeaderTransferError(
-                f"command {command_id} on {instance} (one of {commands_sent}): {exc}"
+                f"command {command_id} on {instance} ({which}): {exc}"
                 + (f" (SSM returns the first {STDOUT_LIMIT} characters of an output)" if cut else "")
             ) from None
 
@@ -104,8 +130,8 @@ class SsmEval:
             )
         return serving[0]
 
-    def _output(self, command_id: str, instance: str) -> str:
-        deadline = self.clock() + self.timeout
+    def _output(self, command_id: str, instance: str, wait: float) -> str:
+        deadline = self.clock() + wait
         while True:
             try:
                 answer = self.ssm.get_command_invocation(CommandId=command_id, InstanceId=instance)
@@ -126,9 +152,17 @@ class SsmEval:
                 return str(answer.get("StandardOutputContent") or "")
             if self.clock() > deadline:
                 raise LeaderTransferError(
-                    f"rabbitmqctl eval on {instance} did not finish within {self.timeout:g} s (command {command_id})"
+                    f"rabbitmqctl eval on {instance} did not finish within {wait:g} s (command {command_id})"
                 )
             self.sleep(self.poll)
+
+
+def _answering(chunk: dict[str, list[str]], result: str) -> list[dict[str, Any]]:
+    """The same ``result`` for each item of a command: one not sent, or one that failed."""
+    return [
+        {"vhost": vhost, "queue": name, "node": node, "attempts": 0, "result": result}
+        for vhost, name, node in item_names(chunk)
+    ]
 
 
 def _node_names(instance: dict[str, Any]) -> set[str]:

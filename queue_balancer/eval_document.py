@@ -17,6 +17,7 @@ returns only the first 24,000 characters of a command's output.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -96,6 +97,18 @@ ANSWER_CHARS: Final[Mapping[str, int]] = {
     "drained": 60,
     "transfer_stream": 220,  # restarts, offsets before/after and the last answer, ``{migrated,'rabbit@...'}``
 }
+COMMAND_SECONDS = 75.0
+"""One command's estimated worst case at the most (see ``ITEM_SECONDS``): under ``SsmEval``'s wait (90 s
+at the most) and the document's ``timeoutSeconds`` (120), so a command is answered before either gives up."""
+ITEM_SECONDS: Final[Mapping[str, float]] = {
+    # one item's time inside the eval, near its worst case: the items of a command run one after another
+    "transfer_leader": 0.5,  # one Raft election; Ra answers before it ends
+    "add_member": 3.0,  # a membership commit (add_member/4 gives up after 30 s: then the command is late)
+    "delete_member": 1.0,
+    "member_status": 0.3,
+    "drained": 0.1,
+    "transfer_stream": 7.5,  # up to STREAM_ATTEMPTS (3) restarts of 0.5-2.5 s each (README "Streams"): 10 a command
+}
 
 
 def document_name(cluster_name: str) -> str:
@@ -164,8 +177,9 @@ def parameters(expression_: str) -> dict[str, list[str]]:
 
 def commands(expression_: str) -> list[dict[str, list[str]]]:
     """``parameters`` for ``expression_``, split into commands that each fit SSM's limits: at most
-    ``ITEMS_PER_COMMAND`` items, ``ITEMS_BYTES_LIMIT`` bytes of items and ``ANSWER_CHARS_LIMIT``
-    characters of estimated answers (see ``ANSWER_CHARS``), in the items' order."""
+    ``ITEMS_PER_COMMAND`` items, ``ITEMS_BYTES_LIMIT`` bytes of items, ``ANSWER_CHARS_LIMIT``
+    characters of estimated answers (see ``ANSWER_CHARS``) and ``COMMAND_SECONDS`` of estimated time (see
+    ``ITEM_SECONDS``), in the items' order."""
     whole = parameters(expression_)
     operation = whole["operation"][0]
     chunks: list[list[str]] = [[]]
@@ -176,6 +190,7 @@ def commands(expression_: str) -> list[dict[str, list[str]]]:
             len(chunks[-1]) >= ITEMS_PER_COMMAND
             or size + len(item) + 1 > ITEMS_BYTES_LIMIT
             or answers + answer > ANSWER_CHARS_LIMIT
+            or len(chunks[-1]) * ITEM_SECONDS[operation] + ITEM_SECONDS[operation] > COMMAND_SECONDS
         )
         if chunks[-1] and full:
             chunks.append([])
@@ -184,6 +199,20 @@ def commands(expression_: str) -> list[dict[str, list[str]]]:
         size += len(item) + 1
         answers += answer
     return [{"operation": [operation], "items": [";".join(chunk)]} for chunk in chunks]
+
+
+def command_seconds(command: Mapping[str, list[str]]) -> float:
+    """A command's estimated worst case (``ITEM_SECONDS`` per item)."""
+    return ITEM_SECONDS[command["operation"][0]] * len(command["items"][0].split(";"))
+
+
+def item_names(command: Mapping[str, list[str]]) -> list[tuple[str, str, str]]:
+    """The ``(vhost, queue, node)`` of each item of a command, decoded: what its answers name."""
+    names = [
+        [base64.b64decode(part).decode() for part in item.split(",")]
+        for item in command["items"][0].split(";")
+    ]
+    return [(vhost, name, node) for vhost, name, node in names]
 
 
 def _decoded_bytes(item: str) -> int:

@@ -56,6 +56,9 @@ _CALL = 'F = %(fun)s, io:format("~s~s~n", ["%(marker)s", rabbit_json:encode([F(R
 SUCCESS = frozenset({"ok", "already_leader"})
 NOT_VOTER = "{error,{not_voter,"
 """The start of the answer for a target that holds no vote (see ``TRANSFER_FUN``)."""
+NOT_ATTEMPTED = "not_attempted"
+"""The answer for an item whose command was never sent (the caller's slice was stopping or out of time):
+nothing changed, so the mover starts it again later."""
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,8 @@ def drive(
             on_change(progress)
             state.starting = [m for m in state.starting if m.ref != progress.move.ref]
             (state.finished if progress.finished else state.active).append(progress)
-        state.starting = []
+        # a move the mover did not hand back changed nothing (its transfer was never sent): later
+        state.pending[:0], state.starting = state.starting, []
         for index, updated in enumerate(mover.advance_all(list(state.active))):
             if updated.phase is not state.active[index].phase:
                 on_change(updated)

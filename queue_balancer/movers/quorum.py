@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from queue_balancer.errors import BalancerError, ConfigurationError
-from queue_balancer.leader_transfer import NOT_VOTER, SUCCESS
+from queue_balancer.leader_transfer import NOT_ATTEMPTED, NOT_VOTER, SUCCESS
 from queue_balancer.model import Queue
 from queue_balancer.movers.context import MoveContext
 from queue_balancer.movers.progress import MoveProgress, Phase
@@ -20,7 +20,9 @@ def start(ctx: MoveContext, progress: MoveProgress) -> MoveProgress:
 
 
 def transfer(ctx: MoveContext, started: list[MoveProgress]) -> list[MoveProgress]:
-    """Ask Ra for every transfer of the batch at once; a refused or unanswered one fails its move."""
+    """Ask Ra for every transfer of the batch at once; a refused or unanswered one fails its move. One whose
+    command was never sent (``NOT_ATTEMPTED``: the slice was stopping or out of time) is left out of the
+    result: nothing changed, and the runner keeps it pending for a later slice."""
     transfers = [p for p in started if p.phase is Phase.TRANSFERRING]
     if not transfers:
         return started
@@ -36,6 +38,8 @@ def transfer(ctx: MoveContext, started: list[MoveProgress]) -> list[MoveProgress
         answer = answers.get(p.move.ref, "no answer from the leader transfer")
         if id(p) not in asked or answer in SUCCESS:
             result.append(p)
+        elif answer == NOT_ATTEMPTED:
+            continue
         elif "not_found" in answer:
             result.append(ctx.finish(p, Phase.FAILED, "queue was deleted"))
         elif answer.startswith(NOT_VOTER):
