@@ -13,6 +13,7 @@ from pathlib import Path
 
 from queue_balancer.local.environment import cli_env
 from queue_balancer.local.layout import LocalClusterError
+from queue_balancer.local.procfs import port_accepts
 from queue_balancer.local.runtime import Runtime
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -52,6 +53,13 @@ class RabbitmqCli:
         """Run ``<tool> -n <node_name> args...``; return stdout, or raise with the command and its output."""
         if self._runtime.root is None:
             require_rabbitmq()
+        if not port_accepts(self._epmd_port):
+            # The CLI would start an `epmd -daemon` of its own on our port, which outlives the cluster
+            # and blocks its next `up` (seen: a workflow thread's eval after a failed test's teardown).
+            raise LocalClusterError(
+                f"`{tool}` not run: this cluster's epmd (127.0.0.1:{self._epmd_port}) is not running; "
+                "start the cluster first (`queue-balancer local up`)"
+            )
         command = [str(RABBITMQ_BIN / tool), "-n", node_name, *args]
         try:
             done = subprocess.run(

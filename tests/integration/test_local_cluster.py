@@ -23,7 +23,7 @@ import requests
 from queue_balancer.local import cluster as cluster_module
 from queue_balancer.local import commands
 from queue_balancer.local.cluster import LocalCluster, LocalClusterConfig, LocalClusterError
-from queue_balancer.local.procfs import has_exited
+from queue_balancer.local.procfs import has_exited, port_accepts
 from queue_balancer.local.seed import QueueType, seed, seed_unmirrored
 from tests.conftest import TEST_PORTS
 
@@ -55,6 +55,16 @@ STATS_SETTLE = 30.0  # the statistics view lags ~5 s; allow for a busy machine
 
 
 # ---- up / status ---------------------------------------------------------------------------------
+
+
+def test_a_cli_call_on_a_stopped_cluster_is_refused_and_starts_no_epmd(tmp_path: Path) -> None:
+    """rabbitmqctl would start an `epmd -daemon` of its own on the cluster's port, outliving it and
+    blocking its next `up`; no node is needed to show the refusal."""
+    stopped = LocalCluster(_other_config(tmp_path / "stopped"))
+    with pytest.raises(LocalClusterError, match=r"epmd \(127.0.0.1:\d+\) is not running"):
+        stopped.eval_erlang("ok.")
+    assert not port_accepts(OTHER_EPMD_PORT)
+
 
 
 def test_up_is_idempotent(local_cluster: LocalCluster) -> None:
