@@ -66,7 +66,6 @@ def test_a_cli_call_on_a_stopped_cluster_is_refused_and_starts_no_epmd(tmp_path:
     assert not port_accepts(OTHER_EPMD_PORT)
 
 
-
 def test_up_is_idempotent(local_cluster: LocalCluster) -> None:
     before = {s.name: s.pid for s in local_cluster.status()}
     started = time.monotonic()
