@@ -12,11 +12,13 @@
 #             peer discovery left the node alone; only the first node by name of a group where no cluster
 #             runs forms one), forget members whose instance is gone, grow quorum queues that lost a
 #             member onto the new node, wait until losing any one node is safe again with caught-up
-#             members, and only then complete the launch action (CONTINUE) and signal CloudFormation.
-#   leave  -> (termination lifecycle hook) grow each quorum queue of this node onto a spare node, wait
-#             until every other member caught up and this node is not quorum- or sync-critical, drain
-#             it, remove its quorum members, stop it, forget it from a peer, wait until the quorum queues
-#             that lost it regrew (onto the node with the fewest members), complete the action.
+#             members, and only then complete the launch action (CONTINUE) and signal CloudFormation. A
+#             boot that fails after joining leaves the cluster again, then abandons the launch action.
+#   leave  -> (termination lifecycle hook) grow each quorum queue of this node onto a spare node (best
+#             effort), wait until every other member caught up and this node is not quorum- or
+#             sync-critical (asked again, heartbeating, for up to 24 h), drain it, remove its quorum
+#             members, stop it, forget it from a peer, wait until the quorum queues that lost it regrew
+#             (onto the node with the fewest members), complete the action.
 #
 # Sourcing this file only defines functions: the infra tests source it and call the render_* functions
 # to check what a node would write, and run the membership steps against real local nodes.
@@ -322,50 +324,69 @@ queues_at_risk() {
         | "\(.vhost)/\(.name)"'
 }
 
-# stdin: `rabbitmq-queues quorum_status --formatter json` of one queue. stdout: its members that caught up,
-# one a line: running (leader or follower), a voter (3.13+ adds a member as a non-voter and promotes it
-# once its initial sync is done; 3.10 has no such column), and whose log reaches the leader's commit index
-# (within CATCH_UP_ENTRIES: the rows are read one member after the other while clients publish). Columns:
-# 3.10 "Log Index"; 3.13/4.x "Last Written" (and "Last Log Index"). Nothing without a leader.
+# stdin: `rabbitmq-queues quorum_status --formatter json` of one queue; $1: the commit index to reach (the
+# leader's, read when the check began: quorum_queues_lagging), or "" for the leader's commit index now.
+# stdout: its members that caught up, one a line: running (leader or follower), a voter where the column
+# exists (3.13+ adds a member as a non-voter and promotes it once its initial sync is done; 3.10 has no
+# such column), and whose log reaches that index. A fixed target is monotonic: under steady publishing a
+# follower that is a few entries behind the moving commit index still passes once it wrote the target.
+# Columns: 3.10 "Log Index"; 3.13/4.x "Last Written" (and "Last Log Index"). Nothing without a leader.
 caught_up_members() {
-    jq -r --argjson slack "${CATCH_UP_ENTRIES:-100}" '
-        (map(select(.["Raft State"] == "leader")) | first | .["Commit Index"]) as $commit
+    jq -r --arg target "${1:-}" '
+        (map(select(.["Raft State"] == "leader")) | first | .["Commit Index"]) as $now
+        | (if $target == "" then $now else ($target | tonumber) end) as $commit
         | .[]
-        | select($commit != null
+        | select($now != null
                  and (.["Raft State"] == "leader" or .["Raft State"] == "follower")
                  and (.Membership // "voter") == "voter"
-                 and ((.["Last Written"] // .["Log Index"] // .["Last Log Index"] // -1) >= $commit - $slack))
+                 and ((.["Last Written"] // .["Log Index"] // .["Last Log Index"] // -1) >= $commit))
         | .["Node Name"]'
 }
 
-# stdin: queue_snapshot; $1: the leaving node, or "" at boot. stdout: one JSON object a line, the quorum
-# queues to ask and how many caught-up members each needs, not counting $1. At boot: every queue of 3 or
-# more members keeps its quorum if any one node goes (a majority plus one caught up). Leaving: every queue
-# with a member on $1 keeps all its other members caught up, the one grown onto a spare node included, so
-# it keeps its size and its quorum plus one once $1 is gone.
+# stdin: `quorum_status --formatter json` of one queue. stdout: its leader's commit index, or nothing.
+leader_commit_index() { jq -r 'map(select(.["Raft State"] == "leader")) | first | .["Commit Index"] // empty'; }
+
+# stdin: queue_snapshot; $1: the node whose quorum queues are checked; $2: "leaving" if $1 leaves. stdout:
+# one JSON object a line, the quorum queues with a member on $1 and how many caught-up members each needs,
+# not counting a leaving $1. Only those: the members this boot grew, or the ones that stay once $1 left.
+# At boot: every such queue of 3 or more members keeps its quorum if any one node goes (a majority plus one
+# caught up). Leaving: every other member caught up, the one grown onto a spare node included, so the queue
+# keeps its size and its quorum plus one once $1 is gone.
 quorum_queues_to_check() {
-    jq -c --arg leaving "$1" '
-        select(.type == "quorum")
+    jq -c --arg node "$1" --arg mode "${2:-boot}" '
+        select(.type == "quorum" and (.members | index($node)))
         | (.members | length) as $size
-        | if $leaving == "" then select($size >= 3) | {vhost, name, needed: (($size / 2 | floor) + 2)}
-          else select(.members | index($leaving)) | {vhost, name, needed: ($size - 1)} end'
+        | if $mode == "boot" then select($size >= 3) | {vhost, name, needed: (($size / 2 | floor) + 2)}
+          else {vhost, name, needed: ($size - 1)} end'
 }
 
-# stdin: queue_snapshot; $1: the node asked; $2: the leaving node or "". stdout: vhost/name of every quorum
-# queue (quorum_queues_to_check) with fewer caught-up members than it needs. One CLI call per queue
-# checked (about 1 s each): the price of reading each member's Raft log.
+# stdin: queue_snapshot; $1: the node asked and checked; $2: "leaving" if it leaves; $3: a file of the
+# commit index each queue must reach ("vhost/name<TAB>index" lines, written at a queue's first reading and
+# kept by the caller across passes; nothing: the leader's commit index now). stdout: vhost/name of every
+# quorum queue (quorum_queues_to_check) with fewer caught-up members than it needs. One CLI call per queue
+# checked (about 1 s each), for the queues of one node only.
 quorum_queues_lagging() {
-    local via=$1 leaving=$2 check vhost name needed caught_up
+    local via=$1 mode=${2:-boot} targets=${3:-} check vhost name needed status target caught_up exclude=/
+    [[ $mode != leaving ]] || exclude=$via
     while IFS= read -r check; do
         vhost=$(jq -r .vhost <<<"$check")
         name=$(jq -r .name <<<"$check")
         needed=$(jq -r .needed <<<"$check")
-        caught_up=$(queues_ctl "$via" quorum_status -p "$vhost" "$name" --formatter json </dev/null 2>/dev/null |
-            caught_up_members | grep -cvxF -- "${leaving:-/}" || true)
+        status=$(queues_ctl "$via" quorum_status -p "$vhost" "$name" --formatter json </dev/null 2>/dev/null ||
+            echo '[]')
+        target=""
+        if [[ -n $targets ]]; then
+            target=$(awk -F '\t' -v key="$vhost/$name" '$1 == key { print $2; exit }' "$targets")
+            if [[ -z $target ]]; then
+                target=$(leader_commit_index <<<"$status")
+                [[ -z $target ]] || printf '%s/%s\t%s\n' "$vhost" "$name" "$target" >>"$targets"
+            fi
+        fi
+        caught_up=$(caught_up_members "$target" <<<"$status" | grep -cvxF -- "$exclude" || true)
         if ((caught_up < needed)); then
             printf '%s/%s\n' "$vhost" "$name"
         fi
-    done < <(quorum_queues_to_check "$leaving")
+    done < <(quorum_queues_to_check "$via" "$mode")
 }
 
 # stdin: queue_snapshot; $1: running nodes as a JSON array. stdout: the one holding the fewest quorum members.
@@ -378,22 +399,26 @@ node_with_fewest_members() {
 
 # Waits (up to SYNC_TIMEOUT seconds) until no queue is at risk, growing quorum queues that lost a member
 # onto the running node with the fewest members (the new node, when it joined before the old one left),
-# and then until every quorum queue's members caught up (quorum_queues_lagging): the condition for taking
-# the next node, and for a new node to signal success.
+# and then until the members of every quorum queue with a member on $1 caught up (quorum_queues_lagging,
+# each queue's target read once): the condition for taking the next node, and for a new node to signal
+# success.
 await_replicas() {
-    local via=$1 deadline=$((SECONDS + ${SYNC_TIMEOUT:-1800})) running snapshot at_risk target
+    local via=$1 deadline=$((SECONDS + ${SYNC_TIMEOUT:-1800})) running snapshot at_risk target targets
+    targets=$(mktemp)
     while :; do
         running=$(ctl "$via" cluster_status --formatter json | jq -c '.running_nodes // []')
         snapshot=$(queue_snapshot "$via")
         at_risk=$(queues_at_risk "$(jq length <<<"$running")" <<<"$snapshot")
         if [[ -z $at_risk ]]; then
-            at_risk=$(quorum_queues_lagging "$via" "" <<<"$snapshot")
+            at_risk=$(quorum_queues_lagging "$via" boot "$targets" <<<"$snapshot")
             if [[ -z $at_risk ]]; then
+                rm -f "$targets"
                 log "every queue keeps its quorum (of caught-up members) and a synchronised copy if any one node goes"
                 return 0
             fi
         fi
         if ((SECONDS >= deadline)); then
+            rm -f "$targets"
             log "queues still at risk: $(head -5 <<<"$at_risk" | tr '\n' ' ')"
             return 1
         fi
@@ -413,18 +438,23 @@ become_member() {
     await_replicas "$me"
 }
 
-# stdin: queue_snapshot; $1: the leaving node; $2: `cluster_status --formatter json`. stdout: for each
-# quorum queue with a member on $1, "vhost NUL name NUL node NUL" of the spare node to grow it onto: a
-# running node, not in maintenance, that holds none of its members, the one with the fewest members first
-# (counting those assigned here). Nothing for a queue without a spare node.
+# stdin: queue_snapshot; $1: the leaving node; $2: `cluster_status --formatter json`; $3: "voter" where a new
+# member is a voter from the start (before 3.13). stdout: for each quorum queue with a member on $1 whose
+# members all run, "vhost NUL name NUL node NUL" of the spare node to grow it onto: a running node, not in
+# maintenance, that holds none of its members, the one with the fewest members first (counting those
+# assigned here). A new voter must be acknowledged by the grown majority before it caught up, so a voter
+# is added only where the running members alone make that majority. Nothing for a queue without a spare.
 spare_members_to_add() {
-    jq -s -j --arg leaving "$1" --argjson status "$2" '
+    jq -s -j --arg leaving "$1" --argjson status "$2" --arg added "${3:-}" '
         ($status.running_nodes // []) as $running
         | ($status.maintenance_status // {}) as $maintenance
         | [$running[] | select(. != $leaving and ($maintenance[.] // "not under maintenance") == "not under maintenance")]
             as $candidates
         | (reduce (.[] | select(.type == "quorum") | .members[]) as $n ({}; .[$n] += 1)) as $held
-        | reduce (.[] | select(.type == "quorum" and (.members | index($leaving)))) as $q
+        | reduce (.[] | select(.type == "quorum" and (.members | index($leaving))
+                               and (.online | length) == (.members | length)
+                               and ($added != "voter" or (.online | length) > ((.members | length) + 1) / 2)))
+                  as $q
             ({held: $held, out: []};
              .held as $now
              | ([$candidates[] | select(. as $n | $q.members | index($n) | not)]
@@ -437,23 +467,41 @@ spare_members_to_add() {
 # Grow before shrink: each quorum queue with a member on the leaving node $1 gains a member on a spare node
 # (spare_members_to_add) before $1 goes, so it keeps its size; await_not_critical then waits until that
 # member caught up. Without a spare node (terminate before launch) the queue keeps its other members only.
+# Best effort, never a reason to skip the safety wait: a failed add (the queue deleted meanwhile, a
+# membership change under way, a timeout) is logged and that queue keeps its members. Before 3.13 a new
+# member votes at once, so nothing grows while RabbitMQ counts this node quorum-critical.
+# GROW_TIMEOUT_SECONDS bounds each add (the CLI's default, 5 s, is shorter than a catch-up).
 grow_onto_spare_nodes() {
-    local me=$1 status vhost name node
-    status=$(ctl "$me" cluster_status --formatter json) || return 1
+    local me=$1 status added=voter vhost name node
+    if ! status=$(ctl "$me" cluster_status --formatter json); then
+        log "no cluster status from $me: its quorum queues are not grown"
+        return 0
+    fi
+    if version_at_least 3.13; then
+        added=non-voter
+    elif ! upgrade_ctl "$me" await_online_quorum_plus_one -t 1 >/dev/null 2>&1; then
+        log "$me is quorum-critical: no voter is added before it is not"
+        return 0
+    fi
     while IFS= read -r -d '' vhost && IFS= read -r -d '' name && IFS= read -r -d '' node; do
         log "growing $vhost/$name onto $node before $me leaves"
-        queues_ctl "$me" add_member -p "$vhost" "$name" "$node" </dev/null >/dev/null || return 1
-    done < <(queue_snapshot "$me" | spare_members_to_add "$me" "$status")
+        queues_ctl "$me" add_member -p "$vhost" "$name" "$node" --timeout "${GROW_TIMEOUT_SECONDS:-300}" \
+            </dev/null >/dev/null ||
+            log "growing $vhost/$name onto $node failed: it keeps its members, the safety wait still guards it"
+    done < <(queue_snapshot "$me" | spare_members_to_add "$me" "$status" "$added")
 }
 
 # Succeeds once node $1 may stop without costing a queue its quorum or its last synchronised mirror, and
 # without leaving a quorum queue with a member that has not caught up (quorum_queues_lagging: RabbitMQ's
 # await_online_quorum_plus_one counts online members, not caught-up ones). Each of RabbitMQ's checks waits
-# LEAVE_WAIT_SECONDS; all are asked again until LEAVE_DEADLINE_SECONDS (default 24 h: under the hook's
-# global timeout, 100 x its 15-minute heartbeat, while watch_lifecycle keeps heartbeating).
+# LEAVE_WAIT_SECONDS; all are asked again until LEAVE_UNTIL (watch_lifecycle's deadline, in $SECONDS) or
+# LEAVE_DEADLINE_SECONDS from now (default 24 h: under the hook's global timeout, 100 x its 15-minute
+# heartbeat, while watch_lifecycle keeps heartbeating). Each quorum queue's catch-up target is its
+# leader's commit index at its first reading here.
 await_not_critical() {
-    local me=$1 deadline=$((SECONDS + ${LEAVE_DEADLINE_SECONDS:-86400})) wait=${LEAVE_WAIT_SECONDS:-600}
-    local snapshot lagging
+    local me=$1 deadline=${LEAVE_UNTIL:-$((SECONDS + ${LEAVE_DEADLINE_SECONDS:-86400}))}
+    local wait=${LEAVE_WAIT_SECONDS:-600} snapshot lagging targets
+    targets=$(mktemp)
     while :; do
         lagging=$(upgrade_ctl "$me" await_online_quorum_plus_one -t "$wait" >/dev/null 2>&1 || echo "quorum-critical")
         if [[ -z $lagging ]] && ! version_at_least 4.0; then
@@ -462,10 +510,14 @@ await_not_critical() {
         if [[ -z $lagging ]] && snapshot=$(queue_snapshot "$me"); then
             lagging=$(jq -r "$MIRRORS_UNSYNCHRONISED"' select(mirrors_unsynchronised) | "\(.vhost)/\(.name)"' \
                 <<<"$snapshot")
-            [[ -n $lagging ]] || lagging=$(quorum_queues_lagging "$me" "$me" <<<"$snapshot")
+            [[ -n $lagging ]] || lagging=$(quorum_queues_lagging "$me" leaving "$targets" <<<"$snapshot")
         fi
-        [[ -n $lagging ]] || return 0
+        if [[ -z $lagging ]]; then
+            rm -f "$targets"
+            return 0
+        fi
         if ((SECONDS >= deadline)); then
+            rm -f "$targets"
             log "$me is still quorum- or sync-critical ($(head -5 <<<"$lagging" | tr '\n' ' ')): it does not drain, shrink or leave"
             return 1
         fi
@@ -477,20 +529,22 @@ await_not_critical() {
 # The termination hook's steps for node $1: leave the cluster without ever costing a queue its quorum or
 # its last synchronised copy, and, while a spare node runs, without shrinking a quorum queue below its size
 # of caught-up members (grow before shrink). The last running node of a cluster does not leave (its data
-# stays). Every step returns on failure explicitly: called as a condition (watch_lifecycle), bash ignores
-# set -e inside the function, and a failed safety check must never lead to the shrink and the forget.
+# stays). Returns 2 when a safety step failed (nothing drained or shrunk: ask again later), 1 when a step
+# after the drain failed. Every step returns on failure explicitly: called as a condition
+# (watch_lifecycle), bash ignores set -e inside the function, and a failed safety check must never lead to
+# the shrink and the forget.
 leave_cluster() {
     local me=$1 status peer
-    status=$(ctl "$me" cluster_status --formatter json) || return 1
+    status=$(ctl "$me" cluster_status --formatter json) || return 2
     peer=$(jq -r --arg me "$me" '[.running_nodes[] | select(. != $me)] | first // empty' <<<"$status") ||
-        return 1
+        return 2
     if [[ -z $peer ]]; then
         log "$me is the only running member: it keeps its data and does not leave"
         return 0
     fi
     log "$me leaves the cluster (peer $peer): growing its quorum queues onto spare nodes, then waiting until every member caught up and $me is not quorum- or sync-critical"
-    grow_onto_spare_nodes "$me" || return 1
-    await_not_critical "$me" || return 1
+    grow_onto_spare_nodes "$me"
+    await_not_critical "$me" || return 2
     upgrade_ctl "$me" drain || return 1
     queues_ctl "$me" shrink "$me" >/dev/null || return 1
     ctl "$me" stop_app || return 1
@@ -563,16 +617,27 @@ complete_launch() {
 }
 
 # Runs as the rabbitmq-lifecycle service: waits until the group moves this instance to Terminated (the
-# termination lifecycle hook holds it in Terminating:Wait), leaves the cluster, completes the action.
+# termination lifecycle hook holds it in Terminating:Wait), leaves the cluster, completes the action. A
+# leave that stopped at a safety step (leave_cluster returns 2: the node is still critical, or a check
+# failed) is asked again, heartbeating, until LEAVE_DEADLINE_SECONDS (24 h). CONTINUE always terminates the
+# instance: past that deadline a still-critical node is terminated undrained (alarm MembersNotRunning).
 watch_lifecycle() {
-    local me heartbeat
+    local me heartbeat left=0
     me=$(this_node)
     until [[ $(imds autoscaling/target-lifecycle-state 2>/dev/null || true) == Terminated ]]; do
         sleep 5
     done
     log "the Auto Scaling group terminates this instance: $me leaves the cluster"
     heartbeat=$(start_heartbeats "$LIFECYCLE_HOOK_NAME")
-    if ! leave_cluster "$me"; then
+    LEAVE_UNTIL=$((SECONDS + ${LEAVE_DEADLINE_SECONDS:-86400}))
+    while :; do
+        left=0
+        leave_cluster "$me" || left=$?
+        ((left == 2 && SECONDS < LEAVE_UNTIL)) || break
+        log "$me may not leave yet: asking again"
+        sleep "${POLL_SECONDS:-5}"
+    done
+    if ((left != 0)); then
         log "leaving failed (MembersNotRunning alarms); the next node to boot forgets $me (forget_departed_members)"
     fi
     kill "$heartbeat" 2>/dev/null || true
@@ -791,9 +856,24 @@ signal_cloudformation() {
         --region "$AWS_REGION" || log "cfn-signal failed"
 }
 
+# A boot that failed after joining: the node leaves the cluster again before it stops, so neither it nor
+# the quorum members grown onto it stay behind as dead votes (pause_minority) until the next node's
+# forget_departed_members. A peer removes its members and forgets it. Best effort: each step is logged.
+leave_after_failed_boot() {
+    local me=$1 peer
+    peer=$(ctl "$me" cluster_status --formatter json --timeout 60 2>/dev/null |
+        jq -r --arg me "$me" '[(.running_nodes // [])[] | select(. != $me)] | first // empty') || peer=""
+    [[ -n $peer ]] || return 0
+    log "$me joined the cluster of $peer before the boot failed: it leaves it again"
+    queues_ctl "$peer" shrink "$me" >/dev/null || log "removing the quorum members of $me failed"
+    ctl "$me" stop_app || log "stopping $me failed"
+    ctl "$peer" forget_cluster_node "$me" || log "$peer could not forget $me (alarm MembersNotRunning)"
+}
+
 on_error() {
     local status=$?
     log "bootstrap failed (exit $status) at line $1"
+    [[ -z ${ME:-} ]] || leave_after_failed_boot "$ME" || true
     # A node that is not a member of the cluster must not take client traffic behind the load balancer.
     systemctl stop rabbitmq-server || true
     signal_cloudformation 1
@@ -817,6 +897,7 @@ bootstrap() {
     install_cookie
     start_rabbitmq
     me=$(this_node)
+    ME=$me # for on_error: from here on a failure leaves the cluster again
     # Success is signalled only once this node is a member of the cluster and any one node may go again
     # (every queue's members caught up): the rolling update, and through the launch hook AZRebalance, an
     # instance refresh or a replacement of an unhealthy node, take the next node only then.

@@ -158,18 +158,22 @@ STATUS_4_0 = [
 ]  # fmt: skip
 
 
-def test_a_member_caught_up_when_it_runs_votes_and_its_log_reaches_the_commit_index() -> None:
-    """3.10 has no Membership column: its log index decides (within CATCH_UP_ENTRIES of the leader's
-    commit index); 4.x also needs a voter (a new member is promotable until its initial sync ends)."""
-    assert render("caught_up_members", stdin=json.dumps(STATUS_3_10)).split() == ["a", "b"]
+def test_a_member_caught_up_when_it_runs_votes_and_its_log_reaches_the_target_index() -> None:
+    """3.10 has no Membership column: its log index decides; 4.x also needs a voter (a new member is
+    promotable until its initial sync ends). The target is the leader's commit index when the check began
+    (monotonic under load: a follower behind the moving commit index passes once it wrote the target), or
+    the commit index now when none is given."""
+    assert render("caught_up_members", stdin=json.dumps(STATUS_3_10)).split() == ["a"]
+    assert render("caught_up_members", "2990", stdin=json.dumps(STATUS_3_10)).split() == ["a", "b"]
+    assert render("caught_up_members", "2800", stdin=json.dumps(STATUS_3_10)).split() == ["new", "a", "b"]
     assert render("caught_up_members", stdin=json.dumps(STATUS_4_0)).split() == ["a", "b"]
-    strict = render("caught_up_members", stdin=json.dumps(STATUS_3_10), env={"CATCH_UP_ENTRIES": "0"})
-    assert strict.split() == ["a"]
     leaderless = [{**row, "Raft State": "follower"} for row in STATUS_3_10]
-    assert render("caught_up_members", stdin=json.dumps(leaderless)) == ""
+    assert render("caught_up_members", "0", stdin=json.dumps(leaderless)) == ""
+    assert render("leader_commit_index", stdin=json.dumps(STATUS_3_10)).strip() == "3005"
+    assert render("leader_commit_index", stdin=json.dumps(leaderless)) == ""
 
 
-def test_quorum_queues_need_a_majority_plus_one_at_boot_and_every_other_member_to_leave() -> None:
+def test_only_the_quorum_queues_of_the_node_are_checked_a_majority_plus_one_at_boot_all_others_to_leave() -> None:
     three, five = ["a", "b", "c"], ["a", "b", "c", "d", "e"]
     lines = [
         queue_line("q3", "quorum", members=three, online=three),
@@ -179,31 +183,148 @@ def test_quorum_queues_need_a_majority_plus_one_at_boot_and_every_other_member_t
         queue_line("mirrored", "classic", slave_pids=["p1"], synchronised_slave_pids=["p1"]),
     ]
     stdin = "\n".join(lines) + "\n"
-    boot = [json.loads(line) for line in render("quorum_queues_to_check", "", stdin=stdin).splitlines()]
-    assert [(q["name"], q["needed"]) for q in boot] == [("q3", 3), ("q5", 4), ("elsewhere", 3)]
-    leave = [json.loads(line) for line in render("quorum_queues_to_check", "a", stdin=stdin).splitlines()]
-    assert [(q["name"], q["needed"]) for q in leave] == [("q3", 2), ("q5", 4), ("two", 1)]
+    boot = [json.loads(line) for line in render("quorum_queues_to_check", "a", stdin=stdin).splitlines()]
+    assert [(q["name"], q["needed"]) for q in boot] == [("q3", 3), ("q5", 4)]
+    leave = render("quorum_queues_to_check", "a", "leaving", stdin=stdin).splitlines()
+    assert [(q["name"], q["needed"]) for q in map(json.loads, leave)] == [("q3", 2), ("q5", 4), ("two", 1)]
 
 
 def test_a_leaving_node_grows_each_of_its_quorum_queues_onto_the_emptiest_spare_node() -> None:
-    """Spare: running, not in maintenance, holding none of the queue's members; assignments spread."""
+    """Spare: running, not in maintenance, holding none of the queue's members; assignments spread. Only
+    queues whose members all run grow; a voter (before 3.13) only where the running members alone make
+    the grown queue's majority (a one-member queue would need the new, empty member's vote)."""
     lines = [
         queue_line("q1", "quorum", members=["old", "b", "c"], online=["old", "b", "c"]),
         queue_line("q2", "quorum", members=["old", "b", "d"], online=["old", "b", "d"]),
         queue_line("q3", "quorum", members=["old", "b", "c"], online=["old", "b", "c"]),
+        queue_line("down", "quorum", members=["old", "b", "c"], online=["old", "b"]),
         queue_line("full", "quorum", members=["old", "b", "c", "d", "e"], online=["old", "b", "c"]),
+        queue_line("alone", "quorum", members=["old"], online=["old"]),
         queue_line("not-mine", "quorum", members=["b", "c", "d"], online=["b", "c", "d"]),
     ]
     status = {
         "running_nodes": ["old", "b", "c", "d", "e", "drained"],
         "maintenance_status": {"drained": "marked for maintenance", "e": "not under maintenance"},
     }
-    out = render("spare_members_to_add", "old", json.dumps(status), stdin="\n".join(lines))
-    fields = out.split("\0")
-    assert fields[-1] == ""
-    triples = [tuple(fields[i : i + 3]) for i in range(0, len(fields) - 1, 3)]
-    # Members held: e 1, d 3, c 4. q1 -> e; q2 -> e (d holds q2); q3: d and e hold 3 each now -> d (first).
-    assert triples == [("/", "q1", "e"), ("/", "q2", "e"), ("/", "q3", "d")]
+
+    def spares(added: str) -> list[tuple[str, ...]]:
+        out = render("spare_members_to_add", "old", json.dumps(status), added, stdin="\n".join(lines))
+        fields = out.split("\0")
+        assert fields[-1] == ""
+        return [tuple(fields[i : i + 3]) for i in range(0, len(fields) - 1, 3)]
+
+    # Members held: e 1, d 3, c 5. q1 -> e; q2 -> e (d holds q2); q3: d and e hold 3 each now -> d (first).
+    assert spares("voter") == [("/", "q1", "e"), ("/", "q2", "e"), ("/", "q3", "d")]
+    assert spares("non-voter")[-1] == ("/", "alone", "e")
+
+
+def _stubbed_run(tmp_path: Path, stubs: str, steps: str) -> tuple[int, list[str], str]:
+    """The script's own functions, sourced, with the commands that reach RabbitMQ and AWS replaced by
+    shell functions that append each call to a file: for failure paths real nodes cannot show on demand."""
+    calls = tmp_path / "calls"
+    calls.touch()
+    done = subprocess.run(
+        ["bash", "-c", f'set -Eeuo pipefail; source "$1"; CALLS={calls}\n{stubs}\n{steps}', "bash",
+         str(BOOTSTRAP_SCRIPT)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **SETTINGS, "POLL_SECONDS": "0"},
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    return done.returncode, calls.read_text().splitlines(), done.stderr
+
+
+# A 3.10 cluster of old (leaving), b, c and a spare d; queue q has members old, b, c, all running. The
+# first cluster_status fails; add_member fails (the queue was deleted meanwhile). The membership the stubs
+# show never changes, so the regrow after the leave is not waited for (SYNC_TIMEOUT=0).
+LEAVING_STUBS = """
+imds() { case $1 in autoscaling/target-lifecycle-state) echo Terminated ;; *) echo old ;; esac; }
+start_heartbeats() { sleep 120 >/dev/null & echo "$!"; }
+lifecycle_action() { echo "lifecycle $*" >>"$CALLS"; }
+count() { echo "$1" >>"$CALLS.count"; grep -cxF -- "$1" "$CALLS.count"; }
+ctl() {
+    echo "ctl $*" >>"$CALLS"
+    case $2 in
+        cluster_status) (($(count status) > 1)) || return 69
+            echo '{"running_nodes": ["rabbit@old", "rabbit@b", "rabbit@c", "rabbit@d"]}' ;;
+        list_vhosts) echo '[{"name": "/"}]' ;;
+        list_queues) echo '[{"name": "q", "type": "quorum", "members": ["rabbit@old", "rabbit@b", "rabbit@c"],
+            "online": ["rabbit@old", "rabbit@b", "rabbit@c"], "slave_pids": "", "synchronised_slave_pids": ""}]' ;;
+    esac
+}
+queues_ctl() {
+    echo "queues $*" >>"$CALLS"
+    case $2 in
+        add_member) echo "Error: {:not_found, q}" >&2; return 69 ;;
+        quorum_status) echo '[{"Node Name": "rabbit@b", "Raft State": "leader", "Log Index": 9, "Commit Index": 9},
+            {"Node Name": "rabbit@c", "Raft State": "follower", "Log Index": 9, "Commit Index": 9}]' ;;
+    esac
+}
+upgrade_ctl() {
+    echo "upgrade $*" >>"$CALLS"
+    local reading
+    [[ $2 == await_online_quorum_plus_one ]] || return 0
+    reading=$(count critical) # the first (before the grow) passes; then critical until CRITICAL_READINGS
+    ((reading == 1 || reading > CRITICAL_READINGS))
+}
+"""
+
+
+@pytest.mark.parametrize(("critical_readings", "deadline"), [(3, "60"), (1000, "2")])
+def test_a_failed_grow_or_check_never_skips_the_safety_wait_and_a_critical_node_does_not_drain(
+    tmp_path: Path, critical_readings: int, deadline: str
+) -> None:
+    """aws-3 #1 / ops-3 #1: the first cluster_status fails (the leave is asked again, not completed), the
+    grow's add_member fails (the queue was deleted): the node still waits while RabbitMQ counts it
+    quorum-critical, and only then drains, shrinks and leaves; one still critical at the deadline never
+    drains or shrinks. CONTINUE is completed once, last."""
+    steps = (
+        f"CRITICAL_READINGS={critical_readings} LEAVE_DEADLINE_SECONDS={deadline} "
+        "SYNC_TIMEOUT=0 LIFECYCLE_HOOK_NAME=rabbitmq-leave-cluster watch_lifecycle"
+    )
+    code, calls, log = _stubbed_run(tmp_path, LEAVING_STUBS, steps)
+    assert code == 0, log
+    kinds = [" ".join(call.split()[:3:2]) for call in calls]  # "ctl cluster_status", "queues add_member", ...
+    assert kinds[-1] == "lifecycle complete-lifecycle-action" and kinds.count(kinds[-1]) == 1, calls
+    assert "may not leave yet: asking again" in log and "growing //q onto rabbit@d failed" in log, log
+    add = kinds.index("queues add_member")
+    assert "--timeout" in calls[add]
+    critical = [i for i, kind in enumerate(kinds) if kind == "upgrade await_online_quorum_plus_one"]
+    assert critical and critical[-1] > add
+    if critical_readings < 1000:
+        assert len(critical) == critical_readings + 1, calls
+        assert kinds.index("upgrade drain") > critical[-1] and "queues shrink" in kinds, calls
+    else:
+        assert "upgrade drain" not in kinds and "queues shrink" not in kinds, calls
+        assert "still quorum- or sync-critical" in log and "leaving failed" in log, log
+
+
+def test_a_boot_that_fails_after_joining_leaves_the_cluster_before_it_stops(tmp_path: Path) -> None:
+    """aws-3 #3: a failure after the join (here the admin user) removes the node's quorum members through a
+    peer, stops it and has the peer forget it before the launch action is abandoned: no stale member."""
+    stubs = """
+        systemctl() { echo "systemctl $*" >>"$CALLS"; }
+        signal_cloudformation() { :; }
+        complete_launch() { echo "complete_launch $*" >>"$CALLS"; }
+        ctl() {
+            echo "ctl $1 $2" >>"$CALLS"
+            [[ $2 != cluster_status ]] || echo '{"running_nodes": ["rabbit@new", "rabbit@b", "rabbit@c"]}'
+        }
+        queues_ctl() { echo "queues $1 $2 $3" >>"$CALLS"; }
+        ensure_admin_user() { return 1; }
+    """
+    steps = "trap 'on_error $LINENO' ERR; ME=rabbit@new; ensure_admin_user rabbit@new"
+    code, calls, log = _stubbed_run(tmp_path, stubs, steps)
+    assert code == 1 and "leaves it again" in log, log
+    assert calls == [
+        "ctl rabbit@new cluster_status",
+        "queues rabbit@b shrink rabbit@new",
+        "ctl rabbit@new stop_app",
+        "ctl rabbit@b forget_cluster_node",
+        "systemctl stop rabbitmq-server",
+        "complete_launch ABANDON",
+    ]
 
 
 def test_the_installed_script_is_the_same_program_without_its_comment_lines(tmp_path: Path) -> None:
