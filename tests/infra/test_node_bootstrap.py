@@ -173,7 +173,7 @@ def test_a_member_caught_up_when_it_runs_votes_and_its_log_reaches_the_target_in
     assert render("leader_commit_index", stdin=json.dumps(leaderless)) == ""
 
 
-def test_only_the_quorum_queues_of_the_node_are_checked_a_majority_plus_one_at_boot_all_others_to_leave() -> None:
+def test_the_nodes_own_quorum_queues_need_a_majority_plus_one_at_boot_and_all_others_to_leave() -> None:
     three, five = ["a", "b", "c"], ["a", "b", "c", "d", "e"]
     lines = [
         queue_line("q3", "quorum", members=three, online=three),
