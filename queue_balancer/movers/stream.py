@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from queue_balancer.errors import BalancerError
+from queue_balancer.leader_transfer import NOT_ATTEMPTED
 from queue_balancer.model import Queue, QueueRef, QueueType
 from queue_balancer.movers.context import MoveContext
 from queue_balancer.movers.progress import MoveProgress, Phase
@@ -77,8 +78,13 @@ def transfer(ctx: MoveContext, started: list[MoveProgress]) -> list[MoveProgress
         elif answer.result == BUDGET_SPENT:
             reason = f"{NOT_TRIED}: its turn came after the eval's {EVAL_BUDGET_SECONDS} s budget"
             result.append(ctx.finish(p, Phase.DONE, reason))
+        elif answer.result == NOT_ATTEMPTED:
+            continue  # its SSM command was never sent: nothing changed, the runner starts it again later
         elif "not_found" in answer.result and not answer.attempts:
             result.append(ctx.finish(p, Phase.FAILED, "queue was deleted"))
+        elif answer.result.startswith("{error,") and not answer.attempts:
+            reason = f"stream transfer failed (the stream may have restarted): {answer.result}"
+            result.append(ctx.finish(p, Phase.FAILED, reason))
         elif answer.lost:
             reason = (
                 f"verification: the writer had committed offset {answer.committed_before} before the restart, "

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from queue_balancer.leader_transfer import NOT_ATTEMPTED
 from queue_balancer.model import Move, Queue, QueueCount, QueueRef, QueueType
 from queue_balancer.movers import MoveContext, MoveProgress, Phase
 from queue_balancer.movers import stream as stream_move
@@ -105,6 +106,19 @@ def test_a_stream_past_the_eval_budget_was_not_restarted_and_is_not_failed() -> 
     left = restarted(ctx)
     assert left.phase is Phase.DONE and left.outcome.startswith("best effort: not restarted")
     assert stream_move.streams_left([left]) == {MOVE.ref}
+
+
+def test_a_stream_whose_command_was_never_sent_is_started_again_and_one_whose_command_failed_fails() -> None:
+    """aws-3 #4: a command the slice did not send leaves its streams pending (the runner starts them
+    again), never "coordinator chose" the node they never left; a failed command's streams fail."""
+    ctx, _ = context(NOT_ATTEMPTED, 0)
+    begun = MoveProgress(MOVE, Phase.VERIFYING, 0.0, 60.0, messages_before=100, exact_count=True)
+    assert stream_move.transfer(ctx, [stream_move.start(ctx, begun)]) == []
+    ctx, _ = context("{error,command 42 timed out}", 0)
+    failed = restarted(ctx)
+    assert (
+        failed.phase is Phase.FAILED and "may have restarted): {error,command 42 timed out}" in failed.outcome
+    )
 
 
 def test_an_interrupt_after_the_restart_says_where_the_stream_is() -> None:
