@@ -181,6 +181,10 @@ class MotoPatches:
         original_send = SimpleSystemManagerBackend.send_command
 
         def send_command(backend: Any, **kwargs: Any) -> Any:
+            if not set(kwargs.get("instance_ids") or ()) & set(run_command.instances):
+                # Not this endpoint's instances: another moto user in the same process (a unit test after
+                # the session's endpoint started) gets moto's own SendCommand.
+                return original_send(backend, **kwargs)
             name, given = kwargs.get("document_name"), kwargs.get("parameters") or {}
             if name == "AWS-RunShellScript":
                 script = [str(c) for c in given.get("commands", [])]
