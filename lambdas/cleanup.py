@@ -10,8 +10,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lambdas.common import cluster, logger, store, task
 from lambdas.settings import settings
+from queue_balancer.contract import UNDO_SECONDS
 from queue_balancer.model import JsonDict
-from queue_balancer.workflow.ended import UNDO_SECONDS, StatusChange, end_abandoned_run
+from queue_balancer.workflow.ended import StatusChange, end_abandoned_run
 from queue_balancer.workflow.failure import CaughtError, fail_run
 from queue_balancer.workflow.run_state import RunState
 

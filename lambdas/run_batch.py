@@ -9,6 +9,7 @@ budget and send no further command once the run has a request (``common.eval_win
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import replace
 
@@ -16,7 +17,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lambdas.common import EvalWindow, cluster, eval_window, logger, metrics, store, task
-from queue_balancer.batch_run import BatchSlice, SliceResult, run_slice
+from queue_balancer.batch_run import BatchSlice, SliceResult, run_slice, stop_requested
 from queue_balancer.lifecycle import EVENTS_PER_RETRY, EVENTS_PER_SLICE, RunInput
 from queue_balancer.member_moves import MemberPhase, MemberProgress
 from queue_balancer.model import JsonDict, Move
@@ -48,7 +49,7 @@ def handler(event: JsonDict, context: LambdaContext) -> JsonDict:
     ends = time.monotonic() + batch.budget_seconds
     window = EvalWindow(
         seconds_left=lambda: ends - time.monotonic(),
-        stopping=lambda: db.lifecycle(run.cluster).requested is not None,
+        stopping=functools.partial(stop_requested, db, run.cluster),
     )
     with cluster() as access, eval_window(window):
         result = run_slice(

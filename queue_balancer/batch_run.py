@@ -31,12 +31,12 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from queue_balancer.batch_slice import (
-    BUDGET_SECONDS,
     SliceEnd,
     SliceLimits,
     drive_member_slice,
     drive_slice,
 )
+from queue_balancer.contract import BUDGET_SECONDS, TIMEOUT_MARGIN_SECONDS
 from queue_balancer.lifecycle import (
     EVENTS_PER_CONTROL,
     EVENTS_PER_SLICE,
@@ -54,8 +54,6 @@ from queue_balancer.member_moves import MemberBatch, MemberMover, MemberPhase, M
 from queue_balancer.movers import MoveProgress, Mover, Phase
 from queue_balancer.runner import BatchState
 
-TIMEOUT_MARGIN_SECONDS = 30.0
-"""Time left to the Lambda timeout when a slice ends at the latest (rollbacks, the final write)."""
 PROGRESS_INTERVAL = 1.0
 """Seconds between two writes of a batch's progress to the lifecycle item while its moves finish."""
 LOCK_CHECK_SECONDS = 5.0
@@ -171,6 +169,12 @@ class RunLease(Protocol):
     def verify(self) -> None:
         """``LockLost`` when either of the run's locks is another run's, or nobody's (reads them)."""
         ...
+
+
+def stop_requested(store: BatchStore, cluster: str) -> bool:
+    """Whether ``cluster``'s run was asked to stop or pause (by the operator or by Cleanup of an ended
+    execution): an SSM eval under way then sends no further command."""
+    return store.lifecycle(cluster).requested is not None
 
 
 def run_slice(

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from queue_balancer.contract import BUDGET_SECONDS
 from queue_balancer.member_moves import MemberBatch, MemberMover, MemberProgress, drive_members
 from queue_balancer.model import QueueType
 from queue_balancer.movers import MoveProgress, Mover, Phase
@@ -43,8 +44,6 @@ LONG_PHASE_SECONDS = 15.0
 Not less: on a busy 2-core machine a 100-message queue's re-mirroring took 5-10 s (bench, load average
 27), and handing it to the Wait loop cost ``poll_seconds`` plus three states; a Lambda waiting 15 s
 costs a fraction of a cent."""
-BUDGET_SECONDS = 120.0
-"""The longest slice; the handler also keeps a margin to the Lambda timeout."""
 LONG_PHASES = frozenset({Phase.SYNCING, Phase.RESTORING, Phase.ROLLING_BACK})
 
 

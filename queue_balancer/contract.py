@@ -206,6 +206,19 @@ def function_access(name: str) -> frozenset[str]:
         ) from None
 
 
+# ---- the functions' time ------------------------------------------------------------------------------
+
+BUDGET_SECONDS = 120.0
+"""The longest RunBatch slice; the handler also keeps a margin to the Lambda timeout."""
+TIMEOUT_MARGIN_SECONDS = 30.0
+"""Time left to the Lambda timeout when a slice ends at the latest (rollbacks, the final write)."""
+UNDO_SECONDS = 120.0
+"""What Cleanup keeps of its own time for undoing the run once it stopped waiting for a slice."""
+FUNCTION_SECONDS_NEEDED = BUDGET_SECONDS + TIMEOUT_MARGIN_SECONDS + UNDO_SECONDS
+"""The shortest Lambda timeout with which Cleanup can wait for a whole slice (its budget, then its
+rollback in the margin to its own timeout) and still keep ``UNDO_SECONDS``: the stack refuses less."""
+
+
 STATUS_CHANGE = "Step Functions Execution Status Change"
 """The ``detail-type`` of the EventBridge events the stack routes to the Cleanup function."""
 ENDED_WITHOUT_CLEANUP = ("ABORTED", "TIMED_OUT", "FAILED")

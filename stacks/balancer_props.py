@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_secretsmanager as secretsmanager
 
-from queue_balancer.workflow.ended import FUNCTION_SECONDS_NEEDED, UNDO_SECONDS
+from queue_balancer.contract import FUNCTION_SECONDS_NEEDED, UNDO_SECONDS
 from stacks import REPO_ROOT
 from stacks.names import check_cluster_name
 

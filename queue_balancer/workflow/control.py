@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from queue_balancer.batch_slice import BUDGET_SECONDS
+from queue_balancer.contract import BUDGET_SECONDS
 from queue_balancer.lifecycle import (
     EVENTS_PER_BATCH,
     EVENTS_PER_CONTROL,

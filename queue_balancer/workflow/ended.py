@@ -22,8 +22,6 @@ from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
-from queue_balancer.batch_run import TIMEOUT_MARGIN_SECONDS
-from queue_balancer.batch_slice import BUDGET_SECONDS
 from queue_balancer.contract import ENDED_WITHOUT_CLEANUP, STATUS_CHANGE
 from queue_balancer.errors import ConfigurationError
 from queue_balancer.lifecycle import Control, Lifecycle, State
@@ -36,11 +34,6 @@ from queue_balancer.workflow.run_state import RunState
 
 SLICE_POLL_SECONDS = 1.0
 """How often Cleanup reads whether the slice it asked to stop has ended."""
-UNDO_SECONDS = 120.0
-"""What Cleanup keeps of its own time for undoing the run once it stopped waiting for a slice."""
-FUNCTION_SECONDS_NEEDED = BUDGET_SECONDS + TIMEOUT_MARGIN_SECONDS + UNDO_SECONDS
-"""The shortest Lambda timeout with which Cleanup can wait for a whole slice (its budget, then its
-rollback in the margin to its own timeout) and still keep ``UNDO_SECONDS``: the stack refuses less."""
 
 WHY = {
     "ABORTED": "the execution was stopped (StopExecution or the console) before it could clean up",

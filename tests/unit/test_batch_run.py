@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import pytest
 
-from queue_balancer.batch_run import TIMEOUT_MARGIN_SECONDS, BatchSlice, run_slice
-from queue_balancer.batch_slice import BUDGET_SECONDS, SliceEnd
-from queue_balancer.contract import PlanKind
+from queue_balancer.batch_run import BatchSlice, run_slice
+from queue_balancer.batch_slice import SliceEnd
+from queue_balancer.contract import BUDGET_SECONDS, TIMEOUT_MARGIN_SECONDS, PlanKind
 from queue_balancer.lifecycle import (
     HISTORY_LIMIT,
     LOCK_MARGIN_SECONDS,
