@@ -37,6 +37,13 @@ TEST_PORTS = {
 TEST_PORTS_4 = {key: port + 80 for key, port in TEST_PORTS.items()}
 T = TypeVar("T")
 
+# A suite started in the background by a non-interactive shell (`make test &`, nohup, setsid) inherits
+# SIGINT ignored, and so would every process it starts: Python then installs no KeyboardInterrupt handler,
+# `_thread.interrupt_main` does nothing, and the Ctrl-C tests fail for a reason no user meets. A Python
+# handler, unlike SIG_IGN, is not inherited across exec: the CLI processes the tests start get the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the groups into scheduling scopes
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
