@@ -251,14 +251,16 @@ ctl() {
         list_vhosts) echo '[{"name": "/"}]' ;;
         list_queues) echo '[{"name": "q", "type": "quorum", "members": ["rabbit@old", "rabbit@b", "rabbit@c"],
             "online": ["rabbit@old", "rabbit@b", "rabbit@c"], "slave_pids": "", "synchronised_slave_pids": ""}]' ;;
+        eval) echo "status:$(base64 -w0 <<<'{"vhost": "/", "name": "q", "status": [
+            {"Node Name": "rabbit@b", "Raft State": "leader", "Log Index": 9, "Commit Index": 9},
+            {"Node Name": "rabbit@c", "Raft State": "follower", "Log Index": 9, "Commit Index": 9}]}')"
+            echo ok ;;
     esac
 }
 queues_ctl() {
     echo "queues $*" >>"$CALLS"
     case $2 in
         add_member) echo "Error: {:not_found, q}" >&2; return 69 ;;
-        quorum_status) echo '[{"Node Name": "rabbit@b", "Raft State": "leader", "Log Index": 9, "Commit Index": 9},
-            {"Node Name": "rabbit@c", "Raft State": "follower", "Log Index": 9, "Commit Index": 9}]' ;;
     esac
 }
 upgrade_ctl() {

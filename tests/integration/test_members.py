@@ -8,6 +8,7 @@ is stopped however the test ends.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from queue_balancer.local.cluster import ENV_BASE_DIR, LocalCluster, LocalCluste
 from queue_balancer.management import ManagementClient
 from queue_balancer.member_changes import member_changer
 from queue_balancer.model import Queue, QueueRef
+from stacks.node_user_data import BOOTSTRAP_SCRIPT
 from tests.conftest import TEST_PORTS, wait_until
 from tests.integration.test_balance import declare, publish
 
@@ -249,3 +251,47 @@ def test_plan_members_reports_the_mirror_spread_of_ha_exactly_queues(
     assert run_cli(clean_cluster.base_dir, monkeypatch, "report") == 0  # the same spread in `report`
     reported = json.loads(capsys.readouterr().out)
     assert reported["exactly_copies"] == planned["mirrors"]
+
+
+def _script_constant(name: str) -> str:
+    """A single-quoted constant of the node script, as bash reads it."""
+    text = BOOTSTRAP_SCRIPT.read_text()
+    start = text.index(f"{name}='") + len(name) + 2
+    return text[start : text.index("'", start)]
+
+
+def test_the_node_hooks_one_eval_reads_each_quorum_queue_as_quorum_status_prints_it(
+    versioned: LocalCluster,
+) -> None:
+    """The boot's and the termination hook's catch-up check reads every quorum queue of a node in one CLI
+    call (QUORUM_STATUSES_ERL in stacks/node_bootstrap.sh) instead of one `quorum_status` per queue: the
+    rows must be the ones `quorum_status` prints, on both versions, whatever the queue's name."""
+    cluster = versioned
+    user, password = cluster.credentials
+    client = ManagementClient(cluster.nodes[0].management_url, user, password)
+    names = ["members-status", "members-st\u00e4tus \"quoted\" 'x'"]
+    for name in names:
+        declare(client, "/", name, **{"x-queue-type": "quorum"})
+    first = cluster.nodes[0]
+    wait_until(
+        lambda: all(len(Queue.from_api(client.queue_now("/", n)).members) == 3 for n in names),
+        timeout=30,
+        what="both queues on 3 members",
+    )
+    out = cluster.rabbitmqctl("-q", "eval", _script_constant("QUORUM_STATUSES_ERL"), node=first)
+    read = [
+        json.loads(base64.b64decode(line.removeprefix("status:")))
+        for line in out.splitlines()
+        if line.startswith("status:")
+    ]
+    found = {(q["vhost"], q["name"]): q["status"] for q in read}
+    assert {("/", n) for n in names} <= set(found), out
+    for name in names:
+        printed = json.loads(
+            cluster.rabbitmq_queues("-q", "quorum_status", name, "--formatter", "json", node=first)
+        )
+        rows = sorted(found["/", name], key=lambda r: str(r["Node Name"]))
+        assert [sorted(r) for r in rows] == [sorted(r) for r in sorted(printed, key=lambda r: r["Node Name"])]
+        for row, expected in zip(rows, sorted(printed, key=lambda r: r["Node Name"]), strict=True):
+            for column in ("Node Name", "Raft State", "Commit Index", "Membership"):
+                assert row.get(column) == expected.get(column), (name, column, row, expected)
