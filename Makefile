@@ -48,7 +48,7 @@ PYTEST := $(PY) -m pytest -p no:cacheprovider
 # Most of the suite waits on RabbitMQ (boots, syncs, a killed node noticed), not on the CPU: it runs on
 # PYTEST_WORKERS pytest-xdist workers, each on its own port block, a module (or the tests sharing a CDK
 # synthesis) on one worker (tests/parallel.py). PYTEST_WORKERS=0 runs it in one process.
-PYTEST_WORKERS ?= 2
+PYTEST_WORKERS ?= 3
 PYTEST_PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 
 # The RabbitMQ 4 root file system (a download, about a minute, once per machine) is built in the background

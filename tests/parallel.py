@@ -1,4 +1,4 @@
-"""How the suite runs on several pytest-xdist workers (`make test` uses `-n 2 --dist loadgroup`).
+"""How the suite runs on several pytest-xdist workers (`make test` uses `-n 3 --dist loadgroup`).
 
 Most of the suite's time is spent waiting on RabbitMQ (a boot, a sync, a node's death noticed), not on
 the CPU, so workers overlap those waits. Each worker is a separate pytest session: its own session
@@ -28,7 +28,7 @@ _SYNTH_FIXTURES = frozenset({"cluster_synth", "app_synth", "existing_synth"})
 # Tiers that need no node: they go last and fill the workers' gaps.
 _CHEAP_TIERS = ("tests/unit/", "tests/test_quality.py")
 # The groups that take longest (seconds of one worker, measured with `--durations` on 2 workers under load,
-# 2026-11-27; only their order matters). They start first, alternating between the workers (xdist hands
+# 2026-11-27; only their order matters). They start first, spread over the workers (xdist hands
 # out the first groups round robin), so no long group starts last and leaves one worker idle at the end.
 _LONGEST_GROUPS = {
     "tests/statemachine/test_workflow.py": 580,
