@@ -1,4 +1,4 @@
-"""The AWS contract, in one place: ASL placeholders, the functions' environment, the DynamoDB item layout.
+"""The AWS contract, in one place: ASL placeholders, the functions' environment and time, the DynamoDB items.
 
 Three parties must agree on it: ``statemachine/balancer.asl.json`` (its ``${...}`` placeholders and the
 table keys its DynamoDB tasks write), the stacks that deploy it (``stacks/``), and the code that runs it
@@ -10,6 +10,8 @@ the ASL file. The module is pure (standard library only) so the CDK app may impo
   ``lambdas.<snake_case(Name)>.handler``; ``${LifecycleTableName}`` and ``${NotificationTopicArn}`` are
   the table and the topic. Nothing else is substituted.
 - **Environment**: what every function finds in its environment (``FunctionEnvironment``).
+- **Time**: a RunBatch slice's budget, its margin to the Lambda timeout and Cleanup's undo time; the
+  stack refuses a function timeout shorter than they need (``FUNCTION_SECONDS_NEEDED``).
 - **Items**: one table, partition key ``pk`` and sort key ``sk`` (both strings)::
 
     pk                  sk                        holds

@@ -324,27 +324,34 @@ queues_at_risk() {
         | "\(.vhost)/\(.name)"'
 }
 
-# stdin: `rabbitmq-queues quorum_status --formatter json` of one queue; $1: the commit index to reach (the
-# leader's, read when the check began: quorum_queues_lagging), or "" for the leader's commit index now.
-# stdout: its members that caught up, one a line: running (leader or follower), a voter where the column
-# exists (3.13+ adds a member as a non-voter and promotes it once its initial sync is done; 3.10 has no
-# such column), and whose log reaches that index. A fixed target is monotonic: under steady publishing a
-# follower that is a few entries behind the moving commit index still passes once it wrote the target.
-# Columns: 3.10 "Log Index"; 3.13/4.x "Last Written" (and "Last Log Index"). Nothing without a leader.
+# jq: caught_up($target), the members of a queue's quorum_status rows (`rabbitmq-queues quorum_status
+# --formatter json`) that caught up with commit index $target (the leader's, read when the check began:
+# quorum_queues_lagging), or with the leader's commit index now when $target is null: running (leader or
+# follower), a voter where the column exists (3.13+ adds a member as a non-voter and promotes it once its
+# initial sync is done; 3.10 has no such column), and whose log reaches that index. A fixed target is
+# monotonic: under steady publishing a follower a few entries behind the moving commit index still passes
+# once it wrote the target. Columns: 3.10 "Log Index"; 3.13/4.x "Last Written" (and "Last Log Index").
+# Nothing without a leader. leader_commit: the leader's commit index, or null.
+# shellcheck disable=SC2016 # jq's variables, not the shell's
+CAUGHT_UP='def leader_commit: map(select(.["Raft State"] == "leader")) | first | .["Commit Index"];
+def caught_up($target):
+    leader_commit as $now
+    | (if $target == null then $now else $target end) as $commit
+    | .[]
+    | select($now != null
+             and (.["Raft State"] == "leader" or .["Raft State"] == "follower")
+             and (.Membership // "voter") == "voter"
+             and ((.["Last Written"] // .["Log Index"] // .["Last Log Index"] // -1) >= $commit))
+    | .["Node Name"];'
+
+# stdin: quorum_status rows of one queue; $1: the commit index to reach, or "" for the leader's now.
+# stdout: its members that caught up (CAUGHT_UP), one a line.
 caught_up_members() {
-    jq -r --arg target "${1:-}" '
-        (map(select(.["Raft State"] == "leader")) | first | .["Commit Index"]) as $now
-        | (if $target == "" then $now else ($target | tonumber) end) as $commit
-        | .[]
-        | select($now != null
-                 and (.["Raft State"] == "leader" or .["Raft State"] == "follower")
-                 and (.Membership // "voter") == "voter"
-                 and ((.["Last Written"] // .["Log Index"] // .["Last Log Index"] // -1) >= $commit))
-        | .["Node Name"]'
+    jq -r --arg target "${1:-}" "$CAUGHT_UP"' caught_up(if $target == "" then null else ($target | tonumber) end)'
 }
 
-# stdin: `quorum_status --formatter json` of one queue. stdout: its leader's commit index, or nothing.
-leader_commit_index() { jq -r 'map(select(.["Raft State"] == "leader")) | first | .["Commit Index"] // empty'; }
+# stdin: quorum_status rows of one queue. stdout: its leader's commit index, or nothing.
+leader_commit_index() { jq -r "$CAUGHT_UP"' leader_commit // empty'; }
 
 # stdin: queue_snapshot; $1: the node whose quorum queues are checked; $2: "leaving" if $1 leaves. stdout:
 # one JSON object a line, the quorum queues with a member on $1 and how many caught-up members each needs,
@@ -360,67 +367,90 @@ quorum_queues_to_check() {
           else {vhost, name, needed: ($size - 1)} end'
 }
 
-# The Raft state of every quorum queue with a member on the node it runs on, one line each:
-# "status:" and, base64-encoded (a name may hold any character), {"vhost", "name", "status"}, where
-# "status" holds the rows `rabbitmq-queues quorum_status --formatter json` prints (the same
-# rabbit_quorum_queue:status/2). A queue whose status cannot be read (deleted meanwhile, no leader
-# reachable) is left out: it counts as not caught up.
+# The Raft state of every quorum queue with a member on the node it runs on, one line each: "status:" and,
+# base64-encoded (a name may hold any character), {"vhost", "name", "status"}, where "status" holds the
+# rows `rabbitmq-queues quorum_status --formatter json` prints (the same rabbit_quorum_queue:status/2;
+# a value that is no atom, number or binary, such as {error,nodedown} for a member on a node that is down,
+# as text). Up to 32 queues are read at once, each in its own process killed after 15 s: a queue whose
+# reading fails or takes longer (a member's host unreachable) is left out, counts as not caught up, and
+# holds up neither the other queues nor the pass.
 QUORUM_STATUSES_ERL='
-Me = atom_to_binary(node(), utf8),
-Text = fun(V) when is_atom(V) -> atom_to_binary(V, utf8); (V) -> V end,
+Text = fun(V) when is_atom(V) -> atom_to_binary(V, utf8);
+          (V) when is_binary(V); is_number(V) -> V;
+          (V) -> iolist_to_binary(io_lib:format("~0p", [V]))
+       end,
 Print = fun(Q) ->
-    {resource, VHost, queue, Name} = amqqueue:get_name(Q),
-    try [maps:from_list([{K, Text(V)} || {K, V} <- Row]) || Row <- rabbit_quorum_queue:status(VHost, Name)] of
-        Rows ->
-            case [R || R <- Rows, maps:get(<<"Node Name">>, R, none) =:= Me] of
-                [] -> ok;
-                _ -> io:format("status:~s~n",
-                        [base64:encode(rabbit_json:encode(#{vhost => VHost, name => Name, status => Rows}))])
-            end
+    timer:kill_after(15000),
+    try
+        {resource, VHost, queue, Name} = amqqueue:get_name(Q),
+        Rows = [maps:from_list([{K, Text(V)} || {K, V} <- Row]) || Row <- rabbit_quorum_queue:status(VHost, Name)],
+        Json = rabbit_json:encode(#{vhost => VHost, name => Name, status => Rows}),
+        io:format("status:~s~n", [base64:encode(Json)])
     catch _:_ -> ok
     end
 end,
-lists:foreach(Print, [Q || Q <- rabbit_amqqueue:list(), amqqueue:get_type(Q) =:= rabbit_quorum_queue]).'
+Down = list_to_atom("DOWN"),
+Await = fun(Self, Running) ->
+    receive {D, _, process, _, _} when D =:= Down -> Self(Self, Running - 1) after 0 -> Running end
+end,
+AwaitOne = fun(Running) -> receive {D, _, process, _, _} when D =:= Down -> Running - 1 end end,
+Start = fun(_, [], 0) -> ok;
+           (Self, [], Running) -> Self(Self, [], AwaitOne(Running));
+           (Self, Queues, Running) when Running >= 32 -> Self(Self, Queues, AwaitOne(Running));
+           (Self, [Q | Rest], Running) ->
+               spawn_monitor(fun() -> Print(Q) end),
+               Self(Self, Rest, Await(Await, Running + 1))
+        end,
+Start(Start, rabbit_amqqueue:list_local_quorum_queues(), 0).'
 
 # $1: a node. stdout: one JSON object a line, {"vhost", "name", "status"} of each quorum queue with a member
 # on $1 (QUORUM_STATUSES_ERL). One CLI call for all of them: `quorum_status` takes one per queue, about
-# 1 s each, which is 10 minutes a pass for a node with 600 quorum queues.
+# 1 s each, which is ten minutes a pass for a node with 600 quorum queues. A failed call is logged; the
+# queues it read still count, and a line that does not decode is dropped (its queue counts as lagging).
 quorum_statuses() {
-    ctl "$1" eval "$QUORUM_STATUSES_ERL" </dev/null | sed -n 's/^status://p' | jq -c -R '@base64d | fromjson'
+    local out code=0
+    out=$(ctl "$1" eval "$QUORUM_STATUSES_ERL" </dev/null 2>&1) || code=$?
+    if ((code != 0)); then
+        log "reading the Raft state of $1's quorum queues failed (exit $code): $(grep -v '^status:' <<<"$out" | head -1)"
+    fi
+    sed -n 's/^status://p' <<<"$out" | jq -c -R '(@base64d | fromjson)? // empty'
 }
 
 # stdin: queue_snapshot; $1: the node asked and checked; $2: "leaving" if it leaves; $3: a file of the
 # commit index each queue must reach ("vhost/name<TAB>index" lines, written at a queue's first reading and
 # kept by the caller across passes; nothing: the leader's commit index now). stdout: vhost/name of every
-# quorum queue (quorum_queues_to_check) with fewer caught-up members than it needs. One CLI call a pass
-# (quorum_statuses), for the queues of one node only.
+# quorum queue (quorum_queues_to_check) with fewer caught-up members (CAUGHT_UP) than it needs, a leaving
+# $1 not counted. One CLI call (quorum_statuses) and one jq program a pass, however many queues; should
+# that program fail, every queue checked counts as lagging.
 quorum_queues_lagging() {
-    local via=$1 mode=${2:-boot} targets=${3:-} checks statuses check vhost name needed status target caught_up
-    local exclude=/
+    local via=$1 mode=${2:-boot} targets=${3:-} checks statuses known=/dev/null fixed=false out exclude=/
     [[ $mode != leaving ]] || exclude=$via
     checks=$(quorum_queues_to_check "$via" "$mode")
     [[ -n $checks ]] || return 0
-    statuses=$(quorum_statuses "$via" 2>/dev/null) || statuses=""
-    while IFS= read -r check; do
-        vhost=$(jq -r .vhost <<<"$check")
-        name=$(jq -r .name <<<"$check")
-        needed=$(jq -r .needed <<<"$check")
-        status=$(jq -c --arg vhost "$vhost" --arg name "$name" \
-            'select(.vhost == $vhost and .name == $name) | .status' <<<"$statuses")
-        [[ -n $status ]] || status='[]'
-        target=""
-        if [[ -n $targets ]]; then
-            target=$(awk -F '\t' -v key="$vhost/$name" '$1 == key { print $2; exit }' "$targets")
-            if [[ -z $target ]]; then
-                target=$(leader_commit_index <<<"$status")
-                [[ -z $target ]] || printf '%s/%s\t%s\n' "$vhost" "$name" "$target" >>"$targets"
-            fi
-        fi
-        caught_up=$(caught_up_members "$target" <<<"$status" | grep -cvxF -- "$exclude" || true)
-        if ((caught_up < needed)); then
-            printf '%s/%s\n' "$vhost" "$name"
-        fi
-    done <<<"$checks"
+    statuses=$(quorum_statuses "$via")
+    if [[ -n $targets ]]; then
+        known=$targets
+        fixed=true
+    fi
+    if ! out=$(jq -n -r --arg exclude "$exclude" --argjson fixed "$fixed" --rawfile known "$known" \
+        --slurpfile checks <(printf '%s\n' "$checks") --slurpfile statuses <(printf '%s\n' "$statuses") \
+        "$CAUGHT_UP"'
+        ($statuses | map({key: ([.vhost, .name] | tojson), value: .status}) | from_entries) as $read
+        | ($known | split("\n") | map(select(length > 0) | split("\t") | {key: .[0], value: (.[1] | tonumber)})
+           | from_entries) as $targets
+        | $checks[]
+        | "\(.vhost)/\(.name)" as $key
+        | ($read[[.vhost, .name] | tojson] // []) as $status
+        | (if $fixed then ($targets[$key] // ($status | leader_commit)) else null end) as $target
+        | (if $fixed and $targets[$key] == null and $target != null then "target\t\($key)\t\($target)"
+           else empty end),
+          (if ([$status | caught_up($target) | select(. != $exclude)] | length) < .needed then "lagging\t\($key)"
+           else empty end)'); then
+        jq -r '"\(.vhost)/\(.name)"' <<<"$checks"
+        return 0
+    fi
+    [[ $fixed == false ]] || sed -n 's/^target\t//p' <<<"$out" >>"$targets"
+    sed -n 's/^lagging\t//p' <<<"$out"
 }
 
 # stdin: queue_snapshot; $1: running nodes as a JSON array. stdout: the one holding the fewest quorum members.

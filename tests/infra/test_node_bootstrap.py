@@ -173,6 +173,52 @@ def test_a_member_caught_up_when_it_runs_votes_and_its_log_reaches_the_target_in
     assert render("leader_commit_index", stdin=json.dumps(leaderless)) == ""
 
 
+def _read(vhost: str, name: str, *states: tuple[str, str, int]) -> str:
+    """One line of the hooks' eval (QUORUM_STATUSES_ERL): a queue's quorum_status rows, base64-encoded."""
+    rows = [{"Node Name": n, "Raft State": s, "Log Index": i, "Commit Index": i} for n, s, i in states]
+    encoded = base64.b64encode(json.dumps({"vhost": vhost, "name": name, "status": rows}).encode()).decode()
+    return f"status:{encoded}"
+
+
+@pytest.mark.parametrize("eval_exit", [0, 70])
+def test_one_eval_a_pass_reads_every_queue_and_whatever_it_misses_counts_as_lagging(
+    tmp_path: Path, eval_exit: int
+) -> None:
+    """quorum_queues_lagging reads all of a node's quorum queues in one eval. A queue it did not read (left
+    out, or a line that does not decode), a member whose state is no Raft state (a node down) and an eval
+    that failed after printing some queues: each only ever makes queues lag, never pass; what was read
+    still counts. Boot needs a majority plus one caught up; leaving, every other member."""
+    three = ["a", "b", "c"]
+    lines = [
+        _read("/", "caught-up", ("a", "leader", 10), ("b", "follower", 10), ("c", "follower", 10)),
+        _read('v"x', "q 2", ("a", "leader", 10), ("b", "{error,nodedown}", 10), ("c", "follower", 10)),
+        _read("/", "behind", ("a", "leader", 10), ("b", "follower", 10), ("c", "follower", 4)),
+        "status:not base64 at all",
+        "Error: a partial answer",
+    ]
+    stub = "ctl() { [[ $2 == eval ]] && printf '%s\\n' " + " ".join(f"'{line}'" for line in lines)
+    stub += f"; return {eval_exit}; }}; "
+    snapshot = (
+        "\n".join(
+            queue_line(name, "quorum", members=three, online=three)
+            for name in ("caught-up", "behind", "unread")
+        )
+        + "\n"
+        + json.dumps({"vhost": 'v"x', "name": "q 2", "type": "quorum", "members": three, "online": three})
+    )
+    targets = tmp_path / "targets"
+    targets.touch()
+    lagging = render(stub + "quorum_queues_lagging", "a", "boot", str(targets), stdin=snapshot)
+    assert sorted(lagging.splitlines()) == ["//behind", "//unread", 'v"x/q 2']
+    assert sorted(targets.read_text().splitlines()) == ["//behind\t10", "//caught-up\t10", 'v"x/q 2\t10']
+    leaving = render(stub + "quorum_queues_lagging", "a", "leaving", str(targets), stdin=snapshot)
+    assert sorted(leaving.splitlines()) == ["//behind", "//unread", 'v"x/q 2']
+    stub_all_read = stub.replace("'status:not base64 at all'", "")
+    assert "//caught-up" not in render(
+        stub_all_read + "quorum_queues_lagging", "a", "leaving", stdin=snapshot
+    )
+
+
 def test_the_nodes_own_quorum_queues_need_a_majority_plus_one_at_boot_and_all_others_to_leave() -> None:
     three, five = ["a", "b", "c"], ["a", "b", "c", "d", "e"]
     lines = [

@@ -193,7 +193,9 @@ class Publisher:
 class CaughtUpWatcher:
     """Reads each quorum queue's Raft state (``quorum_status``) through a node that stays, over and over, and
     keeps the fewest caught-up members seen: running members whose log reaches the leader's commit index
-    (within the script's CATCH_UP_ENTRIES). A reading without a leader or that fails is not counted."""
+    (within 100 entries: the queues are read one after the other while the publisher runs). It reads with
+    the CLI, not with the script's own eval, so that it checks the script instead of sharing its mistakes. A
+    reading without a leader or that fails is not counted."""
 
     group: Group
     via: LocalNode

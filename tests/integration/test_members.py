@@ -260,38 +260,57 @@ def _script_constant(name: str) -> str:
     return text[start : text.index("'", start)]
 
 
+def _statuses(cluster: LocalCluster) -> dict[tuple[str, str], list[dict[str, object]]]:
+    """What the node hooks' one eval (QUORUM_STATUSES_ERL) reads on node 1, by vhost and name."""
+    out = cluster.rabbitmqctl("-q", "eval", _script_constant("QUORUM_STATUSES_ERL"), node=cluster.nodes[0])
+    read = [
+        json.loads(base64.b64decode(line.removeprefix("status:")))
+        for line in out.splitlines()
+        if line.startswith("status:")
+    ]
+    return {(q["vhost"], q["name"]): q["status"] for q in read}
+
+
 def test_the_node_hooks_one_eval_reads_each_quorum_queue_as_quorum_status_prints_it(
     versioned: LocalCluster,
 ) -> None:
     """The boot's and the termination hook's catch-up check reads every quorum queue of a node in one CLI
     call (QUORUM_STATUSES_ERL in stacks/node_bootstrap.sh) instead of one `quorum_status` per queue: the
-    rows must be the ones `quorum_status` prints, on both versions, whatever the queue's name."""
+    rows must be the ones `quorum_status` prints, on both versions, whatever the queue's name; with a
+    member's node down, every queue is still read (its row for that node names no running Raft state)."""
     cluster = versioned
     user, password = cluster.credentials
     client = ManagementClient(cluster.nodes[0].management_url, user, password)
     names = ["members-status", "members-st\u00e4tus \"quoted\" 'x'"]
     for name in names:
         declare(client, "/", name, **{"x-queue-type": "quorum"})
-    first = cluster.nodes[0]
+    first, third = cluster.nodes[0], cluster.nodes[2]
     wait_until(
         lambda: all(len(Queue.from_api(client.queue_now("/", n)).members) == 3 for n in names),
         timeout=30,
         what="both queues on 3 members",
     )
-    out = cluster.rabbitmqctl("-q", "eval", _script_constant("QUORUM_STATUSES_ERL"), node=first)
-    read = [
-        json.loads(base64.b64decode(line.removeprefix("status:")))
-        for line in out.splitlines()
-        if line.startswith("status:")
-    ]
-    found = {(q["vhost"], q["name"]): q["status"] for q in read}
-    assert {("/", n) for n in names} <= set(found), out
+    found = _statuses(cluster)
+    assert {("/", n) for n in names} <= set(found), found
     for name in names:
-        printed = json.loads(
-            cluster.rabbitmq_queues("-q", "quorum_status", name, "--formatter", "json", node=first)
+        printed = sorted(
+            json.loads(
+                cluster.rabbitmq_queues("-q", "quorum_status", name, "--formatter", "json", node=first)
+            ),
+            key=lambda r: str(r["Node Name"]),
         )
         rows = sorted(found["/", name], key=lambda r: str(r["Node Name"]))
-        assert [sorted(r) for r in rows] == [sorted(r) for r in sorted(printed, key=lambda r: r["Node Name"])]
-        for row, expected in zip(rows, sorted(printed, key=lambda r: r["Node Name"]), strict=True):
+        assert [sorted(r) for r in rows] == [sorted(r) for r in printed]
+        for row, expected in zip(rows, printed, strict=True):
             for column in ("Node Name", "Raft State", "Commit Index", "Membership"):
                 assert row.get(column) == expected.get(column), (name, column, row, expected)
+
+    cluster.stop_node(3)
+    try:
+        found = _statuses(cluster)
+        for name in names:
+            states = {str(r["Node Name"]): str(r["Raft State"]) for r in found["/", name]}
+            assert states[third.name] not in ("leader", "follower"), states
+            assert "leader" in states.values(), states
+    finally:
+        cluster.start_node(3)
