@@ -117,10 +117,14 @@ def resume_on_target(ctx: MoveContext, progress: MoveProgress) -> MoveProgress:
 def preparing(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProgress:
     """SYNCING and REORDERING: every kept mirror present and synchronised, the target the oldest."""
     move, kept = progress.move, progress.mirrors
+    if live.leader == move.target:
+        # The source went (a crash, a restart) and RabbitMQ promoted the target: what is left is handing
+        # the queue back to its own policy; the verification says whether the promotion kept every message.
+        return promoting(ctx, progress, live)
     everything = (move.source, *kept)
     missing = [n for n in kept if n not in live.replicas]
     if missing:
-        if progress.asked == everything and waited(ctx, progress) > ctx.settings.sync_nudge_after:
+        if progress.asked == everything and ctx.waited(progress) > ctx.settings.sync_nudge_after:
             ctx.check_running(missing)  # a node gone: abort now, not at the phase's deadline
         return ask(ctx, replace(progress, phase=Phase.SYNCING), everything)
     if any(n not in live.in_sync for n in kept):
@@ -145,7 +149,7 @@ def restoring(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProg
     """Wait for the queue's own mirrors to be back in sync, then verify."""
     if not restored(progress, live):
         return nudge_sync(ctx, progress, live)
-    return verify(ctx, replace(progress, phase=Phase.VERIFYING), live)
+    return verify(ctx, ctx.verifying(progress), live)
 
 
 def roll_back(ctx: MoveContext, progress: MoveProgress, reason: str) -> MoveProgress:
@@ -168,7 +172,7 @@ def rolling_back(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveP
     if progress.policy is not None:
         # Every copy asked for, synchronised; a node absent after a few seconds is down (or dropped by
         # someone else): waiting for it would only hold the rollback until its deadline.
-        settled = waited(ctx, progress) > ctx.settings.sync_nudge_after
+        settled = ctx.waited(progress) > ctx.settings.sync_nudge_after
         copies = [n for n in progress.asked if n != live.leader and (n in live.replicas or not settled)]
         if all(n in live.in_sync for n in copies) or ctx.clock() > progress.deadline:
             ctx.delete_policy(progress)
@@ -182,11 +186,6 @@ def rolling_back(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveP
         state = f"{len(live.in_sync)} of {missing} mirrors in sync"
         return ctx.finish(progress, Phase.FAILED, f"{progress.outcome}; {where}; NOT back in sync ({state})")
     return nudge_sync(ctx, progress, live)
-
-
-def waited(ctx: MoveContext, progress: MoveProgress) -> float:
-    """Seconds since the current step began."""
-    return ctx.clock() - progress.phase_started_at
 
 
 def restored(progress: MoveProgress, live: Queue) -> bool:
@@ -208,7 +207,7 @@ def nudge_sync(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MovePro
     - Mirrors present but not synchronised: with ``ha-sync-mode: manual`` they never sync by
       themselves, and now and then an automatic sync does not start; a sync request starts it.
     """
-    waited_ = waited(ctx, progress)
+    waited_ = ctx.waited(progress)
     if waited_ < ctx.settings.sync_nudge_after * progress.nudges:
         return progress
     handed_back = progress.policy is None and progress.phase in (Phase.RESTORING, Phase.ROLLING_BACK)

@@ -57,6 +57,14 @@ class MoveContext:
         deadline = self.settings.deadline(now, progress.messages_before)
         return replace(progress, phase=phase, deadline=deadline, phase_started_at=now, nudges=0)
 
+    def waited(self, progress: MoveProgress) -> float:
+        """Seconds since the current step began."""
+        return self.clock() - progress.phase_started_at
+
+    def verifying(self, progress: MoveProgress) -> MoveProgress:
+        """The move in its last phase, from now on (its deadline unchanged)."""
+        return replace(progress, phase=Phase.VERIFYING, phase_started_at=self.clock())
+
     def rollback_deadline(self, progress: MoveProgress) -> float:
         return self.settings.deadline(self.clock(), progress.messages_before, self.settings.rollback_timeout)
 

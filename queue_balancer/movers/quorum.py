@@ -54,7 +54,12 @@ def transfer(ctx: MoveContext, started: list[MoveProgress]) -> list[MoveProgress
 
 
 def transferring(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProgress:
-    """Ra's answer comes before the election ends: wait for the leader to be on the target, then verify."""
-    if live.leader != progress.move.target:
+    """Ra's answer comes before the election ends: wait for the leader to be on the target, then verify.
+    A target whose member is not online a few seconds on is asked about: a node gone fails the move now
+    (nothing to undo: the leader stays where Ra keeps it), not at the phase's deadline a minute later."""
+    target = progress.move.target
+    if live.leader != target:
+        if target not in live.in_sync and ctx.waited(progress) > ctx.settings.sync_nudge_after:
+            ctx.check_running([target])
         return progress
-    return verify(ctx, replace(progress, phase=Phase.VERIFYING), live)
+    return verify(ctx, ctx.verifying(progress), live)

@@ -207,7 +207,8 @@ class FakeCluster:
         }
         if queue.kind == "quorum":
             members = [queue.leader, *queue.mirrors]
-            return {**common, "leader": queue.leader, "members": members, "online": members}
+            online = [n for n in members if self.running.get(n, True)]
+            return {**common, "leader": queue.leader, "members": members, "online": online}
         return {
             **common,
             "node": queue.leader,

@@ -389,3 +389,64 @@ def test_a_classic_leader_taken_elsewhere_mid_move_is_someone_elses_doing(
     [progress] = m.start([classic(cluster)])
     cluster.queues[("/", "q")].leader = "b"
     assert m.advance(progress).outcome.startswith("leader moved to b by someone else")
+
+
+def test_a_quorum_transfer_to_a_target_that_went_down_fails_within_seconds(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    """Ra accepted the transfer, then the target's node died before it won: the move fails as soon as the
+    target's member has been offline for a few seconds, naming the node, not at the phase's deadline."""
+    cluster.add_queue(FakeQueue("/", "qq", "a", ["b", "c"], {"b", "c"}, 5, kind="quorum"))
+    m = Mover(
+        cluster, Transfer(cluster, "already_leader"), MoveSettings(poll_interval=0), Counter(cluster), clock
+    )
+    [progress] = m.start([Move("/", "qq", QueueType.QUORUM, "a", "c", 5)])
+    assert progress.phase is Phase.TRANSFERRING
+    cluster.kill("c")
+    failed = run(m, progress, clock)
+    assert (failed.phase, failed.outcome) == (Phase.FAILED, "node c is not running")
+    assert failed.finished_at is not None and failed.finished_at - progress.started_at < 15
+
+
+def test_a_classic_target_promoted_when_its_source_died_is_handed_back_and_verified(clock: Clock) -> None:
+    """The source's node died mid-sync and RabbitMQ promoted the target (a synchronised mirror here): the
+    move hands the queue back to its own policy and verifies its count, instead of waiting for the sync
+    of a copy that is gone until the phase's deadline."""
+    cluster = FakeCluster()
+    cluster.add_policy("/", "own", ".*", HA_TWO)
+    cluster.sync_on_read = False
+    queue = cluster.add_queue(FakeQueue("/", "q", "a", ["c"], {"c"}, messages=10))
+    m = mover(cluster, clock)
+    [progress] = m.start([Move("/", "q", QueueType.CLASSIC, "a", "c", 10)])
+    assert progress.phase is Phase.SYNCING
+    cluster.kill("a")
+    assert queue.leader == "c"
+    cluster.sync_on_read = True
+    done = run(m, progress, clock)
+    assert (done.phase, done.outcome) == (Phase.DONE, "")
+    assert done.finished_at is not None and done.finished_at - progress.started_at < 15
+    assert temporary(cluster) == [] and not cluster.lost
+
+
+def test_a_count_that_shrank_in_the_statistics_view_is_judged_only_once_it_held(
+    cluster: FakeCluster, clock: Clock
+) -> None:
+    """Without exact counts, the statistics view shows the old leader's count (0 for a quorum queue whose
+    leader's node died) until the new leader publishes its own: the move waits for it; a count that stays
+    short fails the move once it held for the settle time."""
+    queue = cluster.add_queue(FakeQueue("/", "qq", "a", ["b", "c"], {"b", "c"}, 5, kind="quorum"))
+    settings = MoveSettings(poll_interval=0, settle_timeout=10)
+    m = Mover(cluster, Transfer(cluster), settings, None, clock)
+    [progress] = m.start([Move("/", "qq", QueueType.QUORUM, "a", "c", 5)])
+    queue.messages = 0  # the statistics view, right after the leader changed
+    waiting = m.advance(progress)
+    assert waiting.phase is Phase.VERIFYING
+    queue.messages = 5  # the new leader's count arrives
+    clock.now += 3
+    assert m.advance(waiting).phase is Phase.DONE
+    queue.messages = 0
+    short = run(m, waiting, clock)
+    assert (short.phase, short.outcome) == (
+        Phase.FAILED,
+        "verification: message count 5 -> 0 (statistics view) with no client traffic",
+    )
