@@ -117,10 +117,19 @@ def resume_on_target(ctx: MoveContext, progress: MoveProgress) -> MoveProgress:
 def preparing(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProgress:
     """SYNCING and REORDERING: every kept mirror present and synchronised, the target the oldest."""
     move, kept = progress.move, progress.mirrors
+    if move.target in live.in_sync and not progress.target_synced:
+        progress = replace(progress, target_synced=True)
     if live.leader == move.target:
-        # The source went (a crash, a restart) and RabbitMQ promoted the target: what is left is handing
-        # the queue back to its own policy; the verification says whether the promotion kept every message.
-        return promoting(ctx, progress, live)
+        # The source went (a crash, a restart) and RabbitMQ promoted the target. Seen synchronised
+        # before, it holds every message: hand the queue back to its own policy and verify. Never seen
+        # so, it may have been promoted without them (ha-promote-on-failure: always): say so and fail.
+        if progress.target_synced:
+            return promoting(ctx, progress, live)
+        reason = (
+            f"{move.source} went down and RabbitMQ promoted {move.target} before it was seen synchronised: "
+            "messages may be lost"
+        )
+        return roll_back(ctx, progress, reason)
     everything = (move.source, *kept)
     missing = [n for n in kept if n not in live.replicas]
     if missing:
@@ -149,7 +158,7 @@ def restoring(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProg
     """Wait for the queue's own mirrors to be back in sync, then verify."""
     if not restored(progress, live):
         return nudge_sync(ctx, progress, live)
-    return verify(ctx, ctx.verifying(progress), live)
+    return verify(ctx, replace(progress, phase=Phase.VERIFYING), live)
 
 
 def roll_back(ctx: MoveContext, progress: MoveProgress, reason: str) -> MoveProgress:

@@ -61,10 +61,6 @@ class MoveContext:
         """Seconds since the current step began."""
         return self.clock() - progress.phase_started_at
 
-    def verifying(self, progress: MoveProgress) -> MoveProgress:
-        """The move in its last phase, from now on (its deadline unchanged)."""
-        return replace(progress, phase=Phase.VERIFYING, phase_started_at=self.clock())
-
     def rollback_deadline(self, progress: MoveProgress) -> float:
         return self.settings.deadline(self.clock(), progress.messages_before, self.settings.rollback_timeout)
 

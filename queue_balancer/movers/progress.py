@@ -74,6 +74,12 @@ class MoveProgress:
     """A stream move's restarts asked of its coordinator (``stream_transfer``): each restarts the writer."""
     offsets_verified: bool = False
     """A stream's offsets showed nothing committed was lost: its (non-monotonic) count is not judged."""
+    target_synced: bool = False
+    """A classic move's target was seen as a synchronised mirror: RabbitMQ may promote it without a loss."""
+    target_down_readings: int = 0
+    """A quorum transfer's checks in a row that found the target's node not running (one fails nothing)."""
+    quiet_drop_at: float | None = None
+    """When the statistics view first showed a smaller count with no client traffic (judged once it held)."""
 
     @property
     def finished(self) -> bool:
@@ -96,6 +102,9 @@ class MoveProgress:
             "asked": list(self.asked),
             "attempts": self.attempts,
             "offsets_verified": self.offsets_verified,
+            "target_synced": self.target_synced,
+            "target_down_readings": self.target_down_readings,
+            "quiet_drop_at": self.quiet_drop_at,
         }
 
     @classmethod
@@ -114,6 +123,9 @@ class MoveProgress:
             asked=tuple(str(n) for n in data.get("asked") or ()),
             attempts=int(data.get("attempts", 0)),
             offsets_verified=bool(data.get("offsets_verified", False)),
+            target_synced=bool(data.get("target_synced", False)),
+            target_down_readings=int(data.get("target_down_readings", 0)),
+            quiet_drop_at=None if data.get("quiet_drop_at") is None else float(data["quiet_drop_at"]),
         )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from queue_balancer.errors import BalancerError, ConfigurationError
+from queue_balancer.errors import BalancerError, ConfigurationError, NodeDown
 from queue_balancer.leader_transfer import NOT_ATTEMPTED, NOT_VOTER, SUCCESS
 from queue_balancer.model import Queue
 from queue_balancer.movers.context import MoveContext
@@ -55,11 +55,23 @@ def transfer(ctx: MoveContext, started: list[MoveProgress]) -> list[MoveProgress
 
 def transferring(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProgress:
     """Ra's answer comes before the election ends: wait for the leader to be on the target, then verify.
-    A target whose member is not online a few seconds on is asked about: a node gone fails the move now
-    (nothing to undo: the leader stays where Ra keeps it), not at the phase's deadline a minute later."""
+
+    A target whose member is offline is asked about, at most once every ``sync_nudge_after`` seconds: two
+    readings in a row that find its node not running fail the move (nothing to undo: the leader stays
+    where Ra keeps it, and an election under way may still change it), not the phase's deadline a minute
+    later. A slow or flapping member, or an unanswered question, only waits."""
     target = progress.move.target
-    if live.leader != target:
-        if target not in live.in_sync and ctx.waited(progress) > ctx.settings.sync_nudge_after:
-            ctx.check_running([target])
+    if live.leader == target:
+        return verify(ctx, replace(progress, phase=Phase.VERIFYING), live)
+    if target in live.in_sync or ctx.waited(progress) <= ctx.settings.sync_nudge_after:
         return progress
-    return verify(ctx, ctx.verifying(progress), live)
+    asked = replace(progress, phase_started_at=ctx.clock())
+    try:
+        ctx.check_running([target])
+    except NodeDown:
+        if progress.target_down_readings >= 1:
+            raise
+        return replace(asked, target_down_readings=1)
+    except BalancerError:
+        return asked
+    return replace(asked, target_down_readings=0)

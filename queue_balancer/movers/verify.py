@@ -7,6 +7,7 @@ one, from the statistics view once it has caught up with the real-time view.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from queue_balancer.model import Queue
@@ -74,9 +75,18 @@ def verify_stats(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveP
         if ctx.clock() > progress.deadline + ctx.settings.settle_timeout:
             return ctx.finish(progress, Phase.FAILED, "verification: statistics never caught up")
         return progress
-    if stats.messages < progress.messages_before and ctx.waited(progress) < ctx.settings.settle_timeout:
-        # After a leader change (a node gone, a move) the statistics view shows the old leader's count
-        # until the new one publishes its own, a few seconds on (0 for a quorum queue whose leader's node
-        # died): a count that shrank is judged once it held, never at the first reading.
-        return progress
-    return judge(ctx, progress, stats.messages, lambda: has_traffic(stats_raw), " (statistics view)")
+    quiet_drop_at = progress.quiet_drop_at
+    if quiet_drop_at is None and stats.messages < progress.messages_before and not has_traffic(stats_raw):
+        quiet_drop_at = ctx.clock()
+    if quiet_drop_at is None:
+        return judge(ctx, progress, stats.messages, lambda: has_traffic(stats_raw), " (statistics view)")
+    # After a leader change (a node gone, a move) the statistics view shows the old leader's count until
+    # the new one publishes its own, a few seconds on (0 for a quorum queue whose leader's node died). A
+    # count that fell with no client in sight passes only by coming back exactly within settle_timeout;
+    # traffic seen later excuses nothing.
+    if stats.messages == progress.messages_before:
+        return ctx.finish(progress, Phase.DONE, "")
+    if ctx.clock() - quiet_drop_at < ctx.settings.settle_timeout:
+        return replace(progress, quiet_drop_at=quiet_drop_at)
+    change = f"message count {progress.messages_before} -> {stats.messages} (statistics view)"
+    return ctx.finish(progress, Phase.FAILED, f"verification: {change}; it fell with no client traffic")

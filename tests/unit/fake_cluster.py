@@ -282,6 +282,7 @@ class FakeCluster:
         promoted = queue.mirrors.pop(0)  # the oldest surviving mirror, synchronised or not
         if promoted not in queue.synced:
             self.lost.add((queue.vhost, queue.name))
+            queue.messages = 0  # an idle queue's unsynchronised mirror holds none of its messages
         queue.synced.discard(promoted)
         queue.leader = promoted
 
