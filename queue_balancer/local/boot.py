@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import requests
 
@@ -25,6 +26,10 @@ _LOG_ERROR = re.compile(r"\[error\] <[^>]*> (\S.*)")
 # A restarted node that did not stop last waits for a peer's tables; from this line on it has checked
 # its feature flags against the cluster, so the next node may start (3.10 and 4.0 log the same words).
 _WAITING_FOR_PEERS = "Waiting for Mnesia tables"
+QUIET_SECONDS = 10.0
+"""A booting node whose log stays this long unchanged is asked whether its Mnesia is still starting."""
+
+BootState = Literal["running", "waiting for tables", "waiting in mnesia start"]
 
 
 def nodes_view(node: LocalNode, auth: tuple[str, str]) -> NodesView:
@@ -65,14 +70,22 @@ def await_started_or_waiting(
     log_offset: int,
     deadline: float,
     failure_hint: Callable[[], str],
-) -> str:
-    """Wait until a restarted node serves its API or logs that it waits for a peer's tables.
+    mnesia_running: Callable[[], str | None],
+    quiet_seconds: float = QUIET_SECONDS,
+) -> BootState:
+    """Wait until a restarted node serves its API, or waits for its peers, which may then start.
 
     Nodes of a cluster that stopped together, started at once, can fail their feature-flag check against
     a peer that is itself half-way through booting (RabbitMQ 3.10: ``incompatible_feature_flags``,
     ``badmap``); one at a time, each past that check before the next starts, they cannot.
-    Returns "running" or "waiting".
+
+    A node waits for its peers in one of two places. Past that check, it logs that it waits for their
+    tables. After a crash of every node, it can also wait silently, inside Mnesia's own start, for a peer to
+    tell the outcome of a transaction the crash cut in two (Mnesia's ``max_wait_for_decision`` is infinity);
+    its log then stays still, and ``mnesia_running`` (``mnesia:system_info(is_running)`` on the node, None
+    if the node does not answer) reads ``starting``.
     """
+    quiet_since, seen_size = time.monotonic(), log_size(log)
     while True:
         if wrapper.poll() is not None:
             raise LocalClusterError(
@@ -84,7 +97,13 @@ def await_started_or_waiting(
         with contextlib.suppress(OSError), open(log, "rb") as handle:
             handle.seek(log_offset)
             if _WAITING_FOR_PEERS.encode() in handle.read():
-                return "waiting"
+                return "waiting for tables"
+        if (size := log_size(log)) != seen_size:
+            quiet_since, seen_size = time.monotonic(), size
+        elif time.monotonic() - quiet_since >= quiet_seconds:
+            if mnesia_running() == "starting":
+                return "waiting in mnesia start"
+            quiet_since = time.monotonic()  # still booting, or not yet answering: ask again after a while
         if time.monotonic() > deadline:
             raise LocalClusterError(f"{node.name} did not get past its boot checks in time: {failure_hint()}")
         time.sleep(0.2)

@@ -287,9 +287,15 @@ class LocalCluster:
                 log_offset=offset,
                 deadline=deadline,
                 failure_hint=functools.partial(self._failure_hint, node),
+                mnesia_running=functools.partial(self._mnesia_running, node),
             )
-            if state == "waiting":
+            if state == "waiting for tables":
                 progress(f"{node.name} waits for its peers' tables; starting the next node")
+            elif state == "waiting in mnesia start":
+                progress(
+                    f"{node.name} waits in Mnesia's start for a peer to settle a transaction its crash "
+                    "left undecided; starting the next node"
+                )
         for node in nodes:
             if node not in restarted:
                 progress(f"starting {node.name} ({self._ports_of(node)})")
@@ -378,6 +384,14 @@ class LocalCluster:
                 raise LocalClusterError(
                     f"cannot start {node.name}: its {label} port {port} on 127.0.0.1 is already in use{owner}"
                 )
+
+    def _mnesia_running(self, node: LocalNode) -> str | None:
+        """``mnesia:system_info(is_running)`` on a booting node: yes, no, starting, stopping; None when the
+        node does not answer yet."""
+        try:
+            return self.eval_erlang("mnesia:system_info(is_running)", node=node, timeout=20)
+        except LocalClusterError:
+            return None
 
     def _failure_hint(self, node: LocalNode) -> str:
         return boot.failure_hint(self._node_dir(node), node)
