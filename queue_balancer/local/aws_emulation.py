@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shlex
+import threading
 import traceback
 import uuid
 from collections import deque
@@ -58,6 +59,8 @@ class Dispatcher:
     handlers: dict[str, Callable[[Any, Any], Any]] = field(default_factory=dict)
     calls: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=10_000))
     """(function, "ok" | errorType) of the latest invocations, for the smoke test."""
+    _running: int = field(default=0, repr=False)
+    _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
     def invoke(self, function_name: str, body: bytes | str | None, response_headers: dict[str, str]) -> bytes:
         name = function_name.split(":")[6] if function_name.startswith("arn:") else function_name
@@ -66,6 +69,8 @@ class Dispatcher:
             response_headers["x-amz-function-error"] = "Unhandled"
             self.calls.append((name, "ResourceNotFound"))
             return _error_document("ResourceNotFound", f"no handler is bound to function {name}")
+        with self._changed:
+            self._running += 1
         try:
             event = json.loads(body or b"{}")
             result = handler(event, InvocationContext(function_name=name))
@@ -73,8 +78,18 @@ class Dispatcher:
             response_headers["x-amz-function-error"] = "Unhandled"
             self.calls.append((name, type(exc).__name__))
             return _error_document(type(exc).__name__, str(exc), traceback.format_exception(exc))
+        finally:
+            with self._changed:
+                self._running -= 1
+                self._changed.notify_all()
         self.calls.append((name, "ok"))
         return json.dumps(result).encode()
+
+    def await_idle(self, timeout: float) -> bool:
+        """Wait until no invocation runs (a stopped execution's Task goes on, as a Lambda does on AWS);
+        False if one still ran after ``timeout`` seconds."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._running == 0, timeout=timeout)
 
 
 def _error_document(error_type: str, message: str, trace: list[str] | None = None) -> bytes:

@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from queue_balancer.local.cluster import ENV_BASE_DIR, LocalCluster
+from queue_balancer.lock import LOCK_PARAMETER
 from tests.conftest import wait_until
 
 
@@ -61,7 +62,8 @@ def management(local_cluster: LocalCluster) -> Management:
 
 @pytest.fixture
 def clean_cluster(local_cluster: LocalCluster, management: Management) -> LocalCluster:
-    """The session cluster with no queues, no policies and only the default vhost: tests stay independent.
+    """The session cluster with no queues, no policies, no balancer lock and only the default vhost: tests
+    stay independent.
 
     The cluster is brought back up first, in case an earlier test stopped it.
     """
@@ -71,6 +73,7 @@ def clean_cluster(local_cluster: LocalCluster, management: Management) -> LocalC
         management.delete(f"queues/{quote(queue['vhost'], safe='')}/{quote(queue['name'], safe='')}")
     for policy in management.get("policies"):
         management.delete(f"policies/{quote(policy['vhost'], safe='')}/{quote(policy['name'], safe='')}")
+    management.delete(f"global-parameters/{LOCK_PARAMETER}")  # a killed run's, a stopped execution's
     for vhost in management.get("vhosts", columns="name"):
         if vhost["name"] != "/":
             management.delete(f"vhosts/{quote(vhost['name'], safe='')}")

@@ -20,8 +20,11 @@ import boto3
 import pytest
 
 from queue_balancer.cli.aws import Workflow
+from queue_balancer.contract import STATUS_CHANGE
 from queue_balancer.errors import NotFound
 from queue_balancer.lifecycle import Lifecycle, State, cluster_pk
+from queue_balancer.local import endpoint as local_endpoint
+from queue_balancer.local.aws_emulation import InvocationContext
 from queue_balancer.local.cluster import LocalCluster
 from queue_balancer.local.endpoint import LocalEndpoint, Outputs
 from queue_balancer.local.seed import QueueType, seed
@@ -105,6 +108,31 @@ class Harness:
             timeout=timeout,
             what=f"execution {arn.rsplit(':', 1)[-1]} to end",
         )
+
+    def end_stopped(self, arn: str, error: str, cause: str = "") -> dict[str, Any]:
+        """What EventBridge has the Cleanup function do on AWS once ``arn`` was stopped: undo its run."""
+        name = next(k for k in self.endpoint.dispatcher.handlers if k.endswith("cleanup"))
+        event = {
+            "version": "0",
+            "detail-type": STATUS_CHANGE,
+            "source": "aws.states",
+            "detail": {"executionArn": arn, "status": "ABORTED", "error": error, "cause": cause},
+        }
+        ended: dict[str, Any] = self.endpoint.dispatcher.handlers[name](
+            event, InvocationContext(function_name=name)
+        )
+        return ended
+
+    def stop_running(self) -> None:
+        """Stop every execution still running (a test's own, one the CLI started, a continuation), undo its
+        run as Cleanup would and wait for the Lambdas still under way: nothing of a test (a lock, a policy,
+        a slice moving queues, a planning) may run into the next one, whatever fixture that one uses."""
+        sfn = self.aws("stepfunctions")
+        running = sfn.list_executions(stateMachineArn=self.outputs.StateMachineArn, statusFilter="RUNNING")
+        for execution in running["executions"]:
+            sfn.stop_execution(executionArn=execution["executionArn"], error="TestTeardown")
+            self.end_stopped(execution["executionArn"], "TestTeardown")
+        assert self.endpoint.dispatcher.await_idle(timeout=180), "a Lambda of the test still runs"
 
     def history(self, arn: str) -> list[dict[str, Any]]:
         sfn = self.aws("stepfunctions")
@@ -199,10 +227,14 @@ def harness(endpoint: LocalEndpoint, local_cluster: LocalCluster) -> Iterator[Ha
         yield h
     finally:
         endpoint.dispatcher.handlers.update(handlers)  # undo a test's fault injection
-        sfn = h.aws("stepfunctions")
-        for arn in h.executions:  # nothing of this test may run into the next one
-            if sfn.describe_execution(executionArn=arn)["status"] == "RUNNING":
-                sfn.stop_execution(executionArn=arn, error="TestTeardown")
+        h.stop_running()
+
+
+@pytest.fixture
+def cli(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> Harness:
+    """The harness, with the CLI's `--local` discovery finding the test's endpoint."""
+    monkeypatch.setattr(local_endpoint, "local_outputs", lambda base_dir: harness.outputs)
+    return harness
 
 
 def _clean(h: Harness) -> None:

@@ -8,13 +8,11 @@ import _thread
 import json
 import re
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from queue_balancer.cli import main
-from queue_balancer.local import endpoint as local_endpoint
 from queue_balancer.local.seed import seed_unmirrored
 from tests.conftest import wait_until
 from tests.statemachine.conftest import Harness
@@ -22,21 +20,6 @@ from tests.statemachine.conftest import Harness
 pytestmark = pytest.mark.integration
 
 FAST = ["--poll-seconds", "1"]
-
-
-@pytest.fixture
-def cli(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
-    """The harness, with the CLI's `--local` discovery finding the test's endpoint."""
-    monkeypatch.setattr(local_endpoint, "local_outputs", lambda base_dir: harness.outputs)
-    yield harness
-    _track(harness)  # the harness stops what still runs; the next test starts from a clean table
-
-
-def _track(harness: Harness) -> None:
-    """Let the harness stop what the CLI started if the test fails half way."""
-    arn = harness.lifecycle().execution_arn
-    if arn and arn not in harness.executions:
-        harness.executions.append(arn)
 
 
 def test_an_unknown_vhost_is_an_input_error_everywhere(

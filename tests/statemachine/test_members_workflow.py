@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 
 from queue_balancer.cli import main
 from queue_balancer.counts import AmqpCounter
 from queue_balancer.lifecycle import State
-from queue_balancer.local import endpoint as local_endpoint
 from queue_balancer.member_changes import member_changer
 from queue_balancer.model import Queue, QueueRef
 from tests.conftest import wait_until
@@ -26,16 +24,6 @@ from tests.integration.test_balance import declare, publish
 from tests.statemachine.conftest import Harness
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def cli(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
-    """The harness, with the CLI's `--local` discovery finding the test's endpoint."""
-    monkeypatch.setattr(local_endpoint, "local_outputs", lambda base_dir: harness.outputs)
-    yield harness
-    arn = harness.lifecycle().execution_arn
-    if arn and arn not in harness.executions:  # let the harness stop it if the test failed half way
-        harness.executions.append(arn)
 
 
 def members_per_node(h: Harness) -> Counter[str]:

@@ -13,9 +13,7 @@ import time
 import pytest
 
 from queue_balancer.batch_slice import CONTROL_INTERVAL
-from queue_balancer.contract import STATUS_CHANGE
 from queue_balancer.lifecycle import State
-from queue_balancer.local.aws_emulation import InvocationContext
 from queue_balancer.model import Queue
 from tests.conftest import wait_until
 from tests.statemachine.conftest import Harness
@@ -43,14 +41,7 @@ def test_stop_execution_mid_batch_leaves_no_policy_no_lock_and_starts_no_move_af
     harness.aws("stepfunctions").stop_execution(executionArn=arn, error="Operator", cause="mid-batch")
     stopped = time.time()
     assert harness.lifecycle().slices != {}, "the slice goes on after StopExecution"
-    name = next(k for k in harness.endpoint.dispatcher.handlers if k.endswith("cleanup"))
-    event = {
-        "version": "0",
-        "detail-type": STATUS_CHANGE,
-        "source": "aws.states",
-        "detail": {"executionArn": arn, "status": "ABORTED", "error": "Operator", "cause": "mid-batch"},
-    }
-    ended = harness.endpoint.dispatcher.handlers[name](event, InvocationContext(function_name=name))
+    ended = harness.end_stopped(arn, "Operator", "mid-batch")
     waited = time.time() - stopped
 
     assert "The RunBatch slice under way stopped within" in ended["message"], ended["message"]
