@@ -30,7 +30,7 @@ from queue_balancer.model import Queue, QueueType
 from queue_balancer.movers.context import MoveContext
 from queue_balancer.movers.policies import mirrored_on, policy_exists, request_sync
 from queue_balancer.movers.progress import MoveProgress, Phase
-from queue_balancer.movers.verify import verify
+from queue_balancer.movers.verify import loss_not_ruled_out, verify
 
 MAX_NUDGES = 5
 
@@ -120,16 +120,18 @@ def preparing(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProg
     if move.target in live.in_sync and not progress.target_synced:
         progress = replace(progress, target_synced=True)
     if live.leader == move.target:
-        # The source went (a crash, a restart) and RabbitMQ promoted the target. Seen synchronised
-        # before, it holds every message: hand the queue back to its own policy and verify. Never seen
-        # so, it may have been promoted without them (ha-promote-on-failure: always): say so and fail.
-        if progress.target_synced:
-            return promoting(ctx, progress, live)
-        reason = (
-            f"{move.source} went down and RabbitMQ promoted {move.target} before it was seen synchronised: "
-            "messages may be lost"
-        )
-        return roll_back(ctx, progress, reason)
+        # The source went (a crash, a restart) and RabbitMQ promoted the target: hand the queue back to
+        # its own policy and verify. Seen synchronised before, the target holds every message. Never seen
+        # so, it may have been promoted without them (ha-promote-on-failure: always): only an exact count,
+        # unchanged, with no client in sight, shows it was not; else say so and fail.
+        doubt = None if progress.target_synced else loss_not_ruled_out(ctx, progress)
+        if doubt is not None:
+            reason = (
+                f"{move.source} went down and RabbitMQ promoted {move.target} before it was seen "
+                f"synchronised: messages may be lost ({doubt})"
+            )
+            return roll_back(ctx, progress, reason)
+        return promoting(ctx, progress, live)
     everything = (move.source, *kept)
     missing = [n for n in kept if n not in live.replicas]
     if missing:

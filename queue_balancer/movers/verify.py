@@ -42,6 +42,23 @@ def verify(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProgres
     return judge(ctx, progress, count.messages, traffic)
 
 
+def loss_not_ruled_out(ctx: MoveContext, progress: MoveProgress) -> str | None:
+    """None when an exact count shows the queue holding what it held before the move, with no client in
+    sight (clients could keep a count level across a loss); else what leaves a loss possible."""
+    move = progress.move
+    counts = ctx.counts([move.ref]) if progress.exact_count else {}
+    if move.ref not in counts:
+        return "no exact count to tell"
+    count = counts[move.ref]
+    if count is None:
+        return "the queue is gone"
+    if count.messages != progress.messages_before:
+        return f"message count {progress.messages_before} -> {count.messages}"
+    if count.consumers > 0 or has_traffic(ctx.client.queue(move.vhost, move.queue)):
+        return f"message count {count.messages} unchanged, but clients use the queue"
+    return None
+
+
 CHANGED_UNDER_TRAFFIC = "changed under traffic"
 
 
