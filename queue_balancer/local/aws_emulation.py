@@ -17,6 +17,7 @@ import os
 import re
 import shlex
 import threading
+import time
 import traceback
 import uuid
 from collections import deque
@@ -60,6 +61,7 @@ class Dispatcher:
     calls: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=10_000))
     """(function, "ok" | errorType) of the latest invocations, for the smoke test."""
     _running: int = field(default=0, repr=False)
+    _last_start: float = field(default=0.0, repr=False)
     _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
     def invoke(self, function_name: str, body: bytes | str | None, response_headers: dict[str, str]) -> bytes:
@@ -71,6 +73,7 @@ class Dispatcher:
             return _error_document("ResourceNotFound", f"no handler is bound to function {name}")
         with self._changed:
             self._running += 1
+            self._last_start = time.monotonic()
         try:
             event = json.loads(body or b"{}")
             result = handler(event, InvocationContext(function_name=name))
@@ -85,11 +88,20 @@ class Dispatcher:
         self.calls.append((name, "ok"))
         return json.dumps(result).encode()
 
-    def await_idle(self, timeout: float) -> bool:
-        """Wait until no invocation runs (a stopped execution's Task goes on, as a Lambda does on AWS);
-        False if one still ran after ``timeout`` seconds."""
+    def await_idle(self, timeout: float, quiet: float = 0.5) -> bool:
+        """Wait until no invocation runs and none started for ``quiet`` seconds (a stopped execution's Task
+        goes on, as a Lambda does on AWS; one the interpreter was about to call may still come); False if
+        that did not happen within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
         with self._changed:
-            return self._changed.wait_for(lambda: self._running == 0, timeout=timeout)
+            while True:
+                now = time.monotonic()
+                still = now - self._last_start
+                if self._running == 0 and still >= quiet:
+                    return True
+                if now >= deadline:
+                    return False
+                self._changed.wait(min(deadline - now, max(quiet - still, 0.05)))
 
 
 def _error_document(error_type: str, message: str, trace: list[str] | None = None) -> bytes:

@@ -27,7 +27,7 @@ _LOG_ERROR = re.compile(r"\[error\] <[^>]*> (\S.*)")
 # its feature flags against the cluster, so the next node may start (3.10 and 4.0 log the same words).
 _WAITING_FOR_PEERS = "Waiting for Mnesia tables"
 QUIET_SECONDS = 10.0
-"""A booting node whose log stays this long unchanged is asked whether its Mnesia is still starting."""
+"""A booting node whose log stays this long unchanged is asked whether Mnesia's start waits for a peer."""
 
 BootState = Literal["running", "waiting for tables", "waiting in mnesia start"]
 
@@ -70,20 +70,21 @@ def await_started_or_waiting(
     log_offset: int,
     deadline: float,
     failure_hint: Callable[[], str],
-    mnesia_running: Callable[[], str | None],
+    waits_for_decision: Callable[[float], bool],
     quiet_seconds: float = QUIET_SECONDS,
 ) -> BootState:
     """Wait until a restarted node serves its API, or waits for its peers, which may then start.
 
-    Nodes of a cluster that stopped together, started at once, can fail their feature-flag check against
-    a peer that is itself half-way through booting (RabbitMQ 3.10: ``incompatible_feature_flags``,
-    ``badmap``); one at a time, each past that check before the next starts, they cannot.
+    Nodes of a cluster that stopped together, started at once, can fail their checks against a peer that
+    is itself half-way through booting (RabbitMQ 3.10: ``incompatible_feature_flags``, ``badmap``); one at
+    a time, each waiting for its peers or running before the next starts, they do not.
 
-    A node waits for its peers in one of two places. Past that check, it logs that it waits for their
-    tables. After a crash of every node, it can also wait silently, inside Mnesia's own start, for a peer to
-    tell the outcome of a transaction the crash cut in two (Mnesia's ``max_wait_for_decision`` is infinity);
-    its log then stays still, and ``mnesia_running`` (``mnesia:system_info(is_running)`` on the node, None
-    if the node does not answer) reads ``starting``.
+    A node waits for its peers in one of two ways. It logs that it waits for their tables. Or, after a
+    crash of every node, it waits silently inside Mnesia's own start for a peer that knows the outcome of
+    a transaction the crash cut in two (Mnesia's ``max_wait_for_decision`` is infinity): its log
+    stays still, and ``waits_for_decision(timeout)`` (Mnesia's recovery process is waiting, asked on the
+    node within ``timeout`` seconds) says so. It is asked only once the node logs (its log handlers are
+    up) and its log then stayed still for ``quiet_seconds``: asking costs a CLI call.
     """
     quiet_since, seen_size = time.monotonic(), log_size(log)
     while True:
@@ -100,10 +101,10 @@ def await_started_or_waiting(
                 return "waiting for tables"
         if (size := log_size(log)) != seen_size:
             quiet_since, seen_size = time.monotonic(), size
-        elif time.monotonic() - quiet_since >= quiet_seconds:
-            if mnesia_running() == "starting":
+        elif size > log_offset and time.monotonic() - quiet_since >= quiet_seconds:
+            if waits_for_decision(max(min(20.0, deadline - time.monotonic()), 1.0)):
                 return "waiting in mnesia start"
-            quiet_since = time.monotonic()  # still booting, or not yet answering: ask again after a while
+            quiet_since = time.monotonic()  # a slow boot step: ask again after another still spell
         if time.monotonic() > deadline:
             raise LocalClusterError(f"{node.name} did not get past its boot checks in time: {failure_hint()}")
         time.sleep(0.2)

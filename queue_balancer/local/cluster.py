@@ -69,6 +69,13 @@ __all__ = [
 
 Progress = Callable[[str], None]
 _PID_FILES = ("node.pid", "wrapper.pid")
+# mnesia_recover's state is #state{supervisor, unclear_pid, ...} (OTP 25 to 27): unclear_pid is set while it
+# waits for a peer's decision on a transaction, and only then. The process answers sys calls meanwhile.
+_WAITS_FOR_DECISION = (
+    "case catch sys:get_state(mnesia_recover, 5000) of "
+    "S when is_tuple(S), element(1, S) =:= state, element(3, S) =/= undefined -> waiting; "
+    "_ -> no end"
+)
 
 
 def _quiet(_: str) -> None:
@@ -287,13 +294,13 @@ class LocalCluster:
                 log_offset=offset,
                 deadline=deadline,
                 failure_hint=functools.partial(self._failure_hint, node),
-                mnesia_running=functools.partial(self._mnesia_running, node),
+                waits_for_decision=functools.partial(self._waits_for_decision, node),
             )
             if state == "waiting for tables":
                 progress(f"{node.name} waits for its peers' tables; starting the next node")
             elif state == "waiting in mnesia start":
                 progress(
-                    f"{node.name} waits in Mnesia's start for a peer to settle a transaction its crash "
+                    f"{node.name} waits in Mnesia's start for a peer to settle a transaction the crash "
                     "left undecided; starting the next node"
                 )
         for node in nodes:
@@ -385,13 +392,13 @@ class LocalCluster:
                     f"cannot start {node.name}: its {label} port {port} on 127.0.0.1 is already in use{owner}"
                 )
 
-    def _mnesia_running(self, node: LocalNode) -> str | None:
-        """``mnesia:system_info(is_running)`` on a booting node: yes, no, starting, stopping; None when the
-        node does not answer yet."""
+    def _waits_for_decision(self, node: LocalNode, timeout: float) -> bool:
+        """Whether Mnesia's recovery process on a booting node waits for a peer to tell the outcome of a
+        transaction (its state's ``unclear_pid``, set only then); False when the node does not answer."""
         try:
-            return self.eval_erlang("mnesia:system_info(is_running)", node=node, timeout=20)
+            return self.eval_erlang(_WAITS_FOR_DECISION, node=node, timeout=timeout) == "waiting"
         except LocalClusterError:
-            return None
+            return False
 
     def _failure_hint(self, node: LocalNode) -> str:
         return boot.failure_hint(self._node_dir(node), node)

@@ -107,8 +107,8 @@ def test_up_restarts_a_cluster_whose_nodes_all_crashed(
     (`test_down_stops_only_its_own_nodes` covers `up` after a clean `down`.)
 
     The nodes die while queues are declared and deleted on all of them: a crash that cuts a Mnesia
-    transaction in two leaves a node waiting silently, in Mnesia's own start, for a peer to settle it
-    (about one such kill in three on 2 cores). `up` must then start the next node, not wait for ever.
+    transaction in two leaves a node waiting silently, in Mnesia's own start, for a peer that knows its
+    outcome (about one such kill in three on 2 cores). `up` must then start the next node, not wait for ever.
     """
     with _declaring_queues(local_cluster, management):
         for node in local_cluster.nodes:
@@ -121,8 +121,8 @@ def test_up_restarts_a_cluster_whose_nodes_all_crashed(
         assert _running(management) == {n.name for n in local_cluster.nodes}
     finally:
         print("\n".join(messages))  # shown if the test fails: which node waited, and how
-    for queue in management.get("queues", columns="name"):
-        management.delete(f"queues/%2F/{queue['name']}")
+        for queue in management.get("queues", columns="name"):
+            management.delete(f"queues/%2F/{queue['name']}")
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -31,13 +31,15 @@ class Booting:
 
 @dataclass
 class MnesiaProbe:
-    """``mnesia:system_info(is_running)`` on the node: the answers in turn, the last one from then on."""
+    """Whether Mnesia's start waits for a peer's decision: the answers in turn, the last one from then on."""
 
-    answers: list[str | None]
+    answers: list[bool]
     asked: int = 0
+    timeouts: list[float] = field(default_factory=list)
 
-    def __call__(self) -> str | None:
+    def __call__(self, timeout: float) -> bool:
         self.asked += 1
+        self.timeouts.append(timeout)
         return self.answers[min(self.asked, len(self.answers)) - 1]
 
 
@@ -55,7 +57,7 @@ def wait(log: Path, probe: MnesiaProbe, *, within: float, node: Booting | None =
         log_offset=0,
         deadline=time.monotonic() + within,
         failure_hint=lambda: "its last line",
-        mnesia_running=probe,
+        waits_for_decision=probe,
         quiet_seconds=0.3,
     )
 
@@ -63,17 +65,17 @@ def wait(log: Path, probe: MnesiaProbe, *, within: float, node: Booting | None =
 def test_a_node_silent_in_mnesias_start_lets_the_next_one_start(tmp_path: Path) -> None:
     log = tmp_path / "node.log"
     log.write_text("[notice] Logging: configured log handlers are now ACTIVE\n")
-    probe = MnesiaProbe([None, "starting"])  # not answering yet, then starting
+    probe = MnesiaProbe([False, True])  # not answering yet (or a slow boot step), then waiting
     assert wait(log, probe, within=30) == "waiting in mnesia start"
-    assert probe.asked == 2
+    assert probe.asked == 2 and all(1.0 <= t <= 20.0 for t in probe.timeouts)
 
 
 def test_a_node_that_only_boots_slowly_is_asked_once_per_quiet_spell_and_never_let_past(
     tmp_path: Path,
 ) -> None:
     log = tmp_path / "node.log"
-    log.write_text("")
-    probe = MnesiaProbe(["no"])
+    log.write_text("[notice] Logging: configured log handlers are now ACTIVE\n")
+    probe = MnesiaProbe([False])
     with pytest.raises(LocalClusterError, match="did not get past its boot checks in time: its last line"):
         wait(log, probe, within=1.5)
     assert 2 <= probe.asked <= 5  # after every 0.3 s of silence, not at every poll
@@ -82,7 +84,7 @@ def test_a_node_that_only_boots_slowly_is_asked_once_per_quiet_spell_and_never_l
 def test_a_node_waiting_for_its_peers_tables_lets_the_next_one_start_unasked(tmp_path: Path) -> None:
     log = tmp_path / "node.log"
     log.write_text("[info] <0.223.0> Waiting for Mnesia tables for 30000 ms, 9 retries left\n")
-    probe = MnesiaProbe(["starting"])
+    probe = MnesiaProbe([True])
     assert wait(log, probe, within=30) == "waiting for tables"
     assert probe.asked == 0
 
@@ -90,7 +92,15 @@ def test_a_node_waiting_for_its_peers_tables_lets_the_next_one_start_unasked(tmp
 def test_a_node_whose_log_moves_is_not_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sizes = iter(range(1, 10_000))
     monkeypatch.setattr(boot, "log_size", lambda path: next(sizes))  # a new line at every poll
-    probe = MnesiaProbe(["starting"])
+    probe = MnesiaProbe([True])
+    with pytest.raises(LocalClusterError):
+        wait(tmp_path / "node.log", probe, within=1.0)
+    assert probe.asked == 0
+
+
+def test_a_node_that_has_not_logged_yet_is_not_asked(tmp_path: Path) -> None:
+    """Before its log handlers are up the node cannot be waiting in Mnesia's start: no CLI call yet."""
+    probe = MnesiaProbe([True])
     with pytest.raises(LocalClusterError):
         wait(tmp_path / "node.log", probe, within=1.0)
     assert probe.asked == 0
@@ -98,4 +108,4 @@ def test_a_node_whose_log_moves_is_not_asked(tmp_path: Path, monkeypatch: pytest
 
 def test_a_node_that_died_while_starting_says_so(tmp_path: Path) -> None:
     with pytest.raises(LocalClusterError, match=r"stopped while starting \(exit code 1\): its last line"):
-        wait(tmp_path / "missing.log", MnesiaProbe(["starting"]), within=5, node=Booting(returncode=1))
+        wait(tmp_path / "missing.log", MnesiaProbe([True]), within=5, node=Booting(returncode=1))
