@@ -65,6 +65,20 @@ def wait_until(condition: Callable[[], T | None], *, timeout: float, what: str, 
     return last
 
 
+def holds_for(condition: Callable[[], str | None], *, seconds: float, interval: float = 0.2) -> None:
+    """Poll ``condition`` for ``seconds``; fail the test with what it returns the first time it returns
+    something (None: still holds). For a state that must last, not only be reached: a change RabbitMQ
+    applies asynchronously can undo it a moment later."""
+    deadline = time.monotonic() + seconds
+    while True:
+        broken = condition()
+        if broken is not None:
+            pytest.fail(broken)
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
+
+
 @pytest.fixture(scope="session")
 def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """A 3-node cluster on loopback for the whole session, always stopped at the end."""

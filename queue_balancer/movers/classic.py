@@ -187,10 +187,10 @@ def rolling_back(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveP
         copies = [n for n in progress.asked if n != live.leader and (n in live.replicas or not settled)]
         if all(n in live.in_sync for n in copies) or ctx.clock() > progress.deadline:
             ctx.delete_policy(progress)
-            return replace(progress, policy=None)
+            return replace(progress, policy=None, phase_started_at=ctx.clock())
         return nudge_sync(ctx, progress, live)
     where = "rolled back" if live.leader == progress.move.source else f"stayed on {live.leader}"
-    if restored(progress, live):
+    if restored(progress, live) and ctx.waited(progress) >= ctx.settings.handback_settle:
         return ctx.finish(progress, Phase.FAILED, f"{progress.outcome}; {where}")
     if ctx.clock() > progress.deadline:
         missing = expected_mirrors(progress.original_definition, progress.cluster_size, live.leader)

@@ -41,6 +41,10 @@ class MoveSettings:
     """Seconds a mirror may stay unsynchronised before the mover asks for a sync itself."""
     rollback_timeout: float = 60.0
     """How long a rolled-back move waits for its own mirrors to be back in sync."""
+    handback_settle: float = 3.0
+    """A rolled-back queue is judged no sooner than this after it was handed back to its own policy: a
+    change asked before the interrupt (a promotion under way) can still land then, and RabbitMQ can lose
+    the hand-back to it."""
 
     def deadline(self, now: float, messages: int, base: float | None = None) -> float:
         return now + (self.phase_timeout if base is None else base) + messages / self.messages_per_second

@@ -285,7 +285,9 @@ def test_a_target_that_goes_down_aborts_the_move_within_seconds(cluster: FakeClu
     cluster.kill("c")
     failed = run(m, progress, clock)
     assert (failed.phase, failed.outcome) == (Phase.FAILED, "node c is not running; rolled back")
-    assert failed.finished_at is not None and failed.finished_at - progress.started_at < 15
+    assert (
+        failed.finished_at is not None and failed.finished_at - progress.started_at < 20
+    )  # 60 s is the phase deadline
     assert temporary(cluster) == []
 
 
