@@ -102,7 +102,8 @@ def await_started_or_waiting(
         if (size := log_size(log)) != seen_size:
             quiet_since, seen_size = time.monotonic(), size
         elif size > log_offset and time.monotonic() - quiet_since >= quiet_seconds:
-            if waits_for_decision(max(min(20.0, deadline - time.monotonic()), 1.0)):
+            left = deadline - time.monotonic()
+            if left > 1.0 and waits_for_decision(min(20.0, left)):
                 return "waiting in mnesia start"
             quiet_since = time.monotonic()  # a slow boot step: ask again after another still spell
         if time.monotonic() > deadline:

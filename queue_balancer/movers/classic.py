@@ -29,7 +29,7 @@ from queue_balancer.errors import NotFound
 from queue_balancer.model import Queue, QueueType
 from queue_balancer.movers.context import MoveContext
 from queue_balancer.movers.policies import mirrored_on, policy_exists, request_sync
-from queue_balancer.movers.progress import MoveProgress, Phase
+from queue_balancer.movers.progress import PROMOTION_AWAITED, PROMOTION_RACED, MoveProgress, Phase
 from queue_balancer.movers.verify import loss_not_ruled_out, verify
 
 MAX_NUDGES = 5
@@ -82,7 +82,12 @@ def start(ctx: MoveContext, progress: MoveProgress, live: Queue, serving: Sequen
     # A retried start (its first attempt put the policy, then its Lambda died) carries on syncing: the
     # mirrors the first attempt asked for are among the replicas, synchronised or not.
     kept = (*(n for n in live.replicas if n != move.target), move.target) if retried else None
-    progress = replace(progress, policy=name, mirrors=kept or kept_mirrors(live, move.target, serving))
+    progress = replace(
+        progress,
+        policy=name,
+        mirrors=kept or kept_mirrors(live, move.target, serving),
+        target_synced=move.target in live.in_sync,
+    )
     return ask(ctx, replace(progress, phase=Phase.SYNCING), (move.source, *progress.mirrors))
 
 
@@ -174,12 +179,23 @@ def roll_back(ctx: MoveContext, progress: MoveProgress, reason: str) -> MoveProg
         return replace(rolling, policy=None)
     if progress.policy is None:
         return rolling
+    if progress.asked and progress.move.source not in progress.asked:
+        # A promotion was asked (every kept copy synchronised) and may land at any moment. Asking for the
+        # source again now races it: the change can reach a primary that is dropping itself, and RabbitMQ
+        # loses it (seen on 3.10: the queue stayed on the target with one mirror of two). Let it land.
+        return replace(rolling, promotion=PROMOTION_AWAITED)
     return ask(ctx, rolling, (progress.move.source, *progress.mirrors))
 
 
 def rolling_back(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProgress:
     """Wait (bounded) for every kept copy to be synchronised, delete the temporary policy, then wait
     (bounded) for the queue's own mirrors to be back in sync."""
+    move = progress.move
+    if progress.promotion == PROMOTION_AWAITED and live.leader != move.target:
+        if ctx.waited(progress) <= ctx.settings.sync_nudge_after:
+            return progress
+        # Not seen: keep every copy as any rollback does; the promotion may still land (``handback_settle``).
+        return ask(ctx, replace(progress, promotion=PROMOTION_RACED), (move.source, *progress.mirrors))
     if progress.policy is not None:
         # Every copy asked for, synchronised; a node absent after a few seconds is down (or dropped by
         # someone else): waiting for it would only hold the rollback until its deadline.
@@ -187,10 +203,18 @@ def rolling_back(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveP
         copies = [n for n in progress.asked if n != live.leader and (n in live.replicas or not settled)]
         if all(n in live.in_sync for n in copies) or ctx.clock() > progress.deadline:
             ctx.delete_policy(progress)
-            return replace(progress, policy=None, phase_started_at=ctx.clock())
+            now = ctx.clock()
+            judged_from = now + (ctx.settings.handback_settle if progress.promotion == PROMOTION_RACED else 0)
+            return replace(
+                progress, policy=None, handed_back_at=now, deadline=max(progress.deadline, judged_from)
+            )
         return nudge_sync(ctx, progress, live)
-    where = "rolled back" if live.leader == progress.move.source else f"stayed on {live.leader}"
-    if restored(progress, live) and ctx.waited(progress) >= ctx.settings.handback_settle:
+    if progress.promotion == PROMOTION_RACED and ctx.clock() - (progress.handed_back_at or 0.0) < (
+        ctx.settings.handback_settle
+    ):
+        return progress  # the promotion asked before may still land and undo what is seen now
+    where = "rolled back" if live.leader == move.source else f"stayed on {live.leader}"
+    if restored(progress, live):
         return ctx.finish(progress, Phase.FAILED, f"{progress.outcome}; {where}")
     if ctx.clock() > progress.deadline:
         missing = expected_mirrors(progress.original_definition, progress.cluster_size, live.leader)

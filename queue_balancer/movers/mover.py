@@ -20,7 +20,7 @@ from queue_balancer.movers import classic, quorum, stream
 from queue_balancer.movers.context import MoveContext
 from queue_balancer.movers.policies import own_policy
 from queue_balancer.movers.progress import MoveProgress, Phase
-from queue_balancer.movers.verify import verify
+from queue_balancer.movers.verify import has_traffic, verify
 
 PhaseStep = Callable[[MoveContext, MoveProgress, Queue], MoveProgress]
 
@@ -106,14 +106,18 @@ class Mover(MoveContext):
         running = nodes.running_nodes
         live = self.live(move)
         own: tuple[str, Mapping[str, Any]] | None = None
+        idle = False
         if count is not None and move.type is not QueueType.CLASSIC:
             # A transfer writes no policy and an exact count needs no settled statistics: the statistics
             # view and the queue's own policy (two API calls per move) would go unused.
             messages = count.messages
         else:
-            stats = Queue.from_api(self.client.queue(move.vhost, move.queue))
+            raw = self.client.queue(move.vhost, move.queue)
+            stats = Queue.from_api(raw)
             own = own_policy(self.client, stats)
             messages = count.messages if count else stats.messages
+            idle = not has_traffic(raw) and not int(raw.get("messages_unacknowledged") or 0)
+            idle = idle and (count is None or count.consumers == 0)
         progress = MoveProgress(
             move=move,
             phase=Phase.VERIFYING,
@@ -125,6 +129,7 @@ class Mover(MoveContext):
             original_policy=own[0] if own else None,
             original_definition=dict(own[1]) if own else {},
             cluster_size=len(running),
+            idle_at_start=idle,
         )
         down = [n for n in (move.source, move.target) if n not in running]
         if down:

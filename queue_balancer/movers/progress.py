@@ -27,6 +27,10 @@ class Phase(StrEnum):
 TERMINAL = frozenset({Phase.DONE, Phase.FAILED})
 
 
+PROMOTION_AWAITED = "awaited"
+PROMOTION_RACED = "raced"
+
+
 @dataclass(frozen=True)
 class MoveSettings:
     """Deadlines scale with the queue's size: a mirror sync copies every message (~40k msg/s)."""
@@ -42,9 +46,9 @@ class MoveSettings:
     rollback_timeout: float = 60.0
     """How long a rolled-back move waits for its own mirrors to be back in sync."""
     handback_settle: float = 3.0
-    """A rolled-back queue is judged no sooner than this after it was handed back to its own policy: a
-    change asked before the interrupt (a promotion under way) can still land then, and RabbitMQ can lose
-    the hand-back to it."""
+    """A rollback that asked for the source again while the promotion it had asked for was not yet seen
+    judges the queue no sooner than this after the hand-back: the promotion can still land then, and
+    RabbitMQ can lose the hand-back to it."""
 
     def deadline(self, now: float, messages: int, base: float | None = None) -> float:
         return now + (self.phase_timeout if base is None else base) + messages / self.messages_per_second
@@ -83,6 +87,13 @@ class MoveProgress:
     target_down_readings: int = 0
     """A quorum transfer's checks in a row that found the target's node not running (one fails nothing)."""
     quiet_drop_at: float | None = None
+    idle_at_start: bool = False
+    """No consumer, no unacknowledged message and no message rate when the move began (classic moves)."""
+    promotion: str = ""
+    """A rolled-back classic move's promotion: asked and awaited (``PROMOTION_AWAITED``), or not seen in
+    time, so the source was asked back while it may still land (``PROMOTION_RACED``)."""
+    handed_back_at: float | None = None
+    """When the rollback deleted its temporary policy (the queue's own policy back in force)."""
     """When the statistics view first showed a smaller count with no client traffic (judged once it held)."""
 
     @property
@@ -109,6 +120,9 @@ class MoveProgress:
             "target_synced": self.target_synced,
             "target_down_readings": self.target_down_readings,
             "quiet_drop_at": self.quiet_drop_at,
+            "idle_at_start": self.idle_at_start,
+            "promotion": self.promotion,
+            "handed_back_at": self.handed_back_at,
         }
 
     @classmethod
@@ -130,6 +144,9 @@ class MoveProgress:
             target_synced=bool(data.get("target_synced", False)),
             target_down_readings=int(data.get("target_down_readings", 0)),
             quiet_drop_at=None if data.get("quiet_drop_at") is None else float(data["quiet_drop_at"]),
+            idle_at_start=bool(data.get("idle_at_start", False)),
+            promotion=str(data.get("promotion") or ""),
+            handed_back_at=None if data.get("handed_back_at") is None else float(data["handed_back_at"]),
         )
 
 

@@ -44,8 +44,11 @@ def verify(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProgres
 
 def loss_not_ruled_out(ctx: MoveContext, progress: MoveProgress) -> str | None:
     """None when an exact count shows the queue holding what it held before the move, with no client in
-    sight (clients could keep a count level across a loss); else what leaves a loss possible."""
+    sight then or now (clients could keep a count level across a loss, and the messages a consumer on the
+    dead node held unacknowledged are in neither count); else what leaves a loss possible."""
     move = progress.move
+    if not progress.idle_at_start:
+        return "clients were using the queue when the move began"
     counts = ctx.counts([move.ref]) if progress.exact_count else {}
     if move.ref not in counts:
         return "no exact count to tell"

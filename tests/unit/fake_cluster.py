@@ -52,6 +52,8 @@ class FakeCluster:
         self.policy_store: dict[Key, dict[str, Any]] = {}
         self.global_parameters: dict[str, Any] = {}
         self.sync_on_read = True
+        self.defer_policies = False
+        """Policy changes stored but not applied until ``apply_policies`` (RabbitMQ applies them later)."""
         self.calls: list[tuple[str, ...]] = []
         self.fewest_copies: dict[Key, int] = {}
         self.lost: set[Key] = set()
@@ -164,13 +166,20 @@ class FakeCluster:
             "priority": priority,
             "apply-to": apply_to,
         }
-        self._apply_all(vhost)
+        if not self.defer_policies:
+            self._apply_all(vhost)
 
     def delete_policy(self, vhost: str, name: str) -> bool:
         self._call("delete_policy", vhost, name)
         existed = self.policy_store.pop((vhost, name), None) is not None
-        self._apply_all(vhost)
+        if not self.defer_policies:
+            self._apply_all(vhost)
         return existed
+
+    def apply_policies(self) -> None:
+        """The queues take the policies in force now (after ``defer_policies``)."""
+        for vhost in {q.vhost for q in self.queues.values()}:
+            self._apply_all(vhost)
 
     def global_parameter(self, name: str) -> dict[str, Any]:
         if name not in self.global_parameters:
