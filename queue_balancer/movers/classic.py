@@ -16,7 +16,9 @@ the target the oldest synchronised mirror and then drops only the primary:
 4. RESTORING: the temporary policy is deleted; the queue's own policy settles its mirrors.
 
 A rollback first asks for every copy the move made or kept (the primary included), waits until they
-are synchronised, and only then hands the queue back to its own policy, which drops the extras.
+are synchronised, and only then hands the queue back to its own policy, which drops the extras. Once the
+promotion was asked for, it lets it land instead (asking for the primary again would race it) and hands the
+queue back on its new primary.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from queue_balancer.errors import NotFound
+from queue_balancer.errors import BalancerError, NotFound
 from queue_balancer.model import Queue, QueueType
 from queue_balancer.movers.context import MoveContext
 from queue_balancer.movers.policies import mirrored_on, policy_exists, request_sync
@@ -179,19 +181,31 @@ def roll_back(ctx: MoveContext, progress: MoveProgress, reason: str) -> MoveProg
         return replace(rolling, policy=None)
     if progress.policy is None:
         return rolling
-    if progress.asked and progress.move.source not in progress.asked:
+    asked = in_force(ctx, progress)
+    if asked and progress.move.source not in asked:
         # A promotion was asked (every kept copy synchronised) and may land at any moment. Asking for the
         # source again now races it: the change can reach a primary that is dropping itself, and RabbitMQ
         # loses it (seen on 3.10: the queue stayed on the target with one mirror of two). Let it land.
-        return replace(rolling, promotion=PROMOTION_AWAITED)
+        return replace(rolling, asked=asked, promotion=PROMOTION_AWAITED)
     return ask(ctx, rolling, (progress.move.source, *progress.mirrors))
+
+
+def in_force(ctx: MoveContext, progress: MoveProgress) -> tuple[str, ...]:
+    """The nodes the move's temporary policy asks for now; the stored ``asked`` if that cannot be read.
+    The stored one can be stale: a policy write that landed but raised, a slice that died after one."""
+    try:
+        return policy_asks(ctx, progress) or progress.asked
+    except BalancerError:
+        return progress.asked
 
 
 def rolling_back(ctx: MoveContext, progress: MoveProgress, live: Queue) -> MoveProgress:
     """Wait (bounded) for every kept copy to be synchronised, delete the temporary policy, then wait
     (bounded) for the queue's own mirrors to be back in sync."""
     move = progress.move
-    if progress.promotion == PROMOTION_AWAITED and live.leader != move.target:
+    if progress.promotion == PROMOTION_AWAITED and progress.policy is not None and live.leader == move.source:
+        # Landed once the source no longer leads: on the target, or on another kept copy if the target's
+        # node went (the policy leaves the source out either way).
         if ctx.waited(progress) <= ctx.settings.sync_nudge_after:
             return progress
         # Not seen: keep every copy as any rollback does; the promotion may still land (``handback_settle``).

@@ -56,6 +56,9 @@ def elsewhere(progress: MoveProgress, leader: str | None) -> str:
     another member (a lagging target does not win): that is our call's outcome, not another actor's."""
     if progress.phase is Phase.TRANSFERRING:
         return f"the election after the transfer chose {leader}, not {progress.move.target}"
+    if progress.phase is Phase.PROMOTING:
+        # The policy left the source out; with the target gone, RabbitMQ promoted another kept copy.
+        return f"RabbitMQ promoted {leader}, not {progress.move.target}"
     return f"leader moved to {leader} by someone else"
 
 
@@ -106,7 +109,7 @@ class Mover(MoveContext):
         running = nodes.running_nodes
         live = self.live(move)
         own: tuple[str, Mapping[str, Any]] | None = None
-        idle = False
+        idle: bool | None = None
         if count is not None and move.type is not QueueType.CLASSIC:
             # A transfer writes no policy and an exact count needs no settled statistics: the statistics
             # view and the queue's own policy (two API calls per move) would go unused.

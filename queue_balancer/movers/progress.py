@@ -87,14 +87,15 @@ class MoveProgress:
     target_down_readings: int = 0
     """A quorum transfer's checks in a row that found the target's node not running (one fails nothing)."""
     quiet_drop_at: float | None = None
-    idle_at_start: bool = False
-    """No consumer, no unacknowledged message and no message rate when the move began (classic moves)."""
+    """When the statistics view first showed a smaller count with no client traffic (judged once it held)."""
+    idle_at_start: bool | None = None
+    """No consumer, no unacknowledged message and no message rate when the move began (classic moves;
+    None: not known, e.g. a move under way stored before the field existed)."""
     promotion: str = ""
     """A rolled-back classic move's promotion: asked and awaited (``PROMOTION_AWAITED``), or not seen in
     time, so the source was asked back while it may still land (``PROMOTION_RACED``)."""
     handed_back_at: float | None = None
     """When the rollback deleted its temporary policy (the queue's own policy back in force)."""
-    """When the statistics view first showed a smaller count with no client traffic (judged once it held)."""
 
     @property
     def finished(self) -> bool:
@@ -144,7 +145,7 @@ class MoveProgress:
             target_synced=bool(data.get("target_synced", False)),
             target_down_readings=int(data.get("target_down_readings", 0)),
             quiet_drop_at=None if data.get("quiet_drop_at") is None else float(data["quiet_drop_at"]),
-            idle_at_start=bool(data.get("idle_at_start", False)),
+            idle_at_start=None if data.get("idle_at_start") is None else bool(data["idle_at_start"]),
             promotion=str(data.get("promotion") or ""),
             handed_back_at=None if data.get("handed_back_at") is None else float(data["handed_back_at"]),
         )

@@ -47,6 +47,8 @@ def loss_not_ruled_out(ctx: MoveContext, progress: MoveProgress) -> str | None:
     sight then or now (clients could keep a count level across a loss, and the messages a consumer on the
     dead node held unacknowledged are in neither count); else what leaves a loss possible."""
     move = progress.move
+    if progress.idle_at_start is None:
+        return "whether clients used the queue when the move began is not known"
     if not progress.idle_at_start:
         return "clients were using the queue when the move began"
     counts = ctx.counts([move.ref]) if progress.exact_count else {}

@@ -587,3 +587,31 @@ def test_a_rollback_lets_a_promotion_under_way_land_before_it_hands_the_queue_ba
     ended = run(m, rolling, clock)
     assert (ended.phase, ended.outcome, queue.leader) == (Phase.FAILED, "interrupted; stayed on c", "c")
     assert temporary(cluster) == [] and sorted(queue.mirrors) == ["a", "b"] and not cluster.lost
+
+
+def test_a_rollback_awaiting_a_promotion_whose_target_died_hands_back_once_another_copy_leads(
+    clock: Clock,
+) -> None:
+    """The target's node went while the promotion it was asked for was under way: RabbitMQ promotes the
+    other kept copy (the policy leaves the source out). The rollback sees the source no longer lead and
+    hands the queue back, instead of waiting for a target that cannot lead and then asking for the source
+    again (an empty mirror to synchronise)."""
+    cluster = FakeCluster(("a", "b", "c", "d"))
+    cluster.add_policy("/", "own", ".*", {"ha-mode": "exactly", "ha-params": 3, "ha-sync-mode": "automatic"})
+    queue = cluster.add_queue(FakeQueue("/", "q", "a", ["c", "b"], {"b", "c"}, messages=10))
+    m = mover(cluster, clock)
+    [progress] = m.start([Move("/", "q", QueueType.CLASSIC, "a", "c", 10)])
+    cluster.defer_policies = True
+    while (progress := m.advance(progress)).phase is not Phase.PROMOTING:
+        cluster.apply_policies()
+        clock.now += 1
+    rolling = m.abort(progress, "interrupted")
+    cluster.kill("c")
+    cluster.defer_policies = False
+    cluster.apply_policies()  # the promotion lands on b
+    assert queue.leader == "b"
+    writes = sum(1 for c in cluster.calls if c[0] == "put_policy")
+    ended = run(m, rolling, clock)
+    assert (ended.phase, ended.outcome) == (Phase.FAILED, "interrupted; stayed on b")
+    assert sum(1 for c in cluster.calls if c[0] == "put_policy") == writes  # no empty mirror on a to sync
+    assert temporary(cluster) == [] and not cluster.lost
