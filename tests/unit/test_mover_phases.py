@@ -564,12 +564,9 @@ def test_a_count_that_fell_quietly_fails_once_it_held_whatever_traffic_comes_lat
     )
 
 
-def test_a_rollback_lets_a_promotion_under_way_land_before_it_hands_the_queue_back(clock: Clock) -> None:
-    """Interrupted once the promotion was asked but before RabbitMQ made it: asking for the source again
-    would race the promotion (RabbitMQ can lose the later change). The rollback asks nothing more, sees
-    the promotion land, then hands the queue back to its own policy: it stays on the target."""
-    cluster = FakeCluster()
-    cluster.add_policy("/", "own", ".*", {"ha-mode": "all", "ha-sync-mode": "automatic"})
+def promotion_asked(cluster: FakeCluster, clock: Clock) -> tuple[Mover, MoveProgress, FakeQueue]:
+    """A move of q from a to c that has just asked for the promotion, which RabbitMQ has not made yet
+    (policies are applied only when the test says so from here on)."""
     queue = cluster.add_queue(FakeQueue("/", "q", "a", ["c", "b"], {"b", "c"}, messages=10))
     m = mover(cluster, clock)
     [progress] = m.start([Move("/", "q", QueueType.CLASSIC, "a", "c", 10)])
@@ -577,6 +574,16 @@ def test_a_rollback_lets_a_promotion_under_way_land_before_it_hands_the_queue_ba
     while (progress := m.advance(progress)).phase is not Phase.PROMOTING:
         cluster.apply_policies()
         clock.now += 1
+    return m, progress, queue
+
+
+def test_a_rollback_lets_a_promotion_under_way_land_before_it_hands_the_queue_back(clock: Clock) -> None:
+    """Interrupted once the promotion was asked but before RabbitMQ made it: asking for the source again
+    would race the promotion (RabbitMQ can lose the later change). The rollback asks nothing more, sees
+    the promotion land, then hands the queue back to its own policy: it stays on the target."""
+    cluster = FakeCluster()
+    cluster.add_policy("/", "own", ".*", {"ha-mode": "all", "ha-sync-mode": "automatic"})
+    m, progress, queue = promotion_asked(cluster, clock)
     assert queue.leader == "a"  # the promotion asked for, not made yet
     writes = len([c for c in cluster.calls if c[0] == "put_policy"])
     rolling = m.abort(progress, "interrupted")
@@ -598,13 +605,7 @@ def test_a_rollback_awaiting_a_promotion_whose_target_died_hands_back_once_anoth
     again (an empty mirror to synchronise)."""
     cluster = FakeCluster(("a", "b", "c", "d"))
     cluster.add_policy("/", "own", ".*", {"ha-mode": "exactly", "ha-params": 3, "ha-sync-mode": "automatic"})
-    queue = cluster.add_queue(FakeQueue("/", "q", "a", ["c", "b"], {"b", "c"}, messages=10))
-    m = mover(cluster, clock)
-    [progress] = m.start([Move("/", "q", QueueType.CLASSIC, "a", "c", 10)])
-    cluster.defer_policies = True
-    while (progress := m.advance(progress)).phase is not Phase.PROMOTING:
-        cluster.apply_policies()
-        clock.now += 1
+    m, progress, queue = promotion_asked(cluster, clock)
     rolling = m.abort(progress, "interrupted")
     cluster.kill("c")
     cluster.defer_policies = False
